@@ -1,0 +1,44 @@
+# Common jobs. `make demo` and `make test` do all the set-up on a fresh machine (Python 3.11).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONSTRAINTS ?= constraints.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint format demo slurm-up slurm-down clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install when the package metadata or the pins change.
+$(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name detcon-venv --display-name "detcon (.venv)" >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check detcon tests scripts benchmarks
+	$(BIN)/ruff format --check detcon tests scripts benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format detcon tests scripts benchmarks
+	$(BIN)/ruff check --fix detcon tests scripts benchmarks
+
+test: $(STAMP)
+	$(BIN)/ruff check detcon tests scripts benchmarks
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/detcon run ablations/demo.yaml --profile cpu --executor local
+
+slurm-up:
+	bash scripts/slurm-up.sh
+
+slurm-down:
+	bash scripts/slurm-down.sh
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,118 @@
+"""The ``detcon`` command.
+
+Each subcommand parses its arguments, calls one library function and turns library errors
+(``ConfigError``, ``ValueError``, ``FileNotFoundError``, ...) into a one-paragraph message and a
+non-zero exit code. No logic lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+# Errors that mean "bad input": reported as one paragraph, exit code 2.
+_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError,
+                                                  PermissionError, NotADirectoryError)
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from detcon.config import load_pretrain_config, load_yaml, merge, parse_dotted
+    from detcon.train import pretrain
+
+    overrides = load_yaml(args.config) if args.config else {}
+    overrides = merge(overrides, parse_dotted(args.set or []))
+    cfg = load_pretrain_config(overrides, profile=args.profile)
+    result = pretrain(cfg, args.out, progress=None if not args.quiet else False,
+                      stop_after=args.stop_after)
+    print(f"pretrained {cfg.method} ({cfg.masks.source} masks) for {result.steps} steps in "
+          f"{result.wall_s:.1f} s ({result.images_per_s:.1f} img/s); final loss "
+          f"{result.final_loss:.4f}; run directory {args.out}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from detcon.config import PretrainConfig, describe_fields, load_pretrain_config, to_dict
+
+    if args.explain:
+        for name, help_text in describe_fields(PretrainConfig):
+            print(f"{name}: {help_text}")
+        return 0
+    cfg = load_pretrain_config({}, profile=args.profile)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="detcon",
+        description="DetCon ablation lab: pretrain, run ablation grids, report figures.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="pretrain one configuration into a run directory "
+                       "(resumes from its checkpoint)")
+    p.add_argument("--config", type=Path, help="YAML file of config overrides")
+    p.add_argument("--profile", choices=["cpu", "paper"], default="cpu",
+                   help="defaults to start from (default: cpu)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a field, e.g. --set method=byol --set optim.epochs=2")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop with a checkpoint after this many steps (the schedule still spans "
+                   "the whole run); rerun without it to resume")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("config", help="print the resolved config of a profile, or explain fields")
+    p.add_argument("--profile", choices=["cpu", "paper"], default="cpu")
+    p.add_argument("--explain", action="store_true", help="list every field with its meaning")
+    p.set_defaults(func=_cmd_config)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+# Other modules add subcommands (grid launcher, reports, mask tools, evaluation) through
+# functions with the signature ``register(subparsers) -> None``.
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def _load_extra_commands() -> None:
+    import importlib
+
+    for name in ("detcon.launch", "detcon.masks.cli", "detcon.evaluate.cli"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue  # not written yet
+            raise
+        register = getattr(module, "register_cli", None)
+        if register is not None and register not in _EXTRA_COMMANDS:
+            _EXTRA_COMMANDS.append(register)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _load_extra_commands()
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _USER_ERRORS as exc:
+        msg = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0])
+        print(textwrap.fill(f"detcon {args.command}: error: {msg}", width=100), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"detcon {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,476 @@
+"""Frozen, typed pretraining configuration, parsed strictly from dicts and YAML.
+
+Each field carries a *why* in its ``help`` metadata (shown in errors and in ``detcon pretrain
+--help-config``). Defaults are the paper profile (DESIGN §5); the cpu profile is a set of
+overrides in ``detcon/profiles/cpu.yaml``. Derived values (the batch-scaled learning rate, warmup
+and total steps) are computed by functions below and never written back into a config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "AugmentConfig",
+    "ConfigError",
+    "DataConfig",
+    "LossConfig",
+    "MaskConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PretrainConfig",
+    "TrainConfig",
+    "available_profiles",
+    "from_dict",
+    "load_pretrain_config",
+    "merge",
+    "profile_overrides",
+    "to_dict",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names it and what is expected."""
+
+
+def _f(default: Any, help: str, lo: float | None = None, hi: float | None = None) -> Any:
+    """A dataclass field with a help string and an optional inclusive numeric range."""
+    meta = {"help": help, "range": (lo, hi)}
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults (configs are frozen)")
+    return field(default=default, metadata=meta)
+
+
+Method = Literal["detcon_b", "detcon_s", "byol", "simclr"]
+MaskSource = Literal["grid", "fh", "mcg", "ground_truth", "external", "image"]
+Backbone = Literal[
+    "small", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200"
+]
+Dataset = Literal["synthetic", "imagefolder", "coco"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Dataset = _f(
+        "synthetic",
+        "pretraining images: the generated scenes (no download), "
+        "an ImageFolder tree (ImageNet) or COCO train2017",
+    )
+    root: str = _f("", "dataset root for real datasets (ignored for synthetic)")
+    num_images: int = _f(2048, "synthetic: scenes in the pretraining split", 1, 10_000_000)
+    scene_size: int = _f(
+        96, "synthetic: side of a generated scene in pixels (before cropping)", 16, 4096
+    )
+    num_workers: int = _f(0, "DataLoader worker processes (0 = in the training process)", 0, 256)
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    source: MaskSource = _f(
+        "fh",
+        "where pretraining masks come from (DESIGN §5.10); 'image' is one "
+        "mask covering the whole image (the SimCLR/BYOL special case)",
+    )
+    num_samples: int = _f(
+        16, "K, masks sampled per view with replacement (release: n_random_vectors=16)", 1, 1024
+    )
+    grid_size: int = _f(4, "spatial-grid source: n for an n x n tiling", 1, 64)
+    fh_scale: float = _f(1000.0, "Felzenszwalb scale (release: 1000)", 0.0, 1e6)
+    fh_sigma: float = _f(0.8, "Felzenszwalb Gaussian pre-smoothing (release: 0.8)", 0.0, 100.0)
+    fh_min_size: int = _f(
+        1000,
+        "Felzenszwalb minimum segment size in pixels (release: 1000 for "
+        "ImageNet-sized photos; scale with image area for small images)",
+        1,
+        10_000_000,
+    )
+    mcg_num_proposals: int = _f(16, "MCG-style source: top proposals kept (paper: 16)", 1, 1024)
+    store: str = _f(
+        "", "precomputed mask store directory (empty: compute on the fly, cached in memory)"
+    )
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop_size: int = _f(
+        224, "output side of each view in pixels (paper: 224; 384/512 ablation)", 16, 4096
+    )
+    crop_scale: tuple[float, float] = _f(
+        (0.08, 1.0), "random resized crop area range (fraction of the image)", 0.0, 1.0
+    )
+    crop_ratio: tuple[float, float] = _f(
+        (3 / 4, 4 / 3), "random resized crop aspect range", 0.0, 100.0
+    )
+    flip_prob: float = _f(0.5, "horizontal flip probability (image and masks together)", 0.0, 1.0)
+    color_jitter_prob: float = _f(0.8, "probability of colour jitter (release: 0.8)", 0.0, 1.0)
+    brightness: float = _f(
+        0.4, "additive brightness delta range, as tf/pix random_brightness", 0.0, 1.0
+    )
+    contrast: float = _f(0.4, "contrast factor in [1-c, 1+c]", 0.0, 1.0)
+    saturation: float = _f(0.2, "saturation factor in [1-s, 1+s]", 0.0, 1.0)
+    hue: float = _f(0.1, "hue delta in [-h, h] (fraction of a turn)", 0.0, 0.5)
+    grayscale_prob: float = _f(0.2, "probability of converting to grayscale", 0.0, 1.0)
+    blur_prob: tuple[float, float] = _f(
+        (1.0, 0.1), "Gaussian blur probability for view 1, view 2", 0.0, 1.0
+    )
+    blur_sigma: tuple[float, float] = _f((0.1, 2.0), "blur sigma range", 0.0, 100.0)
+    solarize_prob: tuple[float, float] = _f(
+        (0.0, 0.2), "solarize probability for view 1, view 2", 0.0, 1.0
+    )
+    single_view: bool = _f(
+        False,
+        "one geometric augmentation shared by both branches (paper §5 "
+        "ablation); photometrics still drawn per branch",
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: Backbone = _f("resnet50", "encoder; 'small' is a narrow ResNet for the cpu profile")
+    small_width: int = _f(32, "small backbone: channels of the first stage", 4, 512)
+    small_stride: int = _f(8, "small backbone: output stride (8 or 16; 32 for ResNets)", 8, 16)
+    head_hidden: int = _f(4096, "projector/predictor hidden width (paper: 4096)", 1, 65536)
+    head_out: int = _f(256, "projector/predictor output width (paper: 256)", 1, 65536)
+    bn_momentum: float = _f(
+        0.1, "BatchNorm momentum, torch convention (release decay 0.9)", 0.0, 1.0
+    )
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    temperature: float = _f(
+        0.1, "softmax temperature of the contrastive loss (paper: 0.1)", 1e-4, 100.0
+    )
+    same_image_negatives: bool = _f(
+        True, "other masks of the same image are negatives (release: local_negatives=True)"
+    )
+    negative_groups: int = _f(
+        1,
+        "split the global batch into G groups that only see their own "
+        "negatives (negatives ÷128 ablation: G=128 at batch 4096)",
+        1,
+        65536,
+    )
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    batch_size: int = _f(4096, "global batch size (paper: 4096)", 1, 1_000_000)
+    epochs: float = _f(1000.0, "pretraining epochs (paper main results: 1000)", 0.0, 100_000.0)
+    base_lr: float = _f(0.2, "learning rate per 256 images: lr = base_lr * batch / 256", 0.0, 100.0)
+    weight_decay: float = _f(
+        1.5e-6, "LARS weight decay (not on biases and norm parameters)", 0.0, 1.0
+    )
+    momentum: float = _f(0.9, "LARS momentum", 0.0, 1.0)
+    trust_coefficient: float = _f(1e-3, "LARS eta", 0.0, 1.0)
+    warmup_epochs: float = _f(
+        -1.0, "linear warmup epochs; -1 means epochs // 100 as the release", -1.0, 100_000.0
+    )
+    base_ema: float = _f(0.996, "target EMA base tau (BYOL/DetCon-B)", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int = _f(
+        0,
+        "stop after this many steps (0: train for all epochs); the schedule still spans all epochs",
+        0,
+        1_000_000_000,
+    )
+    log_every: int = _f(1, "write a metrics.jsonl line every N steps", 1, 1_000_000)
+    checkpoint_every: int = _f(50, "write an atomic checkpoint every N steps", 1, 1_000_000)
+    device: str = _f("auto", "'auto' (cuda if available), 'cpu' or 'cuda'")
+    precision: Literal["fp32", "bf16"] = _f("fp32", "bf16 autocast on GPU")
+    channels_last: bool = _f(False, "channels_last memory format (GPU speed)")
+    threads: int = _f(0, "torch intra-op threads (0: leave torch's default)", 0, 1024)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    method: Method = _f("detcon_b", "detcon_b | detcon_s | byol | simclr (DESIGN §5, §5.11)")
+    profile: Literal["paper", "cpu", "custom"] = _f(
+        "custom", "which profile the defaults came from (informational)"
+    )
+    seed: int = _f(
+        0, "seeds data order, augmentation, mask sampling and initialisation", 0, 2**31 - 1
+    )
+    data: DataConfig = field(default_factory=DataConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        # Cross-field rules, with messages that name the fields.
+        if self.method in ("byol", "simclr") and self.masks.source != "image":
+            raise ConfigError(
+                f"method={self.method!r} is the image-level baseline and needs "
+                f"masks.source='image' (got {self.masks.source!r})"
+            )
+        if self.method in ("byol", "simclr") and self.masks.num_samples != 1:
+            raise ConfigError(
+                f"method={self.method!r} uses one whole-image mask: masks.num_samples must be 1 "
+                f"(got {self.masks.num_samples})"
+            )
+        if self.optim.batch_size % self.loss.negative_groups:
+            raise ConfigError(
+                f"loss.negative_groups={self.loss.negative_groups} must divide "
+                f"optim.batch_size={self.optim.batch_size}"
+            )
+        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
+            lo, hi = getattr(self.augment, name)
+            if lo > hi:
+                raise ConfigError(
+                    f"augment.{name}=({lo}, {hi}): the first value must be <= the second"
+                )
+        if self.model.backbone == "small" and self.model.small_stride not in (8, 16):
+            raise ConfigError(f"model.small_stride={self.model.small_stride}: expected 8 or 16")
+
+
+# --------------------------------------------------------------------------- derived values
+
+
+def scaled_lr(optim: OptimConfig) -> float:
+    """lr = base_lr * batch / 256 (BYOL/DetCon linear scaling rule)."""
+    return optim.base_lr * optim.batch_size / 256
+
+
+def steps_per_epoch(optim: OptimConfig, num_images: int) -> int:
+    """Optimiser steps per epoch (incomplete last batches are dropped, as the release does)."""
+    steps = num_images // optim.batch_size
+    if steps < 1:
+        raise ConfigError(
+            f"optim.batch_size={optim.batch_size} is larger than the dataset "
+            f"({num_images} images): expected at most {num_images}"
+        )
+    return steps
+
+
+def total_steps(optim: OptimConfig, num_images: int) -> int:
+    """Length of the lr/EMA schedule in steps."""
+    return max(1, math.ceil(optim.epochs * steps_per_epoch(optim, num_images)))
+
+
+def warmup_steps(optim: OptimConfig, num_images: int) -> int:
+    """Warmup length in steps; the release warms up for epochs // 100 epochs by default."""
+    epochs = optim.warmup_epochs if optim.warmup_epochs >= 0 else float(int(optim.epochs) // 100)
+    return int(round(epochs * steps_per_epoch(optim, num_images)))
+
+
+# --------------------------------------------------------------------------- strict parsing
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "[" + ", ".join(_type_name(a) for a in typing.get_args(tp)) + "]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_range(value: float, meta: Mapping[str, Any], where: str) -> None:
+    lo, hi = meta.get("range", (None, None))
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(
+            f"{where}={value!r} is out of range: expected {lo} <= value <= {hi} "
+            f"({meta.get('help', '')})"
+        )
+
+
+def _coerce(value: Any, tp: Any, meta: Mapping[str, Any], where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"{where} must be a mapping of {tp.__name__} fields, got "
+                f"{type(value).__name__} {value!r}"
+            )
+        return from_dict(tp, value, _prefix=where + ".")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(
+                f"{where}={value!r} is not allowed: expected one of "
+                f"{', '.join(repr(c) for c in choices)}{extra}"
+            )
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(
+                f"{where}={value!r}: expected a list of {len(args)} values {_type_name(tp)}"
+            )
+        return tuple(
+            _coerce(v, a, meta, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))
+        )
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(
+                f"{where}={value!r}: expected true or false, got {type(value).__name__}"
+            )
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise ConfigError(
+                    f"{where}={value!r}: expected an integer, got {type(value).__name__}"
+                )
+        _check_range(value, meta, where)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}={value!r}: expected a number, got {type(value).__name__}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}={value!r}: expected a finite number")
+        _check_range(value, meta, where)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}={value!r}: expected a string, got {type(value).__name__}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {where}")  # a bug in this module
+
+
+def from_dict(cls: type, data: Mapping[str, Any] | None, *, _prefix: str = "") -> Any:
+    """Build the frozen dataclass ``cls`` from ``data``, strictly.
+
+    Unknown keys fail with the valid keys and a close-match suggestion; mistyped or out-of-range
+    values fail naming the dotted field and what is allowed. Missing keys keep their defaults.
+    """
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        hint = difflib.get_close_matches(str(key), list(fields), n=1)
+        extra = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise ConfigError(
+            f"unknown config key {_prefix + str(key)!r}.{extra} Valid keys under "
+            f"{_prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(value, hints[name], fields[name].metadata, _prefix + name)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as exc:  # pragma: no cover - dataclass signature mismatch is a bug
+        raise ConfigError(f"{_prefix or 'config'}: {exc}") from exc
+
+
+def describe_fields(cls: type, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted name, help) for every leaf field of a config class."""
+    hints = typing.get_type_hints(cls)
+    out: list[tuple[str, str]] = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.extend(describe_fields(hints[f.name], prefix + f.name + "."))
+        else:
+            out.append((prefix + f.name, f.metadata.get("help", "")))
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain JSON-able dict of a config (tuples become lists)."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: ``override`` wins; nested mappings merge key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def available_profiles() -> list[str]:
+    return sorted(
+        p.name[:-5]
+        for p in resources.files("detcon.profiles").iterdir()
+        if p.name.endswith(".yaml")
+    )
+
+
+def profile_overrides(profile: str) -> dict[str, Any]:
+    """The overrides that define a profile (``detcon/profiles/<profile>.yaml``)."""
+    names = available_profiles()
+    if profile not in names:
+        raise ConfigError(f"unknown profile {profile!r}: expected one of {', '.join(names)}")
+    text = resources.files("detcon.profiles").joinpath(f"{profile}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return dict(data)
+
+
+def load_pretrain_config(
+    overrides: Mapping[str, Any] | None = None, profile: str | None = None
+) -> PretrainConfig:
+    """Profile defaults, then ``overrides`` (a dict, e.g. from YAML), parsed strictly."""
+    data: dict[str, Any] = {}
+    if profile is not None:
+        data = merge(profile_overrides(profile), {"profile": profile})
+    data = merge(data, overrides or {})
+    return from_dict(PretrainConfig, data)
+
+
+def parse_dotted(assignments: list[str]) -> dict[str, Any]:
+    """``["optim.epochs=2", "method=byol"]`` -> nested dict; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. optim.epochs=2")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out

@@ -1,0 +1,202 @@
+"""The pretraining input pipeline: images + masks -> two geometrically augmented views.
+
+Every random draw is a function of ``(seed, epoch, index)`` (geometry) or ``(seed, step)`` (the
+data order), never of a process's RNG history: a resumed run, a run with more DataLoader workers
+and a run split across processes see the same views of the same images in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from detcon.config import PretrainConfig, steps_per_epoch
+
+__all__ = [
+    "PretrainDataset",
+    "StepBatchSampler",
+    "build_base_dataset",
+    "build_pretrain_dataset",
+    "collate_views",
+    "derive_seed",
+]
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A stable 63-bit seed from ints and strings (numpy SeedSequence; never Python's ``hash``)."""
+    words = []
+    for p in parts:
+        if isinstance(p, str):
+            words.extend(p.encode())
+        else:
+            words.append(int(p))
+    return int(np.random.SeedSequence(words).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def build_base_dataset(cfg: PretrainConfig) -> Dataset:
+    """The image dataset named by ``cfg.data`` (items: dict with ``image`` and, where known,
+    ``instances`` and ``key``)."""
+    data = cfg.data
+    if data.dataset == "synthetic":
+        from detcon.data.synthetic import SyntheticScenes
+
+        return SyntheticScenes(
+            split="train", num_images=data.num_images, size=data.scene_size, seed=cfg.seed
+        )
+    from detcon.data import readers
+
+    if data.dataset == "imagefolder":
+        return readers.ImageFolderDataset(data.root)
+    if data.dataset == "coco":
+        return readers.CocoInstances(data.root, split="train2017")
+    raise ValueError(f"data.dataset={data.dataset!r}: no reader")  # config already validated
+
+
+class PretrainDataset(Dataset):
+    """Items are keyed by ``(epoch, index)``; each returns two views of image ``index``.
+
+    Masks are computed once per image at full resolution, before cropping (DESIGN §5.10), read
+    from a mask store when one is configured, else computed and kept in a per-process cache.
+    """
+
+    def __init__(self, base: Dataset, cfg: PretrainConfig) -> None:
+        from detcon.augment import TwoViewGeometry
+        from detcon.masks.sources import build_mask_source
+
+        self.base = base
+        self.seed = cfg.seed
+        self.source = build_mask_source(cfg.masks)
+        aug = cfg.augment
+        self.geometry = TwoViewGeometry(
+            aug.crop_size,
+            crop_scale=aug.crop_scale,
+            crop_ratio=aug.crop_ratio,
+            flip_prob=aug.flip_prob,
+            single_view=aug.single_view,
+        )
+        self.store = None
+        if cfg.masks.store:
+            from detcon.masks.store import MaskStore
+
+            self.store = MaskStore(cfg.masks.store)
+            if len(self.store) != len(base):
+                raise ValueError(
+                    f"mask store {cfg.masks.store!r} holds {len(self.store)} images "
+                    f"but the dataset has {len(base)}; expected the same dataset"
+                )
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def masks_for(self, index: int, sample: Mapping[str, Any]) -> np.ndarray:
+        if self.store is not None:
+            return self.store[index]
+        if index not in self._cache:
+            image = sample["image"].permute(1, 2, 0).numpy()
+            instances = sample.get("instances")
+            kwargs = {}
+            if self.source.name == "external":
+                kwargs["key"] = sample.get("key")
+            self._cache[index] = self.source(
+                image, None if instances is None else np.asarray(instances), **kwargs
+            )
+        return self._cache[index]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Tensor]:
+        epoch, index = key
+        sample = self.base[index]
+        masks = torch.from_numpy(np.ascontiguousarray(self.masks_for(index, sample)))
+        if masks.dtype != torch.bool:
+            masks = masks.long()
+        # tv2 draws from torch's global RNG: seed it per (seed, epoch, index), restoring the
+        # caller's state afterwards.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, "geometry", epoch, index))
+            (img1, m1), (img2, m2) = self.geometry(sample["image"], masks)
+        return {
+            "view1": img1,
+            "view2": img2,
+            "masks1": m1,
+            "masks2": m2,
+            "index": torch.tensor(index),
+        }
+
+
+def _stack_masks(masks: list[Tensor]) -> Tensor:
+    if masks[0].dtype != torch.bool:
+        return torch.stack(masks)
+    m = max(x.shape[0] for x in masks)  # pad overlapping stacks with empty (absent) masks
+    out = torch.zeros(len(masks), m, *masks[0].shape[1:], dtype=torch.bool)
+    for i, x in enumerate(masks):
+        out[i, : x.shape[0]] = x
+    return out
+
+
+def collate_views(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Stack views (uint8) and masks; overlapping mask stacks are padded with empty masks."""
+    return {
+        "view1": torch.stack([it["view1"] for it in items]),
+        "view2": torch.stack([it["view2"] for it in items]),
+        "masks1": _stack_masks([it["masks1"] for it in items]),
+        "masks2": _stack_masks([it["masks2"] for it in items]),
+        "index": torch.stack([it["index"] for it in items]),
+    }
+
+
+class StepBatchSampler(Sampler):
+    """Yields this process's share of the global batch for steps ``start..stop-1``.
+
+    Epoch e's order is a permutation seeded by ``(seed, e)``; step s takes the
+    ``s % steps_per_epoch``-th slice of ``global_batch`` images (the incomplete last batch is
+    dropped, as the release does); rank r takes the r-th contiguous part of it.
+    """
+
+    def __init__(
+        self,
+        num_images: int,
+        global_batch: int,
+        steps_per_epoch: int,
+        seed: int,
+        start: int,
+        stop: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if global_batch % world_size:
+            raise ValueError(
+                f"batch size {global_batch} is not divisible by the {world_size} "
+                "processes; expected a multiple"
+            )
+        self.n, self.batch, self.spe = num_images, global_batch, steps_per_epoch
+        self.seed, self.start, self.stop = seed, start, stop
+        self.rank, self.world = rank, world_size
+        self._epoch, self._perm = -1, None
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def global_indices(self, step: int) -> Tensor:
+        epoch, j = divmod(step, self.spe)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch))
+            self._perm, self._epoch = torch.randperm(self.n, generator=g), epoch
+        return self._perm[j * self.batch : (j + 1) * self.batch]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        local = self.batch // self.world
+        for step in range(self.start, self.stop):
+            idx = self.global_indices(step)[self.rank * local : (self.rank + 1) * local]
+            epoch = step // self.spe
+            yield [(epoch, int(i)) for i in idx]
+
+
+def build_pretrain_dataset(cfg: PretrainConfig) -> tuple[PretrainDataset, int]:
+    """The pretraining dataset and its steps per epoch."""
+    ds = PretrainDataset(build_base_dataset(cfg), cfg)
+    return ds, steps_per_epoch(cfg.optim, len(ds))

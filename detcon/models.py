@@ -1,0 +1,314 @@
+"""Backbones, MLP heads, cross-process BatchNorm and the one pretraining model.
+
+DetCon-B, DetCon-S, BYOL and SimCLR are configurations of :class:`PretrainModel` (DESIGN §5.5,
+§5.9, §5.11): the image-level baselines are the special case of one whole-image mask per view.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from detcon.config import ModelConfig, PretrainConfig
+from detcon.losses import byol_loss, detcon_loss
+from detcon.masks.features import mask_weights, pool_masks, present_masks, sample_mask_ids
+
+__all__ = [
+    "MLP",
+    "Backbone",
+    "PretrainModel",
+    "SmallResNet",
+    "build_backbone",
+    "convert_sync_batchnorm",
+    "export_backbone",
+]
+
+# ResNet depths: torchvision's constructors for 18-152; ResNet-200 is the bottleneck [3, 24, 36, 3]
+# of He et al. 2016 ("Identity mappings"), built from torchvision's ResNet class.
+_RESNET_LAYERS = {
+    "resnet18": (BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (Bottleneck, [3, 4, 6, 3]),
+    "resnet101": (Bottleneck, [3, 4, 23, 3]),
+    "resnet152": (Bottleneck, [3, 8, 36, 3]),
+    "resnet200": (Bottleneck, [3, 24, 36, 3]),
+}
+
+
+class Backbone(nn.Module):
+    """A ResNet trunk returning its final feature map (B, C, H/stride, W/stride).
+
+    Wraps a torchvision :class:`ResNet` (v1.5: stride on the 3x3 conv) without its pooling and
+    classifier, so ``net.state_dict()`` loads into a plain torchvision ResNet (``strict=False`` for
+    the missing ``fc``).
+    """
+
+    def __init__(self, net: ResNet, out_channels: int, stride: int) -> None:
+        super().__init__()
+        net.fc = nn.Identity()
+        self.net = net
+        self.out_channels = out_channels
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+
+
+class SmallResNet(nn.Module):
+    """A narrow ResNet of the same family for the cpu profile (BasicBlocks, one per stage).
+
+    Widths w, 2w, 4w, 8w; a stride-2 3x3 stem without max-pool, stages at strides 1, 2, 2 and
+    1 (output stride 8) or 2 (output stride 16), so a 64 px crop gives an 8x8 feature grid as a
+    224 px crop gives ResNet-50 a 7x7 one. Zero-initialised last BN gamma as ``zero_init_residual``.
+    """
+
+    def __init__(self, width: int = 32, stride: int = 8) -> None:
+        super().__init__()
+        if stride not in (8, 16):
+            raise ValueError(f"SmallResNet: stride={stride}; expected 8 or 16")
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+        strides = [1, 2, 2, 1 if stride == 8 else 2]
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        layers, cin = [], width
+        for cout, s in zip(widths, strides):
+            down = None
+            if s != 1 or cin != cout:
+                down = nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride=s, bias=False), nn.BatchNorm2d(cout)
+                )
+            layers.append(BasicBlock(cin, cout, stride=s, downsample=down))
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.out_channels = widths[-1]
+        self.stride = stride
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for block in self.layers:
+            nn.init.zeros_(block.bn2.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(self.stem(x))
+
+
+def build_backbone(cfg: ModelConfig) -> nn.Module:
+    """The configured encoder; it has ``out_channels`` and ``stride`` attributes."""
+    if cfg.backbone == "small":
+        net: nn.Module = SmallResNet(cfg.small_width, cfg.small_stride)
+    else:
+        block, layers = _RESNET_LAYERS[cfg.backbone]
+        # zero_init_residual: the last BN gamma of each block starts at 0 (DESIGN §5.9).
+        resnet = ResNet(block, layers, zero_init_residual=True)
+        net = Backbone(resnet, 512 * block.expansion, 32)
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = cfg.bn_momentum
+    return net
+
+
+class MLP(nn.Sequential):
+    """Projector / predictor: Linear(hidden) -> BatchNorm -> ReLU -> Linear(out, no bias).
+
+    Paper §3.2 / BYOL: "a multi-layer perceptron with a hidden layer of 4096 units ... batch
+    normalization ... rectified linear units, and a linear output layer of 256 units". Applied to
+    every pooled mask vector: BN statistics are over all B*K vectors.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, out: int) -> None:
+        super().__init__(
+            nn.Linear(in_dim, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, out, bias=False),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
+        lead = x.shape[:-1]
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
+
+
+class _CrossProcessBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics span every process (torch's SyncBatchNorm is GPU-only).
+
+    Sums and squared sums are all-reduced with a differentiable collective, so gradients match one
+    process holding the whole batch. Outside an initialised process group it is plain BatchNorm.
+    """
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
+
+    def forward(self, x: Tensor) -> Tensor:
+        dist = torch.distributed
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        dims = [0, *range(2, x.dim())]
+        count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
+        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1).clamp_min(1), alpha=m)
+                self.num_batches_tracked.add_(1)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Make every BatchNorm synchronise its statistics across processes (DESIGN §5.5).
+
+    On CUDA torch's SyncBatchNorm is used; on CPU (gloo) our all-reduce BatchNorm.
+    """
+    if next(module.parameters()).is_cuda:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(
+            child, _CrossProcessBatchNorm
+        ):
+            new = _CrossProcessBatchNorm(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+            )
+            new.load_state_dict(child.state_dict())
+            setattr(module, name, new)
+        else:
+            convert_sync_batchnorm(child)
+    return module
+
+
+class _Branch(nn.Module):
+    """Encoder + projector (+ predictor on the online side)."""
+
+    def __init__(self, cfg: ModelConfig, predictor: bool) -> None:
+        super().__init__()
+        self.backbone = build_backbone(cfg)
+        self.projector = MLP(self.backbone.out_channels, cfg.head_hidden, cfg.head_out)
+        self.predictor = MLP(cfg.head_out, cfg.head_hidden, cfg.head_out) if predictor else None
+
+
+def _featurewise_std(x: Tensor) -> Tensor:
+    """Mean over features of the std over vectors (release ``featurewise_std``)."""
+    return x.reshape(-1, x.shape[-1]).std(dim=0, unbiased=False).mean()
+
+
+class PretrainModel(nn.Module):
+    """One model for the four methods.
+
+    - ``detcon_b``: online backbone+projector+predictor; target = EMA of backbone+projector,
+      initialised independently (release ``_make_initial_state``), no gradient, train-mode BN;
+      contrastive detection loss.
+    - ``detcon_s``: one backbone+projector; the loss with ``target = pred`` (SimCLR-style).
+    - ``byol``: as detcon_b with one whole-image mask and BYOL's regression loss.
+    - ``simclr``: as detcon_s with one whole-image mask (then the loss is NT-Xent).
+    """
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        super().__init__()
+        self.method = cfg.method
+        self.loss_cfg = cfg.loss
+        self.uses_target = cfg.method in ("detcon_b", "byol")
+        self.online = _Branch(cfg.model, predictor=self.uses_target)
+        # Built after the online branch, so it draws different initial weights.
+        self.target = _Branch(cfg.model, predictor=False) if self.uses_target else None
+        if self.target is not None:
+            self.target.requires_grad_(False)
+
+    def online_modules(self) -> list[nn.Module]:
+        return [self.online]
+
+    @torch.no_grad()
+    def update_target(self, tau: float) -> None:
+        """target <- tau * target + (1 - tau) * online, parameters only (release ``_update_fn``);
+        the target's BN running statistics are its own."""
+        if self.target is None:
+            return
+        online = dict(self.online.named_parameters())
+        for name, p in self.target.named_parameters():
+            p.lerp_(online[name].detach(), 1.0 - tau)
+
+    def forward(
+        self, images: list[Tensor], masks: list[Tensor], uniforms: list[Tensor]
+    ) -> dict[str, Tensor]:
+        """Loss and monitors for one batch of two views.
+
+        Args:
+            images: two (B, 3, S, S) normalised views.
+            masks: two mask batches on the views' pixels: int id maps (B, S, S) or bool stacks
+                (B, M, S, S).
+            uniforms: two (B, K) uniforms in [0, 1) that pick the K mask ids of each view.
+        """
+        proj, pred, ids, targets, present = [], [], [], [], []
+        for x, m, u in zip(images, masks, uniforms):
+            feats = self.online.backbone(x)
+            w = mask_weights(m, tuple(feats.shape[-2:]))
+            sel = sample_mask_ids(w, u)
+            z = self.online.projector(pool_masks(feats, w, sel))  # (B, K, D)
+            proj.append(z)
+            pred.append(self.online.predictor(z) if self.online.predictor is not None else z)
+            ids.append(sel)
+            present.append(present_masks(w).sum(-1).float().mean())
+            if self.target is not None:
+                with torch.no_grad():
+                    tf = self.target.backbone(x)
+                    targets.append(self.target.projector(pool_masks(tf, w, sel)).detach())
+        if self.method in ("detcon_b", "detcon_s", "simclr"):
+            t1, t2 = targets if self.target is not None else pred
+            loss = detcon_loss(
+                pred1=pred[0],
+                pred2=pred[1],
+                target1=t1,
+                target2=t2,
+                pred_ids1=ids[0],
+                pred_ids2=ids[1],
+                target_ids1=ids[0],
+                target_ids2=ids[1],
+                temperature=self.loss_cfg.temperature,
+                same_image_negatives=self.loss_cfg.same_image_negatives,
+                negative_groups=self.loss_cfg.negative_groups,
+            )
+        else:  # byol
+            loss = byol_loss(pred1=pred[0], pred2=pred[1], target1=targets[0], target2=targets[1])
+        with torch.no_grad():
+            norm_std = _featurewise_std(F.normalize(proj[0].float(), dim=-1))
+        return {
+            "loss": loss,
+            "normalized_proj_std": norm_std,
+            "masks_present": (present[0] + present[1]) / 2,
+        }
+
+
+def export_backbone(model: PretrainModel) -> dict[str, Tensor]:
+    """The online encoder's weights. For ResNets the keys are those of a plain torchvision ResNet
+    (load with ``strict=False``: no ``fc``); for the small backbone, its own keys."""
+    backbone = model.online.backbone
+    state = backbone.net.state_dict() if isinstance(backbone, Backbone) else backbone.state_dict()
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def torchvision_resnet(name: str) -> nn.Module:
+    """A plain torchvision ResNet of the given depth (for loading exported weights)."""
+    if name == "resnet200":
+        return ResNet(Bottleneck, [3, 24, 36, 3])
+    return getattr(torchvision.models, name)(weights=None)

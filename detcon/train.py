@@ -1,0 +1,347 @@
+"""The one pretraining loop (all methods), with atomic checkpoints, exact resume and DDP.
+
+Run directory contents written here: ``config.json``, ``metrics.jsonl`` (one JSON line per logged
+step), ``checkpoint.pt`` (atomic), ``backbone.pt`` (exported encoder) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from detcon.atomic import save_torch, write_json, write_text
+from detcon.config import (
+    PretrainConfig,
+    from_dict,
+    scaled_lr,
+    to_dict,
+    total_steps,
+    warmup_steps,
+)
+from detcon.data.pretrain import (
+    StepBatchSampler,
+    build_pretrain_dataset,
+    collate_views,
+    derive_seed,
+)
+from detcon.models import PretrainModel, convert_sync_batchnorm, export_backbone
+from detcon.optim import LARS, learning_rate, param_groups, target_ema
+
+__all__ = ["NonFiniteLossError", "TrainResult", "init_distributed", "load_checkpoint", "pretrain"]
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept untouched."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    final_loss: float
+    wall_s: float
+    images_per_s: float
+    resumed_from: int
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group described by the environment (torchrun or a submitit multi-task
+    SLURM job); returns (rank, world_size), (0, 1) when running alone."""
+    dist = torch.distributed
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend, init_method="env://")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """Mean of the gradients over processes (one flat all-reduce)."""
+    if world == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``), with a clear error if it is unusable."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the path and the cause
+        raise RuntimeError(
+            f"checkpoint {path} cannot be read ({exc}); delete it to start over"
+        ) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise RuntimeError(
+            f"checkpoint {path} is not a detcon checkpoint of format {CHECKPOINT_FORMAT}"
+        )
+    return ckpt
+
+
+def _truncate_metrics(path: Path, before_step: int) -> None:
+    """Keep only metric lines of steps already covered by the checkpoint we resume from."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] < before_step:
+                keep.append(line)
+        except (ValueError, KeyError):
+            continue  # a torn last line from a kill
+    write_text(path, "".join(k + "\n" for k in keep))
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _device(cfg: PretrainConfig) -> torch.device:
+    if cfg.train.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "train.device='cuda' but no CUDA device is available; use 'cpu' or 'auto'"
+        )
+    return torch.device(cfg.train.device)
+
+
+def _to_input(
+    views: torch.Tensor, view: int, cfg: PretrainConfig, gen: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    from detcon.augment import normalize, photometric
+
+    x = views.to(device, non_blocking=True).float().div_(255.0)
+    x = normalize(photometric(x, view=view, cfg=cfg.augment, generator=gen))
+    if cfg.train.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def pretrain(
+    cfg: PretrainConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool | None = None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Pretrain ``cfg`` into ``out_dir``, resuming from its checkpoint when there is one.
+
+    Args:
+        cfg: the frozen config.
+        out_dir: run directory (created).
+        progress: tqdm bar; None shows it only on an interactive terminal.
+        stop_after: stop (with a checkpoint) after this many steps in total; used to simulate an
+            interruption. The schedule still spans the whole run.
+    """
+    out = Path(out_dir)
+    rank, world = init_distributed()
+    if cfg.optim.batch_size % world:
+        raise ValueError(
+            f"optim.batch_size={cfg.optim.batch_size} is not divisible by the {world} processes"
+        )
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = _device(cfg)
+    dataset, spe = build_pretrain_dataset(cfg)
+    n_total = total_steps(cfg.optim, len(dataset))
+    n_warm = warmup_steps(cfg.optim, len(dataset))
+    peak_lr = scaled_lr(cfg.optim)
+    planned_end = n_total if not cfg.train.max_steps else min(n_total, cfg.train.max_steps)
+    end = planned_end if stop_after is None else min(planned_end, stop_after)
+
+    torch.manual_seed(derive_seed(cfg.seed, "init"))  # the same initial weights on every rank
+    model = PretrainModel(cfg)
+    if world > 1:
+        model = convert_sync_batchnorm(model)
+    model.to(device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = LARS(
+        param_groups(model.online_modules(), cfg.optim.weight_decay),
+        lr=peak_lr,
+        momentum=cfg.optim.momentum,
+        trust_coefficient=cfg.optim.trust_coefficient,
+    )
+    online_params = [p for m in model.online_modules() for p in m.parameters()]
+
+    ckpt_path = out / CHECKPOINT
+    start = 0
+    if ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        stored = from_dict(PretrainConfig, ckpt["config"])
+        if to_dict(stored) != to_dict(cfg):
+            raise RuntimeError(
+                f"{ckpt_path} was written for a different config; expected the "
+                "same config to resume (use a new run directory)"
+            )
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        start = int(ckpt["step"])
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", to_dict(cfg))
+        _truncate_metrics(out / "metrics.jsonl", start)
+
+    def save(step: int) -> None:
+        if rank == 0:
+            save_torch(
+                ckpt_path,
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "step": step,
+                    "config": to_dict(cfg),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                },
+            )
+
+    sampler = StepBatchSampler(
+        len(dataset), cfg.optim.batch_size, spe, cfg.seed, start, end, rank, world
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_views,
+        num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    local_batch = cfg.optim.batch_size // world
+    k = cfg.masks.num_samples
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"
+    )
+    show = sys.stderr.isatty() if progress is None else progress
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=end,
+        initial=start,
+        disable=not (show and rank == 0),
+        desc="pretrain",
+        unit="step",
+        dynamic_ncols=True,
+    )
+    metrics_file = (out / "metrics.jsonl").open("a") if rank == 0 else None
+    t_run, last_loss, losses = time.perf_counter(), math.nan, []
+    try:
+        for step, batch in enumerate(loader, start=start):  # noqa: B007
+            t0 = time.perf_counter()
+            lr = learning_rate(step, scaled_lr=peak_lr, total_steps=n_total, warmup_steps=n_warm)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            # Randomness of this step: a function of (seed, step) only, sliced for this rank.
+            g = torch.Generator().manual_seed(derive_seed(cfg.seed, "masks", step))
+            uniforms = torch.rand(2, cfg.optim.batch_size, k, generator=g)
+            uniforms = uniforms[:, rank * local_batch : (rank + 1) * local_batch].to(device)
+            gen = torch.Generator(device=device).manual_seed(
+                derive_seed(cfg.seed, "photometric", step, rank)
+            )
+            images = [
+                _to_input(batch["view1"], 0, cfg, gen, device),
+                _to_input(batch["view2"], 1, cfg, gen, device),
+            ]
+            masks = [batch["masks1"].to(device), batch["masks2"].to(device)]
+            with autocast:
+                outputs = model(images, masks, [uniforms[0], uniforms[1]])
+            loss = outputs["loss"].float()
+            check = loss.detach().clone()
+            if world > 1:
+                torch.distributed.all_reduce(check)
+                check /= world
+            if not torch.isfinite(check):
+                raise NonFiniteLossError(
+                    f"loss is {check.item()} at step {step}; stopped. The last good checkpoint "
+                    f"({ckpt_path}) is kept; lower optim.base_lr or check the inputs"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            _average_gradients(online_params, world)
+            optimizer.step()
+            tau = target_ema(step, base_ema=cfg.optim.base_ema, total_steps=n_total)
+            model.update_target(tau)
+            last_loss = check.item()
+            losses.append(last_loss)
+            dt = time.perf_counter() - t0
+            if metrics_file is not None and step % cfg.train.log_every == 0:
+                row = {
+                    "step": step,
+                    "epoch": step / spe,
+                    "loss": last_loss,
+                    "lr": lr,
+                    "tau": tau,
+                    "normalized_proj_std": float(outputs["normalized_proj_std"]),
+                    "masks_present": float(outputs["masks_present"]),
+                    "images_per_s": cfg.optim.batch_size / dt,
+                }
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+            bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.3g}")
+            bar.update(1)
+            if (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < end:
+                save(step + 1)
+        done = end
+        save(done)
+    finally:
+        bar.close()
+        if metrics_file is not None:
+            metrics_file.close()
+    wall = time.perf_counter() - t_run
+    n_steps = done - start
+    result = TrainResult(
+        steps=done,
+        final_loss=float(sum(losses[-10:]) / max(1, len(losses[-10:]))) if losses else math.nan,
+        wall_s=wall,
+        images_per_s=n_steps * cfg.optim.batch_size / wall if wall else 0.0,
+        resumed_from=start,
+    )
+    if rank == 0:
+        save_torch(out / "backbone.pt", export_backbone(model))
+        if done == planned_end:
+            write_json(
+                out / "summary.json",
+                {
+                    "steps": done,
+                    "final_loss": result.final_loss,
+                    "wall_s": wall,
+                    "images_per_s": result.images_per_s,
+                    "resumed_from": start,
+                    "method": cfg.method,
+                    "mask_source": cfg.masks.source,
+                },
+            )
+    return result
