@@ -333,7 +333,7 @@ def pretrain(
         save_torch(out / "backbone.pt", export_backbone(model))
         if done == planned_end:
             write_json(
-                out / "summary.json",
+                out / "train_summary.json",
                 {
                     "steps": done,
                     "final_loss": result.final_loss,
