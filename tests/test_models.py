@@ -1,0 +1,93 @@
+import pytest
+import torch
+import torchvision
+
+from detcon.config import ModelConfig, load_pretrain_config
+from detcon.models import MLP, PretrainModel, build_backbone, export_backbone, torchvision_resnet
+
+
+@pytest.mark.parametrize("name,channels", [("resnet18", 512), ("resnet50", 2048)])
+def test_resnet_backbone_returns_the_stride_32_feature_map(name, channels):
+    net = build_backbone(ModelConfig(backbone=name)).eval()
+    assert (net.out_channels, net.stride) == (channels, 32)
+    with torch.no_grad():
+        assert net(torch.zeros(1, 3, 224, 224)).shape == (1, channels, 7, 7)
+    # zero_init_residual: last BN gamma of every block is 0 (DESIGN §5.9)
+    last_bns = [b.bn3 if hasattr(b, "bn3") else b.bn2 for layer in
+                (net.net.layer1, net.net.layer4) for b in layer]
+    assert all(float(bn.weight.detach().abs().sum()) == 0 for bn in last_bns)
+
+
+def test_resnet200_is_the_bottleneck_3_24_36_3():
+    net = build_backbone(ModelConfig(backbone="resnet200"))
+    assert [len(getattr(net.net, f"layer{i}")) for i in range(1, 5)] == [3, 24, 36, 3]
+    n_params = sum(p.numel() for p in net.parameters())
+    assert 62e6 < n_params < 65e6  # ResNet-200 without fc: ~62.6M
+
+
+@pytest.mark.parametrize("stride,grid", [(8, 8), (16, 4)])
+def test_small_backbone_stride(stride, grid):
+    net = build_backbone(ModelConfig(backbone="small", small_width=8, small_stride=stride))
+    assert net(torch.zeros(2, 3, 64, 64)).shape == (2, 64, grid, grid)
+
+
+def test_mlp_head_shapes_and_layout():
+    head = MLP(16, 32, 8)
+    assert head(torch.randn(4, 5, 16)).shape == (4, 5, 8)
+    assert isinstance(head[1], torch.nn.BatchNorm1d) and head[3].bias is None
+
+
+def test_exported_resnet_loads_into_plain_torchvision():
+    cfg = load_pretrain_config({"model": {"backbone": "resnet18", "head_hidden": 32,
+                                          "head_out": 16}}, profile="cpu")
+    model = PretrainModel(cfg)
+    state = export_backbone(model)
+    plain = torchvision.models.resnet18(weights=None)
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
+    assert set(torchvision_resnet("resnet18").state_dict()) - set(state) == {"fc.weight",
+                                                                             "fc.bias"}
+
+
+def _cpu_model(method, source="fh", k=4):
+    cfg = load_pretrain_config({"method": method, "masks": {"source": source, "num_samples": k},
+                                "model": {"small_width": 8, "head_hidden": 32, "head_out": 16}},
+                               profile="cpu")
+    torch.manual_seed(0)
+    return PretrainModel(cfg)
+
+
+def test_target_is_independently_initialised_and_frozen():
+    m = _cpu_model("detcon_b")
+    on, tg = m.online.backbone.stem[0].weight, m.target.backbone.stem[0].weight
+    assert not torch.equal(on, tg)
+    assert not any(p.requires_grad for p in m.target.parameters())
+    assert m.online.predictor is not None and m.target.predictor is None
+
+
+def test_ema_update_moves_target_towards_online():
+    m = _cpu_model("detcon_b")
+    on = m.online.projector[0].weight.detach().clone()
+    tg = m.target.projector[0].weight.detach().clone()
+    m.update_target(0.9)
+    torch.testing.assert_close(m.target.projector[0].weight, 0.9 * tg + 0.1 * on)
+    m.update_target(0.0)
+    torch.testing.assert_close(m.target.projector[0].weight, m.online.projector[0].weight)
+
+
+@pytest.mark.parametrize("method,source,k", [("detcon_b", "fh", 4), ("detcon_s", "fh", 4),
+                                             ("byol", "image", 1), ("simclr", "image", 1)])
+def test_every_method_gives_a_finite_loss_and_gradient(method, source, k):
+    m = _cpu_model(method, source, k)
+    g = torch.Generator().manual_seed(0)
+    x = [torch.randn(4, 3, 32, 32, generator=g) for _ in range(2)]
+    masks = [torch.randint(0, 3, (4, 32, 32), generator=g) for _ in range(2)]
+    if source == "image":
+        masks = [torch.zeros_like(mk) for mk in masks]
+    out = m(x, masks, [torch.rand(4, k, generator=g) for _ in range(2)])
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    grads = [p.grad for p in m.online.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(gr).all() for gr in grads)
+    if m.target is not None:
+        assert all(p.grad is None for p in m.target.parameters())
