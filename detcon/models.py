@@ -178,12 +178,14 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
 
     On CUDA torch's SyncBatchNorm is used; on CPU (gloo) our all-reduce BatchNorm.
     """
-    if next(module.parameters()).is_cuda:
+    if any(p.is_cuda for p in module.parameters()):
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _to_cross_process_bn(module)
+
+
+def _to_cross_process_bn(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(
-            child, _CrossProcessBatchNorm
-        ):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
             new = _CrossProcessBatchNorm(
                 child.num_features,
                 child.eps,
@@ -192,9 +194,10 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
                 child.track_running_stats,
             )
             new.load_state_dict(child.state_dict())
+            new.train(child.training)
             setattr(module, name, new)
         else:
-            convert_sync_batchnorm(child)
+            _to_cross_process_bn(child)
     return module
 
 
