@@ -1,0 +1,128 @@
+"""The local SLURM cluster as a pytest fixture.
+
+Tests marked ``slurm`` (or asking for ``slurm_cluster``) need the private single-node cluster of
+``scripts/slurm-up.sh``. When it is not reachable they skip with "run `make slurm-up`", except
+when the environment has ``CI=true``: there they fail, because CI must exercise the real
+scheduler rather than silently skip it (``.ci/run`` starts the cluster before ``make test``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# The partition scripts/slurm/slurm.conf.in declares (Default=YES).
+SLURM_PARTITION = "local"
+# `scontrol ping` answers at once; `sinfo` can stall ~9 s, so it only runs once ping says UP.
+_PROBE_TIMEOUT_S = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmCluster:
+    """A reachable SLURM cluster that accepts jobs.
+
+    Attributes:
+        partition: partition to submit to (``slurm_partition=`` in submitit).
+        node: name of the node that runs the jobs.
+        conf: the slurm.conf the commands and jobs read (``SLURM_CONF``), or None for the
+            system default ``/etc/slurm/slurm.conf``.
+    """
+
+    partition: str
+    node: str
+    conf: Path | None
+
+
+def _local_slurm_conf() -> Path | None:
+    """slurm.conf written by scripts/slurm-up.sh, if the local cluster was ever set up here."""
+    base = Path(os.environ.get("SLURM_LOCAL_DIR", REPO / ".slurm-local"))
+    conf = base / "etc" / "slurm.conf"
+    return conf if conf.is_file() else None
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=_PROBE_TIMEOUT_S,
+        check=False,
+    )
+
+
+def _output(proc: subprocess.CompletedProcess[str]) -> str:
+    """A command's output on one line, without scontrol's "**** RESTORE ... ****" banner."""
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return " | ".join(line for line in lines if line.strip() and not line.startswith("**"))[:300]
+
+
+def _probe_cluster(partition: str) -> tuple[str | None, str]:
+    """Check that the controller, the node and accounting answer.
+
+    Returns:
+        (problem, node): ``problem`` is None when the cluster is usable, else a one-line reason;
+        ``node`` is the node name sinfo reports ("" when unknown).
+    """
+    commands = ("sbatch", "srun", "scontrol", "sinfo", "sacct")
+    missing = [cmd for cmd in commands if shutil.which(cmd) is None]
+    if missing:
+        return f"SLURM commands not on PATH: {', '.join(missing)}", ""
+    try:
+        ping = _run("scontrol", "ping")
+        if "is UP" not in ping.stdout:
+            return f"`scontrol ping` does not say UP: {_output(ping)}", ""
+        info = _run("sinfo", "-h", "-p", partition, "-o", "%T %N")
+        fields = info.stdout.split()
+        # sinfo appends flags to the state: `*` not responding, `~` powered off, ...
+        state = fields[0].rstrip("*~#!%$@^-").lower() if fields else ""
+        node = fields[1] if len(fields) > 1 else ""
+        if info.returncode != 0 or state not in ("idle", "mixed"):
+            return f"partition {partition!r} has no idle/mixed node: {_output(info)}", node
+        acct = _run("sacct", "-n", "-X", "-S", "now-1hours", "-o", "JobID")
+        if acct.returncode != 0:
+            return f"`sacct` fails (no accounting): {_output(acct)}", node
+    except subprocess.TimeoutExpired as err:
+        return f"`{' '.join(map(str, err.cmd))}` timed out after {_PROBE_TIMEOUT_S} s", ""
+    return None, node
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """The local SLURM cluster, checked once per session.
+
+    Points ``SLURM_CONF`` at the cluster of scripts/slurm-up.sh when it is unset (jobs inherit
+    it through sbatch). Skips when the cluster is not reachable; fails instead under ``CI=true``.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        conf = Path(os.environ["SLURM_CONF"]) if os.environ.get("SLURM_CONF") else None
+        if conf is None and (conf := _local_slurm_conf()) is not None:
+            patch.setenv("SLURM_CONF", str(conf))
+        problem, node = _probe_cluster(SLURM_PARTITION)
+        if problem is not None:
+            if _in_ci():
+                pytest.fail(
+                    f"SLURM cluster not reachable under CI=true ({problem}); SLURM tests must run "
+                    "in CI: start the cluster with scripts/slurm-up.sh (.ci/run does)",
+                    pytrace=False,
+                )
+            pytest.skip(f"SLURM cluster not reachable ({problem}): run `make slurm-up`")
+        yield SlurmCluster(partition=SLURM_PARTITION, node=node, conf=conf)
+
+
+@pytest.fixture(autouse=True)
+def _slurm_marker_needs_cluster(request: pytest.FixtureRequest) -> None:
+    """Give every test marked ``slurm`` the cluster check (skip, or fail under CI=true)."""
+    if request.node.get_closest_marker("slurm") is not None:
+        request.getfixturevalue("slurm_cluster")
