@@ -1,0 +1,187 @@
+"""The training loop: every method learns, resume is exact (also after a kill), DDP == 1 process."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from detcon.config import load_pretrain_config
+from detcon.train import NonFiniteLossError, load_checkpoint, pretrain
+
+TINY = {
+    "data": {"num_images": 16, "scene_size": 32},
+    "masks": {"fh_min_size": 16},
+    "augment": {"crop_size": 32},
+    "model": {"small_width": 4, "head_hidden": 32, "head_out": 16},
+    "optim": {"batch_size": 4, "epochs": 2},
+    "train": {"checkpoint_every": 2, "threads": 1},
+}
+NO_PHOTOMETRIC = {"augment": {"color_jitter_prob": 0.0, "grayscale_prob": 0.0,
+                              "blur_prob": [0.0, 0.0], "solarize_prob": [0.0, 0.0]}}
+
+
+def tiny_cfg(**overrides):
+    from detcon.config import merge
+
+    return load_pretrain_config(merge(TINY, overrides), profile="cpu")
+
+
+def _final_state(run: Path) -> dict:
+    return load_checkpoint(run / "checkpoint.pt")["model"]
+
+
+def _assert_same_state(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if atol == 0.0:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k].float(), b[k].float(), atol=atol, rtol=1e-4, msg=k)
+
+
+@pytest.mark.parametrize("method,source,k", [("detcon_b", "fh", 4), ("detcon_s", "fh", 4),
+                                             ("byol", "image", 1), ("simclr", "image", 1)])
+def test_every_method_lowers_its_loss_on_a_fixed_batch(method, source, k):
+    """A few steps at one fixed batch (one epoch of 4 images) drive the loss down."""
+    from detcon.data.pretrain import build_pretrain_dataset, collate_views
+    from detcon.models import PretrainModel
+    from detcon.optim import LARS, param_groups
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(method=method, masks={"source": source, "num_samples": k},
+                   **NO_PHOTOMETRIC)
+    ds, _ = build_pretrain_dataset(cfg)
+    batch = collate_views([ds[(0, i)] for i in range(4)])
+    from detcon.augment import normalize
+
+    x = [normalize(batch[f"view{v}"].float() / 255) for v in (1, 2)]
+    masks = [batch["masks1"], batch["masks2"]]
+    u = [torch.rand(4, k, generator=torch.Generator().manual_seed(v)) for v in (1, 2)]
+    model = PretrainModel(cfg)
+    opt = LARS(param_groups(model.online_modules(), 0.0), lr=2.0, trust_coefficient=0.02)
+    losses = []
+    for _ in range(12):
+        loss = model(x, masks, u)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.update_target(0.9)
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_metrics_checkpoint_and_summary(tmp_path):
+    cfg = tiny_cfg(train={"max_steps": 3, "checkpoint_every": 2, "threads": 1})
+    result = pretrain(cfg, tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert {"loss", "lr", "tau", "normalized_proj_std", "images_per_s"} <= rows[0].keys()
+    assert result.steps == 3 and load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
+    assert json.loads((tmp_path / "train_summary.json").read_text())["steps"] == 3
+    assert json.loads((tmp_path / "config.json").read_text())["method"] == "detcon_b"
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_resume_gives_the_same_final_weights(tmp_path):
+    cfg = tiny_cfg(train={"max_steps": 6, "checkpoint_every": 2, "threads": 1})
+    pretrain(cfg, tmp_path / "straight", progress=False)
+    first = pretrain(cfg, tmp_path / "resumed", progress=False, stop_after=3)
+    assert first.steps == 3 and not (tmp_path / "resumed" / "train_summary.json").exists()
+    second = pretrain(cfg, tmp_path / "resumed", progress=False)
+    assert second.resumed_from == 3 and second.steps == 6
+    _assert_same_state(_final_state(tmp_path / "straight"), _final_state(tmp_path / "resumed"))
+    steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "metrics.jsonl").open()]
+    assert steps == list(range(6))
+
+
+def test_resume_after_a_kill_gives_the_same_final_weights(tmp_path):
+    """SIGKILL a real `detcon pretrain` process after its first checkpoint, then rerun it."""
+    cfg_args = ["--set", "data.num_images=16", "--set", "data.scene_size=32",
+                "--set", "masks.fh_min_size=16", "--set", "augment.crop_size=32",
+                "--set", "model.small_width=4", "--set", "model.head_hidden=32",
+                "--set", "model.head_out=16", "--set", "optim.batch_size=4",
+                "--set", "optim.epochs=2", "--set", "train.checkpoint_every=2",
+                "--set", "train.threads=1", "--set", "train.max_steps=8"]
+    cmd = [sys.executable, "-m", "detcon", "pretrain", "--profile", "cpu", "--quiet", *cfg_args]
+    subprocess.run([*cmd, "--out", str(tmp_path / "straight")], check=True, timeout=300)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--out", str(run)])
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    assert (run / "checkpoint.pt").exists(), "no checkpoint appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(run / "checkpoint.pt")["step"]
+    assert killed_at < 8, "the run finished before it could be killed; make it longer"
+    subprocess.run([*cmd, "--out", str(run)], check=True, timeout=300)
+    _assert_same_state(_final_state(tmp_path / "straight"), _final_state(run))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_cfg(train={"max_steps": 6, "checkpoint_every": 2, "threads": 1})
+    pretrain(cfg, tmp_path, progress=False, stop_after=2)
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    from detcon import models
+
+    real = models.PretrainModel.forward
+
+    def poisoned(self, *a, **kw):
+        out = real(self, *a, **kw)
+        return {**out, "loss": out["loss"] * float("nan")}
+
+    monkeypatch.setattr(models.PretrainModel, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match="loss is nan at step 2"):
+        pretrain(cfg, tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    pretrain(tiny_cfg(train={"max_steps": 2, "threads": 1}), tmp_path, progress=False)
+    with pytest.raises(RuntimeError, match="different config"):
+        pretrain(tiny_cfg(seed=1, train={"max_steps": 2, "threads": 1}), tmp_path,
+                 progress=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str, method: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        pretrain(_ddp_cfg(method), out, progress=False)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _ddp_cfg(method: str):
+    source, k = ("fh", 4) if method.startswith("detcon") else ("image", 1)
+    return tiny_cfg(method=method, masks={"source": source, "num_samples": k},
+                    train={"max_steps": 2, "threads": 1}, **NO_PHOTOMETRIC)
+
+
+@pytest.mark.parametrize("method", ["detcon_b", "detcon_s"])
+def test_two_process_gloo_equals_one_process(tmp_path, method):
+    """Global batch 4 split over 2 gloo ranks: same loss curve and same weights after 2 steps
+    (targets gathered, gradients averaged, BatchNorm statistics across ranks)."""
+    pretrain(_ddp_cfg(method), tmp_path / "single", progress=False)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp"), method), nprocs=2)
+    one = [json.loads(x)["loss"] for x in (tmp_path / "single" / "metrics.jsonl").open()]
+    two = [json.loads(x)["loss"] for x in (tmp_path / "ddp" / "metrics.jsonl").open()]
+    assert one == pytest.approx(two, rel=1e-4, abs=1e-5)
+    _assert_same_state(_final_state(tmp_path / "single"), _final_state(tmp_path / "ddp"),
+                       atol=1e-4)
