@@ -29,10 +29,26 @@ def gather_along_batch(x: Tensor) -> tuple[Tensor, int]:
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x, 0
-    from torch.distributed.nn.functional import all_gather
+    return _AllGather.apply(x.contiguous()), dist.get_rank() * x.shape[0]
 
-    parts = all_gather(x.contiguous())
-    return torch.cat(parts, dim=0), dist.get_rank() * x.shape[0]
+
+class _AllGather(torch.autograd.Function):
+    """Concatenate every rank's (B, ...) tensor; backward sums the gathered gradient over ranks
+    and returns this rank's slice (the transpose of a gather)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
+        dist = torch.distributed
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        ctx.rank, ctx.batch = dist.get_rank(), x.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+        grad = grad.contiguous()
+        torch.distributed.all_reduce(grad)
+        return grad[ctx.rank * ctx.batch : (ctx.rank + 1) * ctx.batch]
 
 
 def _check_inputs(
@@ -158,73 +174,79 @@ def detcon_loss(
         raise ValueError(f"detcon_loss: negative_groups={negative_groups}; expected >= 1")
 
     def norm(x: Tensor) -> Tensor:
-        return F.normalize(x, dim=-1, eps=1e-12)
+        # The loss runs in at least float32: in half precision the release's 1e9 removal
+        # overflows to -inf (0 * -inf = NaN). Clamp the squared norm at 1e-12 as the release's
+        # l2_normalize does.
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True).clamp_min(1e-12))
 
-    pred1, pred2, target1, target2 = norm(pred1), norm(pred2), norm(target1), norm(target2)
-    if gather_targets:
-        all_t1, offset = gather_along_batch(target1)
-        all_t2, _ = gather_along_batch(target2)
-    else:
-        all_t1, all_t2, offset = target1, target2, 0
-    n = all_t1.shape[0]
-    if n % negative_groups:
-        raise ValueError(
-            f"detcon_loss: negative_groups={negative_groups} must divide the global batch {n}"
+    # Full precision even under autocast (see norm()).
+    with torch.autocast(device_type=pred1.device.type, enabled=False):
+        pred1, pred2, target1, target2 = norm(pred1), norm(pred2), norm(target1), norm(target2)
+        if gather_targets:
+            all_t1, offset = gather_along_batch(target1)
+            all_t2, _ = gather_along_batch(target2)
+        else:
+            all_t1, all_t2, offset = target1, target2, 0
+        n = all_t1.shape[0]
+        if n % negative_groups:
+            raise ValueError(
+                f"detcon_loss: negative_groups={negative_groups} must divide the global batch {n}"
+            )
+        size = n // negative_groups  # images per group
+        dev = pred1.device
+
+        if size >= b:
+            # The local batch lies inside one group (always true for G=1).
+            if size % b and negative_groups > 1:
+                raise ValueError(
+                    f"detcon_loss: group size {size} is not a multiple of the local "
+                    f"batch {b}; expected the local batch to tile the groups"
+                )
+            start = (offset // size) * size
+            c1, c2 = all_t1[start : start + size][None], all_t2[start : start + size][None]
+            own = torch.arange(b, device=dev) + (offset - start)
+            shape = (1, b, k)
+        else:
+            if b % size:
+                raise ValueError(
+                    f"detcon_loss: local batch {b} is not a multiple of the group size {size}"
+                )
+            groups = b // size
+            c1 = all_t1[offset : offset + b].reshape(groups, size, k, -1)
+            c2 = all_t2[offset : offset + b].reshape(groups, size, k, -1)
+            own = torch.arange(size, device=dev)
+            shape = (groups, size, k)
+
+        def q(x: Tensor) -> Tensor:
+            return x.reshape(*shape, x.shape[-1])
+
+        def ids(x: Tensor) -> Tensor:
+            return x.reshape(shape)
+
+        loss_a = _one_direction(
+            q(pred1),
+            c2,
+            c1,
+            ids(pred_ids1),
+            ids(target_ids2),
+            ids(target_ids1),
+            own,
+            temperature,
+            same_image_negatives,
         )
-    size = n // negative_groups  # images per group
-    dev = pred1.device
-
-    if size >= b:
-        # The local batch lies inside one group (always true for G=1).
-        if size % b and negative_groups > 1:
-            raise ValueError(
-                f"detcon_loss: group size {size} is not a multiple of the local "
-                f"batch {b}; expected the local batch to tile the groups"
-            )
-        start = (offset // size) * size
-        c1, c2 = all_t1[start : start + size][None], all_t2[start : start + size][None]
-        own = torch.arange(b, device=dev) + (offset - start)
-        shape = (1, b, k)
-    else:
-        if b % size:
-            raise ValueError(
-                f"detcon_loss: local batch {b} is not a multiple of the group size {size}"
-            )
-        groups = b // size
-        c1 = all_t1[offset : offset + b].reshape(groups, size, k, -1)
-        c2 = all_t2[offset : offset + b].reshape(groups, size, k, -1)
-        own = torch.arange(size, device=dev)
-        shape = (groups, size, k)
-
-    def q(x: Tensor) -> Tensor:
-        return x.reshape(*shape, x.shape[-1])
-
-    def ids(x: Tensor) -> Tensor:
-        return x.reshape(shape)
-
-    loss_a = _one_direction(
-        q(pred1),
-        c2,
-        c1,
-        ids(pred_ids1),
-        ids(target_ids2),
-        ids(target_ids1),
-        own,
-        temperature,
-        same_image_negatives,
-    )
-    loss_b = _one_direction(
-        q(pred2),
-        c1,
-        c2,
-        ids(pred_ids2),
-        ids(target_ids1),
-        ids(target_ids2),
-        own,
-        temperature,
-        same_image_negatives,
-    )
-    return loss_a.mean() + loss_b.mean()
+        loss_b = _one_direction(
+            q(pred2),
+            c1,
+            c2,
+            ids(pred_ids2),
+            ids(target_ids1),
+            ids(target_ids2),
+            own,
+            temperature,
+            same_image_negatives,
+        )
+        return loss_a.mean() + loss_b.mean()
 
 
 def byol_loss(*, pred1: Tensor, pred2: Tensor, target1: Tensor, target2: Tensor) -> Tensor:
