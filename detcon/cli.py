@@ -16,8 +16,13 @@ from pathlib import Path
 __all__ = ["main"]
 
 # Errors that mean "bad input": reported as one paragraph, exit code 2.
-_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError,
-                                                  PermissionError, NotADirectoryError)
+_USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    KeyError,
+    PermissionError,
+    NotADirectoryError,
+)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -27,11 +32,14 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     overrides = load_yaml(args.config) if args.config else {}
     overrides = merge(overrides, parse_dotted(args.set or []))
     cfg = load_pretrain_config(overrides, profile=args.profile)
-    result = pretrain(cfg, args.out, progress=None if not args.quiet else False,
-                      stop_after=args.stop_after)
-    print(f"pretrained {cfg.method} ({cfg.masks.source} masks) for {result.steps} steps in "
-          f"{result.wall_s:.1f} s ({result.images_per_s:.1f} img/s); final loss "
-          f"{result.final_loss:.4f}; run directory {args.out}")
+    result = pretrain(
+        cfg, args.out, progress=None if not args.quiet else False, stop_after=args.stop_after
+    )
+    print(
+        f"pretrained {cfg.method} ({cfg.masks.source} masks) for {result.steps} steps in "
+        f"{result.wall_s:.1f} s ({result.images_per_s:.1f} img/s); final loss "
+        f"{result.final_loss:.4f}; run directory {args.out}"
+    )
     return 0
 
 
@@ -52,20 +60,35 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="detcon",
-        description="DetCon ablation lab: pretrain, run ablation grids, report figures.")
+        description="DetCon ablation lab: pretrain, run ablation grids, report figures.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("pretrain", help="pretrain one configuration into a run directory "
-                       "(resumes from its checkpoint)")
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain one configuration into a run directory (resumes from its checkpoint)",
+    )
     p.add_argument("--config", type=Path, help="YAML file of config overrides")
-    p.add_argument("--profile", choices=["cpu", "paper"], default="cpu",
-                   help="defaults to start from (default: cpu)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a field, e.g. --set method=byol --set optim.epochs=2")
+    p.add_argument(
+        "--profile",
+        choices=["cpu", "paper"],
+        default="cpu",
+        help="defaults to start from (default: cpu)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a field, e.g. --set method=byol --set optim.epochs=2",
+    )
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--stop-after", type=int, default=None,
-                   help="stop with a checkpoint after this many steps (the schedule still spans "
-                   "the whole run); rerun without it to resume")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop with a checkpoint after this many steps (the schedule still spans "
+        "the whole run); rerun without it to resume",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pretrain)
 
@@ -87,7 +110,7 @@ _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 def _load_extra_commands() -> None:
     import importlib
 
-    for name in ("detcon.launch", "detcon.masks.cli", "detcon.evaluate.cli"):
+    for name in ("detcon.launch", "detcon.report", "detcon.masks.cli", "detcon.evaluate.cli"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:

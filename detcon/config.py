@@ -94,7 +94,18 @@ class MaskConfig:
         1,
         10_000_000,
     )
-    mcg_num_proposals: int = _f(16, "MCG-style source: top proposals kept (paper: 16)", 1, 1024)
+    mcg_num_proposals: int = _f(
+        16,
+        "MCG-style source: top proposals kept (paper: 16); also the top-K by score of "
+        "external .npz masks",
+        1,
+        1024,
+    )
+    external_dir: str = _f(
+        "",
+        "external source: directory of <image key>.png id maps or .npz mask stacks (e.g. "
+        "real MCG output converted)",
+    )
     store: str = _f(
         "", "precomputed mask store directory (empty: compute on the fly, cached in memory)"
     )

@@ -250,7 +250,7 @@ def external_kind(directory: str | os.PathLike) -> MaskKind:
     if not directory.is_dir():
         raise FileNotFoundError(
             f"external mask directory {str(directory)!r} does not exist "
-            "(set masks.store to the directory holding <key>.png or <key>.npz)"
+            "(set masks.external_dir to the directory holding <key>.png or <key>.npz)"
         )
     for _, dirs, files in os.walk(directory):
         dirs.sort()  # deterministic walk order
@@ -268,7 +268,7 @@ def _external_path(directory: Path, kind: MaskKind, key: str | None) -> Path:
     if key is None:
         raise ValueError(
             "the 'external' mask source needs the image key: call "
-            "source(image, key='<relative name>') to read <store>/<key>.png|.npz"
+            "source(image, key='<relative name>') to read <external_dir>/<key>.png|.npz"
         )
     if not key or os.path.isabs(key) or ".." in Path(key).parts:
         raise ValueError(
@@ -382,7 +382,7 @@ def build_mask_source(cfg: MaskConfig) -> MaskSource:
     Felzenszwalb–Huttenlocher with ``cfg.fh_scale``, ``cfg.fh_sigma``, ``cfg.fh_min_size``
     (partition). ``mcg``: the top ``cfg.mcg_num_proposals`` MCG-style proposals (overlapping;
     see :mod:`detcon.masks.mcg`). ``ground_truth``: the instance map, up to 16 objects
-    (partition). ``image``: one whole-image mask (partition). ``external``: ``<cfg.store>/<key>``
+    (partition). ``image``: one whole-image mask (partition). ``external``: ``<cfg.external_dir>/<key>``
     ``.png`` (partition) or ``.npz`` (overlapping, top ``cfg.mcg_num_proposals`` by score).
     """
     if not isinstance(cfg, MaskConfig):
@@ -422,14 +422,14 @@ def build_mask_source(cfg: MaskConfig) -> MaskSource:
     if name == "image":
         return MaskSource(name, "partition", {}, _image)
     if name == "external":
-        if not cfg.store:
+        if not cfg.external_dir:
             raise ValueError(
-                "masks.source='external' needs masks.store: the directory holding "
+                "masks.source='external' needs masks.external_dir: the directory holding "
                 "<key>.png id maps or <key>.npz overlapping masks"
             )
-        directory = str(Path(cfg.store).resolve())
+        directory = str(Path(cfg.external_dir).resolve())
         kind = external_kind(directory)
-        params = {"store": directory, "mcg_num_proposals": cfg.mcg_num_proposals}
+        params = {"external_dir": directory, "mcg_num_proposals": cfg.mcg_num_proposals}
         return MaskSource(
             name,
             kind,

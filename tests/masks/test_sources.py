@@ -196,7 +196,7 @@ def test_external_source_reads_by_key(tmp_path):
     (tmp_path / "cls").mkdir()
     ids = np.arange(12, dtype=np.uint8).reshape(3, 4)
     Image.fromarray(ids).save(tmp_path / "cls" / "img1.png")
-    source = build_mask_source(MaskConfig(source="external", store=str(tmp_path)))
+    source = build_mask_source(MaskConfig(source="external", external_dir=str(tmp_path)))
     assert source.kind == "partition"
     np.testing.assert_array_equal(source(_image(3, 4), key="cls/img1"), ids)
     with pytest.raises(ValueError, match="needs the image key"):
@@ -217,7 +217,7 @@ def test_external_source_overlapping_keeps_top_proposals(tmp_path):
     masks[:, 0, 0] = True
     np.savez(tmp_path / "a.npz", masks=masks, scores=np.arange(20.0))
     source = build_mask_source(
-        MaskConfig(source="external", store=str(tmp_path), mcg_num_proposals=16)
+        MaskConfig(source="external", external_dir=str(tmp_path), mcg_num_proposals=16)
     )
     assert source.kind == "overlapping"
     assert source(_image(3, 4), key="a").shape == (16, 3, 4)
@@ -227,6 +227,6 @@ def test_external_source_needs_a_directory_with_masks(tmp_path):
     with pytest.raises(ValueError, match="needs masks.store"):
         build_mask_source(MaskConfig(source="external"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        build_mask_source(MaskConfig(source="external", store=str(tmp_path / "nope")))
+        build_mask_source(MaskConfig(source="external", external_dir=str(tmp_path / "nope")))
     with pytest.raises(ValueError, match="holds no .png or .npz"):
-        build_mask_source(MaskConfig(source="external", store=str(tmp_path)))
+        build_mask_source(MaskConfig(source="external", external_dir=str(tmp_path)))
