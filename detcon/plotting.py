@@ -7,14 +7,17 @@ global state (safe in notebooks, tests and headless cluster jobs); the caller sa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-__all__ = ["scene_gallery"]
+if TYPE_CHECKING:  # pandas/seaborn are imported by the figure functions that need them
+    import pandas as pd
+
+__all__ = ["ablation_figure", "mask_quality_figure", "scene_gallery", "training_curves"]
 
 # Fixed class colours (background black), so a class has the same colour in every figure.
 _CLASS_COLORS = (
@@ -99,4 +102,317 @@ def scene_gallery(dataset: Any, indices: Sequence[int], *, panel_inches: float =
         fontsize=7,
         frameon=False,
     )
+    return fig
+
+
+# --------------------------------------------------------------------------- ablation figures
+# These take the tidy tables of :mod:`detcon.results` (one row per run x metric) and plot one
+# panel per (task, metric). Styling goes through seaborn's style *contexts*, which restore
+# matplotlib's rcParams on exit, so nothing leaks into the caller's later figures.
+
+# Metrics for which smaller is better; every other metric reads "higher is better".
+_LOWER_IS_BETTER = frozenset({"rmse", "abs_rel", "final_loss", "loss", "wall_s"})
+_BASELINE_STYLE = {"color": "0.35", "linestyle": "--", "linewidth": 1.0}
+
+
+def _metric_title(task: str, metric: str) -> str:
+    """``segmentation: miou ↑`` (the arrow points to better values; short, so that titles fit
+    a panel)."""
+    return f"{task}: {metric} {'↓' if metric in _LOWER_IS_BETTER else '↑'}"
+
+
+def _check_columns(data: pd.DataFrame, columns: Sequence[str | None], what: str) -> None:
+    missing = [c for c in columns if c is not None and c not in data.columns]
+    if missing:
+        raise ValueError(
+            f"{what}: missing column(s) {', '.join(map(repr, missing))}; the table has "
+            f"{', '.join(map(repr, data.columns))}"
+        )
+    if data.empty:
+        raise ValueError(f"{what}: the table is empty, expected at least one row")
+
+
+def _panel_grid(
+    n: int, *, width: float, height: float, extra_height: float, max_cols: int = 3
+) -> tuple[Figure, list[Any]]:
+    """A constrained-layout figure with ``n`` visible axes, at most ``max_cols`` per row."""
+    cols = min(n, max_cols)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(cols * width, rows * height + extra_height), layout="constrained")
+    axes = list(fig.subplots(rows, cols, squeeze=False).ravel())
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _legend_below(fig: Figure, handles: list[Any], labels: list[str], title: str | None) -> None:
+    """One figure legend under the panels, as many columns as fit the figure's width (the
+    figure grows by a line per extra row, so long labels never run off the page)."""
+    if not handles:
+        return
+    # ~0.075 in per character at the paper context's legend size, plus the marker and padding.
+    entry_inches = 0.075 * max(len(label) for label in labels) + 0.6
+    ncol = max(1, min(len(handles), int(fig.get_figwidth() // entry_inches)))
+    rows = -(-len(handles) // ncol)
+    fig.set_figheight(fig.get_figheight() + 0.2 * (rows - 1))
+    fig.legend(handles, labels, loc="outside lower center", ncol=ncol, title=title, frameon=False)
+
+
+def _take_legend(ax: Any) -> tuple[list[Any], list[str]]:
+    """Handles and labels of the legend seaborn drew on ``ax``, removing it from the panel."""
+    legend = ax.get_legend()
+    if legend is None:
+        return [], []
+    handles = list(legend.legend_handles)
+    labels = [t.get_text() for t in legend.get_texts()]
+    legend.remove()
+    return handles, labels
+
+
+def ablation_figure(
+    data: pd.DataFrame,
+    *,
+    x: str,
+    order: Sequence[str],
+    hue: str | None = None,
+    hue_order: Sequence[str] | None = None,
+    baseline: pd.DataFrame | None = None,
+    title: str = "",
+    panel_inches: float = 2.8,
+) -> Figure:
+    """One panel per (task, metric): mean over seeds with a 95% bootstrap CI, and every seed.
+
+    Args:
+        data: tidy rows of finished runs, columns ``task``, ``metric``, ``value`` (float),
+            ``x`` and ``hue`` (strings; :func:`detcon.results.label_rows`). Several rows with
+            the same (task, metric, x, hue) are the seeds.
+        x: the categorical column on the x axis; ``order``: its values, left to right.
+        hue: a second varying parameter (colour), or None; ``hue_order``: its values.
+        baseline: rows ``task, metric, value`` of the random-init backbone; each panel gets a
+            dashed line at their mean.
+        title: figure title.
+        panel_inches: width of one panel.
+    Returns:
+        The figure; panels in the order (task, metric) first appear in ``data``. Error bars are
+        seaborn's bootstrap CI (``errorbar=("ci", 95)``, fixed ``seed=0`` so the figure is
+        reproducible); with one seed per point there is no bar.
+    """
+    import matplotlib.lines as mlines
+    import seaborn as sns
+
+    _check_columns(data, ("task", "metric", "value", x, hue), "ablation_figure")
+    if hue is not None and not hue_order:
+        raise ValueError("ablation_figure: hue given without hue_order")
+    panels = list(dict.fromkeys(zip(data["task"], data["metric"])))
+    n_hue = len(hue_order) if hue is not None and hue_order else 1
+    # Put the mean on its seeds: stripplot(dodge=True) spreads hue levels over 0.8 of a
+    # category, with centres (n-1)/n * 0.8 apart end to end; pointplot's dodge is that span.
+    dodge: float | bool = 0.8 * (n_hue - 1) / n_hue if n_hue > 1 else False
+    rotate = max(len(str(o)) for o in order) > 8
+    with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
+        fig, axes = _panel_grid(
+            len(panels),
+            width=max(panel_inches, 0.45 * len(order) * max(n_hue, 2) ** 0.5),
+            height=2.5 + (0.5 if rotate else 0.0),
+            extra_height=0.5 + (0.35 if title else 0.0),
+        )
+        palette = sns.color_palette(n_colors=n_hue) if hue is not None else None
+        legend: tuple[list[Any], list[str]] = ([], [])
+        for i, (ax, (task, metric)) in enumerate(zip(axes, panels)):
+            sub = data[(data["task"] == task) & (data["metric"] == metric)]
+            common: dict[str, Any] = {"data": sub, "x": x, "y": "value", "order": list(order)}
+            if hue is not None:
+                common |= {"hue": hue, "hue_order": list(hue_order or []), "palette": palette}
+            seeds_color = None if hue is not None else "0.55"
+            sns.stripplot(
+                **common,
+                ax=ax,
+                dodge=hue is not None,
+                jitter=0.08,
+                size=3.5,
+                alpha=0.6,
+                color=seeds_color,
+                legend=False,
+            )
+            sns.pointplot(
+                **common,
+                ax=ax,
+                dodge=dodge,
+                errorbar=("ci", 95),
+                seed=0,
+                linestyle="none",
+                markers="D",
+                markersize=5,
+                capsize=0.12,
+                err_kws={"linewidth": 1.3},
+                color=None if hue is not None else "C0",
+                legend=hue is not None and i == 0,
+            )
+            if baseline is not None:
+                ref = baseline[(baseline["task"] == task) & (baseline["metric"] == metric)]
+                if len(ref):
+                    ax.axhline(float(ref["value"].mean()), **_BASELINE_STYLE)
+            if i == 0:
+                legend = _take_legend(ax)
+            ax.set_title(_metric_title(task, metric), fontsize=8)
+            ax.set_ylabel(metric)
+            ax.set_xlabel(x)
+            if rotate:
+                ax.tick_params(axis="x", labelrotation=30)
+                for label in ax.get_xticklabels():
+                    label.set_horizontalalignment("right")
+        handles, labels = legend
+        if baseline is not None and len(baseline):
+            handles.append(mlines.Line2D([], [], **_BASELINE_STYLE))
+            labels.append("random init")
+        _legend_below(fig, handles, labels, hue)
+        note = (
+            "diamonds: mean over seeds with 95% bootstrap CI; dots: individual seeds; "
+            "↑/↓: higher/lower is better"
+        )
+        fig.suptitle(f"{title}\n{note}" if title else note, fontsize=9)
+    return fig
+
+
+def training_curves(
+    curves: pd.DataFrame,
+    *,
+    hue: str | None = None,
+    hue_order: Sequence[str] | None = None,
+    title: str = "",
+    panel_inches: float = 3.6,
+) -> Figure:
+    """Loss and the collapse indicator against the step, one line per run.
+
+    Args:
+        curves: one row per run x logged step (:func:`detcon.results.read_curves`): columns
+            ``run_id``, ``step`` and at least one of ``loss``, ``normalized_proj_std`` (the std
+            over the batch of the l2-normalised projections, averaged over dimensions: it falls
+            to 0 when the representation collapses).
+        hue: the column colouring the runs (a configuration label; seeds of one configuration
+            share a colour); None colours by ``run_id``.
+        hue_order: its values in legend order.
+        title: figure title.
+    Returns:
+        The figure, one panel per curve column that holds data.
+    """
+    import seaborn as sns
+
+    _check_columns(curves, ("run_id", "step", hue), "training_curves")
+    present = ("loss", "normalized_proj_std")
+    columns = [c for c in present if c in curves and curves[c].notna().any()]
+    if not columns:
+        raise ValueError("training_curves: neither 'loss' nor 'normalized_proj_std' has a value")
+    colour = hue or "run_id"
+    order = list(hue_order) if hue_order else list(dict.fromkeys(curves[colour]))
+    ylabels = {
+        "loss": "training loss",
+        "normalized_proj_std": "std of normalised projections\n(0 = collapsed)",
+    }
+    with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
+        fig, axes = _panel_grid(
+            len(columns), width=panel_inches, height=2.6, extra_height=0.6 + 0.15 * len(order) / 5
+        )
+        legend: tuple[list[Any], list[str]] = ([], [])
+        for i, (ax, col) in enumerate(zip(axes, columns)):
+            sns.lineplot(
+                data=curves,
+                x="step",
+                y=col,
+                hue=colour,
+                hue_order=order,
+                units="run_id",
+                estimator=None,
+                linewidth=1.0,
+                alpha=0.85,
+                ax=ax,
+                legend=i == 0,
+            )
+            if i == 0:
+                legend = _take_legend(ax)
+            ax.set_ylabel(ylabels[col])
+            ax.set_title(_metric_title("pretrain", col).rstrip(" ↑"), fontsize=8)
+        _legend_below(fig, *legend, colour)
+        if title:
+            fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def mask_quality_figure(
+    data: pd.DataFrame,
+    *,
+    quality: str = "mean_best_iou",
+    hue: str | None = None,
+    hue_order: Sequence[str] | None = None,
+    title: str = "",
+    panel_inches: float = 2.8,
+) -> Figure:
+    """Downstream metric against the quality of the pretraining masks (the paper's "better
+    masks, better transfer"), one point per mask source.
+
+    Args:
+        data: tidy rows of finished runs with columns ``source`` (the mask source), ``quality``
+            (its mask quality in [0, 1], e.g. the mean best IoU with ground-truth objects),
+            ``task``, ``metric``, ``value``; the rows of one source are its seeds.
+        quality: the mask-quality column on the x axis.
+        hue: a further varying parameter (e.g. ``method``): one line per value; or None.
+        hue_order: its values.
+        title: figure title.
+    Returns:
+        The figure: per panel, seeds as faint dots, the mean per source with a 95% bootstrap CI,
+        joined in order of quality, each source named, and the Pearson correlation of the
+        per-source means with quality in the panel title (3 or more sources).
+    """
+    import seaborn as sns
+
+    _check_columns(data, ("source", quality, "task", "metric", "value", hue), "mask_quality")
+    panels = list(dict.fromkeys(zip(data["task"], data["metric"])))
+    common: dict[str, Any] = {"x": quality, "y": "value"}
+    if hue is not None:
+        common |= {"hue": hue, "hue_order": list(hue_order or dict.fromkeys(data[hue]))}
+    with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
+        fig, axes = _panel_grid(
+            len(panels), width=panel_inches, height=2.6, extra_height=0.5 + 0.3 * bool(title)
+        )
+        legend: tuple[list[Any], list[str]] = ([], [])
+        for i, (ax, (task, metric)) in enumerate(zip(axes, panels)):
+            sub = data[(data["task"] == task) & (data["metric"] == metric)]
+            sns.scatterplot(data=sub, **common, ax=ax, s=10, alpha=0.35, legend=False)
+            sns.lineplot(
+                data=sub,
+                **common,
+                ax=ax,
+                errorbar=("ci", 95),
+                seed=0,
+                err_style="bars",
+                marker="o",
+                markersize=5,
+                linewidth=1.0,
+                legend=hue is not None and i == 0,
+                err_kws={"capsize": 2},
+            )
+            means = sub.groupby("source", sort=False).agg(
+                q=(quality, "first"), value=("value", "mean")
+            )
+            for source, row in means.iterrows():
+                ax.annotate(
+                    str(source),
+                    (row["q"], row["value"]),
+                    textcoords="offset points",
+                    xytext=(3, 4),
+                    fontsize=6,
+                    color="0.25",
+                )
+            heading = _metric_title(task, metric)
+            if len(means) >= 3 and means["q"].std() > 0 and means["value"].std() > 0:
+                r = float(np.corrcoef(means["q"], means["value"])[0, 1])
+                heading += f"\nPearson r = {r:.2f} over {len(means)} sources"
+            ax.set_title(heading, fontsize=8)
+            ax.set_xlabel(f"mask quality ({quality})")
+            ax.set_ylabel(metric)
+            if i == 0:
+                legend = _take_legend(ax)
+        _legend_below(fig, *legend, hue)
+        if title:
+            fig.suptitle(title, fontsize=9)
     return fig

@@ -224,7 +224,7 @@ def test_external_source_overlapping_keeps_top_proposals(tmp_path):
 
 
 def test_external_source_needs_a_directory_with_masks(tmp_path):
-    with pytest.raises(ValueError, match="needs masks.store"):
+    with pytest.raises(ValueError, match="needs masks.external_dir"):
         build_mask_source(MaskConfig(source="external"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_mask_source(MaskConfig(source="external", external_dir=str(tmp_path / "nope")))
