@@ -32,7 +32,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
+	$(BIN)/detcon masks quality --profile cpu --quiet
 	$(BIN)/detcon run ablations/demo.yaml --profile cpu --executor local
+	$(BIN)/detcon report ablations/demo.yaml --profile cpu
 
 slurm-up:
 	bash scripts/slurm-up.sh
