@@ -33,13 +33,11 @@ would move a pixel only if its centre lay within an ulp of an edge. Changing the
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -50,6 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from detcon.atomic import atomic_write
 
 __all__ = [
     "CLASS_NAMES",
@@ -813,15 +813,8 @@ class SyntheticScenes(Dataset):
             "instances": arrays["instances"].astype(np.uint8),
             "semantic": arrays["semantic"].astype(np.uint8),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, **stored)
-            os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        # atomic: readers see the old file or the whole new one
+        atomic_write(path, lambda f: np.savez_compressed(f, **stored))
 
 
 # ------------------------------------------------------------------------------------------------

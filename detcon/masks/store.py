@@ -30,7 +30,6 @@ import io
 import json
 import multiprocessing as mp
 import os
-import uuid
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from detcon.atomic import atomic_write
 from detcon.config import MaskConfig, to_dict
 from detcon.masks.sources import MaskSource, build_mask_source
 
@@ -117,20 +117,6 @@ def _fingerprint(dataset: Any) -> str:
 # --------------------------------------------------------------------------- files
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write ``path`` through a temporary file in the same directory, then ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _encode_masks(masks: np.ndarray, kind: str) -> np.ndarray:
     if kind == "partition":
         if masks.size and int(masks.max()) < 2**16:
@@ -155,7 +141,7 @@ def _write_shard_file(path: Path, first_index: int, masks: list[np.ndarray], kin
                 info.external_attr = 0o644 << 16
                 zf.writestr(info, buf.getvalue())
 
-    _atomic_write_bytes(path, write)
+    atomic_write(path, write)
 
 
 def _manifest(
@@ -206,7 +192,7 @@ def _ensure_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     path = out_dir / MANIFEST
     if not path.exists():
         text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-        _atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+        atomic_write(path, lambda fh: fh.write(text.encode()))
         return
     old = _read_manifest(out_dir)
     diffs = [
@@ -308,7 +294,7 @@ def precompute_store(
     length = len(dataset)
     manifest = _manifest(source, source_cfg, length, _fingerprint(dataset), shard_size)
     _ensure_manifest(out_dir, manifest)
-    for pattern in (".shard-*.npz.tmp-*", f".{MANIFEST}.tmp-*"):  # left by a killed run
+    for pattern in (".shard-*.npz.*.tmp", f".{MANIFEST}.*.tmp"):  # left by a killed run
         for stale in out_dir.glob(pattern):
             stale.unlink(missing_ok=True)
 

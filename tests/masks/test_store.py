@@ -76,7 +76,7 @@ def test_restart_after_kill_computes_only_what_is_missing(tmp_path):
     assert shard_path(out, 0).exists() and not shard_path(out, 1).exists()
     assert not list(out.glob(".*tmp*"))  # an exception leaves no temp file behind
     # A hard kill mid-write leaves a temp file: it must never be taken for the shard.
-    (out / ".shard-00001.npz.tmp-999-deadbeef").write_bytes(b"half a zip")
+    (out / ".shard-00001.npz.x1y2z3.tmp").write_bytes(b"half a zip")
     store = MaskStore(out)
     assert not store.complete and store.missing_shards() == [1, 2]
     with pytest.raises(FileNotFoundError, match=r"shard-00001\.npz \(images 4\.\.7\)"):
