@@ -1,0 +1,360 @@
+"""Run-directory helpers (docs/run-directory.md): status/env/point files, the lock, scanning.
+
+The launcher writes ``point.json``, ``env.json``, ``status.json`` and ``summary.json``; training
+and evaluation write the rest. Every write is atomic (:mod:`detcon.atomic`). Readers here are
+tolerant of files that are missing (not started yet) and say so instead of failing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from detcon.atomic import write_json
+
+__all__ = [
+    "STATES",
+    "PointBusyError",
+    "PointState",
+    "environment_record",
+    "flatten_summary",
+    "git_state",
+    "job_id_from_env",
+    "last_metrics",
+    "point_lock",
+    "point_state",
+    "read_json",
+    "write_status",
+]
+
+# status.json `state` values (docs/run-directory.md).
+STATES = ("pending", "running", "done", "failed")
+LOCK = ".lock"
+# Packages whose versions describe a run (env.json); missing ones are recorded as null.
+_PACKAGES = (
+    "detcon",
+    "torch",
+    "torchvision",
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "pycocotools",
+    "submitit",
+    "papermill",
+    "nbconvert",
+    "ipykernel",
+)
+_SLURM_VARS = (
+    "SLURM_JOB_ID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_RESTART_COUNT",
+    "SLURM_JOB_PARTITION",
+    "SLURM_JOB_NODELIST",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+)
+
+
+def now() -> str:
+    """UTC time stamp, ISO 8601 with seconds."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when the file does not exist.
+
+    Raises:
+        ValueError: the file exists but is not a JSON object (names the file).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{path} is not valid JSON ({exc}); delete it to start the point over"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def write_status(run_dir: str | Path, state: str, **fields: Any) -> dict[str, Any]:
+    """Write ``status.json``: ``state`` plus ``fields`` (e.g. ``job_id``, ``error``), keeping
+    ``started`` from the previous status; adds ``updated`` (and ``started`` when running)."""
+    if state not in STATES:
+        raise ValueError(f"state={state!r}: expected one of {', '.join(STATES)}")
+    path = Path(run_dir) / "status.json"
+    try:
+        old = read_json(path) or {}
+    except ValueError:
+        old = {}
+    status = {"state": state, **fields, "updated": now()}
+    if "started" in old and "started" not in fields:
+        status["started"] = old["started"]
+    if state == "running" and "started" not in status:
+        status["started"] = status["updated"]
+    write_json(path, status)
+    return status
+
+
+# --------------------------------------------------------------------------- lock
+
+
+class PointBusyError(RuntimeError):
+    """Another process holds the point's lock (it is running elsewhere)."""
+
+
+@contextmanager
+def point_lock(run_dir: str | Path) -> Iterator[Path]:
+    """Hold an exclusive, non-blocking ``flock`` on ``run_dir/.lock`` for the block.
+
+    The kernel drops the lock when the holder exits, killed or not, so a crashed or requeued job
+    never leaves a stale lock. (On NFS, Linux emulates flock with POSIX byte-range locks, which
+    the server arbitrates across nodes.)
+
+    Raises:
+        PointBusyError: another process holds it.
+    """
+    path = Path(run_dir) / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise PointBusyError(f"{run_dir} is locked by another process") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        yield path
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def is_locked(run_dir: str | Path) -> bool:
+    """Whether a process holds ``run_dir/.lock`` now (False when there is no run directory)."""
+    if not Path(run_dir).is_dir():
+        return False
+    try:
+        with point_lock(run_dir):
+            return False
+    except PointBusyError:
+        return True
+
+
+# --------------------------------------------------------------------------- env.json
+
+
+def git_state(repo: str | Path) -> dict[str, Any]:
+    """``{"sha": str | None, "dirty": bool | None}`` of the git checkout at ``repo``.
+
+    ``dirty``: tracked files modified, or untracked files that ``.gitignore`` does not cover
+    (an uncommitted new module changes what runs as much as an edit does; run outputs are
+    ignored by ``.gitignore``).
+    """
+
+    def git(*args: str) -> str | None:
+        try:
+            proc = subprocess.run(
+                ["git", "-C", str(repo), *args],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return proc.stdout if proc.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain") if sha else None
+    return {
+        "sha": sha.strip() if sha else None,
+        "dirty": None if status is None else bool(status.strip()),
+    }
+
+
+def job_id_from_env(executor: str) -> str:
+    """The scheduler's id of this job: ``ARRAYJOB_TASK`` in a SLURM array, ``SLURM_JOB_ID``
+    otherwise; ``<executor>:<host>:<pid>`` outside SLURM."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    if env.get("SLURM_JOB_ID"):
+        return env["SLURM_JOB_ID"]
+    return f"{executor}:{socket.gethostname()}:{os.getpid()}"
+
+
+def _device() -> dict[str, Any]:
+    import torch  # only here: env.json is written once per job
+
+    if torch.cuda.is_available():
+        return {
+            "type": "cuda",
+            "count": torch.cuda.device_count(),
+            "name": torch.cuda.get_device_name(0),
+            "cuda": torch.version.cuda,
+        }
+    return {"type": "cpu", "count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def environment_record(executor: str, repo: str | Path) -> dict[str, Any]:
+    """What ``env.json`` holds: package versions, git state of ``repo``, executor, SLURM ids,
+    host, device and start time."""
+    versions: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "start_time": now(),
+        "executor": executor,
+        "job_id": job_id_from_env(executor),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "python": sys.version.split()[0],
+        "packages": versions,
+        "git": {"repo": str(repo), **git_state(repo)},
+        "slurm": {k: os.environ[k] for k in _SLURM_VARS if k in os.environ},
+        "device": _device(),
+    }
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def flatten_summary(
+    point: Mapping[str, Any],
+    train_summary: Mapping[str, Any] | None,
+    evaluation: Mapping[str, Any] | None,
+    random_baseline: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One flat row per point, the source of the report tables (``summary.json``).
+
+    Keys: ``ablation``, ``run_id``, ``profile``; the point's parameters under their dotted
+    config keys (``method``, ``masks.source``, ``seed``); ``pretrain.<key>`` from
+    ``train_summary.json``; ``eval.<task>.<metric>`` from ``eval.json`` and
+    ``eval_random.<task>.<metric>`` from ``eval_random.json`` (the random-init baseline).
+    """
+    row: dict[str, Any] = {k: point[k] for k in ("ablation", "run_id", "profile")}
+    row.update(point.get("params", {}))
+    for key, value in (train_summary or {}).items():
+        row[f"pretrain.{key}"] = value
+    for prefix, results in (("eval", evaluation), ("eval_random", random_baseline)):
+        for task, metrics in (results or {}).items():
+            if isinstance(metrics, Mapping):
+                for metric, value in metrics.items():
+                    row[f"{prefix}.{task}.{metric}"] = value
+            else:
+                row[f"{prefix}.{task}"] = metrics
+    return row
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+def last_metrics(run_dir: str | Path) -> dict[str, Any] | None:
+    """The last complete line of ``metrics.jsonl`` (None when there is none)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            lines = f.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        return None
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line (a job killed mid-write) or a cut first one
+        if isinstance(row, dict) and "step" in row:
+            return row
+    return None
+
+
+@dataclass(frozen=True)
+class PointState:
+    """What ``detcon status`` shows for one point.
+
+    ``steps``: training steps logged so far (last ``metrics.jsonl`` step + 1), ``loss`` the last
+    logged loss. ``state``: ``done``, ``failed``, ``running``, ``pending`` (queued, not started),
+    ``interrupted`` (status says running but no process holds the lock: killed, or requeued and
+    waiting) or ``not started``.
+    """
+
+    run_id: str
+    run_dir: Path
+    state: str
+    job_id: str | None
+    steps: int | None
+    loss: float | None
+    error: str | None
+    notebook: Path | None
+
+
+def _rendered_notebook(run_dir: Path, status: Mapping[str, Any]) -> Path | None:
+    named = status.get("notebook")
+    if named and (run_dir / named).exists():
+        return run_dir / named
+    for name in ("evaluate.html", "pretrain.html"):
+        if (run_dir / name).exists():
+            return run_dir / name
+    return None
+
+
+def point_state(run_dir: str | Path, run_id: str, queued_job: str | None = None) -> PointState:
+    """Read a point's state from its run directory.
+
+    Args:
+        run_dir: the point's directory (need not exist).
+        run_id: its id (shown as is).
+        queued_job: the job id a launch submitted it under, when known (from the launch record).
+    """
+    run_dir = Path(run_dir)
+    error = None
+    try:
+        status = read_json(run_dir / "status.json") or {}
+    except ValueError as exc:
+        status, error = {}, str(exc)
+    metrics = last_metrics(run_dir)
+    if (run_dir / "summary.json").exists():
+        state = "done"
+    elif status.get("state") == "running" and not is_locked(run_dir):
+        state = "interrupted"
+    elif status.get("state"):
+        state = status["state"]
+    else:
+        state = "pending" if queued_job else "not started"
+    if state == "failed":
+        error = (status.get("error") or "").strip().splitlines()[0:1]
+        error = error[0] if error else "failed (no error text)"
+    return PointState(
+        run_id=run_id,
+        run_dir=run_dir,
+        state=state,
+        job_id=status.get("job_id") or queued_job,
+        steps=None if metrics is None else int(metrics["step"]) + 1,
+        loss=None if metrics is None or metrics.get("loss") is None else float(metrics["loss"]),
+        error=error,
+        notebook=_rendered_notebook(run_dir, status),
+    )

@@ -1,0 +1,258 @@
+"""Ablation files -> grid points -> run ids (detcon.grid)."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from detcon.config import ConfigError, to_dict
+from detcon.grid import expand, expand_grid, flatten, load_ablation, nest, resolve_config
+from detcon.launch import load_cluster_profile
+
+REPO = Path(__file__).resolve().parent.parent
+ABLATIONS = sorted((REPO / "ablations").glob("*.yaml"))
+# Points per shipped file (grid size x seeds); the same at both profiles.
+EXPECTED_POINTS = {
+    "baselines": 4 * 3,
+    "demo": 3 * 1,
+    "mask_type": 2 * 4 * 3,
+    "negatives": 2 * 2 * 2 * 3,
+    "resolution": 3 * 3 * 3,
+    "single_view": 4 * 2 * 3,
+}
+RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+-[0-9a-f]{6}$")
+
+
+def write(tmp_path: Path, text: str, name: str = "abl") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\ndescription: test\n" + textwrap.dedent(text))
+    return path
+
+
+def test_every_shipped_ablation_is_listed():
+    assert {p.stem for p in ABLATIONS} == set(EXPECTED_POINTS)
+
+
+@pytest.mark.parametrize("profile", ["cpu", "paper"])
+@pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.stem)
+def test_shipped_ablations_expand_and_validate(path, profile):
+    ablation = load_ablation(path)
+    points = expand(ablation, profile)
+    assert len(points) == EXPECTED_POINTS[path.stem]
+    ids = [p.run_id for p in points]
+    assert len(set(ids)) == len(ids)
+    assert all(RUN_ID.match(i) for i in ids), ids
+    for p in points:  # each point's config is what its overrides resolve to, at its profile
+        assert p.config.profile == profile
+        assert to_dict(resolve_config(p.overrides, profile)) == to_dict(p.config)
+    cluster = ablation.cluster_for(profile)
+    assert cluster is not None and load_cluster_profile(cluster).timeout_min > 0
+    assert set(ablation.evaluate) <= {"segmentation", "depth", "linear", "detection"}
+
+
+def test_profile_values_map_paper_values_to_cpu_scale():
+    ablation = load_ablation(REPO / "ablations" / "resolution.yaml")
+    cpu = {p.config.augment.crop_size for p in expand(ablation, "cpu")}
+    paper = {p.config.augment.crop_size for p in expand(ablation, "paper")}
+    assert cpu == {64, 112, 144} and paper == {224, 384, 512}
+    negatives = load_ablation(REPO / "ablations" / "negatives.yaml")
+    assert {p.config.loss.negative_groups for p in expand(negatives, "cpu")} == {1, 8}
+    assert {p.config.loss.negative_groups for p in expand(negatives, "paper")} == {1, 128}
+
+
+def test_baselines_image_level_methods_use_one_whole_image_mask():
+    points = expand(load_ablation(REPO / "ablations" / "baselines.yaml"), "cpu")
+    for p in points:
+        if p.config.method in ("simclr", "byol"):
+            assert p.config.masks.source == "image" and p.config.masks.num_samples == 1
+        else:
+            assert p.config.masks.source == "fh"
+
+
+def test_run_ids_are_readable_stable_and_differ_between_profiles(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        seeds: [0, 1]
+        grid:
+          product: {method: [detcon_b], masks.source: [grid, fh], augment.single_view: [true]}
+        """,
+    )
+    first = [p.run_id for p in expand(load_ablation(path), "cpu")]
+    again = [p.run_id for p in expand(load_ablation(path), "cpu")]
+    assert first == again
+    assert first[0].startswith("detcon_b-grid-single_view-s0-")
+    assert [i.rsplit("-", 1)[0] for i in first] == [
+        "detcon_b-grid-single_view-s0",
+        "detcon_b-fh-single_view-s0",
+        "detcon_b-grid-single_view-s1",
+        "detcon_b-fh-single_view-s1",
+    ]
+    paper = [p.run_id for p in expand(load_ablation(path), "paper")]
+    assert not set(first) & set(paper)
+
+
+def test_growing_a_grid_keeps_existing_run_ids(tmp_path):
+    small = write(tmp_path, "grid:\n  product: {masks.source: [grid, fh]}\n", "a")
+    big = write(
+        tmp_path,
+        """
+        seeds: [0, 1]
+        grid:
+          union:
+            - product: {masks.source: [grid, fh]}
+            - point: {masks.source: grid, masks.grid_size: 8}
+        """,
+        "b",
+    )
+    before = {p.run_id for p in expand(load_ablation(small), "cpu")}
+    after = {p.run_id for p in expand(load_ablation(big), "cpu")}
+    assert before < after and len(after) == 6
+    assert any(i.startswith("grid-grid8-s1-") for i in after)
+
+
+def test_changing_the_base_config_changes_the_hash_only(tmp_path):
+    a = write(tmp_path, "grid:\n  product: {masks.source: [fh]}\n", "a")
+    b = write(tmp_path, "base: {optim.epochs: 2}\ngrid:\n  product: {masks.source: [fh]}\n", "b")
+    (ra,), (rb,) = expand(load_ablation(a), "cpu"), expand(load_ablation(b), "cpu")
+    assert ra.run_id.rsplit("-", 1)[0] == rb.run_id.rsplit("-", 1)[0] == "fh-s0"
+    assert ra.run_id != rb.run_id
+
+
+def test_grid_algebra():
+    grid = {
+        "union": [
+            {"product": {"a.x": [1, 2], "a.y": ["p", "q"]}},
+            {"zip": {"a.x": [3, 4], "a.y": ["r", "s"]}},
+            {"product": [{"point": {"a.z": True}}, {"zip": [{"point": {"b": 1}}]}]},
+            {"point": {}},
+        ]
+    }
+    assert expand_grid(grid) == [
+        {"a.x": 1, "a.y": "p"},
+        {"a.x": 1, "a.y": "q"},
+        {"a.x": 2, "a.y": "p"},
+        {"a.x": 2, "a.y": "q"},
+        {"a.x": 3, "a.y": "r"},
+        {"a.x": 4, "a.y": "s"},
+        {"a.z": True, "b": 1},
+        {},
+    ]
+    # List-valued config values are axis values; nested mappings are flattened.
+    assert expand_grid({"product": {"augment.crop_scale": [[0.2, 1.0]]}}) == [
+        {"augment.crop_scale": [0.2, 1.0]}
+    ]
+    assert expand_grid({"point": {"masks": {"source": "fh"}}}) == [{"masks.source": "fh"}]
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"prodcut": {"a": [1]}}, r"unknown grid combinator 'prodcut'.*did you mean 'product'"),
+        ({"product": {"a": []}}, r"grid\.product\.a is an empty axis"),
+        ({"product": {"a": 1}}, r"grid\.product\.a=1: an axis must be a list"),
+        ({"zip": {"a": [1, 2], "b": [1]}}, r"grid\.zip: zipped parts have different lengths"),
+        ({"union": []}, r"grid\.union: expected a non-empty list"),
+        (
+            {"product": [{"point": {"a": 1}}, {"point": {"a": 2}}]},
+            r"the key 'a' is set by two factors",
+        ),
+        ({"product": {"a": [1]}, "union": []}, r"exactly one of product"),
+        ({"union": [{"product": {"a": [1]}}, {"pointt": {}}]}, r"grid\.union\[1\]: unknown"),
+    ],
+)
+def test_bad_grids_are_named(grid, message):
+    with pytest.raises(ConfigError, match=message):
+        expand_grid(grid)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("grid: {point: {}}\nseed: [0]\n", r"unknown key 'seed'.*did you mean 'seeds'"),
+        ("grid: {point: {}}\nseeds: '0'\n", r"seeds='0': expected a non-empty list"),
+        ("grid: {point: {}}\nseeds: []\n", r"seeds is empty"),
+        ("grid: {point: {}}\nprofiles: {gpu: {}}\n", r"profiles\.gpu: unknown profile"),
+        (
+            "grid: {point: {}}\nprofiles: {cpu: {overides: {}}}\n",
+            r"unknown key 'overides'.*did you mean 'overrides'",
+        ),
+        (
+            "grid: {point: {}}\nevaluate: segmentation\n",
+            r"evaluate='segmentation': expected a list",
+        ),
+        ("grid: {point: {}}\nparameters: {train: {}}\n", r"unknown key 'train'"),
+        ("description: x\n", r"missing required key 'grid'"),
+    ],
+)
+def test_bad_ablation_files_are_named(tmp_path, text, message):
+    path = tmp_path / "abl.yaml"
+    path.write_text(
+        "name: abl\n" + ("description: t\n" if "description" not in text else "") + text
+    )
+    with pytest.raises(ConfigError, match=message):
+        load_ablation(path)
+
+
+def test_name_must_match_the_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: other\ndescription: t\ngrid: {point: {}}\n")
+    with pytest.raises(ConfigError, match=r"name='other' must equal the file name 'mine'"):
+        load_ablation(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_ablation(tmp_path / "missing.yaml")
+
+
+def test_invalid_point_configs_name_the_point(tmp_path):
+    typo = write(tmp_path, "grid:\n  product: {masks.sorce: [fh]}\n", "typo")
+    with pytest.raises(ConfigError, match=r"point \{masks\.sorce='fh'.*Did you mean 'source'"):
+        expand(load_ablation(typo), "cpu")
+    wrong = write(tmp_path, "grid:\n  product: {optim.batch_size: [big]}\n", "wrong")
+    with pytest.raises(ConfigError, match=r"optim\.batch_size='big': expected an integer"):
+        expand(load_ablation(wrong), "cpu")
+    byol = write(tmp_path, "grid:\n  product: {method: [byol]}\n", "byol")
+    with pytest.raises(ConfigError, match=r"masks\.source='image'"):
+        expand(load_ablation(byol), "paper")
+
+
+def test_seed_in_grid_duplicates_and_unused_values_are_rejected(tmp_path):
+    seed = write(tmp_path, "grid:\n  product: {seed: [0, 1]}\n", "seed")
+    with pytest.raises(ConfigError, match=r"sets 'seed'.*seeds:"):
+        expand(load_ablation(seed), "cpu")
+    dup = write(tmp_path, "grid:\n  union: [{point: {}}, {point: {method: detcon_b}}]\n", "dup")
+    with pytest.raises(ConfigError, match="resolve to the same config"):
+        expand(load_ablation(dup), "cpu")
+    values = write(
+        tmp_path,
+        """
+        grid:
+          product: {augment.crop_size: [224]}
+        profiles:
+          cpu: {values: {augment.crop_size: {225: 64}}}
+        """,
+        "values",
+    )
+    with pytest.raises(ConfigError, match=r"maps 225, which no grid point uses.*224"):
+        expand(load_ablation(values), "cpu")
+    assert expand(load_ablation(values), "paper")[0].config.augment.crop_size == 224
+
+
+def test_flatten_and_nest_are_inverse():
+    nested = {
+        "masks": {"source": "fh", "num_samples": 4},
+        "seed": 1,
+        "augment": {"crop_scale": [0.2, 1]},
+    }
+    flat = flatten(nested)
+    assert flat == {
+        "masks.source": "fh",
+        "masks.num_samples": 4,
+        "seed": 1,
+        "augment.crop_scale": [0.2, 1],
+    }
+    assert nest(flat) == nested
+    with pytest.raises(ConfigError, match="is given twice"):
+        flatten({"masks.source": "fh", "masks": {"source": "grid"}})

@@ -1,0 +1,429 @@
+"""The launcher (detcon.launch, detcon.runs): validation before anything runs, the local and
+debug executors, skipping and resuming, failure isolation and ``detcon status``.
+
+Most tests replace the papermill execution (``detcon.launch._execute``) with a fake that writes
+what the notebooks would write, so they exercise the launcher's bookkeeping in milliseconds; one
+``slow`` test runs the real notebooks end to end on a tiny grid.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import detcon.launch as launch
+from detcon.atomic import write_json
+from detcon.cli import main
+from detcon.config import ConfigError, to_dict
+from detcon.grid import resolve_config
+from detcon.runs import flatten_summary, point_lock, point_state, write_status
+
+REPO = Path(__file__).resolve().parent.parent
+ABLATIONS = sorted((REPO / "ablations").glob("*.yaml"))
+
+# A grid small enough to train for real in seconds (used by the slow end-to-end test).
+TINY_BASE = """
+base:
+  data.num_images: 8
+  data.scene_size: 32
+  augment.crop_size: 32
+  optim.batch_size: 4
+  model.small_width: 8
+  model.head_hidden: 32
+  model.head_out: 16
+  masks.grid_size: 2
+  train.max_steps: 2
+  train.checkpoint_every: 1
+  train.threads: 1
+"""
+
+
+def write_ablation(tmp_path: Path, text: str, name: str = "abl") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\ndescription: test grid\n" + textwrap.dedent(text))
+    return path
+
+
+class FakeNotebooks:
+    """Stands in for papermill: writes the executed notebook and the files the real notebooks
+    write. A point with ``masks.grid_size == 3`` fails in its pretrain notebook; with
+    ``fail_eval`` set, every evaluate notebook fails."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.fail_eval = False
+        self.wrong_config = False
+
+    def __call__(self, spec_nb, out_nb, parameters, cwd, kernel):
+        run_dir = Path(parameters["run_dir"])
+        assert Path(cwd) == run_dir and kernel in ("detcon-venv", "python3")
+        self.calls.append((run_dir.name, Path(spec_nb).stem))
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hi')")])
+        nbformat.write(nb, str(out_nb))
+        if Path(spec_nb).stem == "evaluate":
+            if self.fail_eval:
+                raise RuntimeError("evaluation exploded")
+            write_json(run_dir / "eval.json", {"linear": {"top1": 0.5}})
+            return
+        overrides = dict(parameters["overrides"])
+        if overrides.get("masks.grid_size") == 3:
+            raise ValueError("grid of 3 is cursed\nsecond line")
+        if self.wrong_config:
+            overrides["optim.epochs"] = 99
+        write_json(
+            run_dir / "config.json", to_dict(resolve_config(overrides, parameters["profile"]))
+        )
+        (run_dir / "metrics.jsonl").write_text(
+            '{"step": 0, "loss": 5.0}\n{"step": 1, "loss": 4.5}\n'
+        )
+        write_json(run_dir / "train_summary.json", {"steps": 2, "final_loss": 4.5})
+
+
+@pytest.fixture
+def fake(monkeypatch) -> FakeNotebooks:
+    fake = FakeNotebooks()
+    monkeypatch.setattr(launch, "_execute", fake)
+    return fake
+
+
+def grid3(tmp_path: Path) -> Path:
+    return write_ablation(
+        tmp_path,
+        """
+        grid:
+          product: {masks.grid_size: [2, 3, 4]}
+        evaluate: [linear]
+        """,
+    )
+
+
+def run_ids(path: Path, profile: str = "cpu") -> list[str]:
+    return [s.run_id for s in launch.prepare(path, profile=profile, check_data=False).specs]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.stem)
+def test_dry_run_lists_every_point_and_writes_nothing(path, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for profile in ("cpu", "paper"):  # paper: no dataset needed for a dry run
+        assert (
+            main(["run", str(path), "--profile", profile, "--dry-run", "--runs-dir", str(runs)])
+            == 0
+        )
+        out = capsys.readouterr().out
+        ids = run_ids(path, profile)
+        assert f"{len(ids)} points" in out and all(i in out for i in ids)
+        assert "dry run: nothing was written or submitted" in out
+    assert not runs.exists()
+
+
+def test_real_paper_run_fails_early_naming_the_missing_dataset(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["run", str(REPO / "ablations" / "mask_type.yaml"), "--profile", "paper"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 2 and "needs data.root but it is 'data/coco'" in err and "does not exist" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_relative_data_paths_become_absolute_and_eval_data_is_checked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "imagenet" / "train").mkdir(parents=True)
+    path = write_ablation(tmp_path, "grid: {point: {}}\nevaluate: [segmentation]\n")
+    plan = launch.prepare(path, profile="paper")  # paper.yaml: data.root data/imagenet/train
+    (spec,) = plan.specs
+    assert spec.parameters["overrides"]["data.root"] == str(tmp_path / "data/imagenet/train")
+    assert spec.eval_parameters["data_root"] == str(tmp_path / "data")
+    assert spec.point.config.data.root == "data/imagenet/train"  # the run id's config
+    with pytest.raises(FileNotFoundError, match=r"reads .* from --data-root '.*nowhere'"):
+        launch.prepare(path, profile="paper", data_root=tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            "parameters: {pretrain: {num_exampels: 2}}",
+            r"has no parameter 'num_exampels' \(did you mean 'num_examples'\?\); its "
+            r"parameters: profile \(str\), overrides \(dict\)",
+        ),
+        (
+            "evaluate: [linear]\nparameters: {evaluate: {quick: 1}}",
+            r"quick=1 has type int, expected bool",
+        ),
+        ("parameters: {evaluate: {quick: true}}", r"'evaluate:' lists no task"),
+        (
+            "parameters: {pretrain: {num_examples: '2'}}",
+            r"num_examples='2' has type str, expected int",
+        ),
+        ("parameters: {pretrain: {overrides: {}}}", r"set by the launcher"),
+        ("parameters: {pretrain: {max_steps: 2}}", r"base: \{train\.max_steps: N\}"),
+        ("evaluate: [segmentaton]", r"unknown task 'segmentaton' \(did you mean 'segmentation'"),
+        ("cluster: nowhere", r"cluster profile 'nowhere' not found"),
+    ],
+)
+def test_bad_inputs_are_rejected_before_anything_runs(
+    tmp_path, capsys, monkeypatch, extra, message
+):
+    monkeypatch.setattr(launch, "run_point", lambda spec: pytest.fail("a point ran"))
+    path = write_ablation(tmp_path, f"grid: {{product: {{masks.source: [grid]}}}}\n{extra}\n")
+    rc = main(["run", str(path), "--runs-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert len(err.strip().splitlines()) <= 8  # one wrapped paragraph
+    import re
+
+    assert re.search(message, " ".join(err.split())), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_notebook_without_parameters_cell_is_rejected(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("profile = 'cpu'")])
+    nbformat.write(nb, str(tmp_path / "bare.ipynb"))
+    path = write_ablation(tmp_path, "notebook: bare.ipynb\ngrid: {point: {}}\n")
+    with pytest.raises(ValueError, match=r"bare\.ipynb has no cell tagged 'parameters'"):
+        launch.prepare(path)
+    missing = write_ablation(tmp_path, "notebook: nothere\ngrid: {point: {}}\n", "missing")
+    with pytest.raises(FileNotFoundError, match=r"nothere\.ipynb"):
+        launch.prepare(missing)
+
+
+def test_typo_in_ablation_exits_2_with_one_paragraph(tmp_path, capsys):
+    path = write_ablation(tmp_path, "grid: {product: {masks.source: [fh]}}\nseed: [1]\n")
+    assert main(["run", str(path), "--dry-run"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "unknown key 'seed'" in err and "did you mean 'seeds'" in err
+
+
+def test_unwritable_runs_dir_is_a_clear_error(tmp_path, fake, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    rc = main(["run", str(grid3(tmp_path)), "--runs-dir", str(blocker / "runs")])
+    assert rc == 2 and "is not writable" in capsys.readouterr().err
+    assert fake.calls == []
+
+
+def test_only_filters_points_and_rejects_no_match(tmp_path):
+    path = grid3(tmp_path)
+    plan = launch.prepare(path, only="grid3")
+    assert [s.point.params["masks.grid_size"] for s in plan.specs] == [3]
+    with pytest.raises(ValueError, match="matches no run id"):
+        launch.prepare(path, only="nothing-like-this")
+
+
+def test_slurm_executor_needs_a_cluster_profile_and_sbatch(tmp_path, monkeypatch):
+    path = grid3(tmp_path)
+    with pytest.raises(ValueError, match="--executor slurm needs a cluster profile"):
+        launch.prepare(path, executor="slurm")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="needs SLURM's sbatch"):
+        launch.run_ablation(
+            path, executor="slurm", cluster="local", runs_dir=tmp_path / "r", echo=lambda line: None
+        )
+
+
+def test_cluster_profiles_are_strict_and_map_to_submitit(tmp_path):
+    local = launch.load_cluster_profile("local")
+    params = local.submitit_parameters()
+    assert params["slurm_partition"] == "local" and params["slurm_array_parallelism"] == 2
+    assert "gpus_per_node" not in params  # a CPU job asks for no GPU
+    gpu = launch.load_cluster_profile("gpu-32").submitit_parameters()
+    assert gpu["gpus_per_node"] == 8 and gpu["tasks_per_node"] == 8
+    (tmp_path / "bad.yaml").write_text("partition: x\ngpus: 2\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'gpus'"):
+        launch.load_cluster_profile("bad", tmp_path)
+    (tmp_path / "mine.yaml").write_text("partition: p\ntimeout_min: 0\n")
+    with pytest.raises(ConfigError, match=r"timeout_min=0 is out of range"):
+        launch.load_cluster_profile(str(tmp_path / "mine.yaml"))  # a path works too
+
+
+# --------------------------------------------------------------------------- running
+
+
+def test_local_run_isolates_a_failing_point_and_reruns_skip_done_ones(tmp_path, fake, capsys):
+    path = grid3(tmp_path)
+    runs = tmp_path / "runs"
+    rc = main(["run", str(path), "--runs-dir", str(runs)])
+    captured = capsys.readouterr()
+    assert rc == 1
+    ok2, bad, ok4 = run_ids(path)
+    assert f"[1/3] {ok2} done" in captured.out and f"[3/3] {ok4} done" in captured.out
+    assert f"[2/3] {bad} FAILED: {bad}: ValueError: grid of 3 is cursed" in captured.out
+    assert "1 of 3 points failed" in captured.err
+    root = runs / "abl"
+    for rid in (ok2, ok4):
+        d = root / rid
+        for name in ("point.json", "env.json", "summary.json", "pretrain.html", "evaluate.html"):
+            assert (d / name).exists(), name
+        assert json.loads((d / "status.json").read_text())["state"] == "done"
+    summary = json.loads((root / ok2 / "summary.json").read_text())
+    assert summary["masks.grid_size"] == 2 and summary["seed"] == 0
+    assert summary["pretrain.final_loss"] == 4.5 and summary["eval.linear.top1"] == 0.5
+    point = json.loads((root / ok2 / "point.json").read_text())
+    assert point["run_id"] == ok2 and point["parameters"]["progress"] is False
+    env = json.loads((root / ok2 / "env.json").read_text())
+    assert env["executor"] == "local" and env["git"]["sha"] and "torch" in env["packages"]
+    status = json.loads((root / bad / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"].startswith("ValueError: grid of 3")
+    assert (root / bad / "pretrain.html").exists() and not (root / bad / "summary.json").exists()
+
+    # status: every point, the failure's first line and its rendered notebook
+    assert main(["status", str(path), "--runs-dir", str(runs)]) == 0
+    table = capsys.readouterr().out
+    assert "3 points: 2 done, 1 failed" in table
+    line = next(x for x in table.splitlines() if x.startswith(bad))
+    assert "failed" in line and "ValueError: grid of 3 is cursed" in line
+    assert "second line" not in line and "pretrain.html" in line
+
+    # a second run skips the finished points and retries the failed one only
+    fake.calls.clear()
+    before = (root / ok2 / "summary.json").stat().st_mtime_ns
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 1
+    assert "3 points, 2 done, 0 running elsewhere, 1 to run" in capsys.readouterr().out
+    assert fake.calls == [(bad, "pretrain")]
+    assert (root / ok2 / "summary.json").stat().st_mtime_ns == before
+
+
+def test_a_requeued_point_skips_finished_pretraining(tmp_path, fake):
+    path = write_ablation(tmp_path, "grid: {point: {}}\nevaluate: [linear]\n")
+    fake.fail_eval = True
+    result = launch.run_ablation(path, runs_dir=tmp_path / "runs", echo=lambda line: None)
+    (rid,) = result.failed
+    status = json.loads((tmp_path / "runs" / "abl" / rid / "status.json").read_text())
+    assert (
+        status["stages"] == ["pretrain"] and status["error"] == "RuntimeError: evaluation exploded"
+    )
+    assert status["notebook"] == "evaluate.html"
+    fake.fail_eval, fake.calls = False, []
+    result = launch.run_ablation(path, runs_dir=tmp_path / "runs", echo=lambda line: None)
+    assert result.ran == [rid] and fake.calls == [(rid, "evaluate")]
+
+
+def test_a_notebook_that_trains_another_config_fails_the_point(tmp_path, fake):
+    fake.wrong_config = True
+    path = write_ablation(tmp_path, "grid: {point: {}}\n")
+    result = launch.run_ablation(path, runs_dir=tmp_path / "runs", echo=lambda line: None)
+    (rid,) = result.failed
+    status = json.loads((tmp_path / "runs" / "abl" / rid / "status.json").read_text())
+    assert "differs from the point's" in status["error"]
+
+
+def test_a_locked_point_is_reported_running_elsewhere(tmp_path, fake):
+    path = grid3(tmp_path)
+    ids = run_ids(path)
+    run_dir = tmp_path / "runs" / "abl" / ids[0]
+    run_dir.mkdir(parents=True)
+    lines: list[str] = []
+    with point_lock(run_dir):
+        result = launch.run_ablation(
+            path, runs_dir=tmp_path / "runs", only=ids[0], echo=lines.append
+        )
+        assert result.busy == [ids[0]] and fake.calls == []
+        assert any("running elsewhere" in x for x in lines)
+        write_status(run_dir, "running", job_id="123_0")
+        assert point_state(run_dir, ids[0]).state == "running"
+        result = launch.run_ablation(
+            path, runs_dir=tmp_path / "runs", only=ids[0], echo=lines.append
+        )
+        assert result.busy == [ids[0]] and fake.calls == []
+    # the holder died: the lock is free but the status still says running
+    state = point_state(run_dir, ids[0])
+    assert state.state == "interrupted" and state.job_id == "123_0"
+
+
+def test_status_of_points_never_started_and_queued(tmp_path):
+    path = grid3(tmp_path)
+    ids = run_ids(path)
+    folder = tmp_path / "runs" / "abl" / ".submitit" / "20260101-000000-1"
+    write_json(folder / "launch.json", {"profile": "cpu", "jobs": {ids[1]: "77_1"}})
+    states = {s.run_id: s for s in launch.ablation_status(path, runs_dir=tmp_path / "runs")}
+    assert states[ids[0]].state == "not started" and states[ids[0]].job_id is None
+    assert states[ids[1]].state == "pending" and states[ids[1]].job_id == "77_1"
+    # another profile's launch record does not apply
+    paper = launch.ablation_status(path, profile="paper", runs_dir=tmp_path / "runs")
+    assert {s.state for s in paper} == {"not started"}
+
+
+def test_debug_executor_runs_points_in_process(tmp_path, fake):
+    path = write_ablation(tmp_path, "grid: {product: {masks.source: [grid, fh]}}\n")
+    result = launch.run_ablation(
+        path, executor="debug", runs_dir=tmp_path / "runs", echo=lambda line: None
+    )
+    assert result.ok and len(result.ran) == 2 and len(result.jobs) == 2
+    env = json.loads((tmp_path / "runs" / "abl" / result.ran[0] / "env.json").read_text())
+    assert env["executor"] == "debug"
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_end_to_end_local_run_with_real_notebooks(tmp_path, capsys):
+    """Two points through papermill + nbconvert: one trains and evaluates (quick linear probe),
+    one fails in its notebook (an empty external mask store); a rerun skips the finished one."""
+    empty = tmp_path / "empty-store"
+    empty.mkdir()
+    path = write_ablation(
+        tmp_path,
+        TINY_BASE
+        + textwrap.dedent(f"""
+        grid:
+          union:
+            - point: {{masks.source: grid}}
+            - point: {{masks.source: external, masks.external_dir: {empty}}}
+        evaluate: [linear]
+        parameters:
+          pretrain: {{num_examples: 1}}
+          evaluate: {{quick: true, device: cpu}}
+        """),
+        "tiny",
+    )
+    runs = tmp_path / "runs"
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 1
+    out = capsys.readouterr().out
+    good, bad = run_ids(path)
+    assert f"{good} done" in out and f"{bad} FAILED" in out
+    d = runs / "tiny" / good
+    for name in (
+        "pretrain.ipynb",
+        "pretrain.html",
+        "evaluate.ipynb",
+        "evaluate.html",
+        "checkpoint.pt",
+        "backbone.pt",
+        "metrics.jsonl",
+        "eval.json",
+        "summary.json",
+    ):
+        assert (d / name).exists(), name
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["pretrain.steps"] == 2 and "eval.linear.top1" in summary
+    executed = nbformat.read(str(d / "pretrain.ipynb"), as_version=4)
+    tags = [c.metadata.get("tags", []) for c in executed.cells]
+    assert ["injected-parameters"] in tags
+    failed = json.loads((runs / "tiny" / bad / "status.json").read_text())
+    assert failed["state"] == "failed" and "holds no .png or .npz mask" in failed["error"]
+    assert (runs / "tiny" / bad / "pretrain.html").exists()
+    html = (runs / "tiny" / bad / "pretrain.html").read_text()
+    assert "holds no .png or .npz mask" in html
+    assert main(["run", str(path), "--runs-dir", str(runs), "--only", good]) == 0
+    assert "1 points, 1 done, 0 running elsewhere, 0 to run" in capsys.readouterr().out
+
+
+def test_summary_rows_are_flat_and_name_their_source():
+    point = {"ablation": "a", "run_id": "r", "profile": "cpu", "params": {"masks.source": "fh"}}
+    row = flatten_summary(point, {"steps": 3}, {"linear": {"top1": 0.5}}, {"linear": {"top1": 0.1}})
+    assert row == {
+        "ablation": "a",
+        "run_id": "r",
+        "profile": "cpu",
+        "masks.source": "fh",
+        "pretrain.steps": 3,
+        "eval.linear.top1": 0.5,
+        "eval_random.linear.top1": 0.1,
+    }

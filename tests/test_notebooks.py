@@ -1,0 +1,72 @@
+"""Every notebook under notebooks/: stripped of outputs, a commented ``parameters`` cell that
+declares what the launcher injects, and (slow) the mask gallery executes."""
+
+from __future__ import annotations
+
+import ast
+
+import nbformat
+import pytest
+
+from detcon.launch import NOTEBOOK_DIR, kernel_name, notebook_parameters
+
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+# What detcon.launch passes to each notebook (and what a user of the notebook edits).
+REQUIRED = {
+    "pretrain": {"profile", "overrides", "run_dir", "progress", "max_steps"},
+    "evaluate": {"run_dir", "tasks", "profile", "quick", "random_baseline", "data_root"},
+    "mask_gallery": {"profile", "overrides", "sources", "num_images"},
+}
+
+
+def test_the_launcher_notebooks_exist():
+    assert set(REQUIRED) <= {p.stem for p in NOTEBOOKS}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_stripped_and_valid(path):
+    nb = nbformat.read(str(path), as_version=4)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_reads_like_a_commented_config(path):
+    nb = nbformat.read(str(path), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] is code[0]  # derived values come after it
+    lines = [x for x in tagged[0].source.splitlines() if x.strip() and not x.startswith("#")]
+    for line in lines:  # `name = literal  # why`
+        assignment, _, comment = line.partition("  # ")
+        assert comment.strip(), f"parameter line without a comment: {line!r}"
+        node = ast.parse(assignment).body[0]
+        assert isinstance(node, ast.Assign)
+        ast.literal_eval(node.value)
+    assert set(notebook_parameters(path)) >= REQUIRED.get(path.stem, set())
+
+
+@pytest.mark.slow
+def test_mask_gallery_executes(tmp_path):
+    import papermill
+
+    out = tmp_path / "gallery.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOK_DIR / "mask_gallery.ipynb"),
+        str(out),
+        parameters={
+            "overrides": {"data.num_images": 2, "data.scene_size": 48, "masks.grid_size": 2},
+            "sources": ["grid", "fh", "ground_truth"],
+            "num_images": 2,
+        },
+        kernel_name=kernel_name(),
+        progress_bar=False,
+        cwd=str(tmp_path),
+    )
+    nb = nbformat.read(str(out), as_version=4)
+    last = nb.cells[-1].outputs
+    assert any("image/png" in o.get("data", {}) for o in last)
+    table = next(o for o in last if o.output_type == "execute_result")["data"]["text/plain"]
+    assert "mean_best_iou" in table and "ground_truth" in table
