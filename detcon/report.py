@@ -1,0 +1,403 @@
+"""``detcon report ABLATION.yaml``: tidy tables, seaborn figures and the index page of an ablation.
+
+Reads every expected point's run directory (:func:`detcon.results.scan_ablation`) and writes,
+each file atomically (:mod:`detcon.atomic`):
+
+- ``<figures>/<ablation>.png`` / ``.pdf``: one panel per downstream (task, metric), mean over
+  seeds with a 95% bootstrap CI and every seed, the random-init baseline as a dashed line;
+- ``<figures>/<ablation>.csv``: the tidy table behind it (every run x backbone x metric, with
+  the run's state: the figure plots the ``done`` rows);
+- ``<figures>/<ablation>_curves.png``: loss and collapse indicator against the step, per run;
+- ``<figures>/<ablation>_mask_quality.png`` / ``.pdf``: downstream metric against mask quality,
+  when the ablation varies ``masks.source`` and ``<figures>/mask_quality.csv`` exists;
+- ``<figures>/<ablation>_status.csv``: the completeness table (every point, its state, the
+  first error line and the rendered notebook of failures);
+- ``<runs>/<ablation>/index.html``: every point with its state, key metrics and links to its
+  rendered notebooks and to the figures; failures highlighted.
+
+Missing or failed points are reported, never fatal; an ablation without a single run directory
+is an error (nothing to report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import html
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from detcon.atomic import atomic_write, write_text
+from detcon.plotting import ablation_figure, mask_quality_figure, training_curves
+from detcon.results import (
+    AblationScan,
+    PlotLayout,
+    choose_layout,
+    join_labels,
+    label_rows,
+    load_mask_quality,
+    scan_ablation,
+)
+
+__all__ = ["Report", "ReportFiles", "build_report", "figure_rows", "register_cli"]
+
+# The grid parameter the mask-quality analysis (paper: "better masks, better transfer") needs.
+MASK_SOURCE_KEY = "masks.source"
+MASK_QUALITY_FILE = "mask_quality.csv"
+_DPI = 150
+# Notebooks listed first on the index page (the launcher's two stages), then any other HTML.
+_NOTEBOOK_ORDER = ("pretrain.html", "evaluate.html")
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """Paths written by :func:`build_report` (the mask-quality pair is None when not drawn)."""
+
+    figure_png: Path
+    figure_pdf: Path
+    table_csv: Path
+    curves_png: Path
+    status_csv: Path
+    index_html: Path
+    mask_quality_png: Path | None
+    mask_quality_pdf: Path | None
+
+    def written(self) -> list[Path]:
+        return [p for p in vars(self).values() if p is not None]
+
+
+@dataclass(frozen=True)
+class Report:
+    """The scan (tables), the figure layout chosen for it and the files written."""
+
+    scan: AblationScan
+    layout: PlotLayout
+    files: ReportFiles
+
+
+# --------------------------------------------------------------------------- tables -> figures
+
+
+def figure_rows(scan: AblationScan, layout: PlotLayout) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows the ablation figure plots and its baseline rows.
+
+    Returns:
+        ``(rows, baseline)``: the pretrained encoder's downstream metrics of ``done`` points
+        (when no point was evaluated: their final pretraining loss instead), labelled with the
+        layout's x / hue columns, tasks in the ablation's ``evaluate`` order; and the
+        random-init rows of ``done`` points.
+    """
+    done = scan.tidy[scan.tidy["state"] == "done"]
+    downstream = done["task"] != "pretrain"
+    rows = done[downstream & (done["backbone"] == "pretrained")]
+    if rows.empty:
+        rows = done[(done["task"] == "pretrain") & (done["metric"] == "final_loss")]
+    baseline = done[downstream & (done["backbone"] == "random")]
+    # Panels follow the ablation's `evaluate:` order (summary.json's keys are sorted by name); a
+    # task named after its kind plus a dataset (e.g. segmentation_voc) ranks with its kind.
+    tasks = scan.ablation.evaluate
+
+    def rank(task: str) -> int:
+        return next((i for i, kind in enumerate(tasks) if task.startswith(kind)), len(tasks))
+
+    rows = rows.sort_values("task", key=lambda col: col.map(rank), kind="stable")
+    return label_rows(rows, layout), baseline
+
+
+def _message_figure(text: str) -> Figure:
+    """A placeholder with one line of text, so the index page never links to a missing file."""
+    fig = Figure(figsize=(6.0, 1.6))
+    fig.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fmt = path.suffix.lstrip(".")
+    return atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=_DPI))
+
+
+def _curves_figure(scan: AblationScan, layout: PlotLayout, title: str) -> Figure:
+    if scan.curves.empty:
+        return _message_figure("no metrics.jsonl in any run directory yet")
+    params = scan.status.drop(columns=["seed", "state", "error", "notebook", "run_dir"])
+    curves = scan.curves.merge(params, on="run_id", how="left")
+    # Colour by configuration (seeds of one configuration share a colour), keys in grid order.
+    shown = {*layout.x_keys, *layout.hue_keys}
+    keys = tuple(k for k in scan.param_keys if k in shown) or ("run_id",)
+    name = " / ".join(keys)
+    curves[name] = join_labels(curves, keys)
+    order = [o for o in dict.fromkeys(join_labels(scan.status, keys)) if o in set(curves[name])]
+    return training_curves(curves, hue=name, hue_order=order, title=title)
+
+
+def _mask_quality_rows(
+    rows: pd.DataFrame, quality: pd.DataFrame, layout: PlotLayout
+) -> tuple[pd.DataFrame, str | None]:
+    """Join figure rows with the per-source mask quality; hue: the other varying parameters."""
+    joined = rows.assign(source=rows[MASK_SOURCE_KEY].map(str)).merge(
+        quality, on="source", how="inner"
+    )
+    hue_keys = tuple(k for k in (*layout.x_keys, *layout.hue_keys) if k != MASK_SOURCE_KEY)
+    if not hue_keys or hue_keys == ("run_id",):
+        return joined, None
+    hue = " / ".join(hue_keys)
+    joined[hue] = join_labels(joined, hue_keys)
+    return joined, hue
+
+
+# --------------------------------------------------------------------------- index page
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.failed { background: #fde2e2; }
+tr.failed td.error { color: #a00; font-family: monospace; }
+tr.missing, tr.pending { color: #888; }
+tr.running { background: #fff7d6; }
+img { max-width: 100%; border: 1px solid #ddd; }
+"""
+
+
+def _text(value: object) -> str:
+    """A table cell's text, escaped; empty for None / NaN."""
+    return (
+        ""
+        if value is None or (isinstance(value, float) and pd.isna(value))
+        else html.escape(str(value))
+    )
+
+
+def _href(target: Path, start: Path) -> str:
+    return quote(Path(os.path.relpath(target.resolve(), start.resolve())).as_posix())
+
+
+def _notebook_links(run_dir: Path, run_id: str) -> str:
+    if not run_dir.is_dir():
+        return ""
+    found = sorted(p.name for p in run_dir.glob("*.html"))
+    names = [n for n in _NOTEBOOK_ORDER if n in found] + [
+        n for n in found if n not in _NOTEBOOK_ORDER
+    ]
+    return " ".join(
+        f'<a href="{quote(run_id)}/{quote(n)}">{html.escape(Path(n).stem)}</a>' for n in names
+    )
+
+
+def _key_metrics(scan: AblationScan) -> pd.DataFrame:
+    """run_id x "task.metric" table of the pretrained encoder (downstream + final loss)."""
+    tidy = scan.tidy[scan.tidy["backbone"] == "pretrained"]
+    keep = (tidy["task"] != "pretrain") | (tidy["metric"] == "final_loss")
+    tidy = tidy[keep].assign(column=lambda t: t["task"] + "." + t["metric"])
+    if tidy.empty:
+        return pd.DataFrame(index=pd.Index([], name="run_id"))
+    order = list(dict.fromkeys(tidy["column"]))
+    table = tidy.pivot_table(index="run_id", columns="column", values="value", aggfunc="first")
+    return table[order]
+
+
+def render_index(scan: AblationScan, files: ReportFiles, *, command: str) -> str:
+    """The static HTML of ``<runs>/<ablation>/index.html`` (links relative to that folder)."""
+    here = scan.runs_root
+    ab = scan.ablation
+    esc = html.escape
+    counts = ", ".join(f"{n} {s}" for s, n in scan.counts().items())
+    metrics = _key_metrics(scan)
+    head = ["run id", "state", *scan.param_keys, "seed", *metrics.columns, "notebooks", "error"]
+    body = []
+    for row in scan.status.to_dict("records"):
+        run_id, state = row["run_id"], row["state"]
+        cells = [f"<td>{esc(run_id)}</td>", f"<td>{esc(state)}</td>"]
+        cells += [f"<td>{_text(row[k])}</td>" for k in (*scan.param_keys, "seed")]
+        for col in metrics.columns:
+            value = metrics.at[run_id, col] if run_id in metrics.index else None
+            shown = "" if value is None or pd.isna(value) else f"{value:.4g}"
+            cells.append(f'<td class="num">{shown}</td>')
+        cells.append(f"<td>{_notebook_links(Path(row['run_dir']), run_id)}</td>")
+        cells.append(f'<td class="error">{_text(row["error"])}</td>')
+        body.append(f'<tr class="{esc(state)}">{"".join(cells)}</tr>')
+    links = [
+        (files.figure_png, "figure (PNG)"),
+        (files.figure_pdf, "PDF"),
+        (files.table_csv, "tidy table (CSV)"),
+        (files.curves_png, "training curves"),
+        (files.status_csv, "completeness (CSV)"),
+        (files.mask_quality_png, "mask quality vs. transfer"),
+    ]
+    link_html = " · ".join(
+        f'<a href="{_href(p, here)}">{esc(label)}</a>' for p, label in links if p is not None
+    )
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{esc(ab.name)} ({esc(scan.profile)})</title><style>{_CSS}</style></head>
+<body>
+<h1>{esc(ab.name)} <small>(profile {esc(scan.profile)})</small></h1>
+<p>{esc(ab.description.strip())}</p>
+<p><b>{len(scan.status)} points:</b> {esc(counts)}. Generated {esc(stamp)} by
+<code>{esc(command)}</code>.</p>
+<p>{link_html}</p>
+<p><a href="{_href(files.figure_png, here)}"><img src="{_href(files.figure_png, here)}"
+alt="{esc(ab.name)} figure"></a></p>
+<table>
+<thead><tr>{"".join(f"<th>{esc(str(h))}</th>" for h in head)}</tr></thead>
+<tbody>
+{chr(10).join(body)}
+</tbody></table>
+</body></html>
+"""
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def build_report(
+    ablation_path: str | Path,
+    *,
+    profile: str = "cpu",
+    runs_dir: str | Path = "runs",
+    figures_dir: str | Path = "figures",
+    echo: Callable[[str], None] = print,
+) -> Report:
+    """Scan an ablation's run directories and write its tables, figures and index page.
+
+    Args:
+        ablation_path: the ablation file.
+        profile: the profile its points ran at.
+        runs_dir: the ``--runs-dir`` of ``detcon run`` (points in ``<runs_dir>/<name>/``).
+        figures_dir: where figures and CSVs go (``mask_quality.csv`` is read from there too).
+        echo: receives the lines saying what was found and where everything is.
+    Returns:
+        The :class:`Report`.
+    Raises:
+        FileNotFoundError: the ablation file does not exist, or not one of its points has a run
+            directory (nothing was run yet).
+        ConfigError: the ablation file is invalid.
+        ValueError: ``mask_quality.csv`` lacks a column.
+    """
+    scan = scan_ablation(ablation_path, profile=profile, runs_dir=runs_dir)
+    name = scan.ablation.name
+    if (scan.status["state"] == "missing").all():
+        raise FileNotFoundError(
+            f"no run of ablation {name!r} at profile {profile!r}: none of its "
+            f"{len(scan.status)} points has a run directory under {scan.runs_root}; run "
+            f"`detcon run {ablation_path} --profile {profile} --runs-dir {runs_dir}` first "
+            "(or pass the --runs-dir and --profile it was run with)"
+        )
+    figures = Path(figures_dir)
+    layout = choose_layout(scan.status, scan.param_keys)
+    title = f"{name} (profile {profile})"
+
+    rows, baseline = figure_rows(scan, layout)
+    if rows.empty:
+        fig = _message_figure(f"{title}: no finished point yet ({_counts_text(scan)})")
+    else:
+        fig = ablation_figure(
+            rows,
+            x=layout.x,
+            order=[o for o in layout.x_order if o in set(rows[layout.x])],
+            hue=layout.hue,
+            hue_order=layout.hue_order,
+            baseline=baseline if len(baseline) else None,
+            title=title,
+        )
+    png, pdf = _save(fig, figures / f"{name}.png"), _save(fig, figures / f"{name}.pdf")
+    table_csv = write_text(figures / f"{name}.csv", scan.tidy.to_csv(index=False))
+    curves_png = _save(_curves_figure(scan, layout, title), figures / f"{name}_curves.png")
+    status_csv = write_text(figures / f"{name}_status.csv", scan.status.to_csv(index=False))
+
+    mq_png = mq_pdf = None
+    quality = load_mask_quality(figures / MASK_QUALITY_FILE)
+    if MASK_SOURCE_KEY in scan.param_keys and quality is not None and not rows.empty:
+        joined, hue = _mask_quality_rows(rows, quality, layout)
+        if joined["source"].nunique() >= 2:
+            mq = mask_quality_figure(joined, hue=hue, title=title)
+            mq_png = _save(mq, figures / f"{name}_mask_quality.png")
+            mq_pdf = _save(mq, figures / f"{name}_mask_quality.pdf")
+        else:
+            echo(f"mask quality: fewer than 2 mask sources of {name} in {MASK_QUALITY_FILE}")
+
+    files = ReportFiles(
+        png, pdf, table_csv, curves_png, status_csv, scan.runs_root / "index.html", mq_png, mq_pdf
+    )
+    command = (
+        f"detcon report {ablation_path} --profile {profile} --runs-dir {runs_dir} "
+        f"--figures-dir {figures_dir}"
+    )
+    write_text(files.index_html, render_index(scan, files, command=command))
+    _echo_summary(scan, files, echo)
+    return Report(scan, layout, files)
+
+
+def _counts_text(scan: AblationScan) -> str:
+    return ", ".join(f"{n} {s}" for s, n in scan.counts().items())
+
+
+def _echo_summary(scan: AblationScan, files: ReportFiles, echo: Callable[[str], None]) -> None:
+    echo(
+        f"{scan.ablation.name} (profile {scan.profile}): {len(scan.status)} points: "
+        f"{_counts_text(scan)}"
+    )
+    for row in scan.status.to_dict("records"):
+        if row["state"] == "failed":
+            where = f" (see {row['notebook']})" if pd.notna(row["notebook"]) else ""
+            echo(f"  FAILED {row['run_id']}: {row['error']}{where}")
+    missing = scan.status.loc[scan.status["state"] == "missing", "run_id"].tolist()
+    if missing:
+        echo(f"  missing ({len(missing)}): {', '.join(missing)}")
+    echo("wrote:")
+    for path in files.written():
+        echo(f"  {path}")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    build_report(
+        args.ablation,
+        profile=args.profile,
+        runs_dir=args.runs_dir,
+        figures_dir=args.figures_dir,
+        echo=lambda line: print(line, flush=True),
+    )
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``detcon report`` (called by :mod:`detcon.cli`)."""
+    from detcon.config import available_profiles
+
+    p = subparsers.add_parser(
+        "report",
+        help="tables, figures and the index page of an ablation's runs",
+        description="Scan the run directories of ABLATION's points and write the tidy table "
+        "and figure (figures/<ablation>.{csv,png,pdf}), training curves, the completeness "
+        "table and <runs-dir>/<ablation>/index.html. Missing and failed points are listed, "
+        "not fatal.",
+    )
+    p.add_argument("ablation", type=Path, help="ablation file, e.g. ablations/mask_type.yaml")
+    p.add_argument(
+        "--profile",
+        choices=available_profiles(),
+        default="cpu",
+        help="the profile the points ran at (run ids depend on it; default: cpu)",
+    )
+    p.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=Path("runs"),
+        help="the --runs-dir of `detcon run` (default: runs)",
+    )
+    p.add_argument(
+        "--figures-dir",
+        type=Path,
+        default=Path("figures"),
+        help="where figures and CSVs go; mask_quality.csv is read from here (default: figures)",
+    )
+    p.set_defaults(func=_cmd_report)

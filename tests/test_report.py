@@ -1,0 +1,208 @@
+"""detcon report: files written, index links, figures, CLI behaviour, the report notebook."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import matplotlib as mpl
+import pandas as pd
+import pytest
+import seaborn  # noqa: F401  (imported before rcParams are recorded: importing sets nothing)
+from test_results import make_fake_runs, write_ablation, write_run
+
+from detcon import cli
+from detcon.grid import expand, load_ablation
+from detcon.plotting import ablation_figure, mask_quality_figure, training_curves
+from detcon.report import build_report, figure_rows, register_cli
+
+REPO = Path(__file__).resolve().parent.parent
+QUALITY_CSV = "source,mean_best_iou,coverage_at_50\ngrid,0.25,0.1\nfh,0.45,0.4\n"
+
+
+def _hrefs(page: str) -> list[str]:
+    return re.findall(r'(?:href|src)="([^"]+)"', page)
+
+
+def test_report_writes_tables_figures_and_an_index_linking_existing_files(tmp_path):
+    path, runs, ids = make_fake_runs(tmp_path)
+    figures = tmp_path / "figures"
+    lines: list[str] = []
+    report = build_report(path, runs_dir=runs, figures_dir=figures, echo=lines.append)
+    f = report.files
+    assert [p.name for p in f.written()] == [
+        "fake.png",
+        "fake.pdf",
+        "fake.csv",
+        "fake_curves.png",
+        "fake_status.csv",
+        "index.html",
+    ]
+    assert f.index_html == runs / "fake" / "index.html"
+    assert f.figure_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f.curves_png.read_bytes()[:4] == b"\x89PNG" and f.figure_pdf.read_bytes()[:5] == b"%PDF-"
+    assert not list(figures.glob(".*.tmp")) and not list((runs / "fake").glob(".*.tmp"))
+
+    tidy = pd.read_csv(f.table_csv)
+    assert list(tidy.columns) == list(report.scan.tidy.columns) and len(tidy) == len(
+        report.scan.tidy
+    )
+    status = pd.read_csv(f.status_csv)
+    assert status["state"].value_counts().to_dict() == {"done": 4, "failed": 3, "missing": 1}
+    assert (report.layout.x, report.layout.hue) == ("masks.source", "method")
+    rows, baseline = figure_rows(report.scan, report.layout)
+    assert set(rows["state"]) == {"done"} and len(rows) == 4 * 2  # 4 done runs x 2 metrics
+    # Panels in the ablation's evaluate order, though summary.json sorts depth first.
+    assert list(dict.fromkeys(zip(rows["task"], rows["metric"]))) == [
+        ("segmentation", "miou"),
+        ("depth", "rmse"),
+    ]
+    assert baseline["value"].tolist() == [0.2, 0.9]  # the one eval_random.json
+
+    page = f.index_html.read_text()
+    here = f.index_html.parent
+    links = _hrefs(page)
+    assert all((here / link).is_file() for link in links), links
+    for rid in ids.values():  # every rendered notebook of every run is linked
+        for nb in sorted((runs / "fake" / rid).glob("*.html")):
+            assert f"{rid}/{nb.name}" in links
+    assert "../../figures/fake.png" in links and "../../figures/fake_curves.png" in links
+    failed_rows = re.findall(r'<tr class="failed">(.*?)</tr>', page)
+    assert len(failed_rows) == 3
+    assert any("RuntimeError: evaluation blew up" in row for row in failed_rows)
+    assert any("corrupt summary.json" in row for row in failed_rows)
+    assert page.count('<tr class="missing">') == 1 and page.count('<tr class="done">') == 4
+
+    text = "\n".join(lines)
+    assert "8 points: 4 done, 3 failed, 1 missing" in text
+    assert f"FAILED {ids['detcon_s', 'fh', 0]}: RuntimeError: evaluation blew up" in text
+    assert f"missing (1): {ids['detcon_b', 'fh', 1]}" in text
+    assert str(f.index_html) in text and str(f.figure_pdf) in text
+
+
+def test_mask_quality_figure_when_the_csv_exists(tmp_path):
+    path, runs = write_ablation(tmp_path), tmp_path / "runs"
+    for point in expand(load_ablation(path), "cpu"):  # every point done this time
+        write_run(runs / "fake" / point.run_id, point, random=True)
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    (figures / "mask_quality.csv").write_text(QUALITY_CSV)
+    report = build_report(path, runs_dir=runs, figures_dir=figures, echo=lambda line: None)
+    assert report.files.mask_quality_png.read_bytes()[:4] == b"\x89PNG"
+    assert report.files.mask_quality_pdf.is_file()
+    assert "mask quality vs. transfer" in report.files.index_html.read_text()
+
+
+def test_no_runs_at_all_is_a_clear_error_and_nonzero_exit(tmp_path, monkeypatch, capsys):
+    path, _, _ = make_fake_runs(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no run of ablation 'fake' at profile 'cpu'"):
+        build_report(path, runs_dir=tmp_path / "elsewhere", figures_dir=tmp_path / "figures")
+    assert not (tmp_path / "figures").exists()
+    # Through the `detcon` command (cli.py turns the error into a message and exit code 2).
+    monkeypatch.setattr(cli, "_load_extra_commands", lambda: None)
+    monkeypatch.setattr(cli, "_EXTRA_COMMANDS", [register_cli])
+    code = cli.main(["report", str(path), "--runs-dir", str(tmp_path / "elsewhere")])
+    assert code == 2
+    assert "detcon report: error: no run of ablation 'fake'" in capsys.readouterr().err
+
+
+def test_cli_report_prints_where_everything_is(tmp_path, capsys):
+    path, runs, _ = make_fake_runs(tmp_path)
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers())
+    args = parser.parse_args(
+        ["report", str(path), "--runs-dir", str(runs), "--figures-dir", str(tmp_path / "fig")]
+    )
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "fig" / "fake.png") in out and str(runs / "fake" / "index.html") in out
+
+
+def _tidy_rows() -> pd.DataFrame:
+    rows = [
+        {"task": t, "metric": m, "value": v + seed / 50, "src": s, "method": meth}
+        for t, m, v in (("seg", "miou", 0.4), ("depth", "rmse", 0.6))
+        for s in ("grid", "fh")
+        for meth in ("a", "b")
+        for seed in range(3)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_figures_draw_one_panel_per_metric_and_leave_pyplot_alone():
+    import matplotlib.pyplot as plt
+
+    before = dict(mpl.rcParams)
+    figs_before = plt.get_fignums()
+    data = _tidy_rows()
+    baseline = pd.DataFrame([{"task": "seg", "metric": "miou", "value": 0.2}])
+    fig = ablation_figure(
+        data,
+        x="src",
+        order=["grid", "fh"],
+        hue="method",
+        hue_order=["a", "b"],
+        baseline=baseline,
+        title="t",
+    )
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == [
+        "seg: miou ↑",
+        "depth: rmse ↓",
+    ]
+    dashed = [ln for ln in axes[0].lines if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx(0.2)
+    assert not [ln for ln in axes[1].lines if ln.get_linestyle() == "--"]
+    legend_texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend_texts == ["a", "b", "random init"]
+
+    curves = pd.DataFrame(
+        {
+            "run_id": ["r1"] * 3 + ["r2"] * 3,
+            "step": [0, 1, 2] * 2,
+            "loss": [3.0, 2.0, 1.0] * 2,
+            "normalized_proj_std": [0.1] * 6,
+        }
+    )
+    fig2 = training_curves(curves)
+    assert sum(ax.get_visible() for ax in fig2.axes) == 2
+    quality = data.assign(
+        mean_best_iou=data["src"].map({"grid": 0.25, "fh": 0.45}), source=data["src"]
+    )
+    fig3 = mask_quality_figure(quality, hue="method")
+    assert sum(ax.get_visible() for ax in fig3.axes) == 2
+    assert dict(mpl.rcParams) == before and plt.get_fignums() == figs_before
+
+
+def test_figure_functions_reject_bad_tables():
+    with pytest.raises(ValueError, match="missing column"):
+        ablation_figure(pd.DataFrame({"task": ["s"]}), x="src", order=["grid"])
+    with pytest.raises(ValueError, match="empty"):
+        training_curves(pd.DataFrame(columns=["run_id", "step", "loss"]))
+
+
+def test_report_notebook_is_thin_parameterised_and_stripped():
+    import ast
+    import json
+
+    # Plain JSON (nbformat's schema validation alone takes seconds on a busy machine).
+    nb = json.loads((REPO / "notebooks" / "report.ipynb").read_text())
+    cells = nb["cells"]
+    tagged = [c for c in cells if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1
+    # What papermill's inspection reads (parsed here directly: importing papermill is slow).
+    assigned = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in ast.parse("".join(tagged[0]["source"])).body
+        if isinstance(node, ast.Assign)
+    }
+    assert assigned == {
+        "ablation": "ablations/demo.yaml",
+        "profile": "cpu",
+        "runs_dir": "runs",
+        "figures_dir": "figures",
+    }
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert all(not c["outputs"] and c["execution_count"] is None for c in code)
+    assert any("build_report(" in "".join(c["source"]) for c in code)

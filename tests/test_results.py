@@ -1,0 +1,337 @@
+"""detcon.results: fake run directories -> completeness and tidy tables, figure layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from detcon.grid import expand, load_ablation
+from detcon.results import (
+    choose_layout,
+    label_rows,
+    load_mask_quality,
+    read_curves,
+    read_run_metrics,
+    scan_ablation,
+)
+from detcon.runs import flatten_summary, point_lock
+
+ABLATION = """\
+name: fake
+description: two methods x two mask sources x two seeds, for the report tests
+seeds: [0, 1]
+grid:
+  product: {method: [detcon_s, detcon_b], masks.source: [grid, fh]}
+evaluate: [segmentation, depth]
+"""
+TRAIN_KEYS = ["final_loss", "images_per_s", "steps", "wall_s"]  # numeric train_summary fields
+
+
+def miou(method: str, source: str, seed: int) -> float:
+    return {"grid": 0.3, "fh": 0.4}[source] + (0.05 if method == "detcon_b" else 0) + seed / 100
+
+
+def _write(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data))
+
+
+def write_run(run: Path, point, *, state: str = "done", random: bool = False) -> None:
+    """A run directory as the launcher, pretrain.ipynb and evaluate.ipynb leave it."""
+    run.mkdir(parents=True)
+    method, source, seed = (point.params[k] for k in ("method", "masks.source", "seed"))
+    _write(run / "point.json", point.to_json())
+    train = {
+        "steps": 3,
+        "final_loss": 2.0 - seed / 10,
+        "wall_s": 1.5,
+        "images_per_s": 20.0,
+        "resumed_from": 0,
+        "method": method,
+        "mask_source": source,
+    }
+    _write(run / "train_summary.json", train)
+    lines = [
+        json.dumps({"step": s, "loss": 3.0 - s / 2, "normalized_proj_std": 0.1 + s / 100})
+        for s in range(3)
+    ]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 3, "lo')  # torn last line
+    (run / "pretrain.html").write_text("<html>pretrain</html>")
+    if state == "failed":
+        _write(
+            run / "status.json",
+            {
+                "state": "failed",
+                "notebook": "evaluate.html",
+                "error": "RuntimeError: evaluation blew up\nTraceback ...",
+            },
+        )
+        (run / "evaluate.html").write_text("<html>failed evaluate</html>")
+        return
+    if state == "running":
+        _write(run / "status.json", {"state": "running"})
+        return
+    evaluation = {"segmentation": {"miou": miou(method, source, seed)}, "depth": {"rmse": 0.5}}
+    _write(run / "eval.json", evaluation)
+    if random:
+        _write(run / "eval_random.json", {"segmentation": {"miou": 0.2}, "depth": {"rmse": 0.9}})
+    (run / "evaluate.html").write_text("<html>evaluate</html>")
+    _write(run / "summary.json", flatten_summary(point.to_json(), train, evaluation))
+    _write(run / "status.json", {"state": "done", "notebook": "evaluate.html"})
+
+
+def write_ablation(folder: Path) -> Path:
+    path = folder / "fake.yaml"
+    path.write_text(ABLATION)
+    return path
+
+
+def make_fake_runs(tmp_path: Path) -> tuple[Path, Path, dict[tuple, str]]:
+    """8 points: 4 done (one with a random baseline), 1 failed, 1 running (status only; the
+    caller holds its lock or not), 1 with a corrupt summary.json, 1 missing.
+
+    Returns (ablation file, runs dir, {(method, source, seed): run_id}).
+    """
+    path = write_ablation(tmp_path)
+    runs = tmp_path / "runs"
+    points = expand(load_ablation(path), "cpu")
+    ids = {(p.params["method"], p.params["masks.source"], p.params["seed"]): p for p in points}
+    root = runs / "fake"
+    for key in [("detcon_s", "grid", 0), ("detcon_s", "grid", 1), ("detcon_b", "grid", 1)]:
+        write_run(root / ids[key].run_id, ids[key])
+    write_run(root / ids["detcon_b", "grid", 0].run_id, ids["detcon_b", "grid", 0], random=True)
+    write_run(root / ids["detcon_s", "fh", 0].run_id, ids["detcon_s", "fh", 0], state="failed")
+    write_run(root / ids["detcon_s", "fh", 1].run_id, ids["detcon_s", "fh", 1], state="running")
+    corrupt = ids["detcon_b", "fh", 0]
+    write_run(root / corrupt.run_id, corrupt)
+    (root / corrupt.run_id / "summary.json").write_text('{"ablation": "fake", "run_i')
+    # ("detcon_b", "fh", 1) is missing: no run directory.
+    return path, runs, {k: p.run_id for k, p in ids.items()}
+
+
+@pytest.fixture()
+def fake(tmp_path):
+    return make_fake_runs(tmp_path)
+
+
+def test_completeness_table_lists_every_point_with_state_error_and_notebook(fake):
+    path, runs, ids = fake
+    scan = scan_ablation(path, profile="cpu", runs_dir=runs)
+    st = scan.status.set_index("run_id")
+    assert list(scan.status.columns) == [
+        "ablation",
+        "run_id",
+        "state",
+        "method",
+        "masks.source",
+        "seed",
+        "error",
+        "notebook",
+        "run_dir",
+    ]
+    assert len(st) == 8 and scan.param_keys == ("method", "masks.source")
+    states = {key: st.at[rid, "state"] for key, rid in ids.items()}
+    assert states == {
+        ("detcon_s", "grid", 0): "done",
+        ("detcon_s", "grid", 1): "done",
+        ("detcon_b", "grid", 0): "done",
+        ("detcon_b", "grid", 1): "done",
+        ("detcon_s", "fh", 0): "failed",
+        ("detcon_s", "fh", 1): "failed",  # status says running, nobody holds the lock
+        ("detcon_b", "fh", 0): "failed",  # corrupt summary.json
+        ("detcon_b", "fh", 1): "missing",
+    }
+    failed = st.loc[ids["detcon_s", "fh", 0]]
+    assert failed["error"] == "RuntimeError: evaluation blew up"
+    assert Path(failed["notebook"]).name == "evaluate.html" and Path(failed["notebook"]).is_file()
+    assert st.at[ids["detcon_s", "fh", 1], "error"].startswith("interrupted")
+    corrupt = st.at[ids["detcon_b", "fh", 0], "error"]
+    assert corrupt.startswith("corrupt summary.json") and "not valid JSON" in corrupt
+    assert st.loc[ids["detcon_b", "fh", 1], ["error", "notebook"]].isna().all()
+    assert pd.isna(st.at[ids["detcon_s", "grid", 0], "error"])
+    assert scan.counts() == {"done": 4, "failed": 3, "missing": 1}
+
+
+def test_a_point_whose_lock_is_held_is_running(fake):
+    path, runs, ids = fake
+    with point_lock(runs / "fake" / ids["detcon_s", "fh", 1]):
+        scan = scan_ablation(path, profile="cpu", runs_dir=runs)
+    row = scan.status.set_index("run_id").loc[ids["detcon_s", "fh", 1]]
+    assert row["state"] == "running" and pd.isna(row["error"])
+
+
+def test_tidy_table_has_one_row_per_run_backbone_metric(fake):
+    path, runs, ids = fake
+    tidy = scan_ablation(path, profile="cpu", runs_dir=runs).tidy
+    assert list(tidy.columns) == [
+        "ablation",
+        "run_id",
+        "state",
+        "method",
+        "masks.source",
+        "seed",
+        "backbone",
+        "task",
+        "metric",
+        "value",
+    ]
+    expected = []
+    for method, source, seed in [
+        ("detcon_s", "grid", 0),
+        ("detcon_b", "grid", 0),
+        ("detcon_s", "grid", 1),
+        ("detcon_b", "grid", 1),
+    ]:
+        ident = ("fake", ids[method, source, seed], "done", method, source, seed)
+        train = {"steps": 3.0, "final_loss": 2.0 - seed / 10, "wall_s": 1.5, "images_per_s": 20.0}
+        expected += [(*ident, "pretrained", "pretrain", k, train[k]) for k in TRAIN_KEYS]
+        expected += [
+            (*ident, "pretrained", "segmentation", "miou", miou(method, source, seed)),
+            (*ident, "pretrained", "depth", "rmse", 0.5),
+        ]
+        if (method, seed) == ("detcon_b", 0):
+            expected += [
+                (*ident, "random", "segmentation", "miou", 0.2),
+                (*ident, "random", "depth", "rmse", 0.9),
+            ]
+    # The failed point finished pretraining: its train_summary rows are kept, marked failed;
+    # the corrupt point's readable train_summary.json + eval.json are kept too.
+    failed = ("fake", ids["detcon_s", "fh", 0], "failed", "detcon_s", "fh", 0)
+    expected += [
+        (*failed, "pretrained", "pretrain", k, v) for k, v in zip(TRAIN_KEYS, [2.0, 20.0, 3.0, 1.5])
+    ]
+    corrupt = ("fake", ids["detcon_b", "fh", 0], "failed", "detcon_b", "fh", 0)
+    expected += [
+        (*corrupt, "pretrained", "pretrain", k, v)
+        for k, v in zip(TRAIN_KEYS, [2.0, 20.0, 3.0, 1.5])
+    ]
+    expected += [
+        (*corrupt, "pretrained", "segmentation", "miou", miou("detcon_b", "fh", 0)),
+        (*corrupt, "pretrained", "depth", "rmse", 0.5),
+    ]
+    running = ("fake", ids["detcon_s", "fh", 1], "failed", "detcon_s", "fh", 1)
+    expected += [
+        (*running, "pretrained", "pretrain", k, v)
+        for k, v in zip(TRAIN_KEYS, [1.9, 20.0, 3.0, 1.5])
+    ]
+
+    def norm(rows):
+        return sorted((*r[:-1], round(float(r[-1]), 9)) for r in rows)
+
+    assert norm(tidy.itertuples(index=False)) == norm(expected)
+    assert tidy["value"].dtype == float
+
+
+def test_curves_skip_torn_lines(fake):
+    path, runs, ids = fake
+    curves = read_curves(runs / "fake" / ids["detcon_s", "grid", 0])
+    assert curves["step"].tolist() == [0, 1, 2]
+    assert curves["loss"].tolist() == [3.0, 2.5, 2.0]
+    scan = scan_ablation(path, profile="cpu", runs_dir=runs)
+    assert list(scan.curves.columns) == ["run_id", "seed", "step", "loss", "normalized_proj_std"]
+    assert len(scan.curves) == 7 * 3  # every run directory has 3 complete lines
+
+
+def test_bad_metric_values_make_the_run_failed_not_a_crash(tmp_path):
+    (tmp_path / "eval.json").write_text(json.dumps({"segmentation": {"miou": "high"}}))
+    rows, problem = read_run_metrics(tmp_path)
+    assert rows == [] and "segmentation.miou='high' is not a number" in problem
+    (tmp_path / "eval.json").write_text(json.dumps({"segmentation": 0.4}))
+    assert "expected a mapping" in read_run_metrics(tmp_path)[1]
+    (tmp_path / "eval.json").write_text("[1, 2]")
+    assert "corrupt eval.json" in read_run_metrics(tmp_path)[1]
+    assert read_run_metrics(tmp_path / "nowhere") == ([], None)
+    (tmp_path / "eval.json").unlink()
+    (tmp_path / "status.json").write_text('{"state": "do')
+    assert read_run_metrics(tmp_path)[1].startswith("corrupt status.json")
+
+
+def test_summary_rows_parse_dotted_keys():
+    # eval_random.* in summary.json is the launcher's form of the baseline (backbone=random).
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        summary = {
+            "ablation": "a",
+            "run_id": "r",
+            "profile": "cpu",
+            "method": "byol",
+            "pretrain.final_loss": 1.0,
+            "pretrain.method": "byol",
+            "eval.seg.voc.miou": 0.5,
+            "eval_random.seg.voc.miou": 0.1,
+        }
+        (Path(d) / "summary.json").write_text(json.dumps(summary))
+        rows, problem = read_run_metrics(d)
+    assert problem is None
+    assert rows == [
+        {"backbone": "pretrained", "task": "pretrain", "metric": "final_loss", "value": 1.0},
+        {"backbone": "pretrained", "task": "seg.voc", "metric": "miou", "value": 0.5},
+        {"backbone": "random", "task": "seg.voc", "metric": "miou", "value": 0.1},
+    ]
+
+
+def _status(rows):
+    return pd.DataFrame(rows)
+
+
+def test_layout_full_product_puts_the_larger_axis_on_x():
+    st = _status(
+        [{"method": m, "masks.source": s} for m in ("a", "b") for s in ("grid", "fh", "mcg")]
+    )
+    layout = choose_layout(st, ["method", "masks.source"])
+    assert (layout.x, layout.hue) == ("masks.source", "method")
+    assert layout.x_order == ("grid", "fh", "mcg") and layout.hue_order == ("a", "b")
+
+
+def test_layout_ties_and_three_keys():
+    st = _status([{"src": s, "px": p} for s in ("fh", "gt") for p in (64, 112)])
+    assert choose_layout(st, ["src", "px"]).x == "px"  # tie: the last key (resolution)
+    st = _status([{"m": m, "s": s, "g": g} for m in "ab" for s in "xy" for g in (1, 8)])
+    layout = choose_layout(st, ["m", "s", "g"])
+    assert (layout.x, layout.hue, layout.hue_order) == (
+        "g",
+        "m / s",
+        ("a / x", "a / y", "b / x", "b / y"),
+    )
+
+
+def test_layout_union_arms_drop_determined_keys_and_combine_the_rest():
+    st = _status(
+        [
+            {"method": "detcon_b", "masks.source": "grid", "k": 16},
+            {"method": "detcon_b", "masks.source": "fh", "k": 16},
+            {"method": "byol", "masks.source": "image", "k": 1},
+        ]
+    )
+    layout = choose_layout(st, ["method", "masks.source", "k"])
+    assert (layout.x, layout.hue) == ("method / masks.source", None)
+    assert layout.x_order == ("detcon_b / grid", "detcon_b / fh", "byol / image")
+    labelled = label_rows(st, layout)
+    assert labelled["method / masks.source"].tolist() == list(layout.x_order)
+    # Constant parameters are not plotted; nothing varying -> one category per run.
+    assert choose_layout(_status([{"run_id": "r", "m": "a"}]), ["m"]).x == "run_id"
+
+
+def test_mask_quality_csv(tmp_path):
+    assert load_mask_quality(tmp_path / "none.csv") is None
+    (tmp_path / "q.csv").write_text("source,mean_best_iou,coverage_at_50\ngrid,0.3,0.1\n")
+    assert load_mask_quality(tmp_path / "q.csv")["mean_best_iou"].tolist() == [0.3]
+    (tmp_path / "q.csv").write_text("source,mean_best_iou\ngrid,0.3\n")
+    with pytest.raises(ValueError, match="coverage_at_50"):
+        load_mask_quality(tmp_path / "q.csv")
+
+
+def test_pending_and_corrupt_status(fake):
+    path, runs, ids = fake
+    pending = runs / "fake" / ids["detcon_b", "fh", 1]
+    pending.mkdir()
+    (pending / "status.json").write_text(json.dumps({"state": "pending"}))
+    done = runs / "fake" / ids["detcon_s", "grid", 0]
+    (done / "status.json").write_text("{")  # summary.json alone would say done
+    st = scan_ablation(path, profile="cpu", runs_dir=runs).status.set_index("run_id")
+    assert st.at[ids["detcon_b", "fh", 1], "state"] == "pending"
+    assert st.at[ids["detcon_s", "grid", 0], "state"] == "failed"
+    assert st.at[ids["detcon_s", "grid", 0], "error"].startswith("corrupt status.json")
