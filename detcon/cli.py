@@ -110,7 +110,13 @@ _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 def _load_extra_commands() -> None:
     import importlib
 
-    for name in ("detcon.launch", "detcon.report", "detcon.masks.cli", "detcon.evaluate.cli"):
+    for name in (
+        "detcon.launch",
+        "detcon.report",
+        "detcon.masks.cli",
+        "detcon.evaluate.cli",
+        "detcon.official",
+    ):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
