@@ -1,0 +1,217 @@
+"""Backbones for evaluation: read a run directory, rebuild its encoder, export/import torchvision
+ResNets, and expose a backbone's stages for an FPN.
+
+A run directory (docs/run-directory.md) holds ``config.json`` (the resolved PretrainConfig) and
+``backbone.pt`` (the online encoder's state dict: plain torchvision ResNet keys without ``fc`` for
+ResNets, the SmallResNet's own keys otherwise). ``random`` is the baseline every ablation is
+compared with: the same architecture, randomly initialised from the evaluation seed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.resnet import ResNet
+
+from detcon.config import ConfigError, ModelConfig, PretrainConfig, from_dict
+from detcon.models import Backbone, SmallResNet, build_backbone, torchvision_resnet
+
+__all__ = [
+    "BackboneStages",
+    "backbone_from_run",
+    "backbone_state",
+    "load_run_config",
+    "load_torchvision_resnet",
+    "make_backbone",
+]
+
+CONFIG_FILE = "config.json"
+BACKBONE_FILE = "backbone.pt"
+
+
+def load_run_config(run_dir: str | Path) -> PretrainConfig:
+    """The PretrainConfig stored in ``run_dir/config.json``, parsed strictly."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist")
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: a run directory needs the {CONFIG_FILE} written by "
+            "`detcon pretrain` (docs/run-directory.md)"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    try:
+        return from_dict(PretrainConfig, data)
+    except ConfigError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def backbone_state(
+    run_dir: str | Path,
+    model_cfg: ModelConfig,
+    *,
+    backbone: Literal["pretrained", "random"] = "pretrained",
+    seed: int = 0,
+) -> dict[str, Tensor]:
+    """The encoder weights to evaluate: ``run_dir/backbone.pt`` or a random initialisation.
+
+    ``random`` draws the weights of ``build_backbone(model_cfg)`` from ``seed`` without touching
+    the global RNG, so the baseline is reproducible and independent of what ran before.
+    """
+    if backbone == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = build_backbone(model_cfg)
+        return _inner(net).state_dict()
+    if backbone != "pretrained":
+        raise ValueError(f"backbone={backbone!r}: expected 'pretrained' or 'random'")
+    path = Path(run_dir) / BACKBONE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: expected the encoder weights that `detcon pretrain` exports at the "
+            "end of training (or evaluate backbone='random' for the baseline)"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def _inner(net: nn.Module) -> nn.Module:
+    """The module whose state dict is exported (``Backbone.net`` for ResNets)."""
+    return net.net if isinstance(net, Backbone) else net
+
+
+def make_backbone(
+    model_cfg: ModelConfig, state: dict[str, Tensor], *, dilate_last_stage: bool = False
+) -> nn.Module:
+    """A fresh encoder with ``state`` loaded; it has ``out_channels`` and ``stride``.
+
+    ``dilate_last_stage`` (ResNets only) replaces the stride of ``layer4`` by dilation, for
+    FCN-style dense heads at output stride 16; the weights are the same tensors.
+    """
+    net = build_backbone(model_cfg)
+    if dilate_last_stage and isinstance(net, Backbone):
+        _dilate_last_stage(net.net)
+        net.stride = 16
+    try:
+        _inner(net).load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"backbone weights do not fit model.backbone={model_cfg.backbone!r}: {exc}"
+        ) from exc
+    return net
+
+
+def _dilate_last_stage(resnet: ResNet) -> None:
+    """Trade ``layer4``'s stride 2 for dilation 2, in place, as torchvision's
+    ``replace_stride_with_dilation=[False, False, True]`` builds it: the first block keeps
+    dilation 1 with stride 1, the later blocks' 3x3 convs get dilation and padding 2. Shapes of
+    all weights are unchanged (torchvision's BasicBlock refuses dilation, this works for both)."""
+    for i, block in enumerate(resnet.layer4):
+        for conv in (m for m in block.modules() if isinstance(m, nn.Conv2d)):
+            if conv.stride == (2, 2):
+                conv.stride = (1, 1)
+            if i > 0 and conv.kernel_size == (3, 3):
+                conv.dilation, conv.padding = (2, 2), (2, 2)
+
+
+def backbone_from_run(
+    run_dir: str | Path, *, backbone: Literal["pretrained", "random"] = "pretrained", seed: int = 0
+) -> nn.Module:
+    """Our encoder of ``run_dir`` (config.json + backbone.pt), or its random-init baseline."""
+    cfg = load_run_config(run_dir)
+    state = backbone_state(run_dir, cfg.model, backbone=backbone, seed=seed)
+    return make_backbone(cfg.model, state)
+
+
+def load_torchvision_resnet(
+    weights: str | Path | dict[str, Tensor], name: str = "resnet50"
+) -> nn.Module:
+    """A plain torchvision ResNet (``torchvision.models.<name>``) with exported weights.
+
+    Every key must match except the classifier (``fc.*``), which the export does not hold and
+    which stays randomly initialised (``strict=False`` for ``fc`` only): the backbone can be taken
+    to any detection or segmentation stack that builds on torchvision ResNets.
+    """
+    if not isinstance(weights, dict):
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: expected an exported backbone.pt")
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        net = torchvision_resnet(name)
+    except AttributeError as exc:
+        raise ValueError(f"name={name!r}: expected a ResNet name such as 'resnet50'") from exc
+    result = net.load_state_dict(weights, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("fc.")]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"weights do not fit torchvision {name}: missing {missing[:5]}, unexpected "
+            f"{result.unexpected_keys[:5]} (a SmallResNet export cannot be loaded as a ResNet)"
+        )
+    return net
+
+
+class BackboneStages(nn.Module):
+    """A backbone split into its stages: ``forward(x)`` returns every stage's output.
+
+    Works for the SmallResNet (stem+stage 1, stages 2-4) and for our ResNet wrapper / a plain
+    torchvision ResNet (conv1..maxpool+layer1, layer2-4). The modules are shared with the
+    backbone, not copied. ``channels[i]`` and ``strides[i]`` describe stage ``i``'s output; they
+    are measured with one dry run on a 64x64 input.
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        net = _inner(backbone)
+        if isinstance(net, SmallResNet):
+            first = nn.Sequential(net.stem, net.layers[0])
+            rest = list(net.layers[1:])
+        elif isinstance(net, ResNet):
+            first = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
+            rest = [net.layer2, net.layer3, net.layer4]
+        else:
+            raise ValueError(
+                f"cannot split a {type(net).__name__} into stages: expected a SmallResNet or a "
+                "torchvision ResNet"
+            )
+        self.stages = nn.ModuleList([first, *rest])
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            outs = self(torch.zeros(1, 3, 64, 64))
+        self.train(was_training)
+        self.channels = [o.shape[1] for o in outs]
+        self.strides = [64 // o.shape[-1] for o in outs]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        outs = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+
+def fpn_stage_indices(strides: list[int], min_stride: int) -> list[int]:
+    """Stages that feed an FPN: for each distinct stride >= ``min_stride``, its last stage.
+
+    The SmallResNet at output stride 8 has strides [2, 4, 8, 8]: -> stages [1, 3]. ResNets have
+    [4, 8, 16, 32]: -> all four, as torchvision's ``resnet_fpn_backbone``.
+    """
+    last: OrderedDict[int, int] = OrderedDict()
+    for i, s in enumerate(strides):
+        if s >= min_stride:
+            last[s] = i
+    if not last:
+        raise ValueError(f"no stage has stride >= {min_stride} (strides {strides})")
+    return list(last.values())

@@ -1,0 +1,76 @@
+"""``detcon evaluate RUN_DIR``: downstream evaluation of a run's encoder (or its random-init
+baseline) into the run directory's ``eval.json``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+__all__ = ["register_cli"]
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from detcon.evaluate.run import default_out_name, evaluate_run
+    from detcon.evaluate.settings import TASKS
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else TASKS
+    start = time.perf_counter()
+
+    def progress(message: str) -> None:
+        if not args.quiet:
+            print(f"[{time.perf_counter() - start:7.1f} s] {message}", flush=True)
+
+    results = evaluate_run(
+        args.run_dir,
+        tasks=tasks,
+        profile=args.profile,
+        out_name=args.out_name,
+        backbone=args.backbone,
+        seed=args.seed,
+        progress=progress,
+        quick=args.quick,
+        data_root=args.data_root,
+        device=args.device,
+    )
+    for name, metrics in results.items():
+        print(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    out = args.out_name or default_out_name(args.backbone)
+    print(f"wrote {Path(args.run_dir) / out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` subcommand to the ``detcon`` command."""
+    p = subparsers.add_parser(
+        "evaluate", help="downstream evaluation of a run's encoder into RUN_DIR/eval.json"
+    )
+    p.add_argument("run_dir", type=Path, help="run directory with config.json and backbone.pt")
+    p.add_argument(
+        "--tasks",
+        default="",
+        help="comma-separated subset of segmentation,depth,linear,detection (default: all)",
+    )
+    p.add_argument(
+        "--profile",
+        choices=["cpu", "paper"],
+        default="cpu",
+        help="cpu: synthetic scenes, minutes on two cores; paper: COCO, VOC, "
+        "Cityscapes, NYU-Depth v2, ImageNet under --data-root",
+    )
+    p.add_argument(
+        "--backbone",
+        choices=["pretrained", "random"],
+        default="pretrained",
+        help="the run's backbone.pt, or a random initialisation of the same "
+        "architecture (the baseline; written to eval_random.json)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="head initialisation and data order")
+    p.add_argument("--out-name", default=None, help="result file name inside the run directory")
+    p.add_argument("--quick", action="store_true", help="smoke-test sizes (metrics meaningless)")
+    p.add_argument(
+        "--data-root", type=Path, default=None, help="folder holding the paper profile's datasets"
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_cmd_evaluate)

@@ -1,0 +1,168 @@
+"""The entry point: evaluate one run directory's encoder on the downstream tasks of a profile and
+write ``eval.json`` (docs/run-directory.md)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from detcon.atomic import write_json
+from detcon.evaluate import dense, detection
+from detcon.evaluate.backbones import (
+    BackboneStages,
+    backbone_state,
+    load_run_config,
+    make_backbone,
+)
+from detcon.evaluate.context import EvalContext
+from detcon.evaluate.data import DataStore
+from detcon.evaluate.depth import evaluate_depth
+from detcon.evaluate.detection import evaluate_detection
+from detcon.evaluate.features import FeatureBank
+from detcon.evaluate.linear import evaluate_linear
+from detcon.evaluate.segmentation import evaluate_segmentation
+from detcon.evaluate.settings import TASKS, EvalSettings, get_settings
+
+__all__ = ["default_out_name", "evaluate_run", "resolve_device"]
+
+_RUNNERS: dict[str, Callable] = {
+    "segmentation": evaluate_segmentation,
+    "depth": evaluate_depth,
+    "linear": evaluate_linear,
+    "detection": evaluate_detection,
+}
+
+
+def default_out_name(backbone: str) -> str:
+    """``eval.json`` for the run's encoder, ``eval_random.json`` for the random baseline, so the
+    baseline never overwrites the run's own results."""
+    return "eval.json" if backbone == "pretrained" else f"eval_{backbone}.json"
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto``: CUDA when available, else CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device={device!r}: expected 'auto', 'cpu' or 'cuda[:N]'")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"tasks={list(tasks)!r}: expected a non-empty subset of {list(TASKS)}")
+    return tuple(t for t in TASKS if t in tasks)  # the canonical order
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    tasks: Sequence[str] = TASKS,
+    profile: str = "cpu",
+    out_name: str | None = None,
+    backbone: Literal["pretrained", "random"] = "pretrained",
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+    quick: bool = False,
+    settings: EvalSettings | None = None,
+    data_root: str | Path | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, dict[str, float]]:
+    """Evaluate the encoder of ``run_dir`` and write ``run_dir/out_name`` atomically.
+
+    Args:
+        run_dir: a run directory with ``config.json`` and (for ``pretrained``) ``backbone.pt``.
+        tasks: task kinds to run, a subset of ``segmentation``, ``depth``, ``linear``,
+            ``detection``; a kind may hold several datasets (paper: VOC and Cityscapes).
+        profile: ``cpu`` (synthetic scenes, minutes on two cores) or ``paper``.
+        out_name: file written in ``run_dir``; default :func:`default_out_name`. Entries for
+            tasks not run now are kept from an existing file.
+        backbone: ``pretrained`` (``backbone.pt``) or ``random`` (same architecture, random
+            initialisation from ``seed``: the baseline).
+        seed: seeds head initialisation and data order (and the random backbone); the same
+            run, settings and seed give the same metrics.
+        progress: called with one-line progress messages.
+        quick: the profile at smoke-test size (tests; the metrics mean nothing).
+        settings: explicit settings instead of ``profile``/``quick``.
+        data_root: folder holding the paper profile's datasets (relative ``DataSpec.root``).
+        device: ``cpu``, ``cuda[:N]`` or ``auto``.
+    Returns:
+        ``{name: {metric: value}}`` for the entries evaluated now, e.g.
+        ``{"segmentation": {"miou": .., "pixel_acc": ..}, "depth": {"rmse": .., "delta1": ..},
+        "linear": {"top1": .., "presence_map": ..}, "detection": {"ap_bb": .., "ap_mk": ..,
+        "ap50_bb": .., "ap50_mk": ..}}``.
+    Raises:
+        FileNotFoundError: no run directory, ``config.json`` or ``backbone.pt``.
+        ValueError: unknown task, profile, backbone or device.
+    """
+    run_dir = Path(run_dir)
+    tasks = _check_tasks(tasks)
+    if settings is None:
+        settings = get_settings(profile, quick)
+    cfg = load_run_config(run_dir)  # fails early, before any work, on a bad run directory
+    state = backbone_state(run_dir, cfg.model, backbone=backbone, seed=seed)
+    dev = resolve_device(device)
+    out_path = run_dir / (out_name or default_out_name(backbone))
+    log = progress or (lambda message: None)
+
+    threads = torch.get_num_threads()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    results: dict[str, dict[str, float]] = {}
+    # The tasks seed torch's global RNG; the caller's RNG state is restored afterwards.
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        try:
+            stages = BackboneStages(make_backbone(cfg.model, state)).to(dev)
+            stages.eval().requires_grad_(False)
+            store = DataStore(data_root)
+            ctx = EvalContext(
+                cfg.model,
+                state,
+                store,
+                FeatureBank(stages, store),
+                seed=seed,
+                device=dev,
+                progress=progress,
+            )
+            # Reserve every frozen stage any task reads, so one pass extracts them all.
+            for kind, module in (
+                ("segmentation", dense),
+                ("depth", dense),
+                ("detection", detection),
+            ):
+                if kind in tasks:
+                    for s in settings.for_task(kind):
+                        ctx.bank.reserve(s.data, module.bank_stages(s, stages.strides))
+            for kind in tasks:
+                for s in settings.for_task(kind):
+                    t0 = time.perf_counter()
+                    log(f"{s.name}: start ({backbone} backbone, {settings.profile} profile)")
+                    results[s.name] = _RUNNERS[kind](ctx, s)
+                    log(f"{s.name}: done in {time.perf_counter() - t0:.1f} s")
+        finally:
+            torch.set_num_threads(threads)
+    write_json(out_path, {**_existing(out_path), **results})
+    return results
+
+
+def _existing(path: Path) -> dict[str, dict[str, float]]:
+    """Entries of an earlier result file to keep (an unreadable one is replaced)."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,79 @@
+"""Semantic segmentation: an FCN head on the backbone's last feature map, scored by mIoU.
+
+Head as the FCN transfer protocol of BYOL (App. D.3) that DetCon follows (§4): 3x3 convolutions
+with BatchNorm and ReLU on the last feature map, a 1x1 classifier, and the logits upsampled
+bilinearly to the image. Cross-entropy ignores label 255 (VOC object borders, Cityscapes void).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detcon.evaluate.context import EvalContext
+from detcon.evaluate.data import IGNORE_INDEX
+from detcon.evaluate.dense import run_dense
+from detcon.evaluate.metrics import confusion_matrix, segmentation_scores
+from detcon.evaluate.settings import DenseSettings
+
+__all__ = ["FCNHead", "evaluate_segmentation"]
+
+
+class FCNHead(nn.Module):
+    """``convs`` x (3x3 conv, BN, ReLU) of ``channels``, a 1x1 classifier, bilinear upsampling.
+
+    ``forward(x, size)``: features ``(B, C, h, w)`` -> logits ``(B, num_classes, *size)``.
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, channels: int = 256, convs: int = 2
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(convs):
+            layers += [
+                nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(channels),
+                nn.ReLU(inplace=True),
+            ]
+        layers.append(nn.Conv2d(channels if convs else in_channels, num_classes, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor, size: Sequence[int]) -> Tensor:
+        return F.interpolate(self.net(x), size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class _Segmentation:
+    target_key = "semantic"
+    fill = float(IGNORE_INDEX)
+
+    def __init__(self) -> None:
+        self.num_classes = 0
+
+    def make_head(
+        self, in_channels: int, stride: int, settings: DenseSettings, num_classes: int
+    ) -> nn.Module:
+        self.num_classes = num_classes
+        return FCNHead(in_channels, num_classes, settings.head_channels, settings.head_convs)
+
+    def init_head(self, head: nn.Module, targets: Sequence[Tensor]) -> None:
+        pass
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        if not (target != IGNORE_INDEX).any():  # a crop of ignored pixels only: no signal
+            return pred.sum() * 0.0
+        return F.cross_entropy(pred, target, ignore_index=IGNORE_INDEX)
+
+    def stats(self, pred: Tensor, target: Tensor) -> Tensor:
+        return confusion_matrix(pred.argmax(1), target, self.num_classes, IGNORE_INDEX)
+
+    def scores(self, stats: Tensor) -> dict[str, float]:
+        return segmentation_scores(stats)
+
+
+def evaluate_segmentation(ctx: EvalContext, settings: DenseSettings) -> dict[str, float]:
+    """Train an FCN head (frozen or fine-tuned backbone) and return ``miou`` and ``pixel_acc``
+    on the validation split (mIoU over all classes, background included)."""
+    return run_dense(ctx, settings, _Segmentation())

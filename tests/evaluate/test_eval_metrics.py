@@ -1,0 +1,211 @@
+"""Metric helpers on hand cases with known answers, and the small pure helpers of the tasks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from detcon.evaluate.data import boxes_from_masks, instance_targets, random_scale_crop
+from detcon.evaluate.depth import berhu_loss
+from detcon.evaluate.linear import fit_logistic, largest_object_class, present_classes
+from detcon.evaluate.metrics import (
+    coco_average_precision,
+    coco_detections,
+    coco_ground_truth,
+    confusion_matrix,
+    depth_scores,
+    depth_sums,
+    mean_average_precision,
+    segmentation_scores,
+)
+from detcon.evaluate.settings import OptimSettings
+from detcon.evaluate.training import batch_indices, lr_at
+
+torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------------------------ segmentation
+
+
+def test_miou_perfect_prediction_is_one():
+    target = torch.randint(0, 4, (2, 8, 8))
+    scores = segmentation_scores(confusion_matrix(target, target, 4))
+    assert scores == {"miou": 1.0, "pixel_acc": 1.0}
+
+
+def test_miou_hand_case_ignores_label_255_and_unseen_classes():
+    target = torch.tensor([0, 0, 1, 1, 255])
+    pred = torch.tensor([0, 1, 1, 1, 2])  # the ignored pixel's prediction must not count
+    conf = confusion_matrix(pred, target, num_classes=3)
+    assert conf.tolist() == [[1, 1, 0], [0, 2, 0], [0, 0, 0]]
+    scores = segmentation_scores(conf)
+    # class 0: 1 / (2 + 1 - 1) = 1/2; class 1: 2 / (2 + 3 - 2) = 2/3; class 2 never seen.
+    assert scores["miou"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert scores["pixel_acc"] == pytest.approx(3 / 4)
+
+
+def test_confusion_matrix_rejects_out_of_range_classes():
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        confusion_matrix(torch.tensor([0, 5]), torch.tensor([0, 1]), 3)
+    with pytest.raises(ValueError, match="shape"):
+        confusion_matrix(torch.zeros(3, dtype=torch.long), torch.zeros(4, dtype=torch.long), 3)
+
+
+# ------------------------------------------------------------------------------------- depth
+
+
+def test_depth_perfect_and_hand_case():
+    gt = torch.tensor([[1.0, 2.0], [4.0, 0.0]])  # 0 = invalid
+    perfect = depth_scores(depth_sums(gt.clone(), gt))
+    assert perfect == {"rmse": 0.0, "delta1": 1.0}
+    pred = torch.tensor([[1.1, 4.0], [4.0, 123.0]])  # ratios 1.1, 2, 1; the invalid pixel skipped
+    scores = depth_scores(depth_sums(pred, gt))
+    assert scores["rmse"] == pytest.approx(math.sqrt((0.01 + 4.0 + 0.0) / 3))
+    assert scores["delta1"] == pytest.approx(2 / 3)
+    # Summing the statistics of two halves gives the statistics of the whole.
+    halves = depth_sums(pred[:1], gt[:1]) + depth_sums(pred[1:], gt[1:])
+    assert depth_scores(halves) == pytest.approx(scores)
+
+
+def test_depth_max_depth_excludes_far_pixels_and_empty_is_an_error():
+    gt = torch.tensor([1.0, 20.0])
+    scores = depth_scores(depth_sums(torch.tensor([1.0, 0.0]), gt, max_depth=10.0))
+    assert scores == {"rmse": 0.0, "delta1": 1.0}
+    with pytest.raises(ValueError, match="no valid depth"):
+        depth_scores(depth_sums(torch.ones(2), torch.zeros(2)))
+
+
+def test_berhu_is_l1_below_c_and_scaled_l2_above():
+    pred, target = torch.tensor([[1.0, 5.0]]), torch.zeros(1, 2)
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    # c = max|e| / 5 = 1: |1| -> 1; 5 -> (25 + 1) / 2 = 13.
+    assert float(berhu_loss(pred, target, valid)) == pytest.approx(7.0)
+    assert float(berhu_loss(pred, target, torch.zeros_like(valid))) == 0.0
+
+
+# ------------------------------------------------------------------------ multi-label probe
+
+
+def test_mean_average_precision_hand_cases():
+    labels = torch.tensor([[1], [0], [1]])
+    assert mean_average_precision(torch.tensor([[0.9], [0.1], [0.8]]), labels) == 1.0
+    # ranks of positives: 1 and 3 -> (1/1 + 2/3) / 2
+    assert mean_average_precision(torch.tensor([[0.9], [0.8], [0.7]]), labels) == (
+        pytest.approx(5 / 6)
+    )
+    with pytest.raises(ValueError, match="positive"):
+        mean_average_precision(torch.zeros(2, 1), torch.zeros(2, 1))
+
+
+def test_fit_logistic_separates_separable_classes():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(3).repeat(20)
+    x = torch.randn(60, 4, generator=gen) * 0.1 + torch.eye(4)[y] * 3
+    w, b = fit_logistic(x, y, num_outputs=3, l2=1e-3, max_iter=50)
+    assert ((x.double() @ w.T + b).argmax(1) == y).all()
+    multi = torch.stack([y == 0, y != 0], 1)
+    w, b = fit_logistic(x, multi, num_outputs=2, l2=1e-3, max_iter=50, multilabel=True)
+    assert mean_average_precision(x.double() @ w.T + b, multi) == 1.0
+
+
+def test_largest_object_and_present_classes():
+    instances = torch.tensor([[0, 1, 1], [2, 2, 2], [0, 3, 0]])
+    semantic = torch.tensor([[0, 5, 5], [7, 7, 7], [0, 2, 0]])
+    assert largest_object_class(instances, semantic) == 7
+    assert largest_object_class(torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 2)) == 0
+    assert present_classes(semantic, 8).tolist() == [False, True, False, False, True, False, True]
+
+
+# ---------------------------------------------------------------------------------- COCO AP
+
+
+def _scene():
+    """One 16x16 image with two objects of classes 1 and 2."""
+    instances = torch.zeros(16, 16, dtype=torch.long)
+    instances[2:6, 3:9] = 1
+    instances[9:15, 8:12] = 2
+    semantic = torch.where(instances == 2, 2, instances)
+    return instances, semantic
+
+
+def test_instance_targets_boxes_use_pixel_edges():
+    instances, semantic = _scene()
+    t = instance_targets(instances, semantic)
+    assert t["boxes"].tolist() == [[3.0, 2.0, 9.0, 6.0], [8.0, 9.0, 12.0, 15.0]]
+    assert t["labels"].tolist() == [1, 2]
+    assert t["masks"].shape == (2, 16, 16) and t["masks"].dtype == torch.uint8
+    assert boxes_from_masks(t["masks"]).tolist() == t["boxes"].tolist()
+
+
+def _outputs(target, keep, labels=None):
+    masks = target["masks"][keep].float()[:, None]
+    return {
+        "boxes": target["boxes"][keep],
+        "scores": torch.ones(len(keep)),
+        "labels": target["labels"][keep] if labels is None else labels,
+        "masks": masks,
+    }
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_coco_ap_perfect_detection_is_one_and_none_is_zero(iou_type):
+    target = instance_targets(*_scene())
+    gt = coco_ground_truth([(16, 16)], [target], num_classes=3)
+    dets = coco_detections([0], [_outputs(target, [0, 1])], iou_type)
+    assert coco_average_precision(gt, dets, iou_type) == pytest.approx({"ap": 1.0, "ap50": 1.0})
+    assert coco_average_precision(gt, [], iou_type) == {"ap": 0.0, "ap50": 0.0}
+    wrong = coco_detections([0], [_outputs(target, [0, 1], torch.tensor([2, 1]))], iou_type)
+    assert coco_average_precision(gt, wrong, iou_type)["ap"] == 0.0
+
+
+def test_coco_ap_half_recall_hand_case():
+    # Two objects of one class, one found: precision 1 up to recall 0.5, so 51 of COCO's 101
+    # recall points have precision 1.
+    instances, _ = _scene()
+    semantic = (instances > 0).long()
+    target = instance_targets(instances, semantic)
+    gt = coco_ground_truth([(16, 16)], [target], num_classes=2)
+    dets = coco_detections([0], [_outputs(target, [1])], "bbox")
+    assert coco_average_precision(gt, dets, "bbox")["ap"] == pytest.approx(51 / 101)
+
+
+# ------------------------------------------------------------------------ training helpers
+
+
+def test_lr_schedules():
+    opt = OptimSettings(
+        steps=100, batch_size=1, lr=1.0, schedule="step", milestones=(0.5, 0.9), warmup_steps=10
+    )
+    assert lr_at(0, opt) == pytest.approx(0.1) and lr_at(9, opt) == 1.0
+    assert lr_at(49, opt) == 1.0 and lr_at(50, opt) == pytest.approx(0.1)
+    assert lr_at(95, opt) == pytest.approx(0.01)
+    cos = OptimSettings(steps=100, batch_size=1, lr=2.0, schedule="cosine")
+    assert lr_at(0, cos) == 2.0 and lr_at(50, cos) == pytest.approx(1.0)
+
+
+def test_batch_indices_cover_each_epoch_and_are_seeded():
+    def run(seed):
+        return list(batch_indices(10, 3, 6, torch.Generator().manual_seed(seed)))
+
+    batches = run(0)
+    assert len(batches) == 6 and all(len(b) == 3 for b in batches)
+    assert len(set(sum(batches[:3], []))) == 9  # one epoch: 3 disjoint batches of 3
+    assert run(0) == batches and run(1) != batches
+
+
+def test_random_scale_crop_moves_image_and_target_together():
+    image = torch.arange(16, dtype=torch.uint8).reshape(1, 4, 4).repeat(3, 1, 1)
+    target = torch.arange(16).reshape(4, 4)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        im, t = random_scale_crop(
+            image, target, scale_range=(1.0, 1.0), crop=(2, 3), flip=True, fill=255, generator=gen
+        )
+        assert im.shape == (3, 2, 3) and t.shape == (2, 3)
+        assert torch.equal(im[0].long(), t)  # the same pixels, flipped or not
+    im, t = random_scale_crop(
+        image, target, scale_range=(1.0, 1.0), crop=(6, 6), flip=False, fill=255, generator=gen
+    )
+    assert (t == 255).sum() == 36 - 16 and (im[:, t == 255] == 0).all()

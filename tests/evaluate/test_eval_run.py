@@ -1,0 +1,131 @@
+"""evaluate_run end to end at smoke size (quick settings): every task, eval.json, determinism,
+the random-vs-pretrained switch, errors, and the ``detcon evaluate`` command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from detcon.atomic import save_torch, write_json
+from detcon.config import load_pretrain_config, to_dict
+from detcon.evaluate import cpu_settings, evaluate_run
+from detcon.models import build_backbone
+
+torch.set_num_threads(1)
+
+QUICK = cpu_settings(quick=True)
+
+EXPECTED = {
+    "segmentation": {"miou", "pixel_acc"},
+    "depth": {"rmse", "delta1"},
+    "linear": {"top1", "presence_map"},
+    "detection": {"ap_bb", "ap50_bb", "ap_mk", "ap50_mk"},
+}
+
+
+def make_run_dir(path, seed=1):
+    cfg = load_pretrain_config({"model": {"small_width": 8}}, profile="cpu")
+    path.mkdir(parents=True, exist_ok=True)
+    write_json(path / "config.json", to_dict(cfg))
+    torch.manual_seed(seed)
+    save_torch(path / "backbone.pt", build_backbone(cfg.model).state_dict())
+    return path
+
+
+def check_ranges(results):
+    for name, metrics in results.items():
+        for metric, value in metrics.items():
+            assert math.isfinite(value), (name, metric, value)
+            if metric == "rmse":
+                assert value >= 0
+            else:
+                assert 0.0 <= value <= 1.0, (name, metric, value)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    run = make_run_dir(tmp_path_factory.mktemp("run"))
+    messages = []
+    results = evaluate_run(run, settings=QUICK, progress=messages.append)
+    return run, results, messages
+
+
+def test_every_task_returns_finite_metrics_in_range(full_run):
+    _, results, messages = full_run
+    assert {k: set(v) for k, v in results.items()} == EXPECTED
+    check_ranges(results)
+    assert any("detection: done" in m for m in messages)
+
+
+def test_eval_json_is_written_atomically_with_the_results(full_run):
+    run, results, _ = full_run
+    assert json.loads((run / "eval.json").read_text()) == results
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_same_run_and_seed_give_the_same_metrics_and_other_tasks_are_kept(full_run, tmp_path):
+    run, results, _ = full_run
+    again = evaluate_run(
+        run, settings=QUICK, tasks=("linear", "segmentation"), out_name="again.json"
+    )
+    assert again == {k: results[k] for k in ("segmentation", "linear")}
+    # A later partial evaluation keeps the other tasks of an existing result file.
+    stored = json.loads((run / "eval.json").read_text())
+    evaluate_run(run, settings=QUICK, tasks=("linear",))
+    assert json.loads((run / "eval.json").read_text()) == stored
+
+
+def test_random_backbone_is_the_baseline_in_its_own_file(full_run):
+    run, results, _ = full_run
+    random = evaluate_run(run, settings=QUICK, tasks=("linear", "depth"), backbone="random")
+    check_ranges(random)
+    assert (run / "eval_random.json").is_file()
+    assert random["depth"] != results["depth"]
+    # The run's own eval.json is untouched by the baseline.
+    assert json.loads((run / "eval.json").read_text())["depth"] == pytest.approx(results["depth"])
+
+
+def test_bad_inputs_fail_before_any_work(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        evaluate_run(tmp_path, settings=QUICK)
+    run = make_run_dir(tmp_path / "run")
+    (run / "backbone.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="backbone.pt"):
+        evaluate_run(run, settings=QUICK)
+    with pytest.raises(ValueError, match="segmentation"):
+        evaluate_run(run, settings=QUICK, tasks=("segmentaton",), backbone="random")
+    with pytest.raises(ValueError, match="profile"):
+        evaluate_run(run, profile="laptop", backbone="random")
+    assert not (run / "eval.json").exists() and not (run / "eval_random.json").exists()
+
+
+def test_cli_evaluate_and_its_error_message(tmp_path, capsys):
+    from detcon.cli import main
+
+    run = make_run_dir(tmp_path / "run")
+    assert main(["evaluate", str(run), "--quick", "--tasks", "linear", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "linear: top1=" in out and (run / "eval.json").is_file()
+    assert main(["evaluate", str(tmp_path / "missing"), "--quick"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_profile_settings_are_complete_data():
+    from detcon.evaluate import get_settings
+
+    for profile in ("cpu", "paper"):
+        for quick in (False, True):
+            s = get_settings(profile, quick)
+            names = [
+                e.name
+                for kind in ("segmentation", "depth", "linear", "detection")
+                for e in s.for_task(kind)
+            ]
+            assert len(names) == len(set(names))  # each is one key of eval.json
+            hash(s)  # frozen all the way down
+    paper = get_settings("paper")
+    assert [e.name for e in paper.segmentation] == ["segmentation_voc", "segmentation_cityscapes"]
+    assert paper.detection[0].train_backbone and paper.detection[0].sync_bn
