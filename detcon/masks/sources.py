@@ -382,8 +382,9 @@ def build_mask_source(cfg: MaskConfig) -> MaskSource:
     Felzenszwalb–Huttenlocher with ``cfg.fh_scale``, ``cfg.fh_sigma``, ``cfg.fh_min_size``
     (partition). ``mcg``: the top ``cfg.mcg_num_proposals`` MCG-style proposals (overlapping;
     see :mod:`detcon.masks.mcg`). ``ground_truth``: the instance map, up to 16 objects
-    (partition). ``image``: one whole-image mask (partition). ``external``: ``<cfg.external_dir>/<key>``
-    ``.png`` (partition) or ``.npz`` (overlapping, top ``cfg.mcg_num_proposals`` by score).
+    (partition). ``image``: one whole-image mask (partition). ``external``:
+    ``<cfg.external_dir>/<key>.png`` (partition) or ``.npz`` (overlapping, top
+    ``cfg.mcg_num_proposals`` by score).
     """
     if not isinstance(cfg, MaskConfig):
         raise ValueError(
