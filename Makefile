@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONSTRAINTS ?= constraints.txt
 STAMP := $(VENV)/.installed
+LINT_PATHS := $(wildcard detcon tests scripts benchmarks)
 
 .PHONY: install test lint format demo slurm-up slurm-down clean-venv
 
@@ -20,15 +21,15 @@ $(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check detcon tests scripts benchmarks
-	$(BIN)/ruff format --check detcon tests scripts benchmarks
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 format: $(STAMP)
-	$(BIN)/ruff format detcon tests scripts benchmarks
-	$(BIN)/ruff check --fix detcon tests scripts benchmarks
+	$(BIN)/ruff format $(LINT_PATHS)
+	$(BIN)/ruff check --fix $(LINT_PATHS)
 
 test: $(STAMP)
-	$(BIN)/ruff check detcon tests scripts benchmarks
+	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
