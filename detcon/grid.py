@@ -51,13 +51,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from detcon.config import (
     ConfigError,
     PretrainConfig,
     available_profiles,
     load_pretrain_config,
+    load_yaml,
     to_dict,
 )
 
@@ -349,12 +348,7 @@ def load_ablation(path: str | Path) -> Ablation:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ablation file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: expected a mapping at the top level (name, grid, ...)")
+    data = load_yaml(path)
     where = str(path)
     _check_keys(data, _TOP_KEYS, where)
     for key in ("name", "description", "grid"):

@@ -22,7 +22,13 @@ from torch import Tensor, nn
 from detcon.evaluate.context import EvalContext
 from detcon.evaluate.data import num_classes, random_scale_crop, to_input
 from detcon.evaluate.settings import DenseSettings
-from detcon.evaluate.training import batch_indices, lr_at, make_optimizer, set_lr
+from detcon.evaluate.training import (
+    batch_indices,
+    lr_at,
+    make_optimizer,
+    optimizer_step,
+    set_lr,
+)
 
 __all__ = ["DenseTask", "bank_stages", "run_dense"]
 
@@ -116,13 +122,7 @@ def run_dense(ctx: EvalContext, s: DenseSettings, task: DenseTask) -> dict[str, 
             with torch.set_grad_enabled(s.train_backbone):
                 feats = backbone(to_input(images))
         loss = task.loss(head(feats, target.shape[-2:]), target)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{s.name}: non-finite loss {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % 50 == 0 or step == s.optim.steps - 1:
-            ctx.log(f"{s.name}: step {step + 1}/{s.optim.steps} loss {loss.item():.4f}")
+        optimizer_step(optimizer, loss, name=s.name, step=step, steps=s.optim.steps, log=ctx.log)
 
     head.eval()
     if backbone is not None:

@@ -32,7 +32,13 @@ from detcon.evaluate.context import EvalContext
 from detcon.evaluate.data import instance_targets, num_classes
 from detcon.evaluate.metrics import coco_average_precision, coco_detections, coco_ground_truth
 from detcon.evaluate.settings import DetectionSettings
-from detcon.evaluate.training import batch_indices, lr_at, make_optimizer, set_lr
+from detcon.evaluate.training import (
+    batch_indices,
+    lr_at,
+    make_optimizer,
+    optimizer_step,
+    set_lr,
+)
 
 __all__ = ["FPNBackbone", "bank_stages", "build_mask_rcnn", "evaluate_detection"]
 
@@ -215,13 +221,7 @@ def evaluate_detection(ctx: EvalContext, s: DetectionSettings) -> dict[str, floa
         feats = [f[idx] for f in train_feats] if train_feats is not None else None
         losses = _forward(model, images, targets, feats)
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{s.name}: non-finite loss {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % 50 == 0 or step == s.optim.steps - 1:
-            ctx.log(f"{s.name}: step {step + 1}/{s.optim.steps} loss {loss.item():.4f}")
+        optimizer_step(optimizer, loss, name=s.name, step=step, steps=s.optim.steps, log=ctx.log)
 
     model.eval()
     outputs, image_ids, sizes, gt_targets = [], [], [], []

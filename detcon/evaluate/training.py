@@ -66,3 +66,16 @@ def batch_indices(
                 return
             yield order[start : start + b]
             done += 1
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, loss: torch.Tensor, *, name: str, step: int, steps: int, log
+) -> None:
+    """One checked update of a downstream head: stop on a non-finite loss, step, log every 50."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{name}: non-finite loss {loss.item()} at step {step}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if step % 50 == 0 or step == steps - 1:
+        log(f"{name}: step {step + 1}/{steps} loss {loss.item():.4f}")
