@@ -235,6 +235,11 @@ class PretrainConfig:
                 f"method={self.method!r} uses one whole-image mask: masks.num_samples must be 1 "
                 f"(got {self.masks.num_samples})"
             )
+        if self.masks.source == "ground_truth" and self.data.dataset == "imagefolder":
+            raise ConfigError(
+                "masks.source='ground_truth' needs instance annotations: expected "
+                "data.dataset 'synthetic' or 'coco' (an ImageFolder tree has none)"
+            )
         if self.optim.batch_size % self.loss.negative_groups:
             raise ConfigError(
                 f"loss.negative_groups={self.loss.negative_groups} must divide "

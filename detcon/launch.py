@@ -493,16 +493,6 @@ def _check_tasks(ablation: Ablation) -> None:
             )
 
 
-def _check_point_semantics(point: GridPoint, where: Path) -> None:
-    # Needs instance annotations: a cross-field rule that belongs in detcon.config (reported).
-    cfg = point.config
-    if cfg.masks.source == "ground_truth" and cfg.data.dataset == "imagefolder":
-        raise ValueError(
-            f"{where}: point {point.run_id} uses masks.source='ground_truth' with "
-            "data.dataset='imagefolder', which has no instance masks; use 'coco' or 'synthetic'"
-        )
-
-
 def _absolute(path: str) -> str:
     return path if not path or os.path.isabs(path) else os.path.abspath(path)
 
@@ -624,7 +614,6 @@ def prepare(
     runs_root = Path(runs_dir) / ablation.name
     specs = []
     for point in points:
-        _check_point_semantics(point, ablation.path)
         overrides = _job_overrides(point)
         if check_data:
             _check_data(point, overrides, ablation.path)

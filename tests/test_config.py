@@ -55,8 +55,14 @@ def test_cross_field_rules():
         from_dict(PretrainConfig, {"method": "byol"})
     with pytest.raises(ConfigError, match="must divide"):
         from_dict(PretrainConfig, {"loss": {"negative_groups": 3}})
-    ok = from_dict(PretrainConfig, {"method": "simclr",
-                                    "masks": {"source": "image", "num_samples": 1}})
+    with pytest.raises(ConfigError, match="needs instance annotations"):
+        from_dict(
+            PretrainConfig,
+            {"masks": {"source": "ground_truth"}, "data": {"dataset": "imagefolder"}},
+        )
+    ok = from_dict(
+        PretrainConfig, {"method": "simclr", "masks": {"source": "image", "num_samples": 1}}
+    )
     assert ok.method == "simclr"
 
 
