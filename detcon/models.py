@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
@@ -312,6 +311,5 @@ def export_backbone(model: PretrainModel) -> dict[str, Tensor]:
 
 def torchvision_resnet(name: str) -> nn.Module:
     """A plain torchvision ResNet of the given depth (for loading exported weights)."""
-    if name == "resnet200":
-        return ResNet(Bottleneck, [3, 24, 36, 3])
-    return getattr(torchvision.models, name)(weights=None)
+    block, layers = _RESNET_LAYERS[name]
+    return ResNet(block, layers)

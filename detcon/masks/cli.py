@@ -44,17 +44,16 @@ def mask_quality_table(dataset, mask_cfg, sources=QUALITY_SOURCES, progress: boo
 
 
 def _quality_dataset(profile: str, num_images: int, root: str, seed: int):
+    from detcon.config import load_pretrain_config
+
+    cfg = load_pretrain_config({}, profile=profile)
     if profile == "cpu":
-        from detcon.config import load_pretrain_config
         from detcon.data.synthetic import SyntheticScenes
 
-        cfg = load_pretrain_config({}, profile="cpu")
-        return SyntheticScenes(
-            "val", num_images=num_images, size=cfg.data.scene_size, seed=seed
-        ), cfg.masks
+        scenes = SyntheticScenes("val", num_images=num_images, size=cfg.data.scene_size, seed=seed)
+        return scenes, cfg.masks
     from torch.utils.data import Subset
 
-    from detcon.config import load_pretrain_config
     from detcon.data.readers import CocoInstances
 
     if not root:
@@ -63,9 +62,7 @@ def _quality_dataset(profile: str, num_images: int, root: str, seed: int):
             "<coco root> (with annotations/instances_val2017.json and val2017/)"
         )
     coco = CocoInstances(root, split="val2017")
-    return Subset(coco, range(min(num_images, len(coco)))), load_pretrain_config(
-        {}, profile="paper"
-    ).masks
+    return Subset(coco, range(min(num_images, len(coco)))), cfg.masks
 
 
 def _cmd_quality(args: argparse.Namespace) -> int:
