@@ -28,7 +28,11 @@ Grid algebra: a node is a mapping with exactly one key,
 - ``union: [node, ...]`` the points of each arm, one after the other;
 - ``point: {key: value, ...}`` one point (``point: {}`` is the base config itself).
 
-Keys are dotted config keys (``masks.source``); nested mappings are flattened, so
+Keys are dotted config keys (``masks.source``), or ``notebook.<name>``: a parameter of the
+point's pretraining notebook that differs between points (``notebook.official_checkpoint:
+data/official/resnet50_detcon_b_imagenet_1k.npy`` makes a point import the release's weights
+instead of training; constant ones go under ``parameters.pretrain``). Such parameters are part of
+the run id, like config keys. Nested mappings are flattened, so
 ``{masks: {source: fh}}`` is the same as ``{masks.source: fh}``. Config values that are lists
 (``augment.crop_scale: [0.2, 1.0]``) are written as such inside axes: an axis is always a list of
 values.
@@ -47,7 +51,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +72,7 @@ __all__ = [
     "expand",
     "expand_grid",
     "flatten",
+    "NOTEBOOK_PREFIX",
     "load_ablation",
     "nest",
     "resolve_config",
@@ -101,6 +106,8 @@ _TOKEN_PREFIX = {
     "masks.grid_size": "grid",
 }
 _MAX_LABEL = 80
+# Grid keys under this prefix are per-point notebook parameters, not config keys.
+NOTEBOOK_PREFIX = "notebook."
 
 
 # --------------------------------------------------------------------------- dotted keys
@@ -411,6 +418,8 @@ class GridPoint:
         overrides: every dotted override on top of the profile's defaults (base, profile
             overrides, params); ``resolve_config(overrides, profile) == config``.
         config: the validated frozen config.
+        notebook_params: the point's own notebook parameters (grid keys ``notebook.<name>``,
+            prefix removed); empty for most ablations.
     """
 
     ablation: str
@@ -419,6 +428,7 @@ class GridPoint:
     params: Mapping[str, Any]
     overrides: Mapping[str, Any]
     config: PretrainConfig
+    notebook_params: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -427,12 +437,16 @@ class GridPoint:
             "run_id": self.run_id,
             "params": dict(self.params),
             "overrides": dict(self.overrides),
+            "notebook_params": dict(self.notebook_params),
         }
 
 
 def _token(key: str, value: Any) -> str:
     last = key.rsplit(".", 1)[-1]
-    if isinstance(value, bool):
+    is_file = isinstance(value, str) and ("/" in value or value.endswith((".npy", ".pt")))
+    if key.startswith(NOTEBOOK_PREFIX) and is_file:
+        tok = Path(value).stem  # a file: its name reads better than its folder
+    elif isinstance(value, bool):
         tok = last if value else f"no_{last}"
     elif isinstance(value, str):
         tok = value
@@ -443,13 +457,21 @@ def _token(key: str, value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", tok).strip("_") or "x"
 
 
-def config_digest(config: PretrainConfig) -> str:
-    """First 6 hex digits of the SHA-256 of the resolved config (canonical JSON)."""
-    text = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
+def config_digest(config: PretrainConfig, notebook_params: Mapping[str, Any] | None = None) -> str:
+    """First 6 hex digits of the SHA-256 of the resolved config (canonical JSON), and of the
+    point's notebook parameters when it has any (without them the digest is the config's)."""
+    data: Any = to_dict(config)
+    if notebook_params:
+        data = {"config": data, "notebook": dict(notebook_params)}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 
-def run_id(params: Mapping[str, Any], config: PretrainConfig) -> str:
+def run_id(
+    params: Mapping[str, Any],
+    config: PretrainConfig,
+    notebook_params: Mapping[str, Any] | None = None,
+) -> str:
     """``{method: detcon_b, masks.source: fh, seed: 0}`` -> ``detcon_b-fh-s0-<hash6>``.
 
     The readable part comes from the point's own parameters only (not from which keys vary
@@ -459,7 +481,8 @@ def run_id(params: Mapping[str, Any], config: PretrainConfig) -> str:
     """
     keys = [k for k in params if k != "seed"] + (["seed"] if "seed" in params else [])
     label = "-".join(_token(k, params[k]) for k in keys)[:_MAX_LABEL].rstrip("-_.")
-    return f"{label}-{config_digest(config)}" if label else config_digest(config)
+    digest = config_digest(config, notebook_params)
+    return f"{label}-{digest}" if label else digest
 
 
 def _apply_values(
@@ -518,7 +541,13 @@ def expand(ablation: Ablation, profile: str) -> list[GridPoint]:
                     f"{where}: a grid point sets 'seed' ({raw!r}); list seeds under 'seeds:'"
                 )
             params = {**_apply_values(raw, section.values), "seed": seed}
-            overrides = {**ablation.base, **section.overrides, **params}
+            notebook = {
+                k[len(NOTEBOOK_PREFIX) :]: v
+                for k, v in params.items()
+                if k.startswith(NOTEBOOK_PREFIX)
+            }
+            own = {k: v for k, v in params.items() if not k.startswith(NOTEBOOK_PREFIX)}
+            overrides = {**ablation.base, **section.overrides, **own}
             try:
                 config = resolve_config(overrides, profile)
             except ConfigError as exc:
@@ -527,7 +556,7 @@ def expand(ablation: Ablation, profile: str) -> list[GridPoint]:
                     f"{where}: the point {{{shown}}} (profile {profile!r}) is not a valid "
                     f"config: {exc}"
                 ) from None
-            digest = config_digest(config)
+            digest = config_digest(config, notebook)
             if digest in seen:
                 raise ConfigError(
                     f"{where}: two grid points resolve to the same config at profile "
@@ -535,6 +564,14 @@ def expand(ablation: Ablation, profile: str) -> list[GridPoint]:
                 )
             seen[digest] = repr(params)
             points.append(
-                GridPoint(ablation.name, profile, run_id(params, config), params, overrides, config)
+                GridPoint(
+                    ablation.name,
+                    profile,
+                    run_id(params, config, notebook),
+                    params,
+                    overrides,
+                    config,
+                    notebook,
+                )
             )
     return points

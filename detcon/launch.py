@@ -82,6 +82,10 @@ _LAUNCHER_PARAMETERS = {
     "pretrain": ("profile", "overrides", "run_dir", "progress"),
     "evaluate": ("run_dir", "tasks", "profile", "data_root"),
 }
+# Pretrain-notebook parameter of evaluation-only points: import this official checkpoint
+# (detcon.official.import_run) instead of training. Given per point as grid key
+# ``notebook.official_checkpoint``; checked to exist before anything is submitted.
+OFFICIAL_PARAMETER = "official_checkpoint"
 # Would change what is trained without changing the run id: belongs in the config instead.
 _CONFIG_PARAMETERS = {"max_steps": "base: {train.max_steps: N}"}
 _PY_TYPES: dict[str, tuple[type, ...]] = {
@@ -342,7 +346,8 @@ def _follow(spec: PointSpec) -> dict[str, Any]:
     """Ranks > 0 of a multi-process (DDP) job: join rank 0's training, write nothing else."""
     from detcon.train import pretrain
 
-    if _stage_skipped(spec.run_dir) or (spec.run_dir / "summary.json").exists():
+    done = _stage_skipped(spec.run_dir) or (spec.run_dir / "summary.json").exists()
+    if done or spec.parameters.get(OFFICIAL_PARAMETER):  # an import trains nothing to join
         return {"run_id": spec.run_id, "state": "follower", "rank": _rank(spec.executor)}
     cfg = resolve_config(spec.parameters["overrides"], spec.point.profile)
     pretrain(cfg, spec.run_dir, progress=False)
@@ -508,8 +513,25 @@ def _job_overrides(point: GridPoint) -> dict[str, Any]:
     return overrides
 
 
+def _notebook_params(point: GridPoint) -> dict[str, Any]:
+    params = dict(point.notebook_params)
+    if isinstance(params.get(OFFICIAL_PARAMETER), str):
+        params[OFFICIAL_PARAMETER] = _absolute(params[OFFICIAL_PARAMETER])
+    return params
+
+
 def _check_data(point: GridPoint, overrides: Mapping[str, Any], where: Path) -> None:
     cfg = point.config
+    official = point.notebook_params.get(OFFICIAL_PARAMETER)
+    if official:  # nothing is trained: only the checkpoint has to be there
+        if not Path(_absolute(str(official))).is_file():
+            raise FileNotFoundError(
+                f"{where}: point {point.run_id} imports the official checkpoint "
+                f"{official!r} (resolved to {_absolute(str(official))}), which does not exist; "
+                "download the release's .npy files (README, 'Official checkpoints') and set "
+                "notebook.official_checkpoint to their path"
+            )
+        return
     checks = []
     if cfg.data.dataset != "synthetic":
         checks.append(("data.root", cfg.data.root, overrides.get("data.root", "")))
@@ -585,6 +607,12 @@ def prepare(
     base_dir = ablation.path.resolve().parent
     main_nb = notebook_path(ablation.notebook, base_dir)
     eval_nb = notebook_path(EVALUATE_NOTEBOOK)
+    for name in sorted({name for p in points for name in p.notebook_params}):
+        if name in _LAUNCHER_PARAMETERS["pretrain"]:
+            raise ValueError(
+                f"{ablation.path}: grid key notebook.{name} is a parameter the launcher sets for "
+                "every point; remove it"
+            )
     for stage, params in ablation.parameters.items():
         for name in params:
             if name in _LAUNCHER_PARAMETERS[stage]:
@@ -625,6 +653,7 @@ def prepare(
             # A widget bar renders as "0%" in the offline HTML; `detcon status` shows progress.
             "progress": False,
             **ablation.parameters.get("pretrain", {}),
+            **_notebook_params(point),
         }
         eval_params = None
         if ablation.evaluate:
@@ -640,11 +669,15 @@ def prepare(
         )
     if check_data and ablation.evaluate:
         _check_eval_data(ablation, profile, data_root)
-    # The parameters are the same names for every point: check the first point's set.
-    if specs:
-        check_parameters(main_nb, specs[0].parameters)
-        if specs[0].eval_parameters is not None:
-            check_parameters(eval_nb, specs[0].eval_parameters)
+    # Points differ in their names only through notebook.* grid keys: check each distinct set.
+    checked: set[tuple[str, ...]] = set()
+    for spec in specs:
+        names = tuple(sorted(spec.parameters))
+        if names not in checked:
+            checked.add(names)
+            check_parameters(main_nb, spec.parameters)
+    if specs and specs[0].eval_parameters is not None:
+        check_parameters(eval_nb, specs[0].eval_parameters)
     return Plan(
         ablation, profile, runs_root, tuple(points), tuple(specs), cluster_name, cluster_profile
     )

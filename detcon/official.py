@@ -55,7 +55,7 @@ import pickle
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -64,6 +64,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from detcon.atomic import atomic_write, write_json
+from detcon.config import Backbone, PretrainConfig, load_pretrain_config, to_dict
 
 __all__ = [
     "HaikuResNet",
@@ -73,6 +74,7 @@ __all__ = [
     "convert_haiku_resnet",
     "describe_resnet",
     "import_official",
+    "import_run",
     "load_official_backbone",
     "load_release_file",
     "needs_tf_same_padding",
@@ -84,6 +86,8 @@ __all__ = [
 ]
 
 RELEASE_URL = "https://storage.googleapis.com/dm-detcon/"
+# The ResNets a config can name (model.backbone); the release's files are among them.
+_STANDARD_DEPTHS = tuple(b for b in get_args(Backbone) if b.startswith("resnet"))
 
 # ---------------------------------------------------------------------------------------------
 # Safe loading of the release's .npy files
@@ -801,6 +805,27 @@ def needs_tf_same_padding(path: str | Path) -> bool:
     return isinstance(meta, dict) and meta.get("padding") == "tf_same"
 
 
+def _weights_meta(path: Path, network: str, arch: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "source": path.name,
+        "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "network": network,
+        "architecture": arch,
+        "padding": "tf_same",
+        "note": "Haiku weights: load with detcon.official.load_official_backbone (or apply "
+        "detcon.official.use_tf_same_padding to a torchvision ResNet) for exact features",
+        **extra,
+    }
+
+
+def _write_weights(out: Path, state: Mapping[str, Tensor], meta: Mapping[str, Any]) -> None:
+    """``out`` (torch state dict) and its ``.json`` sidecar, each atomically; the sidecar, which
+    marks the weights as needing TF-SAME padding, is written first, so a crash between the two
+    never leaves Haiku weights that look like our own."""
+    write_json(out.with_suffix(".json"), dict(meta))
+    atomic_write(out, lambda f: torch.save(dict(state), f))
+
+
 def import_official(
     path: str | Path, out: str | Path, *, network: str | None = None, with_classifier: bool = False
 ) -> ImportSummary:
@@ -820,26 +845,107 @@ def import_official(
     if not with_classifier:
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     arch = describe_resnet(net)
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    atomic_write(out, lambda f: torch.save(state, f))
-    write_json(
-        out.with_suffix(".json"),
-        {
-            "source": path.name,
-            "source_sha256": sha,
-            "network": chosen.label,
-            "architecture": arch,
-            "padding": "tf_same",
-            "note": "Haiku weights: load with detcon.official.load_official_backbone (or apply "
-            "detcon.official.use_tf_same_padding to a torchvision ResNet) for exact features",
-            "classifier": has_fc and with_classifier,
-            "ignored_modules": ignored,
-        },
+    meta = _weights_meta(
+        path,
+        chosen.label,
+        arch,
+        classifier=has_fc and with_classifier,
+        ignored_modules=ignored,
     )
+    _write_weights(out, state, meta)
     return ImportSummary(arch, chosen.label, len(state), has_fc, tuple(ignored), out)
 
 
+def import_run(
+    path: str | Path,
+    run_dir: str | Path,
+    cfg: PretrainConfig | None = None,
+    *,
+    network: str | None = None,
+) -> PretrainConfig:
+    """Make ``run_dir`` a run directory holding an official checkpoint, evaluated like ours.
+
+    Writes what ``detcon evaluate`` and the launcher read from a pretraining run
+    (docs/run-directory.md): ``backbone.pt`` (torchvision keys, no ``fc``) with its
+    ``backbone.json`` sidecar (``"padding": "tf_same"``: evaluation then builds the encoder with
+    TF-SAME padding), ``config.json`` and ``train_summary.json`` (``"official": true``, the
+    source file, its sha256 and the architecture; no training happened).
+
+    Args:
+        path: a release ``.npy`` file, or the ``.pt`` that :func:`import_official` wrote.
+        run_dir: created if needed.
+        cfg: the config that describes the checkpoint (what the release trained: method, data,
+            ``model.backbone``). Default: the paper profile with ``model.backbone`` read from
+            the weights.
+        network: as for :func:`import_official`.
+
+    Returns:
+        The config written to ``config.json``.
+
+    Raises:
+        FileNotFoundError: no such file (with where the release's files are).
+        ValueError: an unknown layout, or weights whose depth is not ``cfg.model.backbone``.
+    """
+    path, run_dir = Path(path), Path(run_dir)
+    if path.is_file() and _is_release_file(path):
+        state, chosen, _ = _state_from_release(path, network)
+        label = chosen.label
+    else:
+        state, label = _read_state(path, network), "state dict"
+    net = resnet_from_state_dict(state)
+    arch = describe_resnet(net)
+    depth = arch.split()[0]
+    if cfg is None:
+        if depth not in _STANDARD_DEPTHS:
+            raise ValueError(
+                f"{path}: the weights are a {arch}, which no model.backbone names; pass a config"
+            )
+        cfg = load_pretrain_config({"model": {"backbone": depth}}, profile="paper")
+    if cfg.model.backbone != depth:
+        raise ValueError(
+            f"{path} holds a {arch} but the config says model.backbone={cfg.model.backbone!r}; "
+            f"set model.backbone={depth!r} for this checkpoint"
+        )
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    meta = _weights_meta(path, label, arch)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", to_dict(cfg))
+    _write_weights(run_dir / "backbone.pt", state, meta)
+    write_json(
+        run_dir / "train_summary.json",
+        {
+            "official": True,
+            "source": path.name,
+            "source_sha256": meta["source_sha256"],
+            "architecture": arch,
+            "steps": 0,
+            "method": cfg.method,
+            "mask_source": cfg.masks.source,
+        },
+    )
+    return cfg
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
+    if (args.out is None) == (args.run_dir is None):
+        raise ValueError("import-official: pass exactly one of --out FILE or --run-dir DIR")
+    if args.run_dir is not None:
+        from detcon.config import parse_dotted
+
+        cfg = None
+        if args.set or args.profile != "paper":
+            overrides = parse_dotted(args.set)
+            if "backbone" not in overrides.get("model", {}):
+                arch = describe_resnet(resnet_from_state_dict(_read_state(args.path, args.network)))
+                overrides.setdefault("model", {})["backbone"] = arch.split()[0]
+            cfg = load_pretrain_config(overrides, profile=args.profile)
+        cfg = import_run(args.path, args.run_dir, cfg, network=args.network)
+        print(
+            f"imported {args.path} as an evaluation-only run in {args.run_dir} "
+            f"(model.backbone={cfg.model.backbone}, TF-SAME padding recorded in backbone.json); "
+            f"next: detcon evaluate {args.run_dir} --profile {args.profile}"
+        )
+        return 0
     s = import_official(
         args.path, args.out, network=args.network, with_classifier=args.with_classifier
     )
@@ -865,7 +971,27 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "TF-SAME padding (detcon.official.use_tf_same_padding).",
     )
     p.add_argument("path", type=Path, help="e.g. resnet50_detcon_b_imagenet_1k.npy")
-    p.add_argument("--out", type=Path, required=True, help="output state dict, e.g. model.pt")
+    p.add_argument("--out", type=Path, help="output state dict, e.g. model.pt")
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        help="instead of --out: write an evaluation-only run directory (backbone.pt, "
+        "config.json, train_summary.json) that `detcon evaluate` takes like one of ours",
+    )
+    p.add_argument(
+        "--profile",
+        choices=["cpu", "paper"],
+        default="paper",
+        help="with --run-dir: the profile whose config describes the checkpoint (default paper)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --run-dir: config fields that describe the checkpoint, e.g. "
+        "--set data.dataset=coco (model.backbone is read from the weights unless set)",
+    )
     p.add_argument(
         "--network",
         default=None,

@@ -36,8 +36,8 @@ from typing import Any
 import pandas as pd
 
 from detcon.config import to_dict
-from detcon.grid import Ablation, GridPoint, expand, flatten, load_ablation
-from detcon.launch import ablation_status
+from detcon.grid import NOTEBOOK_PREFIX, Ablation, GridPoint, expand, flatten, load_ablation
+from detcon.launch import OFFICIAL_PARAMETER, ablation_status
 from detcon.runs import read_json
 
 __all__ = [
@@ -226,7 +226,11 @@ def _param_table(points: Sequence[GridPoint]) -> tuple[tuple[str, ...], list[dic
     values = []
     for p in points:
         config = flatten(to_dict(p.config)) if set(keys) - set(p.params) else {}
-        values.append({k: p.params[k] if k in p.params else config.get(k) for k in keys})
+        row = {k: p.params[k] if k in p.params else config.get(k) for k in keys}
+        official = NOTEBOOK_PREFIX + OFFICIAL_PARAMETER
+        if official in row:  # which weights: figures label the points "ours" / "official <file>"
+            row[official] = f"official {Path(row[official]).stem}" if row[official] else "ours"
+        values.append(row)
     return tuple(keys), values
 
 

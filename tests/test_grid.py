@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from detcon.config import ConfigError, to_dict
-from detcon.grid import expand, expand_grid, flatten, load_ablation, nest, resolve_config
+from detcon.grid import (
+    config_digest,
+    expand,
+    expand_grid,
+    flatten,
+    load_ablation,
+    nest,
+    resolve_config,
+)
 from detcon.launch import load_cluster_profile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,6 +28,7 @@ EXPECTED_POINTS = {
     "demo": 3 * 1,
     "mask_type": 2 * 4 * 3,
     "negatives": 2 * 2 * 2 * 3,
+    "official_checkpoints": 3 * 1,
     "resolution": 3 * 3 * 3,
     "single_view": 4 * 2 * 3,
 }
@@ -93,6 +102,27 @@ def test_run_ids_are_readable_stable_and_differ_between_profiles(tmp_path):
     ]
     paper = [p.run_id for p in expand(load_ablation(path), "paper")]
     assert not set(first) & set(paper)
+
+
+def test_notebook_keys_are_per_point_notebook_parameters_not_config(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        grid:
+          union:
+            - point: {}
+            - point: {notebook.official_checkpoint: data/official/r50.npy}
+        """,
+    )
+    plain, official = expand(load_ablation(path), "cpu")
+    assert plain.config == official.config
+    assert "notebook.official_checkpoint" not in official.overrides
+    assert official.notebook_params == {"official_checkpoint": "data/official/r50.npy"}
+    assert plain.notebook_params == {}
+    # Same config, different notebook parameters: different runs, the file named in the id.
+    assert official.run_id.startswith("r50-s0-") and plain.run_id != official.run_id
+    # Points without notebook parameters keep the ids they had: the digest is the config's.
+    assert plain.run_id.endswith(config_digest(plain.config))
 
 
 def test_growing_a_grid_keeps_existing_run_ids(tmp_path):

@@ -28,6 +28,7 @@ __all__ = [
     "load_run_config",
     "load_torchvision_resnet",
     "make_backbone",
+    "weights_need_tf_same",
 ]
 
 CONFIG_FILE = "config.json"
@@ -91,24 +92,60 @@ def _inner(net: nn.Module) -> nn.Module:
     return net.net if isinstance(net, Backbone) else net
 
 
+def weights_need_tf_same(
+    run_dir: str | Path, backbone: Literal["pretrained", "random"] = "pretrained"
+) -> bool:
+    """Whether the run's encoder weights were trained with TF "SAME" padding: an official
+    checkpoint imported by ``detcon import-official --run-dir`` (its ``backbone.json`` says
+    ``"padding": "tf_same"``). Our own runs and the random baseline use stock padding."""
+    if backbone != "pretrained":
+        return False
+    from detcon.official import needs_tf_same_padding
+
+    path = Path(run_dir) / BACKBONE_FILE
+    return path.is_file() and needs_tf_same_padding(path)
+
+
 def make_backbone(
-    model_cfg: ModelConfig, state: dict[str, Tensor], *, dilate_last_stage: bool = False
+    model_cfg: ModelConfig,
+    state: dict[str, Tensor],
+    *,
+    dilate_last_stage: bool = False,
+    tf_same: bool = False,
 ) -> nn.Module:
     """A fresh encoder with ``state`` loaded; it has ``out_channels`` and ``stride``.
 
     ``dilate_last_stage`` (ResNets only) replaces the stride of ``layer4`` by dilation, for
     FCN-style dense heads at output stride 16; the weights are the same tensors.
+    ``tf_same``: the weights are Haiku-trained (an imported official checkpoint): the ResNet is
+    shaped by the weights (the release's widths need not be torchvision's) and padded like
+    TensorFlow's "SAME" (:func:`detcon.official.use_tf_same_padding`); its depth must be
+    ``model_cfg.backbone``'s.
     """
-    net = build_backbone(model_cfg)
+    if tf_same:
+        from detcon.official import backbone_from_state, describe_resnet
+
+        net = backbone_from_state(state).train()
+        depth = describe_resnet(net.net).split()[0]
+        if depth != model_cfg.backbone:
+            raise ValueError(
+                f"the imported weights are a {describe_resnet(net.net)}, not "
+                f"model.backbone={model_cfg.backbone!r}"
+            )
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = model_cfg.bn_momentum
+    else:
+        net = build_backbone(model_cfg)
+        try:
+            _inner(net).load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"backbone weights do not fit model.backbone={model_cfg.backbone!r}: {exc}"
+            ) from exc
     if dilate_last_stage and isinstance(net, Backbone):
         _dilate_last_stage(net.net)
         net.stride = 16
-    try:
-        _inner(net).load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"backbone weights do not fit model.backbone={model_cfg.backbone!r}: {exc}"
-        ) from exc
     return net
 
 
@@ -131,7 +168,7 @@ def backbone_from_run(
     """Our encoder of ``run_dir`` (config.json + backbone.pt), or its random-init baseline."""
     cfg = load_run_config(run_dir)
     state = backbone_state(run_dir, cfg.model, backbone=backbone, seed=seed)
-    return make_backbone(cfg.model, state)
+    return make_backbone(cfg.model, state, tf_same=weights_need_tf_same(run_dir, backbone))
 
 
 def load_torchvision_resnet(

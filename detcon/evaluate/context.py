@@ -33,10 +33,13 @@ class EvalContext:
     seed: int = 0
     device: torch.device = torch.device("cpu")
     progress: Callable[[str], None] | None = None
+    tf_same: bool = False  # Haiku-trained weights (an imported official checkpoint)
 
     def backbone(self, *, dilate_last_stage: bool = False, trainable: bool = False) -> nn.Module:
         """A fresh encoder; frozen (eval mode, no gradient) unless ``trainable``."""
-        net = make_backbone(self.model_cfg, self.state, dilate_last_stage=dilate_last_stage)
+        net = make_backbone(
+            self.model_cfg, self.state, dilate_last_stage=dilate_last_stage, tf_same=self.tf_same
+        )
         net.to(self.device)
         if not trainable:
             net.eval().requires_grad_(False)

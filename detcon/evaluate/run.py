@@ -18,6 +18,7 @@ from detcon.evaluate.backbones import (
     backbone_state,
     load_run_config,
     make_backbone,
+    weights_need_tf_same,
 )
 from detcon.evaluate.context import EvalContext
 from detcon.evaluate.data import DataStore
@@ -113,6 +114,7 @@ def evaluate_run(
         settings = get_settings(profile, quick)
     cfg = load_run_config(run_dir)  # fails early, before any work, on a bad run directory
     state = backbone_state(run_dir, cfg.model, backbone=backbone, seed=seed)
+    tf_same = weights_need_tf_same(run_dir, backbone)
     dev = resolve_device(device)
     out_path = run_dir / (out_name or default_out_name(backbone))
     log = progress or (lambda message: None)
@@ -124,7 +126,7 @@ def evaluate_run(
     # The tasks seed torch's global RNG; the caller's RNG state is restored afterwards.
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
         try:
-            stages = BackboneStages(make_backbone(cfg.model, state)).to(dev)
+            stages = BackboneStages(make_backbone(cfg.model, state, tf_same=tf_same)).to(dev)
             stages.eval().requires_grad_(False)
             store = DataStore(data_root)
             ctx = EvalContext(
@@ -135,6 +137,7 @@ def evaluate_run(
                 seed=seed,
                 device=dev,
                 progress=progress,
+                tf_same=tf_same,
             )
             # Reserve every frozen stage any task reads, so one pass extracts them all.
             for kind, module in (

@@ -1,0 +1,166 @@
+"""Official checkpoints evaluated like our runs: ``import_run`` writes a run directory whose
+encoder is built with TF-SAME padding wherever evaluation builds ours, and an ablation point can
+import a checkpoint instead of training (``notebook.official_checkpoint``)."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from haiku_files import haiku_modules, save_release_file
+
+from detcon.cli import main
+from detcon.config import load_pretrain_config, to_dict
+from detcon.evaluate import backbone_from_run, evaluate_run, make_backbone
+from detcon.evaluate.backbones import weights_need_tf_same
+from detcon.official import import_run, official_resnet
+from detcon.results import scan_ablation
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def release_r18(tmp_path_factory) -> Path:
+    """A ResNet-18 (a depth model.backbone can name) in the release's format, with random
+    weights and BatchNorm statistics."""
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("official") / "resnet18_detcon_b_test.npy"
+    return save_release_file(path, haiku_modules(net.state_dict()), "res_net18")
+
+
+def _cfg(backbone: str = "resnet18"):
+    return load_pretrain_config({"model": {"backbone": backbone}}, profile="cpu")
+
+
+def test_import_run_writes_an_evaluation_only_run_directory(release_r18, tmp_path):
+    cfg = import_run(release_r18, tmp_path / "run", _cfg())
+    run = tmp_path / "run"
+    assert json.loads((run / "config.json").read_text()) == to_dict(cfg)
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["official"] is True and summary["architecture"] == "resnet18"
+    assert summary["source"] == release_r18.name and len(summary["source_sha256"]) == 64
+    assert json.loads((run / "backbone.json").read_text())["padding"] == "tf_same"
+    state = torch.load(run / "backbone.pt", weights_only=True)
+    assert not any(k.startswith("fc.") for k in state)
+    assert weights_need_tf_same(run) and not weights_need_tf_same(run, "random")
+
+
+def test_evaluation_builds_the_imported_encoder_with_tf_same_padding(release_r18, tmp_path):
+    """The run's encoder computes the official network's features (TF-SAME), not stock ones."""
+    import_run(release_r18, tmp_path / "run", _cfg())
+    ours = backbone_from_run(tmp_path / "run").eval()
+    official = official_resnet(release_r18)
+    stock = official_resnet(release_r18, tf_same=False)
+    x = torch.randn(2, 3, 64, 48)  # even sizes: the paddings differ
+    with torch.no_grad():
+        want = official.layer4(
+            official.layer3(
+                official.layer2(
+                    official.layer1(
+                        official.maxpool(official.relu(official.bn1(official.conv1(x))))
+                    )
+                )
+            )
+        )
+        got = ours(x)
+        wrong = stock.layer4(
+            stock.layer3(
+                stock.layer2(stock.layer1(stock.maxpool(stock.relu(stock.bn1(stock.conv1(x))))))
+            )
+        )
+    assert torch.equal(got, want)
+    assert (wrong - want).abs().max() / want.abs().max() > 0.05
+    # Dense tasks trade layer4's stride for dilation: the padding hooks follow.
+    state = torch.load(tmp_path / "run" / "backbone.pt", weights_only=True)
+    dilated = make_backbone(_cfg().model, state, dilate_last_stage=True, tf_same=True).eval()
+    with torch.no_grad():
+        assert dilated(x).shape == (2, 512, 4, 3)
+
+
+def test_import_run_refuses_weights_of_another_depth(release_r18, tmp_path):
+    with pytest.raises(ValueError, match=r"holds a resnet18 .*model.backbone='resnet50'"):
+        import_run(release_r18, tmp_path / "run", _cfg("resnet50"))
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_evaluate_takes_an_imported_checkpoint_like_ours(release_r18, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert (
+        main(["import-official", str(release_r18), "--run-dir", str(run), "--profile", "cpu"]) == 0
+    )
+    assert "model.backbone=resnet18" in capsys.readouterr().out
+    results = evaluate_run(run, tasks=["segmentation", "linear"], quick=True, device="cpu")
+    assert set(results) == {"segmentation", "linear"}
+    assert 0.0 <= results["segmentation"]["miou"] <= 1.0
+    assert json.loads((run / "eval.json").read_text())["linear"] == results["linear"]
+
+
+def test_cli_import_needs_exactly_one_destination(release_r18, tmp_path, capsys):
+    assert main(["import-official", str(release_r18)]) == 2
+    assert "exactly one of --out FILE or --run-dir DIR" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_ablation_point_imports_instead_of_training(release_r18, tmp_path, capsys):
+    """Through the launcher and both real notebooks: the official point trains nothing, is
+    evaluated like ours, and its summary says where its weights came from."""
+    path = tmp_path / "official.yaml"
+    path.write_text(
+        textwrap.dedent(f"""
+        name: official
+        description: test
+        base: {{model.backbone: resnet18}}
+        grid:
+          point: {{notebook.official_checkpoint: {release_r18}}}
+        evaluate: [linear]
+        parameters:
+          evaluate: {{quick: true, device: cpu}}
+        """)
+    )
+    runs = tmp_path / "runs"
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 0
+    (run,) = (runs / "official").iterdir()
+    assert run.name.startswith("resnet18_detcon_b_test-s0-")
+    assert not (run / "checkpoint.pt").exists() and not (run / "metrics.jsonl").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["pretrain.official"] is True and "eval.linear.top1" in summary
+    assert summary["notebook.official_checkpoint"] == str(release_r18)
+    scan = scan_ablation(path, profile="cpu", runs_dir=runs)  # what the report plots
+    assert list(scan.status["notebook.official_checkpoint"]) == ["official resnet18_detcon_b_test"]
+
+
+def test_launcher_checks_the_checkpoint_exists_before_running(tmp_path, capsys):
+    path = tmp_path / "official.yaml"
+    path.write_text(
+        "name: official\ndescription: test\n"
+        "grid: {point: {notebook.official_checkpoint: nowhere/r50.npy}}\n"
+    )
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert "imports the official checkpoint 'nowhere/r50.npy'" in err and "does not exist" in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "key,match",
+    [
+        ("notebook.run_dir", r"grid key notebook.run_dir is a parameter the launcher sets"),
+        ("notebook.oficial_checkpoint", r"no parameter 'oficial_checkpoint' \(did you mean"),
+    ],
+)
+def test_bad_notebook_grid_keys_are_rejected(tmp_path, capsys, key, match):
+    path = tmp_path / "official.yaml"
+    path.write_text(f"name: official\ndescription: test\ngrid: {{point: {{{key}: x}}}}\n")
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--dry-run"]) == 2
+    assert re.search(match, capsys.readouterr().err.replace("\n", " "))
