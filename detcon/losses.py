@@ -8,6 +8,8 @@ normalised regression loss (Grill et al. 2020, Eq. 2) symmetrised over the two v
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -80,50 +82,97 @@ def _check_inputs(
             raise ValueError(f"detcon_loss: {name} has dtype {t.dtype}; expected integer mask ids")
 
 
-def _one_direction(
-    query: Tensor,  # (G, nq, K, D) normalised predictions of one view
-    cand_other: Tensor,  # (G, nc, K, D) normalised targets of the other view
-    cand_same: Tensor,  # (G, nc, K, D) normalised targets of the same view
-    q_ids: Tensor,  # (G, nq, K) ids of the queries
-    own_other_ids: Tensor,  # (G, nq, K) ids of the other view's targets of the query's image
-    own_same_ids: Tensor,  # (G, nq, K) ids of the same view's targets of the query's image
-    own: Tensor,  # (nq,) index of each query's own image among the nc candidates
-    temperature: float,
+class _OwnMaskedLogSumExp(torch.autograd.Function):
+    """Row-wise logsumexp of ``queries @ cands^T``, own-image entries penalised first.
+
+    The logits of both views' queries against both views' candidates are one batched matmul,
+    (G, nq*2*K, D) @ (G, D, nc*2*K); ``penalty`` is subtracted in place on a strided view of the
+    own-image blocks (the release's ``- infinity_proxy`` removal); the exponentials are formed in
+    place and kept, so the backward is only matmuls. The autograd graph this replaces (division
+    by the temperature, an index_put, ``logsumexp``) read, wrote and in backward re-created the
+    full logits matrix several times; those passes, not the matmul, were most of the loss's time.
+    The value is ``torch.logsumexp``'s max-shifted formula on the same logits (the temperature is
+    applied to the queries instead), so only float rounding changes.
+    """
+
+    @staticmethod
+    def forward(ctx, queries: Tensor, cands: Tensor, penalty: Tensor, offset: int) -> Tensor:  # noqa: D102
+        # queries (G, nq, 2, K, D); cands (G, nc, 2, K, D); penalty (G, 2, K, 2, K, nq) for
+        # query image i against candidate image i + offset, in the diagonal view's order.
+        g, nq, _, k, d = queries.shape
+        nc = cands.shape[1]
+        q_flat, c_flat = queries.reshape(g, nq * 2 * k, d), cands.reshape(g, nc * 2 * k, d)
+        logits = torch.bmm(q_flat, c_flat.transpose(1, 2))  # (G, nq*2*K, nc*2*K)
+        own = logits.view(g, nq, 2, k, nc, 2, k).diagonal(offset, dim1=1, dim2=4)
+        own.sub_(penalty)
+        row_max = logits.amax(-1, keepdim=True)
+        exp = logits.sub_(row_max).exp_()  # in place: the matmul's output is ours alone
+        total = exp.sum(-1, keepdim=True)
+        ctx.save_for_backward(q_flat, c_flat, exp, total)
+        ctx.shapes = (queries.shape, cands.shape)
+        return (total.log() + row_max).view(g, nq, 2, k)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # noqa: D102
+        q_flat, c_flat, exp, total = ctx.saved_tensors
+        q_shape, c_shape = ctx.shapes
+        grad_q = grad_c = None
+        # Full precision even when backward() is called under autocast, as in forward.
+        with torch.autocast(device_type=grad.device.type, enabled=False):
+            # d logsumexp / d logits is the softmax, exp / total (0 where penalised). The per-row
+            # factor grad / total is applied to the small operands, never to the (rows, cols)
+            # matrix: no full-size pass or buffer, and ``exp`` stays intact for another backward.
+            scale = grad.reshape(total.shape) / total  # (G, rows, 1)
+            if ctx.needs_input_grad[0]:
+                grad_q = (torch.bmm(exp, c_flat) * scale).view(q_shape)
+            if ctx.needs_input_grad[1]:
+                grad_c = torch.bmm(exp.transpose(1, 2), q_flat * scale).view(c_shape)
+        return grad_q, grad_c, None, None
+
+
+def _slot_losses(
+    queries: Tensor,
+    cands: Tensor,
+    q_ids: Tensor,
+    own_ids: Tensor,
+    offset: int,
     same_image_negatives: bool,
 ) -> Tensor:
-    """Weighted cross-entropy of every query slot; returns (G, nq, K) per-slot losses."""
-    g, nq, k, d = query.shape
-    nc = cand_other.shape[1]
-    # One matmul over both candidate blocks: (G, nq*K, D) @ (G, D, 2*nc*K).
-    cands = torch.cat([cand_other, cand_same], dim=1).reshape(g, 2 * nc * k, d)
-    logits = torch.bmm(query.reshape(g, nq * k, d), cands.transpose(1, 2)) / temperature
-    logits = logits.view(g, nq, k, 2, nc, k)
+    """Weighted cross-entropy of every query slot of both views; returns (G, nq, 2, K).
 
-    same_other = q_ids.unsqueeze(-1) == own_other_ids.unsqueeze(-2)  # (G, nq, K, K)
-    same_same = q_ids.unsqueeze(-1) == own_same_ids.unsqueeze(-2)
-    # Candidates of the query's own image: removed from the softmax where the release removes
-    # them (same view and same id always; every other id too without same-image negatives).
-    # Own-image entries (G, nq, K, 2, K); advanced indices (rows, own) put their dim first.
-    rows = torch.arange(nq, device=query.device)
-    own_block = logits[:, rows, :, :, own, :].transpose(0, 1)
-    removed = torch.stack(
-        [
-            torch.zeros_like(same_other) if same_image_negatives else ~same_other,
-            same_same if same_image_negatives else torch.ones_like(same_same),
-        ],
-        dim=3,
-    )
-    own_block = own_block - removed.to(logits.dtype) * _INFINITY_PROXY
-    logits[:, rows, :, :, own, :] = own_block.transpose(0, 1)  # in place: a fresh tensor
+    Tensors are laid out images first, then views: the stacked inputs' own order, so no copies.
 
-    log_z = torch.logsumexp(logits.reshape(g, nq, k, 2 * nc * k), dim=-1)  # (G, nq, K)
-    positives = same_other.to(logits.dtype)  # labels before normalisation (other view only)
-    num_pos = positives.sum(-1)  # (G, nq, K)
-    pos_logit_sum = (positives * own_block[:, :, :, 0, :]).sum(-1)
-    # CE with labels divided by the number of positives: log Z - mean(positive logits).
-    ce = log_z - pos_logit_sum / num_pos.clamp_min(1.0)
-    area = (q_ids.unsqueeze(-1) == q_ids.unsqueeze(-2)).sum(-1).to(logits.dtype)
-    weight = (num_pos > 0).to(logits.dtype) / area
+    Args:
+        queries: (G, nq, 2, K, D) normalised predictions of views 1 and 2 over the temperature.
+        cands: (G, nc, 2, K, D) normalised targets of views 1 and 2, the candidates.
+        q_ids: (G, nq, 2, K) ids of the queries.
+        own_ids: (G, nq, 2, K) ids of the targets of each query's own image.
+        offset: query image i's own image is candidate image i + offset.
+        same_image_negatives: see ``detcon_loss``.
+    """
+    # Query slot (i, v, k) against own-image target slot (i, w, l): ids equal, per view pair.
+    same_same = q_ids.unsqueeze(-1) == own_ids.unsqueeze(-2)  # w = v; (G, nq, 2, K, K)
+    same_other = q_ids.unsqueeze(-1) == own_ids.flip(2).unsqueeze(-2)  # w = the other view
+    # Own-image candidates leave the softmax where the release removes them: same view and same
+    # id always; every other id too without same-image negatives. Layout (G, nq, 2, K, 2, K).
+    same_view = torch.eye(2, dtype=torch.bool, device=q_ids.device)[:, None, :, None]
+    if same_image_negatives:
+        removed = same_view & same_same.unsqueeze(-2)
+    else:
+        removed = same_view | ~same_other.unsqueeze(-2)
+    # Into the own-image diagonal view's order, (G, 2, K, 2, K, nq).
+    penalty = removed.permute(0, 2, 3, 4, 5, 1).to(queries.dtype) * _INFINITY_PROXY
+    log_z = _OwnMaskedLogSumExp.apply(queries, cands, penalty, offset)  # (G, nq, 2, K)
+
+    # Positives: own image, other view, same id. With labels divided by their number the CE
+    # is log Z - mean(positive logits); those logits come from a small K x K matmul per image.
+    own_other = cands.narrow(1, offset, queries.shape[1]).flip(2)  # (G, nq, 2, K, D)
+    own_logits = queries @ own_other.transpose(-1, -2)  # (G, nq, 2, K, K)
+    positives = same_other.to(queries.dtype)
+    num_pos = positives.sum(-1)  # (G, nq, 2, K)
+    ce = log_z - (positives * own_logits).sum(-1) / num_pos.clamp_min(1.0)
+    area = (q_ids.unsqueeze(-1) == q_ids.unsqueeze(-2)).sum(-1).to(queries.dtype)
+    weight = (num_pos > 0).to(queries.dtype) / area
     return weight * ce
 
 
@@ -173,28 +222,29 @@ def detcon_loss(
     if negative_groups < 1:
         raise ValueError(f"detcon_loss: negative_groups={negative_groups}; expected >= 1")
 
-    def norm(x: Tensor) -> Tensor:
-        # The loss runs in at least float32: in half precision the release's 1e9 removal
-        # overflows to -inf (0 * -inf = NaN). Clamp the squared norm at 1e-12 as the release's
-        # l2_normalize does.
-        x = x.to(torch.promote_types(x.dtype, torch.float32))
+    # The loss runs in at least float32, even under autocast: in half precision the release's
+    # 1e9 removal overflows to -inf (0 * -inf = NaN). One dtype for all four inputs.
+    floats = (pred1, pred2, target1, target2)
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in floats), torch.float32)
+
+    def norm(x1: Tensor, x2: Tensor) -> Tensor:
+        """Both views stacked on dim 1, (B, 2, K, D), each vector L2-normalised.
+
+        The squared norm is clamped at 1e-12 as the release's l2_normalize does. Stacking first
+        halves the number of small ops, which set the time at the cpu profile's B=32.
+        """
+        x = torch.stack([x1, x2], dim=1).to(dtype)
         return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True).clamp_min(1e-12))
 
-    # Full precision even under autocast (see norm()).
     with torch.autocast(device_type=pred1.device.type, enabled=False):
-        pred1, pred2, target1, target2 = norm(pred1), norm(pred2), norm(target1), norm(target2)
-        if gather_targets:
-            all_t1, offset = gather_along_batch(target1)
-            all_t2, _ = gather_along_batch(target2)
-        else:
-            all_t1, all_t2, offset = target1, target2, 0
-        n = all_t1.shape[0]
+        preds, targets = norm(pred1, pred2), norm(target1, target2)
+        all_targets, offset = gather_along_batch(targets) if gather_targets else (targets, 0)
+        n = all_targets.shape[0]
         if n % negative_groups:
             raise ValueError(
                 f"detcon_loss: negative_groups={negative_groups} must divide the global batch {n}"
             )
         size = n // negative_groups  # images per group
-        dev = pred1.device
 
         if size >= b:
             # The local batch lies inside one group (always true for G=1).
@@ -204,49 +254,30 @@ def detcon_loss(
                     f"batch {b}; expected the local batch to tile the groups"
                 )
             start = (offset // size) * size
-            c1, c2 = all_t1[start : start + size][None], all_t2[start : start + size][None]
-            own = torch.arange(b, device=dev) + (offset - start)
-            shape = (1, b, k)
+            cands = all_targets[start : start + size][None]  # (1, nc, 2, K, D)
+            own_offset, shape = offset - start, (1, b)
         else:
             if b % size:
                 raise ValueError(
                     f"detcon_loss: local batch {b} is not a multiple of the group size {size}"
                 )
-            groups = b // size
-            c1 = all_t1[offset : offset + b].reshape(groups, size, k, -1)
-            c2 = all_t2[offset : offset + b].reshape(groups, size, k, -1)
-            own = torch.arange(size, device=dev)
-            shape = (groups, size, k)
+            cands = all_targets[offset : offset + b].reshape(b // size, size, 2, k, -1)
+            own_offset, shape = 0, (b // size, size)
 
-        def q(x: Tensor) -> Tensor:
-            return x.reshape(*shape, x.shape[-1])
+        def grouped(x: Tensor) -> Tensor:
+            """(B, 2, K, ...) -> (G, nq, 2, K, ...), a view."""
+            return x.reshape(*shape, *x.shape[1:])
 
-        def ids(x: Tensor) -> Tensor:
-            return x.reshape(shape)
-
-        loss_a = _one_direction(
-            q(pred1),
-            c2,
-            c1,
-            ids(pred_ids1),
-            ids(target_ids2),
-            ids(target_ids1),
-            own,
-            temperature,
+        losses = _slot_losses(
+            grouped(preds) / temperature,
+            cands,
+            grouped(torch.stack([pred_ids1, pred_ids2], dim=1)),
+            grouped(torch.stack([target_ids1, target_ids2], dim=1)),
+            own_offset,
             same_image_negatives,
         )
-        loss_b = _one_direction(
-            q(pred2),
-            c1,
-            c2,
-            ids(pred_ids2),
-            ids(target_ids1),
-            ids(target_ids2),
-            own,
-            temperature,
-            same_image_negatives,
-        )
-        return loss_a.mean() + loss_b.mean()
+        # Mean over the B*K slots of each view, the two directions summed.
+        return losses.mean(dim=(0, 1, 3)).sum()
 
 
 def byol_loss(*, pred1: Tensor, pred2: Tensor, target1: Tensor, target2: Tensor) -> Tensor:
