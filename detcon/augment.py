@@ -5,9 +5,10 @@ The official release (google-deepmind/detcon) splits augmentation in two and so 
 * **Geometry** runs per sample in the data loader (release: ``utils/tf_image_ops.py``
   ``preprocess_image``, called once per view in ``datasets/dataset_adapter.py``): a random resized
   crop (area in [0.08, 1], aspect in [3/4, 4/3]) and a horizontal flip with p=0.5, applied to the
-  image *and* its masks with the same parameters. :class:`TwoViewGeometry` does it with
-  ``torchvision.transforms.v2`` on ``tv_tensors.Image`` / ``tv_tensors.Mask``, so every mask follows
-  the image; the image is resampled bicubically, the masks by nearest neighbour.
+  image *and* its masks with the same parameters. :class:`TwoViewGeometry` draws them exactly as
+  ``torchvision.transforms.v2`` does and applies them with torch's resampling kernels to the image
+  and its masks, so every mask follows the image; the image is resampled bicubically, the masks by
+  nearest neighbour (uint8 id maps; overlapping bool stacks bit-packed, 8 masks per plane).
 * **Photometry** runs batched on the accelerator after geometry, on the image only (release:
   ``utils/augmentations.py`` ``postprocess``): colour jitter (p=0.8; additive brightness 0.4,
   contrast 0.4, saturation 0.2, hue 0.1, in a random order per image, clipped to [0, 1] after each
@@ -66,7 +67,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
@@ -96,27 +96,74 @@ _LUMA = (0.2989, 0.5870, 0.1140)
 # Release utils/augmentations.py: kernel size ~ image size / blur_divider.
 _BLUR_DIVIDER = 10.0
 _SOLARIZE_THRESHOLD = 0.5
-# Ids go through float32 inside torchvision's mask resize; above 2**24 they would be rounded.
+# Id maps with ids >= 256 are resized as float32 (as torchvision does); above 2**24 ids would round.
 _MAX_MASK_ID = 2**24
 
 
 # --------------------------------------------------------------------------- geometry
 
 
-class _JointResizedCrop(v2.RandomResizedCrop):
-    """``RandomResizedCrop`` whose masks use ``nearest-exact`` (deviation 3 in the docstring).
+def _resize_image(crop: Tensor, size: int) -> Tensor:
+    """Resize a uint8 ``(3, h, w)`` crop to ``(3, size, size)``: bicubic, antialiased (deviation 2).
 
-    torchvision's ``resized_crop`` kernel for ``tv_tensors.Mask`` ignores ``interpolation`` and
-    uses legacy ``nearest``, so masks are cropped and then resized here with the half-pixel rule.
+    The kernel torchvision's ``resize`` calls for uint8 images on the CPU (torch's native uint8
+    antialiased bicubic), so the result is identical to ``TF.resize``. That kernel works on
+    interleaved pixels: fed planar ``(3, h, w)`` memory (what ``read_image`` returns) it re-packs
+    them itself and runs about 2x slower than on channels-last strides; the interleaving copy made
+    here with ``stack`` costs less than that difference. Returns a contiguous tensor.
     """
+    if tuple(crop.shape[-2:]) == (size, size):  # torchvision returns such an image unchanged
+        return crop.clone(memory_format=torch.contiguous_format)
+    if crop.device.type != "cpu":  # no native uint8 kernel there: torchvision's float round trip
+        return TF.resize(crop, [size, size], InterpolationMode.BICUBIC, antialias=True)
+    if crop.stride(0) != 1:  # planar: interleave (a crop of an (H, W, 3) array already is)
+        crop = torch.stack(crop.unbind(0), dim=-1).permute(2, 0, 1)
+    out = F.interpolate(
+        crop.unsqueeze(0),  # (1, 3, h, w) with channels-last strides
+        size=(size, size),
+        mode="bicubic",
+        align_corners=False,
+        antialias=True,
+    )
+    return out[0].contiguous()
 
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if isinstance(inpt, tv_tensors.Mask):
-            cropped = TF.crop(inpt, params["top"], params["left"], params["height"],
-                              params["width"])
-            return TF.resize(cropped, list(self.size),
-                             interpolation=InterpolationMode.NEAREST_EXACT)
-        return super().transform(inpt, params)
+
+def _resize_nearest(planes: Tensor, size: int) -> Tensor:
+    """Resize ``(C, h, w)`` uint8 or float32 planes to ``(C, size, size)`` by ``nearest-exact``.
+
+    The half-pixel rule ``src = floor((dst + 0.5) * h / size)`` (deviation 3); the same kernel
+    and result as torchvision's ``resize(..., NEAREST_EXACT)``. A pure gather: every output value
+    is a copy of an input value, which is what lets :func:`_pack_bits` planes ride through it.
+    """
+    if tuple(planes.shape[-2:]) == (size, size):
+        return planes
+    if planes.shape[0] == 0:
+        return planes.new_empty((0, size, size))
+    return F.interpolate(planes.unsqueeze(0), size=(size, size), mode="nearest-exact")[0]
+
+
+def _pack_bits(masks: Tensor) -> Tensor:
+    """Bool ``(M, H, W)`` -> uint8 ``(ceil(M / 8), H, W)``; bit ``k`` of plane ``p``: mask ``8p+k``.
+
+    Resizing 8x fewer planes is what makes overlapping stacks cheap (a 16-mask stack: 2 planes);
+    nearest-neighbour resampling copies whole bytes, so every bit follows its mask exactly.
+    """
+    count = masks.shape[0]
+    raw = masks.view(torch.uint8)  # bools are stored as bytes 0 / 1
+    packed = torch.zeros((count + 7) // 8, *masks.shape[1:], dtype=torch.uint8, device=masks.device)
+    for bit in range(min(8, count)):
+        planes = raw[bit::8]  # masks bit, bit + 8, ...: one per packed plane, from the first
+        packed[: planes.shape[0]] |= planes << bit
+    return packed
+
+
+def _unpack_bits(packed: Tensor, count: int) -> Tensor:
+    """Inverse of :func:`_pack_bits`: uint8 ``(P, H, W)`` -> bool ``(count, H, W)``."""
+    out = torch.empty(count, *packed.shape[1:], dtype=torch.uint8, device=packed.device)
+    for bit in range(min(8, count)):
+        target = out[bit::8]
+        torch.bitwise_and(packed[: target.shape[0]] >> bit, 1, out=target)
+    return out.view(torch.bool)
 
 
 def _check_pair(name: str, value: Sequence[float], lo: float, hi: float) -> tuple[float, float]:
@@ -139,13 +186,22 @@ class TwoViewGeometry:
         single_view: if True both views share *one* crop and flip (paper §5 "single-view
             positives" ablation, DESIGN §5.7); photometrics are still drawn per view.
 
-    Randomness comes from torch's global RNG (torchvision.transforms.v2 draws from it): seed it
-    per sample (``torch.manual_seed``) in the data loader to make a sample reproducible.
+    Randomness comes from torch's global RNG, drawn exactly as
+    ``v2.Compose([v2.RandomResizedCrop(...), v2.RandomHorizontalFlip(p)])`` draws it (the crop
+    from torchvision's own sampler, then one ``torch.rand(1)`` for the flip): seed it per sample
+    (``torch.manual_seed``) in the data loader to make a sample reproducible. The crop and flip
+    are then applied with torchvision's kernels called directly on plain tensors, which gives
+    the same pixels as the ``tv_tensors`` dispatch without its per-call overhead.
     """
 
-    def __init__(self, crop_size: int, crop_scale: Sequence[float] = (0.08, 1.0),
-                 crop_ratio: Sequence[float] = (3 / 4, 4 / 3), flip_prob: float = 0.5,
-                 single_view: bool = False) -> None:
+    def __init__(
+        self,
+        crop_size: int,
+        crop_scale: Sequence[float] = (0.08, 1.0),
+        crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+        flip_prob: float = 0.5,
+        single_view: bool = False,
+    ) -> None:
         if isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 1:
             raise ValueError(f"crop_size={crop_size!r}: expected a positive integer")
         scale = _check_pair("crop_scale", crop_scale, 0.0, 1.0)
@@ -157,12 +213,8 @@ class TwoViewGeometry:
         self.crop_ratio = ratio
         self.flip_prob = float(flip_prob)
         self.single_view = bool(single_view)
-        # Image: bicubic with antialiasing (deviation 2); masks: nearest-exact (deviation 3).
-        self._transform = v2.Compose([
-            _JointResizedCrop(crop_size, scale=scale, ratio=ratio,
-                              interpolation=InterpolationMode.BICUBIC, antialias=True),
-            v2.RandomHorizontalFlip(p=self.flip_prob),
-        ])
+        # Only its crop sampler is used (deviation 1); resampling is done below (deviations 2-3).
+        self._sampler = v2.RandomResizedCrop(crop_size, scale=scale, ratio=ratio)
 
     @classmethod
     def from_config(cls, cfg: Any) -> TwoViewGeometry:
@@ -170,17 +222,33 @@ class TwoViewGeometry:
         return cls(cfg.crop_size, cfg.crop_scale, cfg.crop_ratio, cfg.flip_prob, cfg.single_view)
 
     def __repr__(self) -> str:
-        return (f"TwoViewGeometry(crop_size={self.crop_size}, crop_scale={self.crop_scale}, "
-                f"crop_ratio={self.crop_ratio}, flip_prob={self.flip_prob}, "
-                f"single_view={self.single_view})")
+        return (
+            f"TwoViewGeometry(crop_size={self.crop_size}, crop_scale={self.crop_scale}, "
+            f"crop_ratio={self.crop_ratio}, flip_prob={self.flip_prob}, "
+            f"single_view={self.single_view})"
+        )
 
-    def _one_view(self, image: Tensor, masks: Tensor, dtype: torch.dtype
-                  ) -> tuple[Tensor, Tensor]:
-        img, msk = self._transform(tv_tensors.Image(image), tv_tensors.Mask(masks))
-        return img.as_subclass(Tensor), msk.as_subclass(Tensor).to(dtype)
+    def _draw(self, image: Tensor) -> tuple[slice, slice, bool]:
+        """One view's crop window and flip, from the global RNG in tv2's order."""
+        crop = self._sampler.make_params([image])
+        # v2.RandomHorizontalFlip keeps the input when torch.rand(1) >= p (compared in float32).
+        flip = not bool(torch.rand(1) >= self.flip_prob)
+        rows = slice(crop["top"], crop["top"] + crop["height"])
+        cols = slice(crop["left"], crop["left"] + crop["width"])
+        return rows, cols, flip
 
-    def __call__(self, image: Tensor, masks: Tensor
-                 ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    def _one_view(self, image: Tensor, planes: Tensor) -> tuple[Tensor, Tensor]:
+        """Crop, resize and maybe flip ``image`` and the mask carrier ``planes`` ``(C, H, W)``."""
+        rows, cols, flip = self._draw(image)
+        img = _resize_image(image[:, rows, cols], self.crop_size)
+        msk = _resize_nearest(planes[:, rows, cols], self.crop_size)
+        if flip:
+            img, msk = img.flip(-1), msk.flip(-1)
+        return img, msk
+
+    def __call__(
+        self, image: Tensor, masks: Tensor
+    ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
         """Make two views of ``image`` with their masks.
 
         Args:
@@ -190,22 +258,31 @@ class TwoViewGeometry:
 
         Returns:
             ``((img1, masks1), (img2, masks2))``: ``img`` uint8 ``(3, S, S)``; masks of the same
-            kind as given, int64 ``(S, S)`` or bool ``(M, S, S)``.
+            kind as given, int64 ``(S, S)`` or bool ``(M, S, S)``. All contiguous, none aliasing
+            the inputs.
         """
         max_id = _check_geometry_inputs(image, masks)
-        dtype = masks.dtype
-        # torchvision resizes uint8 masks natively and casts anything else to float32 and back;
-        # carrying bool stacks and small id maps as uint8 skips that copy (same result, ~10-15%
-        # faster measured on one thread).
-        if dtype == torch.bool or max_id < 256:
-            masks = masks.to(torch.uint8)
-        first = self._one_view(image, masks, dtype)
+        # The masks travel as one "carrier" (C, H, W) that nearest-exact resizes natively: bool
+        # stacks bit-packed 8 masks per uint8 plane, id maps as uint8 when their ids fit (as
+        # torchvision's uint8 path), else as float32 (exact below 2**24, as torchvision's cast).
+        if masks.dtype == torch.bool:
+            planes = _pack_bits(masks)
+
+            def decode(p: Tensor) -> Tensor:
+                return _unpack_bits(p, masks.shape[0])
+        else:
+            planes = masks.to(torch.uint8 if max_id < 256 else torch.float32).unsqueeze(0)
+
+            def decode(p: Tensor) -> Tensor:
+                return p[0].to(torch.int64)
+
+        img, msk = self._one_view(image, planes)
+        first = (img, decode(msk))
         if self.single_view:
             # One crop and flip shared by both branches (DESIGN §5.7).
-            second = (first[0].clone(), first[1].clone())
-        else:
-            second = self._one_view(image, masks, dtype)
-        return first, second
+            return first, (first[0].clone(), first[1].clone())
+        img, msk = self._one_view(image, planes)
+        return first, (img, decode(msk))
 
 
 def _check_geometry_inputs(image: Any, masks: Any) -> int:
@@ -213,8 +290,10 @@ def _check_geometry_inputs(image: Any, masks: Any) -> int:
     if not isinstance(image, Tensor):
         raise ValueError(f"image: expected a torch.Tensor, got {type(image).__name__}")
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"image: expected a uint8 tensor of shape (3, H, W), got "
-                         f"{image.dtype} {tuple(image.shape)}")
+        raise ValueError(
+            f"image: expected a uint8 tensor of shape (3, H, W), got "
+            f"{image.dtype} {tuple(image.shape)}"
+        )
     if image.shape[1] < 1 or image.shape[2] < 1:
         raise ValueError(f"image: expected a non-empty (3, H, W) image, got {tuple(image.shape)}")
     if not isinstance(masks, Tensor):
@@ -222,25 +301,31 @@ def _check_geometry_inputs(image: Any, masks: Any) -> int:
     size = tuple(image.shape[1:])
     if masks.dtype == torch.int64:
         if masks.ndim != 2:
-            raise ValueError(f"masks: an int64 id map must have shape (H, W), got "
-                             f"{tuple(masks.shape)}")
+            raise ValueError(
+                f"masks: an int64 id map must have shape (H, W), got {tuple(masks.shape)}"
+            )
         if masks.numel() == 0:
             raise ValueError(f"masks: empty id map {tuple(masks.shape)}")
         lo, hi = torch.aminmax(masks)
         lo, hi = int(lo), int(hi)
         if lo < 0 or hi >= _MAX_MASK_ID:
-            raise ValueError(f"masks: id map values must lie in [0, {_MAX_MASK_ID}), got "
-                             f"min {lo}, max {hi}")
+            raise ValueError(
+                f"masks: id map values must lie in [0, {_MAX_MASK_ID}), got min {lo}, max {hi}"
+            )
     elif masks.dtype == torch.bool:
         if masks.ndim != 3:
-            raise ValueError(f"masks: a bool mask stack must have shape (M, H, W), got "
-                             f"{tuple(masks.shape)}")
+            raise ValueError(
+                f"masks: a bool mask stack must have shape (M, H, W), got {tuple(masks.shape)}"
+            )
     else:
-        raise ValueError(f"masks: expected an int64 id map (H, W) or a bool stack (M, H, W), "
-                         f"got dtype {masks.dtype} shape {tuple(masks.shape)}")
+        raise ValueError(
+            f"masks: expected an int64 id map (H, W) or a bool stack (M, H, W), "
+            f"got dtype {masks.dtype} shape {tuple(masks.shape)}"
+        )
     if tuple(masks.shape[-2:]) != size:
-        raise ValueError(f"masks: spatial size {tuple(masks.shape[-2:])} does not match the "
-                         f"image's {size}")
+        raise ValueError(
+            f"masks: spatial size {tuple(masks.shape[-2:])} does not match the image's {size}"
+        )
     return hi if masks.dtype == torch.int64 else -1
 
 
@@ -289,8 +374,9 @@ def adjust_hue(x: Tensor, delta: Tensor) -> Tensor:
     inv = chroma.clamp_min(1e-12).reciprocal()
     # Hue in sixths of a turn, by which channel is the maximum (red wins ties, then green). Gray
     # pixels (chroma 0) come out as v whatever their hue.
-    h6 = torch.where(v == r, (g - b) * inv,
-                     torch.where(v == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0))
+    h6 = torch.where(
+        v == r, (g - b) * inv, torch.where(v == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0)
+    )
     h6 = h6 + 6.0 * delta.view(-1, 1, 1)
     n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     k = torch.remainder(h6.unsqueeze(1) + n, 6.0)
@@ -355,8 +441,9 @@ _N_UNIFORM = 9
 _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def _draw_params(batch: int, *, view: int, cfg: Any, generator: torch.Generator
-                 ) -> dict[str, Tensor]:
+def _draw_params(
+    batch: int, *, view: int, cfg: Any, generator: torch.Generator
+) -> dict[str, Tensor]:
     """Every random decision of :func:`photometric` for ``batch`` images, on the generator's device.
 
     Keys: ``jitter``, ``gray``, ``blur``, ``solarize`` bool ``(B,)``; ``values`` float ``(B, 4)``
@@ -371,12 +458,15 @@ def _draw_params(batch: int, *, view: int, cfg: Any, generator: torch.Generator
     def between(col: int, lo: float, hi: float) -> Tensor:
         return lo + (hi - lo) * u[:, col]
 
-    values = torch.stack([
-        between(_U_BRIGHT, -cfg.brightness, cfg.brightness),
-        between(_U_CONTRAST, 1 - cfg.contrast, 1 + cfg.contrast),
-        between(_U_SAT, 1 - cfg.saturation, 1 + cfg.saturation),
-        between(_U_HUE, -cfg.hue, cfg.hue),
-    ], dim=1)
+    values = torch.stack(
+        [
+            between(_U_BRIGHT, -cfg.brightness, cfg.brightness),
+            between(_U_CONTRAST, 1 - cfg.contrast, 1 + cfg.contrast),
+            between(_U_SAT, 1 - cfg.saturation, 1 + cfg.saturation),
+            between(_U_HUE, -cfg.hue, cfg.hue),
+        ],
+        dim=1,
+    )
     return {
         "jitter": u[:, _U_JITTER] < cfg.color_jitter_prob,
         "values": values,
@@ -425,12 +515,20 @@ def photometric(images: Tensor, *, view: int, cfg: Any, generator: torch.Generat
     grayscale with ``grayscale_prob``; blur with ``blur_prob[view]`` and sigma ``U[blur_sigma]``;
     solarize with ``solarize_prob[view]``; final clip.
     """
-    if not isinstance(images, Tensor) or not images.is_floating_point() or images.ndim != 4 \
-            or images.shape[1] != 3:
-        got = (f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor)
-               else type(images).__name__)
-        raise ValueError(f"images: expected a float tensor of shape (B, 3, H, W) in [0, 1], "
-                         f"got {got}")
+    if (
+        not isinstance(images, Tensor)
+        or not images.is_floating_point()
+        or images.ndim != 4
+        or images.shape[1] != 3
+    ):
+        got = (
+            f"{images.dtype} {tuple(images.shape)}"
+            if isinstance(images, Tensor)
+            else type(images).__name__
+        )
+        raise ValueError(
+            f"images: expected a float tensor of shape (B, 3, H, W) in [0, 1], got {got}"
+        )
     if isinstance(view, bool) or view not in (0, 1):
         raise ValueError(f"view={view!r}: expected 0 (first view) or 1 (second view)")
     if not isinstance(generator, torch.Generator):
@@ -441,10 +539,17 @@ def photometric(images: Tensor, *, view: int, cfg: Any, generator: torch.Generat
 
 def normalize(images: Tensor) -> Tensor:
     """ImageNet mean/std normalisation of float ``(..., 3, H, W)`` images in [0, 1]."""
-    if not isinstance(images, Tensor) or not images.is_floating_point() or images.ndim < 3 \
-            or images.shape[-3] != 3:
-        got = (f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor)
-               else type(images).__name__)
+    if (
+        not isinstance(images, Tensor)
+        or not images.is_floating_point()
+        or images.ndim < 3
+        or images.shape[-3] != 3
+    ):
+        got = (
+            f"{images.dtype} {tuple(images.shape)}"
+            if isinstance(images, Tensor)
+            else type(images).__name__
+        )
         raise ValueError(f"images: expected a float tensor of shape (..., 3, H, W), got {got}")
     mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(3, 1, 1)

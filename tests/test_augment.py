@@ -103,12 +103,12 @@ def test_shapes_and_dtypes_non_square_and_empty_stack():
     geo = TwoViewGeometry(24)
     image = torch.randint(0, 256, (3, 30, 50), dtype=torch.uint8)
     ids = torch.randint(0, 7, (30, 50))
-    for (img, m) in geo(image, ids):
+    for img, m in geo(image, ids):
         assert img.dtype == torch.uint8 and img.shape == (3, 24, 24)
         assert m.dtype == torch.int64 and m.shape == (24, 24)
         assert type(img) is torch.Tensor and type(m) is torch.Tensor  # no tv_tensors leak out
         assert set(m.unique().tolist()) <= set(range(7))
-    for (_, m) in geo(image, torch.zeros(0, 30, 50, dtype=torch.bool)):
+    for _, m in geo(image, torch.zeros(0, 30, 50, dtype=torch.bool)):
         assert m.dtype == torch.bool and m.shape == (0, 24, 24)
 
 
@@ -161,28 +161,34 @@ _IMG8 = torch.zeros(3, 8, 8, dtype=torch.uint8)
 _IDS8 = torch.zeros(8, 8, dtype=torch.int64)
 
 
-@pytest.mark.parametrize("image, masks, match", [
-    (torch.zeros(3, 8, 8), _IDS8, "uint8"),
-    (torch.zeros(1, 8, 8, dtype=torch.uint8), _IDS8, r"\(3, H, W\)"),
-    (_IMG8, torch.zeros(8, 8, dtype=torch.int32), "int64 id map"),
-    (_IMG8, torch.zeros(1, 8, 8, dtype=torch.int64), r"\(H, W\)"),
-    (_IMG8, torch.zeros(8, 8, dtype=torch.bool), r"\(M, H, W\)"),
-    (_IMG8, torch.zeros(8, 9, dtype=torch.int64), "does not match"),
-    (_IMG8, torch.full((8, 8), -1), "min -1"),
-    (_IMG8, torch.full((8, 8), 2**24), "max 16777216"),
-    (np.zeros((3, 8, 8), np.uint8), _IDS8, "torch.Tensor"),
-])
+@pytest.mark.parametrize(
+    "image, masks, match",
+    [
+        (torch.zeros(3, 8, 8), _IDS8, "uint8"),
+        (torch.zeros(1, 8, 8, dtype=torch.uint8), _IDS8, r"\(3, H, W\)"),
+        (_IMG8, torch.zeros(8, 8, dtype=torch.int32), "int64 id map"),
+        (_IMG8, torch.zeros(1, 8, 8, dtype=torch.int64), r"\(H, W\)"),
+        (_IMG8, torch.zeros(8, 8, dtype=torch.bool), r"\(M, H, W\)"),
+        (_IMG8, torch.zeros(8, 9, dtype=torch.int64), "does not match"),
+        (_IMG8, torch.full((8, 8), -1), "min -1"),
+        (_IMG8, torch.full((8, 8), 2**24), "max 16777216"),
+        (np.zeros((3, 8, 8), np.uint8), _IDS8, "torch.Tensor"),
+    ],
+)
 def test_geometry_bad_inputs(image, masks, match):
     with pytest.raises(ValueError, match=match):
         TwoViewGeometry(8)(image, masks)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(crop_size=0), "crop_size"),
-    (dict(crop_size=8, crop_scale=(0.5, 0.2)), "crop_scale"),
-    (dict(crop_size=8, crop_ratio=(0.0, 1.0)), "crop_ratio"),
-    (dict(crop_size=8, flip_prob=1.5), "flip_prob"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(crop_size=0), "crop_size"),
+        (dict(crop_size=8, crop_scale=(0.5, 0.2)), "crop_scale"),
+        (dict(crop_size=8, crop_ratio=(0.0, 1.0)), "crop_ratio"),
+        (dict(crop_size=8, flip_prob=1.5), "flip_prob"),
+    ],
+)
 def test_geometry_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TwoViewGeometry(**kwargs)
@@ -193,8 +199,16 @@ def test_geometry_bad_arguments(kwargs, match):
 
 def _only(**kwargs) -> AugmentConfig:
     """An AugmentConfig with every photometric op off except those given."""
-    off = dict(color_jitter_prob=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
-               grayscale_prob=0.0, blur_prob=(0.0, 0.0), solarize_prob=(0.0, 0.0))
+    off = dict(
+        color_jitter_prob=0.0,
+        brightness=0.0,
+        contrast=0.0,
+        saturation=0.0,
+        hue=0.0,
+        grayscale_prob=0.0,
+        blur_prob=(0.0, 0.0),
+        solarize_prob=(0.0, 0.0),
+    )
     return AugmentConfig(**{**off, **kwargs})
 
 
@@ -288,27 +302,31 @@ def test_view_solarize_probabilities():
 
 
 def test_vectorised_equals_per_sample_reference():
-    cfg = AugmentConfig(color_jitter_prob=0.8, grayscale_prob=0.3, blur_prob=(0.5, 0.5),
-                        solarize_prob=(0.5, 0.5))
+    cfg = AugmentConfig(
+        color_jitter_prob=0.8, grayscale_prob=0.3, blur_prob=(0.5, 0.5), solarize_prob=(0.5, 0.5)
+    )
     x = torch.rand(24, 3, 32, 32, generator=_gen(8))
     p = _draw_params(24, view=1, cfg=cfg, generator=_gen(9))
     out = photometric(x, view=1, cfg=cfg, generator=_gen(9))
     assert torch.equal(out, _apply_params(x, p))
     for i in range(24):  # one image at a time, straight from the description of the release
-        y = x[i:i + 1]
+        y = x[i : i + 1]
         if p["jitter"][i]:
             for op_index in p["order"][i].tolist():
                 v = p["values"][i, op_index].view(1)
-                y = [lambda a, v=v: a + v.view(1, 1, 1, 1), lambda a, v=v: adjust_contrast(a, v),
-                     lambda a, v=v: adjust_saturation(a, v),
-                     lambda a, v=v: adjust_hue(a, v)][op_index](y).clamp(0, 1)
+                y = [
+                    lambda a, v=v: a + v.view(1, 1, 1, 1),
+                    lambda a, v=v: adjust_contrast(a, v),
+                    lambda a, v=v: adjust_saturation(a, v),
+                    lambda a, v=v: adjust_hue(a, v),
+                ][op_index](y).clamp(0, 1)
         if p["gray"][i]:
             y = to_grayscale(y)
         if p["blur"][i]:
-            y = gaussian_blur(y, p["sigma"][i:i + 1], radius=blur_radius(32))
+            y = gaussian_blur(y, p["sigma"][i : i + 1], radius=blur_radius(32))
         if p["solarize"][i]:
             y = torch.where(y < 0.5, y, 1 - y)
-        assert torch.allclose(out[i:i + 1], y.clamp(0, 1), atol=1e-5), f"sample {i}"
+        assert torch.allclose(out[i : i + 1], y.clamp(0, 1), atol=1e-5), f"sample {i}"
     orders = {tuple(o) for o in p["order"].tolist()}
     assert len(orders) > 5  # the order really varies per sample
 
@@ -330,13 +348,16 @@ def test_photometric_deterministic_range_and_input_untouched():
     assert photometric(x[:0], view=0, cfg=cfg, generator=_gen()).shape == (0, 3, 32, 32)
 
 
-@pytest.mark.parametrize("images, view, gen, match", [
-    (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), 0, _gen(), "float tensor"),
-    (torch.zeros(3, 8, 8), 0, _gen(), r"\(B, 3, H, W\)"),
-    (torch.zeros(2, 4, 8, 8), 0, _gen(), r"\(B, 3, H, W\)"),
-    (torch.zeros(2, 3, 8, 8), 2, _gen(), "view=2"),
-    (torch.zeros(2, 3, 8, 8), 0, 123, "torch.Generator"),
-])
+@pytest.mark.parametrize(
+    "images, view, gen, match",
+    [
+        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), 0, _gen(), "float tensor"),
+        (torch.zeros(3, 8, 8), 0, _gen(), r"\(B, 3, H, W\)"),
+        (torch.zeros(2, 4, 8, 8), 0, _gen(), r"\(B, 3, H, W\)"),
+        (torch.zeros(2, 3, 8, 8), 2, _gen(), "view=2"),
+        (torch.zeros(2, 3, 8, 8), 0, 123, "torch.Generator"),
+    ],
+)
 def test_photometric_bad_inputs(images, view, gen, match):
     with pytest.raises(ValueError, match=match):
         photometric(images, view=view, cfg=AugmentConfig(), generator=gen)
