@@ -105,12 +105,15 @@ def _item_arrays(
 
 
 def _to_hwc(image: np.ndarray) -> np.ndarray:
-    """A C-contiguous ``(H, W, 3)`` copy of a ``(3, H, W)`` image.
+    """A C-contiguous ``(H, W, 3)`` view or copy of a ``(3, H, W)`` image.
 
     Channel by channel into an empty buffer: the same bytes as
     ``np.ascontiguousarray(image.transpose(1, 2, 0))`` at a quarter of its cost (a strided uint8
     gather is slow, three plane copies are not: 0.14 vs 0.57 ms for a 400x350 image, measured).
     """
+    hwc = image.transpose(1, 2, 0)
+    if hwc.flags.c_contiguous:  # already interleaved memory (what read_image returns): no copy
+        return hwc
     out = np.empty(image.shape[1:] + image.shape[:1], dtype=image.dtype)
     for c in range(image.shape[0]):
         out[..., c] = image[c]
