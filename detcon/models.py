@@ -6,6 +6,8 @@ DetCon-B, DetCon-S, BYOL and SimCLR are configurations of :class:`PretrainModel`
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,10 +21,12 @@ __all__ = [
     "MLP",
     "Backbone",
     "PretrainModel",
+    "RepeatedRows",
     "SmallResNet",
     "build_backbone",
     "convert_sync_batchnorm",
     "export_backbone",
+    "repeated_rows",
 ]
 
 # ResNet depths: torchvision's constructors for 18-152; ResNet-200 is the bottleneck [3, 24, 36, 3]
@@ -114,6 +118,34 @@ def build_backbone(cfg: ModelConfig) -> nn.Module:
     return net
 
 
+class RepeatedRows(NamedTuple):
+    """Which of N rows repeat an earlier one: row ``r`` equals distinct row ``inverse[r]``, and
+    distinct row ``u`` is first found at row ``first[u]``.
+
+    DetCon samples K mask ids per image *with replacement*, so the B*K pooled vectors repeat
+    (at the cpu profile's sizes ~6 distinct of K=16): the heads' matrix products only need the
+    distinct rows (see :meth:`MLP.forward`).
+    """
+
+    first: Tensor  # (U,) int64
+    inverse: Tensor  # (N,) int64
+
+
+def repeated_rows(ids: Tensor, num_ids: int) -> RepeatedRows | None:
+    """The repeats among the B*K sampled ``ids`` (B, K) of ids in [0, num_ids), row-major;
+    None when no id repeats within an image (nothing to save)."""
+    b, k = ids.shape
+    if k == 1:
+        return None
+    key = (torch.arange(b, device=ids.device)[:, None] * num_ids + ids).reshape(-1)
+    uniq, inverse = torch.unique(key, return_inverse=True)
+    if uniq.numel() == key.numel():
+        return None
+    positions = torch.arange(key.numel(), device=ids.device)
+    first = torch.full_like(uniq, key.numel()).scatter_reduce_(0, inverse, positions, "amin")
+    return RepeatedRows(first=first, inverse=inverse)
+
+
 class MLP(nn.Sequential):
     """Projector / predictor: Linear(hidden) -> BatchNorm -> ReLU -> Linear(out, no bias).
 
@@ -130,9 +162,25 @@ class MLP(nn.Sequential):
             nn.Linear(hidden, out, bias=False),
         )
 
-    def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., out)
+    def forward(self, x: Tensor, rows: RepeatedRows | None = None) -> Tensor:
+        """(..., in) -> (..., out), row by row except for the BN statistics over all rows.
+
+        With ``rows`` (the repeats among the flattened rows of ``x``, which must be equal rows,
+        e.g. one pooled mask sampled twice) the two Linear layers run on the distinct rows only
+        and their outputs are expanded back: the BatchNorm still sees every row (the same
+        statistics, running averages and cross-process synchronisation). Outputs and parameter
+        gradients are those of the plain computation up to float rounding; the gradient of a
+        repeated row lands whole on its first copy (the others get 0), which is the same
+        gradient for whatever the copies were computed from.
+        """
         lead = x.shape[:-1]
-        return super().forward(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
+        flat = x.reshape(-1, x.shape[-1])
+        if rows is None:
+            return super().forward(flat).reshape(*lead, -1)
+        linear1, norm, relu, linear2 = self
+        h = linear1(flat.index_select(0, rows.first)).index_select(0, rows.inverse)
+        y = relu(norm(h).index_select(0, rows.first))
+        return linear2(y).index_select(0, rows.inverse).reshape(*lead, -1)
 
 
 class _CrossProcessBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -211,8 +259,13 @@ class _Branch(nn.Module):
 
 
 def _featurewise_std(x: Tensor) -> Tensor:
-    """Mean over features of the std over vectors (release ``featurewise_std``)."""
-    return x.reshape(-1, x.shape[-1]).std(dim=0, unbiased=False).mean()
+    """Mean over features of the std over vectors (release ``featurewise_std``).
+
+    Two-pass (mean, then mean squared deviation): the same value as ``std(dim=0,
+    unbiased=False)`` up to rounding, without torch's slow strided Welford reduction on CPU.
+    """
+    x = x.reshape(-1, x.shape[-1])
+    return (x - x.mean(dim=0)).pow(2).mean(dim=0).sqrt().mean()
 
 
 class PretrainModel(nn.Module):
@@ -236,19 +289,47 @@ class PretrainModel(nn.Module):
         self.target = _Branch(cfg.model, predictor=False) if self.uses_target else None
         if self.target is not None:
             self.target.requires_grad_(False)
+        # Heads compute each distinct sampled mask once (same results up to float rounding);
+        # a speed switch, not a config field.
+        self.dedup_heads = True
 
     def online_modules(self) -> list[nn.Module]:
         return [self.online]
 
     @torch.no_grad()
-    def update_target(self, tau: float) -> None:
+    def update_target(self, tau: float, *, foreach: bool = False) -> None:
         """target <- tau * target + (1 - tau) * online, parameters only (release ``_update_fn``);
-        the target's BN running statistics are its own."""
+        the target's BN running statistics are its own.
+
+        ``foreach=True`` does it with one multi-tensor lerp (a few kernel launches instead of one
+        per parameter on GPU); the arithmetic is the same.
+        """
         if self.target is None:
             return
         online = dict(self.online.named_parameters())
-        for name, p in self.target.named_parameters():
-            p.lerp_(online[name].detach(), 1.0 - tau)
+        pairs = [(p, online[name].detach()) for name, p in self.target.named_parameters()]
+        if foreach:
+            torch._foreach_lerp_([t for t, _ in pairs], [o for _, o in pairs], 1.0 - tau)
+            return
+        for t, o in pairs:
+            t.lerp_(o, 1.0 - tau)
+
+    def compile_networks(self, heads: bool = False, **options) -> None:
+        """``torch.compile`` the backbones (and with ``heads`` the projectors and predictor) in
+        place (``nn.Module.compile``: parameter names and checkpoints stay the same).
+
+        The mask handling and the loss stay eager: their data-dependent shapes and host checks
+        would only break the graphs. The heads are left eager by default: a few matrix products
+        with little to fuse, whose row count varies per step (distinct sampled masks), which
+        would cost recompilations. ``options`` go to ``torch.compile`` (e.g. ``mode``).
+        """
+        for branch in (self.online, self.target):
+            if branch is None:
+                continue
+            nets = [branch.backbone] + ([branch.projector, branch.predictor] if heads else [])
+            for net in nets:
+                if net is not None:
+                    net.compile(**options)
 
     def forward(
         self, images: list[Tensor], masks: list[Tensor], uniforms: list[Tensor]
@@ -266,15 +347,17 @@ class PretrainModel(nn.Module):
             feats = self.online.backbone(x)
             w = mask_weights(m, tuple(feats.shape[-2:]))
             sel = sample_mask_ids(w, u)
-            z = self.online.projector(pool_masks(feats, w, sel))  # (B, K, D)
+            rows = repeated_rows(sel, w.shape[1]) if self.dedup_heads else None
+            z = self.online.projector(pool_masks(feats, w, sel), rows)  # (B, K, D)
             proj.append(z)
-            pred.append(self.online.predictor(z) if self.online.predictor is not None else z)
+            predictor = self.online.predictor
+            pred.append(predictor(z, rows) if predictor is not None else z)
             ids.append(sel)
             present.append(present_masks(w).sum(-1).float().mean())
             if self.target is not None:
                 with torch.no_grad():
                     tf = self.target.backbone(x)
-                    targets.append(self.target.projector(pool_masks(tf, w, sel)).detach())
+                    targets.append(self.target.projector(pool_masks(tf, w, sel), rows).detach())
         if self.method in ("detcon_b", "detcon_s", "simclr"):
             t1, t2 = targets if self.target is not None else pred
             loss = detcon_loss(

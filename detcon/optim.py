@@ -40,6 +40,8 @@ class LARS(torch.optim.Optimizer):
     """Layer-wise adaptive rate scaling with momentum, in the release's order of operations.
 
     Groups may set ``lars=False`` (and ``weight_decay=0``) to exclude biases and norm parameters.
+    ``foreach=True`` runs the same arithmetic with multi-tensor (``torch._foreach_*``) kernels,
+    a handful of launches per group instead of about ten per parameter (GPU launch overhead).
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class LARS(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         momentum: float = 0.9,
         trust_coefficient: float = 1e-3,
+        foreach: bool = False,
     ) -> None:
         if lr < 0:
             raise ValueError(f"LARS: lr={lr}; expected >= 0")
@@ -62,6 +65,9 @@ class LARS(torch.optim.Optimizer):
             lars=True,
         )
         super().__init__(params, defaults)
+        # An attribute, not a group option: it does not change results, so it is not saved in
+        # (or restored from) the optimiser's state dict.
+        self.foreach = foreach
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -76,6 +82,9 @@ class LARS(torch.optim.Optimizer):
                 group["momentum"],
                 group["lr"],
             )
+            if self.foreach:
+                self._foreach_group(group)
+                continue
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -97,6 +106,38 @@ class LARS(torch.optim.Optimizer):
                 buf.mul_(mom).add_(update)
                 p.add_(buf, alpha=-lr)
         return loss
+
+    def _foreach_group(self, group: dict) -> None:
+        """One group's update with multi-tensor kernels: the arithmetic of :meth:`step`."""
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        wd, eta, mom, lr = (
+            group["weight_decay"],
+            group["trust_coefficient"],
+            group["momentum"],
+            group["lr"],
+        )
+        grads = [p.grad for p in params]
+        updates = torch._foreach_add(grads, params, alpha=wd) if wd else grads
+        if group["lars"]:
+            p_norm = torch.stack(torch._foreach_norm(params))
+            u_norm = torch.stack(torch._foreach_norm(updates))
+            trust = torch.where(
+                (p_norm > 0) & (u_norm > 0),
+                eta * p_norm / u_norm.clamp_min(1e-30),
+                torch.ones_like(p_norm),
+            )
+            updates = torch._foreach_mul(updates, list(trust.unbind()))
+        bufs = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            bufs.append(state["momentum_buffer"])
+        torch._foreach_mul_(bufs, mom)
+        torch._foreach_add_(bufs, updates)
+        torch._foreach_add_(params, bufs, alpha=-lr)
 
 
 def cosine_decay(step: int, max_steps: int, initial: float) -> float:

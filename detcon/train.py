@@ -36,7 +36,21 @@ from detcon.data.pretrain import (
 from detcon.models import PretrainModel, convert_sync_batchnorm, export_backbone
 from detcon.optim import LARS, learning_rate, param_groups, target_ema
 
-__all__ = ["NonFiniteLossError", "TrainResult", "init_distributed", "load_checkpoint", "pretrain"]
+__all__ = [
+    "NonFiniteLossError",
+    "SpeedOptions",
+    "StepContext",
+    "StepResult",
+    "TrainResult",
+    "build_loader",
+    "build_model",
+    "build_optimizer",
+    "init_distributed",
+    "load_checkpoint",
+    "pretrain",
+    "retain_freed_host_memory",
+    "train_step",
+]
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -71,6 +85,11 @@ def init_distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
+    if torch.cuda.is_available():
+        # One GPU per process: without this every rank of a node would run on cuda:0 (NCCL
+        # refuses two ranks on one GPU). torchrun and submitit export LOCAL_RANK; a task that
+        # sees a single GPU (SLURM binding one per task) gets index 0.
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend=backend, init_method="env://")
     return dist.get_rank(), dist.get_world_size()
@@ -88,6 +107,33 @@ def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+# --------------------------------------------------------------------------- host memory
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
+
+
+def retain_freed_host_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory in the process: no mmap below 32 MiB, no trimming
+    of the heap top below 256 MiB. Returns False where glibc is not the allocator.
+
+    A training step allocates and frees the same large host buffers every time (activations of
+    the no-grad target network, the loss's logits). With glibc's defaults part of them goes back
+    to the OS and returns as fresh zero-filled pages: ~3,000 page faults per DetCon-B step at
+    the cpu profile, a few percent of the step (measured, benchmarks/bench_step.py). Process-wide
+    and result-neutral; the resident size stays at its peak instead of shrinking between steps.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl or another libc
+        return False
+    ok = mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+    return bool(ok and mallopt(_M_TRIM_THRESHOLD, 256 << 20))
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -137,15 +183,223 @@ def _device(cfg: PretrainConfig) -> torch.device:
 
 
 def _to_input(
-    views: torch.Tensor, view: int, cfg: PretrainConfig, gen: torch.Generator, device: torch.device
+    views: torch.Tensor,
+    view: int,
+    cfg: PretrainConfig,
+    gen: torch.Generator,
+    device: torch.device,
+    channels_last: bool,
 ) -> torch.Tensor:
+    """uint8 views -> photometrically augmented, normalised float batch on ``device``."""
     from detcon.augment import normalize, photometric
 
     x = views.to(device, non_blocking=True).float().div_(255.0)
     x = normalize(photometric(x, view=view, cfg=cfg.augment, generator=gen))
-    if cfg.train.channels_last:
+    if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Speed switches that leave the results unchanged and are not (yet) config fields.
+
+    Attributes:
+        foreach: LARS and the target EMA update use multi-tensor (``torch._foreach_*``) kernels:
+            a few launches per step instead of several per parameter (GPU launch overhead).
+        compile: ``torch.compile`` the backbones (``nn.Module.compile``, so state-dict keys and
+            checkpoints are unchanged); heads, mask handling and loss stay eager
+            (:meth:`detcon.models.PretrainModel.compile_networks`).
+        channels_last: channels_last memory format for the model and the inputs even where
+            ``cfg.train.channels_last`` is off.
+        dedup_heads: the heads' matrix products run once per distinct sampled mask
+            (:class:`detcon.models.RepeatedRows`); off only to measure what that saves.
+    """
+
+    foreach: bool = False
+    compile: bool = False
+    channels_last: bool = False
+    dedup_heads: bool = True
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Everything one training step needs besides the model, optimiser and batch; fixed per run.
+
+    Attributes:
+        cfg: the run's config.
+        device: where the model lives.
+        rank, world: this process and the number of processes.
+        peak_lr, total_steps, warmup_steps: the learning-rate and EMA schedules.
+        speed: the speed switches (:class:`SpeedOptions`).
+    """
+
+    cfg: PretrainConfig
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    peak_lr: float = 0.0
+    total_steps: int = 1
+    warmup_steps: int = 0
+    speed: SpeedOptions = SpeedOptions()
+
+    @classmethod
+    def for_run(
+        cls,
+        cfg: PretrainConfig,
+        device: torch.device,
+        num_images: int,
+        rank: int = 0,
+        world: int = 1,
+        speed: SpeedOptions | None = None,
+    ) -> StepContext:
+        """The context of a run of ``cfg`` over a dataset of ``num_images`` images."""
+        return cls(
+            cfg=cfg,
+            device=device,
+            rank=rank,
+            world=world,
+            peak_lr=scaled_lr(cfg.optim),
+            total_steps=total_steps(cfg.optim, num_images),
+            warmup_steps=warmup_steps(cfg.optim, num_images),
+            speed=speed or SpeedOptions(),
+        )
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step reports: the loss (averaged over processes), lr, EMA tau, model outputs."""
+
+    loss: float
+    lr: float
+    tau: float
+    outputs: dict[str, torch.Tensor]
+
+
+def _channels_last(cfg: PretrainConfig, speed: SpeedOptions) -> bool:
+    return cfg.train.channels_last or speed.channels_last
+
+
+def build_model(
+    cfg: PretrainConfig, device: torch.device, world: int = 1, speed: SpeedOptions | None = None
+) -> PretrainModel:
+    """The pretraining model of ``cfg`` in train mode on ``device``, initialised from the run's
+    seed (the same weights on every rank), with cross-process BatchNorm when ``world > 1``."""
+    speed = speed or SpeedOptions()
+    torch.manual_seed(derive_seed(cfg.seed, "init"))  # the same initial weights on every rank
+    model = PretrainModel(cfg)
+    model.dedup_heads = speed.dedup_heads
+    model.to(device)
+    if world > 1:
+        # After .to(device): on CUDA this picks torch's SyncBatchNorm (every BN, heads included).
+        model = convert_sync_batchnorm(model)
+    if _channels_last(cfg, speed):
+        model.to(memory_format=torch.channels_last)
+    model.train()
+    if speed.compile:
+        model.compile_networks()
+    return model
+
+
+def build_optimizer(
+    cfg: PretrainConfig, model: PretrainModel, speed: SpeedOptions | None = None
+) -> LARS:
+    """LARS over the online modules (biases and norm parameters excluded), at the peak lr."""
+    return LARS(
+        param_groups(model.online_modules(), cfg.optim.weight_decay),
+        lr=scaled_lr(cfg.optim),
+        momentum=cfg.optim.momentum,
+        trust_coefficient=cfg.optim.trust_coefficient,
+        foreach=(speed or SpeedOptions()).foreach,
+    )
+
+
+def build_loader(
+    cfg: PretrainConfig,
+    dataset: torch.utils.data.Dataset,
+    steps_per_epoch: int,
+    start: int,
+    end: int,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+) -> DataLoader:
+    """This rank's batches of steps ``start..end-1`` (``cfg.data.num_workers`` workers; pinned
+    memory when training on CUDA)."""
+    sampler = StepBatchSampler(
+        len(dataset), cfg.optim.batch_size, steps_per_epoch, cfg.seed, start, end, rank, world
+    )
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_views,
+        num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def train_step(
+    model: PretrainModel,
+    optimizer: LARS,
+    batch: dict[str, torch.Tensor],
+    step: int,
+    ctx: StepContext,
+) -> StepResult:
+    """One optimisation step of the one training loop, on this rank's share of the batch.
+
+    Sets the scheduled lr, draws the step's randomness (a function of ``(seed, step)`` only,
+    sliced for this rank), augments both views photometrically on the device, runs the model
+    under the configured precision, checks the loss is finite (averaged over processes), then
+    backward, gradient average, LARS step and the target EMA update.
+
+    Raises:
+        NonFiniteLossError: the loss is NaN or infinite; nothing was updated.
+    """
+    cfg, device, rank, world = ctx.cfg, ctx.device, ctx.rank, ctx.world
+    local_batch = cfg.optim.batch_size // world
+    k = cfg.masks.num_samples
+    lr = learning_rate(
+        step, scaled_lr=ctx.peak_lr, total_steps=ctx.total_steps, warmup_steps=ctx.warmup_steps
+    )
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    # Randomness of this step: a function of (seed, step) only, sliced for this rank.
+    g = torch.Generator().manual_seed(derive_seed(cfg.seed, "masks", step))
+    uniforms = torch.rand(2, cfg.optim.batch_size, k, generator=g)
+    uniforms = uniforms[:, rank * local_batch : (rank + 1) * local_batch].to(device)
+    gen = torch.Generator(device=device).manual_seed(
+        derive_seed(cfg.seed, "photometric", step, rank)
+    )
+    cl = _channels_last(cfg, ctx.speed)
+    images = [
+        _to_input(batch["view1"], 0, cfg, gen, device, cl),
+        _to_input(batch["view2"], 1, cfg, gen, device, cl),
+    ]
+    masks = [
+        batch["masks1"].to(device, non_blocking=True),
+        batch["masks2"].to(device, non_blocking=True),
+    ]
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"
+    )
+    with autocast:
+        outputs = model(images, masks, [uniforms[0], uniforms[1]])
+    loss = outputs["loss"].float()
+    check = loss.detach().clone()
+    if world > 1:
+        torch.distributed.all_reduce(check)
+        check /= world
+    last_loss = check.item()
+    if not math.isfinite(last_loss):
+        raise NonFiniteLossError(f"loss is {last_loss} at step {step}; stopped")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    _average_gradients([p for m in model.online_modules() for p in m.parameters()], world)
+    optimizer.step()
+    tau = target_ema(step, base_ema=cfg.optim.base_ema, total_steps=ctx.total_steps)
+    model.update_target(tau, foreach=ctx.speed.foreach)
+    return StepResult(loss=last_loss, lr=lr, tau=tau, outputs=outputs)
 
 
 def pretrain(
@@ -154,6 +408,7 @@ def pretrain(
     *,
     progress: bool | None = None,
     stop_after: int | None = None,
+    speed: SpeedOptions | None = None,
 ) -> TrainResult:
     """Pretrain ``cfg`` into ``out_dir``, resuming from its checkpoint when there is one.
 
@@ -163,6 +418,7 @@ def pretrain(
         progress: tqdm bar; None shows it only on an interactive terminal.
         stop_after: stop (with a checkpoint) after this many steps in total; used to simulate an
             interruption. The schedule still spans the whole run.
+        speed: speed switches that leave the results unchanged (benchmarks; not config fields).
     """
     out = Path(out_dir)
     rank, world = init_distributed()
@@ -172,29 +428,16 @@ def pretrain(
         )
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    retain_freed_host_memory()
     device = _device(cfg)
     dataset, spe = build_pretrain_dataset(cfg)
     n_total = total_steps(cfg.optim, len(dataset))
-    n_warm = warmup_steps(cfg.optim, len(dataset))
-    peak_lr = scaled_lr(cfg.optim)
     planned_end = n_total if not cfg.train.max_steps else min(n_total, cfg.train.max_steps)
     end = planned_end if stop_after is None else min(planned_end, stop_after)
 
-    torch.manual_seed(derive_seed(cfg.seed, "init"))  # the same initial weights on every rank
-    model = PretrainModel(cfg)
-    if world > 1:
-        model = convert_sync_batchnorm(model)
-    model.to(device)
-    if cfg.train.channels_last:
-        model.to(memory_format=torch.channels_last)
-    model.train()
-    optimizer = LARS(
-        param_groups(model.online_modules(), cfg.optim.weight_decay),
-        lr=peak_lr,
-        momentum=cfg.optim.momentum,
-        trust_coefficient=cfg.optim.trust_coefficient,
-    )
-    online_params = [p for m in model.online_modules() for p in m.parameters()]
+    ctx = StepContext.for_run(cfg, device, len(dataset), rank, world, speed)
+    model = build_model(cfg, device, world, speed)
+    optimizer = build_optimizer(cfg, model, speed)
 
     ckpt_path = out / CHECKPOINT
     start = 0
@@ -229,22 +472,7 @@ def pretrain(
                 },
             )
 
-    sampler = StepBatchSampler(
-        len(dataset), cfg.optim.batch_size, spe, cfg.seed, start, end, rank, world
-    )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate_views,
-        num_workers=cfg.data.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
-    local_batch = cfg.optim.batch_size // world
-    k = cfg.masks.num_samples
-    autocast = torch.autocast(
-        device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"
-    )
+    loader = build_loader(cfg, dataset, spe, start, end, device, rank, world)
     show = sys.stderr.isatty() if progress is None else progress
     from tqdm.auto import tqdm
 
@@ -261,40 +489,14 @@ def pretrain(
     try:
         for step, batch in enumerate(loader, start=start):  # noqa: B007
             t0 = time.perf_counter()
-            lr = learning_rate(step, scaled_lr=peak_lr, total_steps=n_total, warmup_steps=n_warm)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            # Randomness of this step: a function of (seed, step) only, sliced for this rank.
-            g = torch.Generator().manual_seed(derive_seed(cfg.seed, "masks", step))
-            uniforms = torch.rand(2, cfg.optim.batch_size, k, generator=g)
-            uniforms = uniforms[:, rank * local_batch : (rank + 1) * local_batch].to(device)
-            gen = torch.Generator(device=device).manual_seed(
-                derive_seed(cfg.seed, "photometric", step, rank)
-            )
-            images = [
-                _to_input(batch["view1"], 0, cfg, gen, device),
-                _to_input(batch["view2"], 1, cfg, gen, device),
-            ]
-            masks = [batch["masks1"].to(device), batch["masks2"].to(device)]
-            with autocast:
-                outputs = model(images, masks, [uniforms[0], uniforms[1]])
-            loss = outputs["loss"].float()
-            check = loss.detach().clone()
-            if world > 1:
-                torch.distributed.all_reduce(check)
-                check /= world
-            if not torch.isfinite(check):
+            try:
+                res = train_step(model, optimizer, batch, step, ctx)
+            except NonFiniteLossError as exc:
                 raise NonFiniteLossError(
-                    f"loss is {check.item()} at step {step}; stopped. The last good checkpoint "
-                    f"({ckpt_path}) is kept; lower optim.base_lr or check the inputs"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            _average_gradients(online_params, world)
-            optimizer.step()
-            tau = target_ema(step, base_ema=cfg.optim.base_ema, total_steps=n_total)
-            model.update_target(tau)
-            last_loss = check.item()
+                    f"{exc}. The last good checkpoint ({ckpt_path}) is kept; lower "
+                    "optim.base_lr or check the inputs"
+                ) from None
+            lr, tau, outputs, last_loss = res.lr, res.tau, res.outputs, res.loss
             losses.append(last_loss)
             dt = time.perf_counter() - t0
             if metrics_file is not None and step % cfg.train.log_every == 0:

@@ -13,8 +13,11 @@ def test_resnet_backbone_returns_the_stride_32_feature_map(name, channels):
     with torch.no_grad():
         assert net(torch.zeros(1, 3, 224, 224)).shape == (1, channels, 7, 7)
     # zero_init_residual: last BN gamma of every block is 0 (DESIGN §5.9)
-    last_bns = [b.bn3 if hasattr(b, "bn3") else b.bn2 for layer in
-                (net.net.layer1, net.net.layer4) for b in layer]
+    last_bns = [
+        b.bn3 if hasattr(b, "bn3") else b.bn2
+        for layer in (net.net.layer1, net.net.layer4)
+        for b in layer
+    ]
     assert all(float(bn.weight.detach().abs().sum()) == 0 for bn in last_bns)
 
 
@@ -38,21 +41,26 @@ def test_mlp_head_shapes_and_layout():
 
 
 def test_exported_resnet_loads_into_plain_torchvision():
-    cfg = load_pretrain_config({"model": {"backbone": "resnet18", "head_hidden": 32,
-                                          "head_out": 16}}, profile="cpu")
+    cfg = load_pretrain_config(
+        {"model": {"backbone": "resnet18", "head_hidden": 32, "head_out": 16}}, profile="cpu"
+    )
     model = PretrainModel(cfg)
     state = export_backbone(model)
     plain = torchvision.models.resnet18(weights=None)
     missing, unexpected = plain.load_state_dict(state, strict=False)
     assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
-    assert set(torchvision_resnet("resnet18").state_dict()) - set(state) == {"fc.weight",
-                                                                             "fc.bias"}
+    assert set(torchvision_resnet("resnet18").state_dict()) - set(state) == {"fc.weight", "fc.bias"}
 
 
 def _cpu_model(method, source="fh", k=4):
-    cfg = load_pretrain_config({"method": method, "masks": {"source": source, "num_samples": k},
-                                "model": {"small_width": 8, "head_hidden": 32, "head_out": 16}},
-                               profile="cpu")
+    cfg = load_pretrain_config(
+        {
+            "method": method,
+            "masks": {"source": source, "num_samples": k},
+            "model": {"small_width": 8, "head_hidden": 32, "head_out": 16},
+        },
+        profile="cpu",
+    )
     torch.manual_seed(0)
     return PretrainModel(cfg)
 
@@ -75,8 +83,10 @@ def test_ema_update_moves_target_towards_online():
     torch.testing.assert_close(m.target.projector[0].weight, m.online.projector[0].weight)
 
 
-@pytest.mark.parametrize("method,source,k", [("detcon_b", "fh", 4), ("detcon_s", "fh", 4),
-                                             ("byol", "image", 1), ("simclr", "image", 1)])
+@pytest.mark.parametrize(
+    "method,source,k",
+    [("detcon_b", "fh", 4), ("detcon_s", "fh", 4), ("byol", "image", 1), ("simclr", "image", 1)],
+)
 def test_every_method_gives_a_finite_loss_and_gradient(method, source, k):
     m = _cpu_model(method, source, k)
     g = torch.Generator().manual_seed(0)

@@ -26,9 +26,15 @@ def test_lars_step_matches_the_release_formula():
     b = nn.Parameter(torch.randn(3))
     w.grad, b.grad = torch.randn(3, 4), torch.randn(3)
     w0, b0, gw, gb = w.detach().clone(), b.detach().clone(), w.grad.clone(), b.grad.clone()
-    opt = LARS([{"params": [w], "weight_decay": 0.01, "lars": True},
-                {"params": [b], "weight_decay": 0.0, "lars": False}],
-               lr=0.5, momentum=0.9, trust_coefficient=1e-3)
+    opt = LARS(
+        [
+            {"params": [w], "weight_decay": 0.01, "lars": True},
+            {"params": [b], "weight_decay": 0.0, "lars": False},
+        ],
+        lr=0.5,
+        momentum=0.9,
+        trust_coefficient=1e-3,
+    )
     opt.step()
     u = gw + 0.01 * w0
     u = u * (1e-3 * w0.norm() / u.norm())

@@ -24,8 +24,14 @@ TINY = {
     "optim": {"batch_size": 4, "epochs": 2},
     "train": {"checkpoint_every": 2, "threads": 1},
 }
-NO_PHOTOMETRIC = {"augment": {"color_jitter_prob": 0.0, "grayscale_prob": 0.0,
-                              "blur_prob": [0.0, 0.0], "solarize_prob": [0.0, 0.0]}}
+NO_PHOTOMETRIC = {
+    "augment": {
+        "color_jitter_prob": 0.0,
+        "grayscale_prob": 0.0,
+        "blur_prob": [0.0, 0.0],
+        "solarize_prob": [0.0, 0.0],
+    }
+}
 
 
 def tiny_cfg(**overrides):
@@ -47,8 +53,10 @@ def _assert_same_state(a: dict, b: dict, atol: float = 0.0) -> None:
             torch.testing.assert_close(a[k].float(), b[k].float(), atol=atol, rtol=1e-4, msg=k)
 
 
-@pytest.mark.parametrize("method,source,k", [("detcon_b", "fh", 4), ("detcon_s", "fh", 4),
-                                             ("byol", "image", 1), ("simclr", "image", 1)])
+@pytest.mark.parametrize(
+    "method,source,k",
+    [("detcon_b", "fh", 4), ("detcon_s", "fh", 4), ("byol", "image", 1), ("simclr", "image", 1)],
+)
 def test_every_method_lowers_its_loss_on_a_fixed_batch(method, source, k):
     """A few steps at one fixed batch (one epoch of 4 images) drive the loss down."""
     from detcon.data.pretrain import build_pretrain_dataset, collate_views
@@ -56,8 +64,7 @@ def test_every_method_lowers_its_loss_on_a_fixed_batch(method, source, k):
     from detcon.optim import LARS, param_groups
 
     torch.manual_seed(0)
-    cfg = tiny_cfg(method=method, masks={"source": source, "num_samples": k},
-                   **NO_PHOTOMETRIC)
+    cfg = tiny_cfg(method=method, masks={"source": source, "num_samples": k}, **NO_PHOTOMETRIC)
     ds, _ = build_pretrain_dataset(cfg)
     batch = collate_views([ds[(0, i)] for i in range(4)])
     from detcon.augment import normalize
@@ -104,12 +111,32 @@ def test_resume_gives_the_same_final_weights(tmp_path):
 
 def test_resume_after_a_kill_gives_the_same_final_weights(tmp_path):
     """SIGKILL a real `detcon pretrain` process after its first checkpoint, then rerun it."""
-    cfg_args = ["--set", "data.num_images=16", "--set", "data.scene_size=32",
-                "--set", "masks.fh_min_size=16", "--set", "augment.crop_size=32",
-                "--set", "model.small_width=4", "--set", "model.head_hidden=32",
-                "--set", "model.head_out=16", "--set", "optim.batch_size=4",
-                "--set", "optim.epochs=2", "--set", "train.checkpoint_every=2",
-                "--set", "train.threads=1", "--set", "train.max_steps=8"]
+    cfg_args = [
+        "--set",
+        "data.num_images=16",
+        "--set",
+        "data.scene_size=32",
+        "--set",
+        "masks.fh_min_size=16",
+        "--set",
+        "augment.crop_size=32",
+        "--set",
+        "model.small_width=4",
+        "--set",
+        "model.head_hidden=32",
+        "--set",
+        "model.head_out=16",
+        "--set",
+        "optim.batch_size=4",
+        "--set",
+        "optim.epochs=2",
+        "--set",
+        "train.checkpoint_every=2",
+        "--set",
+        "train.threads=1",
+        "--set",
+        "train.max_steps=8",
+    ]
     cmd = [sys.executable, "-m", "detcon", "pretrain", "--profile", "cpu", "--quiet", *cfg_args]
     subprocess.run([*cmd, "--out", str(tmp_path / "straight")], check=True, timeout=300)
 
@@ -148,8 +175,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 def test_resume_with_a_different_config_is_refused(tmp_path):
     pretrain(tiny_cfg(train={"max_steps": 2, "threads": 1}), tmp_path, progress=False)
     with pytest.raises(RuntimeError, match="different config"):
-        pretrain(tiny_cfg(seed=1, train={"max_steps": 2, "threads": 1}), tmp_path,
-                 progress=False)
+        pretrain(tiny_cfg(seed=1, train={"max_steps": 2, "threads": 1}), tmp_path, progress=False)
 
 
 def _free_port() -> int:
@@ -159,8 +185,13 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world: int, port: int, out: str, method: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     try:
         pretrain(_ddp_cfg(method), out, progress=False)
     finally:
@@ -170,8 +201,12 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, method: str) -> None
 
 def _ddp_cfg(method: str):
     source, k = ("fh", 4) if method.startswith("detcon") else ("image", 1)
-    return tiny_cfg(method=method, masks={"source": source, "num_samples": k},
-                    train={"max_steps": 2, "threads": 1}, **NO_PHOTOMETRIC)
+    return tiny_cfg(
+        method=method,
+        masks={"source": source, "num_samples": k},
+        train={"max_steps": 2, "threads": 1},
+        **NO_PHOTOMETRIC,
+    )
 
 
 @pytest.mark.parametrize("method", ["detcon_b", "detcon_s"])
@@ -183,5 +218,4 @@ def test_two_process_gloo_equals_one_process(tmp_path, method):
     one = [json.loads(x)["loss"] for x in (tmp_path / "single" / "metrics.jsonl").open()]
     two = [json.loads(x)["loss"] for x in (tmp_path / "ddp" / "metrics.jsonl").open()]
     assert one == pytest.approx(two, rel=1e-4, abs=1e-5)
-    _assert_same_state(_final_state(tmp_path / "single"), _final_state(tmp_path / "ddp"),
-                       atol=1e-4)
+    _assert_same_state(_final_state(tmp_path / "single"), _final_state(tmp_path / "ddp"), atol=1e-4)

@@ -40,19 +40,21 @@ def mask_weights(masks: Tensor, grid: tuple[int, int], num_ids: int | None = Non
         if hh < h or ww < w:
             raise ValueError(f"mask_weights: masks of {hh}x{ww} px cannot cover a {h}x{w} grid")
         ids = masks.long()
-        if ids.numel() and int(ids.min()) < 0:
-            raise ValueError(f"mask_weights: negative mask id {int(ids.min())}; expected ids >= 0")
-        m = int(ids.max()) + 1 if num_ids is None else num_ids
-        if ids.numel() and int(ids.max()) >= m:
-            raise ValueError(f"mask_weights: mask id {int(ids.max())} >= num_ids={m}")
+        lo, hi = (int(v) for v in torch.aminmax(ids)) if ids.numel() else (0, 0)  # one pass
+        if lo < 0:
+            raise ValueError(f"mask_weights: negative mask id {lo}; expected ids >= 0")
+        m = hi + 1 if num_ids is None else num_ids
+        if hi >= m:
+            raise ValueError(f"mask_weights: mask id {hi} >= num_ids={m}")
         cy = _cell_index(hh, h, masks.device)
         cx = _cell_index(ww, w, masks.device)
         cell = (cy[:, None] * w + cx[None, :]).expand(b, hh, ww)  # (B, H, W)
         flat = (torch.arange(b, device=masks.device)[:, None, None] * m + ids) * (h * w) + cell
         counts = torch.zeros(b * m * h * w, device=masks.device)
         counts.scatter_add_(0, flat.reshape(-1), torch.ones(flat.numel(), device=masks.device))
-        counts = counts.view(b, m, h * w)
-        majority = counts.argmax(dim=1)  # (B, h*w)
+        # argmax over ids along the contiguous last dim (over dim 1 it is a slow strided
+        # reduction on CPU); the first maximum wins either way.
+        majority = counts.view(b, m, h * w).transpose(1, 2).contiguous().argmax(dim=2)  # (B, h*w)
         onehot = torch.zeros(b, m, h * w, device=masks.device)
         onehot.scatter_(1, majority[:, None, :], 1.0)
         return onehot

@@ -7,10 +7,7 @@ from detcon.masks.features import mask_weights, pool_masks, present_masks, sampl
 def test_partition_majority_vote_on_the_grid():
     # 4x4 image, 2x2 grid (stride 2): cell (0,0) has ids {1,1,1,2} -> 1; cell (0,1) all 2;
     # cell (1,0) ties 0/3 -> lowest id 0; cell (1,1) all 3. Id 4 appears in one pixel only.
-    ids = torch.tensor([[[1, 1, 2, 2],
-                         [1, 2, 2, 2],
-                         [0, 3, 3, 3],
-                         [0, 3, 3, 4]]])
+    ids = torch.tensor([[[1, 1, 2, 2], [1, 2, 2, 2], [0, 3, 3, 3], [0, 3, 3, 4]]])
     w = mask_weights(ids, (2, 2))
     assert w.shape == (1, 5, 4)
     expected = torch.zeros(1, 5, 4)
@@ -60,8 +57,9 @@ def test_sampling_depends_only_on_each_images_uniforms():
 
 def test_sampling_rejects_an_image_without_masks():
     with pytest.raises(ValueError, match="image 1 of the batch has no mask"):
-        sample_mask_ids(torch.ones(2, 2, 4) * torch.tensor([1.0, 0.0])[:, None, None],
-                        torch.rand(2, 3))
+        sample_mask_ids(
+            torch.ones(2, 2, 4) * torch.tensor([1.0, 0.0])[:, None, None], torch.rand(2, 3)
+        )
 
 
 def test_pool_is_the_mean_over_the_mask_cells():
