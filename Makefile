@@ -6,7 +6,7 @@ CONSTRAINTS ?= constraints.txt
 STAMP := $(VENV)/.installed
 LINT_PATHS := $(wildcard detcon tests scripts benchmarks)
 
-.PHONY: install test lint format demo slurm-up slurm-down clean-venv
+.PHONY: install test lint format demo bench bench-gpu slurm-up slurm-down clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,19 @@ demo: $(STAMP)
 	$(BIN)/detcon masks quality --profile cpu --quiet
 	$(BIN)/detcon run ablations/demo.yaml --profile cpu --executor local
 	$(BIN)/detcon report ablations/demo.yaml --profile cpu
+
+# Benchmarks print their figures (docs/performance.md); the bench extra adds lightly, the loss
+# benchmark's peer (benchmark-only, never a runtime dependency).
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	@for b in loss step augment masks ddp; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
+
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/bench_gpu.py
 
 slurm-up:
 	bash scripts/slurm-up.sh

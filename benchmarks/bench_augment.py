@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+from _report import cpu_model
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
@@ -295,16 +296,8 @@ def photometric_pair(
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return (
-        f"{cpu}, {os.cpu_count()} cores visible; Python {platform.python_version()}, "
+        f"{cpu_model()}, {os.cpu_count()} cores visible; Python {platform.python_version()}, "
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
         f"{torch.get_num_threads()} intra-op thread"
     )

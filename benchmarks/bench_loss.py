@@ -37,6 +37,8 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, too
 
+from _report import cpu_model  # noqa: E402
+
 from detcon.config import load_pretrain_config  # noqa: E402
 from detcon.losses import detcon_loss  # noqa: E402
 
@@ -54,17 +56,6 @@ class Case:
     k: int
     d: int
     repeats: int
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_inputs(case: Case, seed: int = 0) -> dict[str, Tensor]:
