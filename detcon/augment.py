@@ -108,9 +108,10 @@ def _resize_image(crop: Tensor, size: int) -> Tensor:
 
     The kernel torchvision's ``resize`` calls for uint8 images on the CPU (torch's native uint8
     antialiased bicubic), so the result is identical to ``TF.resize``. That kernel works on
-    interleaved pixels: fed planar ``(3, h, w)`` memory (what ``read_image`` returns) it re-packs
-    them itself and runs about 2x slower than on channels-last strides; the interleaving copy made
-    here with ``stack`` costs less than that difference. Returns a contiguous tensor.
+    interleaved pixels: fed planar ``(3, h, w)`` memory (e.g. a synthetic scene; ``read_image``
+    already returns interleaved memory) it re-packs them itself and runs about 2x slower than on
+    channels-last strides; the interleaving copy made here with ``stack`` costs less than that
+    difference. Returns a contiguous tensor.
     """
     if tuple(crop.shape[-2:]) == (size, size):  # torchvision returns such an image unchanged
         return crop.clone(memory_format=torch.contiguous_format)
@@ -190,8 +191,9 @@ class TwoViewGeometry:
     ``v2.Compose([v2.RandomResizedCrop(...), v2.RandomHorizontalFlip(p)])`` draws it (the crop
     from torchvision's own sampler, then one ``torch.rand(1)`` for the flip): seed it per sample
     (``torch.manual_seed``) in the data loader to make a sample reproducible. The crop and flip
-    are then applied with torchvision's kernels called directly on plain tensors, which gives
-    the same pixels as the ``tv_tensors`` dispatch without its per-call overhead.
+    are then applied with the resampling kernels torchvision itself ends in (torch's
+    ``F.interpolate``), called directly on plain tensors: the same pixels as the ``tv_tensors``
+    dispatch without its per-call overhead.
     """
 
     def __init__(

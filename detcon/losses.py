@@ -114,6 +114,11 @@ class _OwnMaskedLogSumExp(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # noqa: D102
+        if torch.is_grad_enabled():  # create_graph=True: the saved exp/total have no graph
+            raise RuntimeError(
+                "detcon_loss has no second derivative (its backward reuses the forward's "
+                "softmax terms); call backward/autograd.grad without create_graph=True"
+            )
         q_flat, c_flat, exp, total = ctx.saved_tensors
         q_shape, c_shape = ctx.shapes
         grad_q = grad_c = None

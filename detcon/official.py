@@ -805,10 +805,16 @@ def needs_tf_same_padding(path: str | Path) -> bool:
     return isinstance(meta, dict) and meta.get("padding") == "tf_same"
 
 
-def _weights_meta(path: Path, network: str, arch: str, **extra: Any) -> dict[str, Any]:
+def _release_source(path: Path) -> dict[str, str]:
+    """Which release file imported weights came from: its name and sha256."""
+    return {"source": path.name, "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def _weights_meta(source: Mapping[str, str], network: str, arch: str, **extra: Any) -> dict:
+    """The ``.json`` sidecar of imported weights: where they came from and that they need
+    TF-SAME padding (:func:`needs_tf_same_padding` reads it)."""
     return {
-        "source": path.name,
-        "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        **source,
         "network": network,
         "architecture": arch,
         "padding": "tf_same",
@@ -846,7 +852,7 @@ def import_official(
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     arch = describe_resnet(net)
     meta = _weights_meta(
-        path,
+        _release_source(path),
         chosen.label,
         arch,
         classifier=has_fc and with_classifier,
@@ -862,6 +868,8 @@ def import_run(
     cfg: PretrainConfig | None = None,
     *,
     network: str | None = None,
+    profile: str = "paper",
+    overrides: Mapping[str, Any] | None = None,
 ) -> PretrainConfig:
     """Make ``run_dir`` a run directory holding an official checkpoint, evaluated like ours.
 
@@ -869,54 +877,67 @@ def import_run(
     (docs/run-directory.md): ``backbone.pt`` (torchvision keys, no ``fc``) with its
     ``backbone.json`` sidecar (``"padding": "tf_same"``: evaluation then builds the encoder with
     TF-SAME padding), ``config.json`` and ``train_summary.json`` (``"official": true``, the
-    source file, its sha256 and the architecture; no training happened).
+    release file, its sha256 and the architecture; no training happened).
 
     Args:
-        path: a release ``.npy`` file, or the ``.pt`` that :func:`import_official` wrote.
+        path: a release ``.npy`` file, or the ``.pt`` that :func:`import_official` wrote from
+            one (its ``.json`` sidecar must say ``"padding": "tf_same"``: a state dict of
+            stock-padded weights, e.g. one of our ``backbone.pt``, is refused).
         run_dir: created if needed.
         cfg: the config that describes the checkpoint (what the release trained: method, data,
-            ``model.backbone``). Default: the paper profile with ``model.backbone`` read from
-            the weights.
+            ``model.backbone``); its ``model.backbone`` must be the weights' depth.
         network: as for :func:`import_official`.
+        profile, overrides: without ``cfg``: the profile's defaults, then the (nested) overrides;
+            ``model.backbone`` is read from the weights unless the overrides set it.
 
     Returns:
         The config written to ``config.json``.
 
     Raises:
         FileNotFoundError: no such file (with where the release's files are).
-        ValueError: an unknown layout, or weights whose depth is not ``cfg.model.backbone``.
+        ValueError: an unknown layout, a ``.pt`` without the TF-SAME sidecar, or weights whose
+            depth is not ``model.backbone``.
     """
     path, run_dir = Path(path), Path(run_dir)
     if path.is_file() and _is_release_file(path):
         state, chosen, _ = _state_from_release(path, network)
+        source = _release_source(path)
         label = chosen.label
     else:
-        state, label = _read_state(path, network), "state dict"
-    net = resnet_from_state_dict(state)
-    arch = describe_resnet(net)
-    depth = arch.split()[0]
-    if cfg is None:
-        if depth not in _STANDARD_DEPTHS:
+        if not needs_tf_same_padding(path):  # also the FileNotFoundError
             raise ValueError(
-                f"{path}: the weights are a {arch}, which no model.backbone names; pass a config"
+                f"{path} is a state dict without a sidecar {path.with_suffix('.json').name} saying "
+                '"padding": "tf_same": expected a release .npy file or the .pt that `detcon '
+                "import-official --out` wrote from one (our own backbone.pt needs no import)"
             )
-        cfg = load_pretrain_config({"model": {"backbone": depth}}, profile="paper")
+        meta = json.loads(path.with_suffix(".json").read_text())
+        state, label = _read_state(path, network), meta.get("network", "state dict")
+        source = {k: meta.get(k, "") for k in ("source", "source_sha256")}
+    arch = describe_resnet(resnet_from_state_dict(state))
+    depth = arch.split()[0]
+    if depth not in _STANDARD_DEPTHS:
+        raise ValueError(
+            f"{path}: the weights are a {arch}, which no model.backbone names (expected one of "
+            f"{', '.join(_STANDARD_DEPTHS)})"
+        )
+    if cfg is None:
+        data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in (overrides or {}).items()}
+        data.setdefault("model", {}).setdefault("backbone", depth)
+        cfg = load_pretrain_config(data, profile=profile)
     if cfg.model.backbone != depth:
         raise ValueError(
             f"{path} holds a {arch} but the config says model.backbone={cfg.model.backbone!r}; "
             f"set model.backbone={depth!r} for this checkpoint"
         )
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    meta = _weights_meta(path, label, arch)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", to_dict(cfg))
-    _write_weights(run_dir / "backbone.pt", state, meta)
+    _write_weights(run_dir / "backbone.pt", state, _weights_meta(source, label, arch))
     write_json(
         run_dir / "train_summary.json",
         {
             "official": True,
-            "source": path.name,
-            "source_sha256": meta["source_sha256"],
+            **source,
             "architecture": arch,
             "steps": 0,
             "method": cfg.method,
@@ -930,22 +951,32 @@ def _cmd_import(args: argparse.Namespace) -> int:
     if (args.out is None) == (args.run_dir is None):
         raise ValueError("import-official: pass exactly one of --out FILE or --run-dir DIR")
     if args.run_dir is not None:
+        if args.with_classifier:
+            raise ValueError(
+                "import-official: --with-classifier applies to --out only (a run directory's "
+                "backbone.pt holds the encoder, like ours)"
+            )
         from detcon.config import parse_dotted
 
-        cfg = None
-        if args.set or args.profile != "paper":
-            overrides = parse_dotted(args.set)
-            if "backbone" not in overrides.get("model", {}):
-                arch = describe_resnet(resnet_from_state_dict(_read_state(args.path, args.network)))
-                overrides.setdefault("model", {})["backbone"] = arch.split()[0]
-            cfg = load_pretrain_config(overrides, profile=args.profile)
-        cfg = import_run(args.path, args.run_dir, cfg, network=args.network)
+        profile = args.profile or "paper"
+        cfg = import_run(
+            args.path,
+            args.run_dir,
+            network=args.network,
+            profile=profile,
+            overrides=parse_dotted(args.set),
+        )
         print(
             f"imported {args.path} as an evaluation-only run in {args.run_dir} "
             f"(model.backbone={cfg.model.backbone}, TF-SAME padding recorded in backbone.json); "
-            f"next: detcon evaluate {args.run_dir} --profile {args.profile}"
+            f"next: detcon evaluate {args.run_dir} --profile {profile}"
         )
         return 0
+    if args.set or args.profile is not None:
+        raise ValueError(
+            "import-official: --profile and --set describe a run directory: use them with "
+            "--run-dir, not --out"
+        )
     s = import_official(
         args.path, args.out, network=args.network, with_classifier=args.with_classifier
     )
@@ -981,7 +1012,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--profile",
         choices=["cpu", "paper"],
-        default="paper",
+        default=None,
         help="with --run-dir: the profile whose config describes the checkpoint (default paper)",
     )
     p.add_argument(

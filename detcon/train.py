@@ -214,12 +214,15 @@ class SpeedOptions:
             ``cfg.train.channels_last`` is off.
         dedup_heads: the heads' matrix products run once per distinct sampled mask
             (:class:`detcon.models.RepeatedRows`); off only to measure what that saves.
+        retain_host_memory: :func:`retain_freed_host_memory` (process-wide malloc settings)
+            when training starts; off to leave the process's allocator alone.
     """
 
     foreach: bool = False
     compile: bool = False
     channels_last: bool = False
     dedup_heads: bool = True
+    retain_host_memory: bool = True
 
 
 @dataclass(frozen=True)
@@ -236,11 +239,11 @@ class StepContext:
 
     cfg: PretrainConfig
     device: torch.device
+    peak_lr: float
+    total_steps: int
+    warmup_steps: int
     rank: int = 0
     world: int = 1
-    peak_lr: float = 0.0
-    total_steps: int = 1
-    warmup_steps: int = 0
     speed: SpeedOptions = SpeedOptions()
 
     @classmethod
@@ -428,7 +431,8 @@ def pretrain(
         )
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    retain_freed_host_memory()
+    if (speed or SpeedOptions()).retain_host_memory:
+        retain_freed_host_memory()
     device = _device(cfg)
     dataset, spe = build_pretrain_dataset(cfg)
     n_total = total_steps(cfg.optim, len(dataset))

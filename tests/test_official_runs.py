@@ -18,7 +18,7 @@ from detcon.cli import main
 from detcon.config import load_pretrain_config, to_dict
 from detcon.evaluate import backbone_from_run, evaluate_run, make_backbone
 from detcon.evaluate.backbones import weights_need_tf_same
-from detcon.official import import_run, official_resnet
+from detcon.official import import_official, import_run, official_resnet
 from detcon.results import scan_ablation
 
 torch.set_num_threads(1)
@@ -106,9 +106,33 @@ def test_evaluate_takes_an_imported_checkpoint_like_ours(release_r18, tmp_path, 
     assert json.loads((run / "eval.json").read_text())["linear"] == results["linear"]
 
 
-def test_cli_import_needs_exactly_one_destination(release_r18, tmp_path, capsys):
-    assert main(["import-official", str(release_r18)]) == 2
-    assert "exactly one of --out FILE or --run-dir DIR" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ([], "exactly one of --out FILE or --run-dir DIR"),
+        (["--run-dir", "r", "--with-classifier"], "--with-classifier applies to --out only"),
+        (["--out", "m.pt", "--set", "data.dataset=coco"], "use them with --run-dir, not --out"),
+    ],
+)
+def test_cli_import_rejects_options_that_do_not_apply(release_r18, tmp_path, capsys, args, match):
+    args = [a if a not in ("r", "m.pt") else str(tmp_path / a) for a in args]
+    assert main(["import-official", str(release_r18), *args]) == 2
+    assert match in capsys.readouterr().err.replace("\n", " ")
+    assert not any(tmp_path.iterdir())
+
+
+def test_import_run_takes_an_imported_state_dict_but_not_our_own_weights(release_r18, tmp_path):
+    """A .pt from `import-official --out` keeps its provenance; stock-padded weights (one of our
+    backbone.pt files) would be evaluated with the wrong padding, so they are refused."""
+    import_official(release_r18, tmp_path / "r18.pt")
+    import_run(tmp_path / "r18.pt", tmp_path / "run", _cfg())
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["source"] == release_r18.name  # the release file, not the .pt
+    ours = tmp_path / "ours.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), ours)
+    with pytest.raises(ValueError, match=r"without a sidecar ours.json"):
+        import_run(ours, tmp_path / "run2", _cfg())
+    assert not (tmp_path / "run2").exists()
 
 
 @pytest.mark.slow
