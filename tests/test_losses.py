@@ -385,21 +385,9 @@ def test_byol_loss_shape_mismatch_names_argument():
 def test_second_derivatives_are_refused_not_wrong():
     """The loss's backward is matrix products on saved softmax terms: differentiating it again
     would be wrong, so it raises (nothing in training needs it)."""
-    torch.manual_seed(0)
-    pred1, pred2 = torch.randn(2, 2, 3, 8, dtype=torch.float64, requires_grad=True)
-    target1, target2 = torch.randn(2, 2, 3, 8, dtype=torch.float64)
-    ids = torch.tensor([[0, 1, 1], [2, 0, 1]])
-    loss = detcon_loss(
-        pred1=pred1,
-        pred2=pred2,
-        target1=target1,
-        target2=target2,
-        pred_ids1=ids,
-        pred_ids2=ids,
-        target_ids1=ids,
-        target_ids2=ids,
-    )
+    _, floats, ids = _float64_case(0)
+    loss = detcon_loss(**floats, **ids)
     with pytest.raises(RuntimeError, match="no second derivative"):
-        torch.autograd.grad(loss, pred1, create_graph=True)
-    (grad,) = torch.autograd.grad(loss, pred1)  # first derivatives as usual
+        torch.autograd.grad(loss, floats["pred1"], create_graph=True)
+    (grad,) = torch.autograd.grad(loss, floats["pred1"])  # first derivatives as usual
     assert torch.isfinite(grad).all()

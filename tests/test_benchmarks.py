@@ -1,0 +1,101 @@
+"""Smoke tests of the benchmark scripts under benchmarks/: each runs at toy size (``--quick`` /
+``--tiny``) and prints its tables. No timing is asserted: the figures belong in the scripts'
+output (docs/performance.md), not in tests. Where a script checks a result itself it exits 1 on
+a mismatch, so a zero exit status also means that check held:
+
+- bench_augment: the optimised ``TwoViewGeometry`` gives the views and masks of the plain tv2
+  ``Compose`` reference it is timed against;
+- bench_loss: ``detcon_loss`` and lightly's ``DetConBLoss`` agree in value and gradient (without
+  lightly installed it still times ``detcon_loss`` and marks the comparison skipped);
+- bench_masks prints "NO" when the store does not hold exactly skimage's labels;
+- bench_ddp reports the 2-process vs 1-process equality (tests/test_train.py asserts it).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str, timeout: float = 120) -> str:
+    """stdout of ``benchmarks/<script> <args>``, which must exit 0."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+def test_bench_augment_quick_prints_tables():
+    out = _run("bench_augment.py", "--quick")
+    for needle in (
+        "machine:",
+        "date:",
+        "== paper profile sizes",
+        "== cpu profile sizes",
+        "== batched photometric",
+        "x16 cores",
+        "identical views and masks to the tv2 reference on the inputs checked: yes",
+    ):
+        assert needle in out, (needle, out)
+    verdicts = [line for line in out.splitlines() if line.rstrip().endswith(("pass", "MISS"))]
+    ratios = [line for line in verdicts if ">= 0.8x" in line]
+    assert len(ratios) == 10, out  # 7 paper-size + 3 cpu-profile comparisons against BYOL tv2
+    assert len(verdicts) - len(ratios) == 5, out  # can 16 cores feed the GPU: 4 loader rows + 1
+
+
+def test_bench_ddp_quick_prints_table():
+    out = _run("bench_ddp.py", "--quick", timeout=180)
+    for needle in ("machine:", "date:", "what", "target", "scaling efficiency", "img/s"):
+        assert needle in out, (needle, out)
+    rows = [line for line in out.splitlines() if line.startswith("|1p - 2p submitit env|")]
+    assert len(rows) == 4, out
+    for row in rows:
+        assert row.rstrip().endswith(("pass", "miss")), row
+
+
+def test_bench_loss_quick_prints_table():
+    out = _run("bench_loss.py", "--quick")
+    for needle in ("detcon_loss", "speedup", "target", "cpu profile", "machine:", "date:"):
+        assert needle in out, (needle, out)
+    rows = [line for line in out.splitlines() if line.startswith(("cpu profile", "small"))]
+    assert len(rows) == 2, out
+    for row in rows:
+        assert "ms" in row and ("pass" in row or "MISS" in row or "skip" in row), row
+
+
+def test_bench_masks_quick_prints_table():
+    out = _run("bench_masks.py", "--quick")
+    for needle in ("machine:", "date:", "what", "ratio", "target", "array workers N", "2-3 days"):
+        assert needle in out, (needle, out)
+    assert out.count("store holds skimage's labels exactly: yes") == 2, out
+    rows = [line for line in out.splitlines() if line.startswith(("imagenet store", "cpu store"))]
+    assert len(rows) == 4, out
+    for row in rows:
+        assert row.rstrip().endswith(("pass", "miss")), row
+
+
+def test_bench_step_quick_prints_the_table():
+    out = _run("bench_step.py", "--quick", "--rounds", "2")
+    assert "machine:" in out and "time / byol" in out
+    for method in ("detcon_b", "byol", "detcon_s", "simclr"):
+        assert f"{method} step" in out
+
+
+def test_bench_gpu_tiny_on_cpu_prints_every_figure():
+    variant = "bf16+cl+bench+foreach"
+    out = _run(
+        "bench_gpu.py", "--tiny", "--device", "cpu", "--quick",
+        "--variants", f"fp32,{variant}", "--e2e-variants", variant,
+    )  # fmt: skip
+    assert "machine:" in out and "img/s D/B" in out
+    assert f"{variant} (end to end)" in out and "fp32 (model-only)" in out
+    assert "targets:" in out and "n/a (tiny)" in out
+    assert "failed" not in out
