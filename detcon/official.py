@@ -793,16 +793,20 @@ def needs_tf_same_padding(path: str | Path) -> bool:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: expected a weights file")
-    if _is_release_file(path):
-        return True
+    return _is_release_file(path) or _tf_same_sidecar(path) is not None
+
+
+def _tf_same_sidecar(path: Path) -> dict[str, Any] | None:
+    """The ``.json`` sidecar :func:`import_official` wrote beside ``path`` when it says
+    ``"padding": "tf_same"``; None when there is no such sidecar."""
     sidecar = path.with_suffix(".json")
     if not sidecar.is_file():
-        return False
+        return None
     try:
         meta = json.loads(sidecar.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{sidecar} is not valid JSON: {exc}") from exc
-    return isinstance(meta, dict) and meta.get("padding") == "tf_same"
+    return meta if isinstance(meta, dict) and meta.get("padding") == "tf_same" else None
 
 
 def _release_source(path: Path) -> dict[str, str]:
@@ -904,14 +908,15 @@ def import_run(
         source = _release_source(path)
         label = chosen.label
     else:
-        if not needs_tf_same_padding(path):  # also the FileNotFoundError
+        state = _read_state(path, network)  # FileNotFoundError / not a checkpoint
+        meta = _tf_same_sidecar(path)
+        if meta is None:
             raise ValueError(
                 f"{path} is a state dict without a sidecar {path.with_suffix('.json').name} saying "
                 '"padding": "tf_same": expected a release .npy file or the .pt that `detcon '
                 "import-official --out` wrote from one (our own backbone.pt needs no import)"
             )
-        meta = json.loads(path.with_suffix(".json").read_text())
-        state, label = _read_state(path, network), meta.get("network", "state dict")
+        label = meta.get("network", "state dict")
         source = {k: meta.get(k, "") for k in ("source", "source_sha256")}
     arch = describe_resnet(resnet_from_state_dict(state))
     depth = arch.split()[0]
