@@ -343,6 +343,25 @@ def ratio_rows(t: Timings, pairs: Sequence[tuple[str, str, str]]) -> list[list[s
 # ------------------------------------------------------------------------------- sections
 
 
+def print_tables(
+    sec: Timings, labels: Mapping[str, str], pairs: Sequence[tuple[str, str, str]]
+) -> None:
+    """A section's two tables: per-sample times of the cases, then the ours/BYOL ratios."""
+    print(
+        table(
+            throughput_rows(sec, labels),
+            ["per-sample work (two views), 1 thread", "median ms", "samples/s/core"],
+        )
+    )
+    print()
+    print(
+        table(
+            ratio_rows(sec, pairs),
+            ["comparison (ours/BYOL samples/s)", "ours", "BYOL", "ratio", "target", ""],
+        )
+    )
+
+
 def paper_section(args: argparse.Namespace, tmp: Path) -> tuple[Timings, bool]:
     """Paper-size tables; returns seconds per sample by case and whether the views were
     identical to the tv2 reference."""
@@ -432,13 +451,6 @@ def paper_section(args: argparse.Namespace, tmp: Path) -> tuple[Timings, bool]:
         "F": f"F  ours batched photometric on CPU, per sample (B={batch})",
         "C+F": "C+F ours decode + geometry + photometric all on CPU",
     }
-    print(
-        table(
-            throughput_rows(sec, labels),
-            ["per-sample work (two views), 1 thread", "median ms", "samples/s/core"],
-        )
-    )
-    print()
     pairs = [
         ("geometry only, FH: A vs B", "A", "B"),
         ("geometry only, FH vs bilinear: A vs B'", "A", "B_bilinear"),
@@ -448,12 +460,7 @@ def paper_section(args: argparse.Namespace, tmp: Path) -> tuple[Timings, bool]:
         ("full per-sample CPU (ours: photometric on device): C vs E", "C", "E"),
         ("full, everything on CPU: C+F vs E", "C+F", "E"),
     ]
-    print(
-        table(
-            ratio_rows(sec, pairs),
-            ["comparison (ours/BYOL samples/s)", "ours", "BYOL", "ratio", "target", ""],
-        )
-    )
+    print_tables(sec, labels, pairs)
     print(
         f"speed-up of TwoViewGeometry over its tv2-dispatch version (A0 / A1): "
         f"{sec.ratio('A_geo', 'A_before'):.2f}x; identical views and masks to the tv2 "
@@ -498,24 +505,12 @@ def cpu_profile_section(args: argparse.Namespace) -> None:
         "F": f"F  ours batched photometric on CPU, per sample (B={batch})",
         "A+F": "A+F ours geometry + photometric all on CPU",
     }
-    print(
-        table(
-            throughput_rows(sec, labels),
-            ["per-sample work (two views), 1 thread", "median ms", "samples/s/core"],
-        )
-    )
-    print()
     pairs = [
         ("geometry only: A vs B", "A", "B"),
         ("full per-sample CPU (ours: photometric on device): A vs E", "A", "E"),
         ("full, everything on CPU: A+F vs E", "A+F", "E"),
     ]
-    print(
-        table(
-            ratio_rows(sec, pairs),
-            ["comparison (ours/BYOL samples/s)", "ours", "BYOL", "ratio", "target", ""],
-        )
-    )
+    print_tables(sec, labels, pairs)
 
 
 def photometric_section(args: argparse.Namespace) -> dict[int, float]:
