@@ -27,6 +27,7 @@ __all__ = [
     "convert_sync_batchnorm",
     "export_backbone",
     "repeated_rows",
+    "set_bn_momentum",
 ]
 
 # ResNet depths: torchvision's constructors for 18-152; ResNet-200 is the bottleneck [3, 24, 36, 3]
@@ -112,9 +113,14 @@ def build_backbone(cfg: ModelConfig) -> nn.Module:
         # zero_init_residual: the last BN gamma of each block starts at 0 (DESIGN §5.9).
         resnet = ResNet(block, layers, zero_init_residual=True)
         net = Backbone(resnet, 512 * block.expansion, 32)
+    return set_bn_momentum(net, cfg.bn_momentum)
+
+
+def set_bn_momentum(net: nn.Module, momentum: float) -> nn.Module:
+    """Every BatchNorm of ``net`` uses ``momentum`` (torch convention; ``model.bn_momentum``)."""
     for m in net.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.momentum = cfg.bn_momentum
+            m.momentum = momentum
     return net
 
 

@@ -64,13 +64,15 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from detcon.atomic import atomic_write, write_json
-from detcon.config import Backbone, PretrainConfig, load_pretrain_config, to_dict
+from detcon.config import Backbone, PretrainConfig, load_pretrain_config, merge, to_dict
 
 __all__ = [
     "HaikuResNet",
     "ImportSummary",
     "RELEASE_URL",
     "backbone_from_state",
+    "backbone_name",
+    "check_backbone",
     "convert_haiku_resnet",
     "describe_resnet",
     "import_official",
@@ -608,6 +610,29 @@ def describe_resnet(net: HaikuResNet) -> str:
     return f"resnet{depth}-like ({kind} blocks {blocks}, stem {stem}, widths {widths})"
 
 
+def backbone_name(net: HaikuResNet, where: str | Path) -> str:
+    """The ``model.backbone`` value of the imported ResNet ``net`` (its depth: ``resnet50`` for
+    any width), or a ValueError naming ``where`` when no config value describes it."""
+    arch = describe_resnet(net)
+    depth = arch.split()[0]
+    if depth not in _STANDARD_DEPTHS:
+        raise ValueError(
+            f"{where}: the weights are a {arch}, which no model.backbone names (expected one of "
+            f"{', '.join(_STANDARD_DEPTHS)})"
+        )
+    return depth
+
+
+def check_backbone(net: HaikuResNet, backbone: str, where: str | Path) -> None:
+    """Raise a ValueError naming ``where`` unless the imported ``net`` is ``model.backbone``."""
+    depth = backbone_name(net, where)
+    if depth != backbone:
+        raise ValueError(
+            f"{where} holds a {describe_resnet(net)} but the config says "
+            f"model.backbone={backbone!r}; set model.backbone={depth!r} for this checkpoint"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # TensorFlow "SAME" padding on torch modules
 # ---------------------------------------------------------------------------------------------
@@ -918,25 +943,15 @@ def import_run(
             )
         label = meta.get("network", "state dict")
         source = {k: meta.get(k, "") for k in ("source", "source_sha256")}
-    arch = describe_resnet(resnet_from_state_dict(state))
-    depth = arch.split()[0]
-    if depth not in _STANDARD_DEPTHS:
-        raise ValueError(
-            f"{path}: the weights are a {arch}, which no model.backbone names (expected one of "
-            f"{', '.join(_STANDARD_DEPTHS)})"
-        )
+    net = resnet_from_state_dict(state)
     if cfg is None:
-        data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in (overrides or {}).items()}
-        data.setdefault("model", {}).setdefault("backbone", depth)
-        cfg = load_pretrain_config(data, profile=profile)
-    if cfg.model.backbone != depth:
-        raise ValueError(
-            f"{path} holds a {arch} but the config says model.backbone={cfg.model.backbone!r}; "
-            f"set model.backbone={depth!r} for this checkpoint"
-        )
+        default = {"model": {"backbone": backbone_name(net, path)}}
+        cfg = load_pretrain_config(merge(default, overrides or {}), profile=profile)
+    check_backbone(net, cfg.model.backbone, path)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", to_dict(cfg))
+    arch = describe_resnet(net)
     _write_weights(run_dir / "backbone.pt", state, _weights_meta(source, label, arch))
     write_json(
         run_dir / "train_summary.json",

@@ -19,7 +19,13 @@ from torch import Tensor, nn
 from torchvision.models.resnet import ResNet
 
 from detcon.config import ConfigError, ModelConfig, PretrainConfig, from_dict
-from detcon.models import Backbone, SmallResNet, build_backbone, torchvision_resnet
+from detcon.models import (
+    Backbone,
+    SmallResNet,
+    build_backbone,
+    set_bn_momentum,
+    torchvision_resnet,
+)
 
 __all__ = [
     "BackboneStages",
@@ -123,18 +129,10 @@ def make_backbone(
     ``model_cfg.backbone``'s.
     """
     if tf_same:
-        from detcon.official import backbone_from_state, describe_resnet
+        from detcon.official import backbone_from_state, check_backbone
 
-        net = backbone_from_state(state).train()
-        depth = describe_resnet(net.net).split()[0]
-        if depth != model_cfg.backbone:
-            raise ValueError(
-                f"the imported weights are a {describe_resnet(net.net)}, not "
-                f"model.backbone={model_cfg.backbone!r}"
-            )
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.momentum = model_cfg.bn_momentum
+        net = set_bn_momentum(backbone_from_state(state).train(), model_cfg.bn_momentum)
+        check_backbone(net.net, model_cfg.backbone, "the imported weights")
     else:
         net = build_backbone(model_cfg)
         try:
