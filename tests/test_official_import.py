@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from haiku_files import haiku_modules
 from torch import nn
 
 from detcon.cli import main as cli_main
@@ -243,29 +244,7 @@ def test_deep_groups_map_multi_digit_block_indices():
     torch.manual_seed(0)
     src = HaikuResNet(stem_width=4, widths=(8, 8, 16, 16), blocks=(1, 1, 12, 1), bottleneck=True)
     sd = src.state_dict()
-    modules: dict[str, dict[str, np.ndarray]] = {}
-
-    def add_conv(haiku: str, tv: str) -> None:
-        modules[haiku] = {"w": sd[f"{tv}.weight"].permute(2, 3, 1, 0).numpy()}
-
-    def add_bn(haiku: str, tv: str) -> None:
-        keys = ("weight", "bias", "running_mean", "running_var")
-        vec = {k: sd[f"{tv}.{k}"].numpy().reshape(1, 1, 1, -1) for k in keys}
-        modules[haiku] = {"scale": vec["weight"], "offset": vec["bias"]}
-        modules[f"{haiku}/~/mean_ema"] = {"average": vec["running_mean"] + 0.5}
-        modules[f"{haiku}/~/var_ema"] = {"average": vec["running_var"] * 2.0}
-
-    add_conv("initial_conv", "conv1")
-    add_bn("initial_batchnorm", "bn1")
-    for g, n in enumerate((1, 1, 12, 1)):
-        for b in range(n):
-            hk, tv = f"block_group_{g}/~/block_{b}", f"layer{g + 1}.{b}"
-            for k in range(3):
-                add_conv(f"{hk}/~/conv_{k}", f"{tv}.conv{k + 1}")
-                add_bn(f"{hk}/~/batchnorm_{k}", f"{tv}.bn{k + 1}")
-            if b == 0:
-                add_conv(f"{hk}/~/shortcut_conv", f"{tv}.downsample.0")
-                add_bn(f"{hk}/~/shortcut_batchnorm", f"{tv}.downsample.1")
+    modules = haiku_modules(sd, mean_shift=0.5, var_scale=2.0)
     state = convert_haiku_resnet(modules)
     assert set(state) == set(sd)
     net = resnet_from_state_dict(state)
