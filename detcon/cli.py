@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -136,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except _USER_ERRORS as exc:
         msg = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0])
-        print(textwrap.fill(f"detcon {args.command}: error: {msg}", width=100), file=sys.stderr)
+        # One paragraph, not hard-wrapped: a wrap would split paths and URLs (and where it falls
+        # would depend on their length); terminals and log viewers wrap it for display.
+        print(f"detcon {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"detcon {args.command}: interrupted", file=sys.stderr)

@@ -164,9 +164,15 @@ def test_cli_import_writes_a_torchvision_state_dict_and_sidecar(ref, tmp_path, c
 
 
 def test_cli_reports_bad_input_as_one_paragraph(tmp_path, capsys):
-    assert cli_main(["import-official", str(tmp_path / "nope.npy"), "--out", "x.pt"]) == 2
+    # A path longer than any wrap width, with hyphens: it must come out whole, whatever the
+    # length of pytest's temporary directory (a 100-column wrap used to split it).
+    deep = tmp_path / ("a-very-long-directory-name-" * 5) / "sub-dir"
+    missing = deep / "nope.npy"
+    assert cli_main(["import-official", str(missing), "--out", "x.pt"]) == 2
     err = capsys.readouterr().err
-    assert "nope.npy not found" in err and "storage.googleapis.com/dm-detcon" in err
+    assert f"{missing} not found" in err
+    assert "https://storage.googleapis.com/dm-detcon/" in err
+    assert err.count("\n") == 1  # one paragraph, one line
 
 
 def test_refuses_pickles_that_would_run_code(tmp_path):
