@@ -263,26 +263,28 @@ def scaled_lr(optim: OptimConfig) -> float:
     return optim.base_lr * optim.batch_size / 256
 
 
-def steps_per_epoch(optim: OptimConfig, num_images: int) -> int:
-    """Optimiser steps per epoch (incomplete last batches are dropped, as the release does)."""
-    steps = num_images // optim.batch_size
-    if steps < 1:
+def _epochs_to_steps(epochs: float, optim: OptimConfig, num_images: int) -> int:
+    """``floor(epochs * N / B)``: the release repeats the dataset *before* batching
+    (detcon_b_config.py: ``max_steps = num_epochs * images_per_epoch // batch_size``), so a
+    batch may span two epochs and no image is dropped."""
+    if optim.batch_size > num_images:
         raise ConfigError(
             f"optim.batch_size={optim.batch_size} is larger than the dataset "
             f"({num_images} images): expected at most {num_images}"
         )
-    return steps
+    return math.floor(epochs * num_images / optim.batch_size)
 
 
 def total_steps(optim: OptimConfig, num_images: int) -> int:
-    """Length of the lr/EMA schedule in steps."""
-    return max(1, math.ceil(optim.epochs * steps_per_epoch(optim, num_images)))
+    """Length of the lr/EMA schedule in steps: ``floor(epochs * N / B)`` (at least 1)."""
+    return max(1, _epochs_to_steps(optim.epochs, optim, num_images))
 
 
 def warmup_steps(optim: OptimConfig, num_images: int) -> int:
-    """Warmup length in steps; the release warms up for epochs // 100 epochs by default."""
-    epochs = optim.warmup_epochs if optim.warmup_epochs >= 0 else float(int(optim.epochs) // 100)
-    return int(round(epochs * steps_per_epoch(optim, num_images)))
+    """Warmup length in steps, counted like :func:`total_steps`; the release warms up for
+    ``int(epochs // 100)`` epochs by default."""
+    epochs = optim.warmup_epochs if optim.warmup_epochs >= 0 else float(int(optim.epochs // 100))
+    return _epochs_to_steps(epochs, optim, num_images)
 
 
 # --------------------------------------------------------------------------- strict parsing

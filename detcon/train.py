@@ -320,7 +320,6 @@ def build_optimizer(
 def build_loader(
     cfg: PretrainConfig,
     dataset: torch.utils.data.Dataset,
-    steps_per_epoch: int,
     start: int,
     end: int,
     device: torch.device,
@@ -330,7 +329,7 @@ def build_loader(
     """This rank's batches of steps ``start..end-1`` (``cfg.data.num_workers`` workers; pinned
     memory when training on CUDA)."""
     sampler = StepBatchSampler(
-        len(dataset), cfg.optim.batch_size, steps_per_epoch, cfg.seed, start, end, rank, world
+        len(dataset), cfg.optim.batch_size, cfg.seed, start, end, rank, world
     )
     return DataLoader(
         dataset,
@@ -434,7 +433,7 @@ def pretrain(
     if (speed or SpeedOptions()).retain_host_memory:
         retain_freed_host_memory()
     device = _device(cfg)
-    dataset, spe = build_pretrain_dataset(cfg)
+    dataset = build_pretrain_dataset(cfg)
     n_total = total_steps(cfg.optim, len(dataset))
     planned_end = n_total if not cfg.train.max_steps else min(n_total, cfg.train.max_steps)
     end = planned_end if stop_after is None else min(planned_end, stop_after)
@@ -476,7 +475,7 @@ def pretrain(
                 },
             )
 
-    loader = build_loader(cfg, dataset, spe, start, end, device, rank, world)
+    loader = build_loader(cfg, dataset, start, end, device, rank, world)
     show = sys.stderr.isatty() if progress is None else progress
     from tqdm.auto import tqdm
 
@@ -506,7 +505,7 @@ def pretrain(
             if metrics_file is not None and step % cfg.train.log_every == 0:
                 row = {
                     "step": step,
-                    "epoch": step / spe,
+                    "epoch": step * cfg.optim.batch_size / len(dataset),
                     "loss": last_loss,
                     "lr": lr,
                     "tau": tau,

@@ -10,7 +10,6 @@ from detcon.config import (
     load_pretrain_config,
     parse_dotted,
     scaled_lr,
-    steps_per_epoch,
     to_dict,
     total_steps,
     warmup_steps,
@@ -88,12 +87,15 @@ def test_derived_values_are_computed_not_stored():
     optim = OptimConfig(batch_size=4096, epochs=1000)
     assert scaled_lr(optim) == pytest.approx(3.2)
     n = 1_281_167  # ImageNet train
-    assert steps_per_epoch(optim, n) == 312
-    assert total_steps(optim, n) == 312_000
-    assert warmup_steps(optim, n) == 10 * 312  # epochs // 100 warmup epochs
+    # The release repeats the dataset before batching (detcon_b_config.py): floor(E * N / B),
+    # not E * floor(N / B) = 312,000.
+    assert total_steps(optim, n) == 312_784
+    assert warmup_steps(optim, n) == 10 * n // 4096 == 3127  # epochs // 100 warmup epochs
     assert warmup_steps(OptimConfig(batch_size=4096, epochs=1000, warmup_epochs=0), n) == 0
+    assert total_steps(OptimConfig(batch_size=32, epochs=4), 1000) == 125  # 4000 // 32
+    assert total_steps(OptimConfig(batch_size=32, epochs=0.01), 1000) == 1  # at least one
     with pytest.raises(ConfigError, match="larger than the dataset"):
-        steps_per_epoch(OptimConfig(batch_size=64), 10)
+        total_steps(OptimConfig(batch_size=64), 10)
 
 
 def test_every_field_is_documented():

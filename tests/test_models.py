@@ -34,6 +34,28 @@ def test_small_backbone_stride(stride, grid):
     assert net(torch.zeros(2, 3, 64, 64)).shape == (2, 64, grid, grid)
 
 
+@pytest.mark.parametrize("backbone", ["small", "resnet18"])
+def test_weights_start_as_haiku_defaults(backbone):
+    """Release networks are Haiku modules: conv/linear weights ~ normal(0, 1/sqrt(fan_in))
+    truncated at 2 std (so their std is 0.88/sqrt(fan_in)), zero biases, BN scale 1 / offset 0
+    except the zeroed last BN of each block."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=backbone, small_width=16)
+    layers = [m for m in build_backbone(cfg).modules() if isinstance(m, torch.nn.Conv2d)]
+    layers += [m for m in MLP(256, 512, 64) if isinstance(m, torch.nn.Linear)]
+    checked = 0
+    for m in layers:
+        w = m.weight.detach()
+        bound = 2 * w[0].numel() ** -0.5
+        assert float(w.abs().max()) <= bound + 1e-7
+        if m.bias is not None:
+            assert float(m.bias.abs().max()) == 0.0
+        if w.numel() >= 4000:  # enough draws to pin the std to a few percent
+            assert float(w.std()) / bound * 2 == pytest.approx(0.8796, rel=0.05)
+            checked += 1
+    assert checked >= 3
+
+
 def test_mlp_head_shapes_and_layout():
     head = MLP(16, 32, 8)
     assert head(torch.randn(4, 5, 16)).shape == (4, 5, 8)

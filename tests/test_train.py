@@ -53,6 +53,30 @@ def _assert_same_state(a: dict, b: dict, atol: float = 0.0) -> None:
             torch.testing.assert_close(a[k].float(), b[k].float(), atol=atol, rtol=1e-4, msg=k)
 
 
+def test_batches_run_over_the_repeated_dataset_as_the_release():
+    """floor(E*N/B) steps over the concatenated epoch permutations: a batch may span two epochs,
+    every image is seen once per epoch, nothing is dropped; ranks split the global batch."""
+    from detcon.config import OptimConfig, total_steps
+    from detcon.data.pretrain import StepBatchSampler
+
+    n, batch, epochs = 10, 4, 3
+    steps = total_steps(OptimConfig(batch_size=batch, epochs=epochs), n)
+    assert steps == 7  # 30 // 4; the old E * (N // B) accounting gave 6 and skipped 6 images
+    items = [it for b in StepBatchSampler(n, batch, 0, 0, steps) for it in b]
+    assert len(items) == 28
+    for e in range(2):
+        epoch_items = items[e * n : (e + 1) * n]
+        assert {ep for ep, _ in epoch_items} == {e}
+        assert sorted(i for _, i in epoch_items) == list(range(n))  # a permutation per epoch
+    assert [ep for ep, _ in items[8:12]] == [0, 0, 1, 1]  # step 2 spans epochs 0 and 1
+    assert [i for _, i in items[:n]] != [i for _, i in items[n : 2 * n]]  # reshuffled
+    # a resumed sampler and two ranks see the same items
+    tail = [it for b in StepBatchSampler(n, batch, 0, 3, steps) for it in b]
+    assert tail == items[12:]
+    halves = [list(StepBatchSampler(n, batch, 0, 0, steps, rank=r, world_size=2)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*halves)] == list(StepBatchSampler(n, batch, 0, 0, steps))
+
+
 @pytest.mark.parametrize(
     "method,source,k",
     [("detcon_b", "fh", 4), ("detcon_s", "fh", 4), ("byol", "image", 1), ("simclr", "image", 1)],
@@ -65,7 +89,7 @@ def test_every_method_lowers_its_loss_on_a_fixed_batch(method, source, k):
 
     torch.manual_seed(0)
     cfg = tiny_cfg(method=method, masks={"source": source, "num_samples": k}, **NO_PHOTOMETRIC)
-    ds, _ = build_pretrain_dataset(cfg)
+    ds = build_pretrain_dataset(cfg)
     batch = collate_views([ds[(0, i)] for i in range(4)])
     from detcon.augment import normalize
 
