@@ -31,6 +31,7 @@ __all__ = [
     "BackboneStages",
     "backbone_from_run",
     "backbone_state",
+    "encoder_module",
     "load_run_config",
     "load_torchvision_resnet",
     "make_backbone",
@@ -78,7 +79,7 @@ def backbone_state(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = build_backbone(model_cfg)
-        return _inner(net).state_dict()
+        return encoder_module(net).state_dict()
     if backbone != "pretrained":
         raise ValueError(f"backbone={backbone!r}: expected 'pretrained' or 'random'")
     path = Path(run_dir) / BACKBONE_FILE
@@ -93,7 +94,7 @@ def backbone_state(
     return state
 
 
-def _inner(net: nn.Module) -> nn.Module:
+def encoder_module(net: nn.Module) -> nn.Module:
     """The module whose state dict is exported (``Backbone.net`` for ResNets)."""
     return net.net if isinstance(net, Backbone) else net
 
@@ -136,7 +137,7 @@ def make_backbone(
     else:
         net = build_backbone(model_cfg)
         try:
-            _inner(net).load_state_dict(state, strict=True)
+            encoder_module(net).load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ValueError(
                 f"backbone weights do not fit model.backbone={model_cfg.backbone!r}: {exc}"
@@ -208,7 +209,7 @@ class BackboneStages(nn.Module):
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
-        net = _inner(backbone)
+        net = encoder_module(backbone)
         if isinstance(net, SmallResNet):
             first = nn.Sequential(net.stem, net.layers[0])
             rest = list(net.layers[1:])
