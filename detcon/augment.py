@@ -1,4 +1,7 @@
-"""Two-view augmentation: joint image+mask geometry per sample, batched photometrics (DESIGN §5.1).
+"""Two-view augmentation: joint image+mask geometry per sample, batched photometrics.
+
+docs/design.md §4.1 describes the two views; here, where each step comes from in the release and
+where it differs.
 
 The official release (google-deepmind/detcon) splits augmentation in two and so do we:
 
@@ -56,7 +59,7 @@ Differences from the release, each with its reason (for ``docs/deviations.md``):
    different numbers. The release's ``color_transform.apply_prob`` (1.0 in the release) is dropped.
 8. *Normalisation.* The release normalises only when the dataset name starts with 'imagenet'
    (COCO pretraining images are left in [0, 1]); :func:`normalize` is applied to every dataset, as
-   DESIGN §5.1 says. Whether to call it is the caller's decision.
+   docs/design.md §4.1 says. Whether to call it is the caller's decision.
 """
 
 from __future__ import annotations
@@ -204,7 +207,7 @@ def release_crop_window(
 
 
 class TwoViewGeometry:
-    """Two random resized crops + horizontal flips of one image and its masks (DESIGN §5.1).
+    """Two random resized crops + horizontal flips of one image and its masks (docs/design.md §4.1).
 
     Args:
         crop_size: side ``S`` of each square output view in pixels (paper: 224).
@@ -212,7 +215,7 @@ class TwoViewGeometry:
         crop_ratio: range of the crop aspect ratio width/height (release: 3/4-4/3).
         flip_prob: probability of a horizontal flip of each view (release: 0.5).
         single_view: if True both views share *one* crop and flip (paper §5 "single-view
-            positives" ablation, DESIGN §5.7); photometrics are still drawn per view.
+            positives" ablation, docs/design.md §4.7); photometrics are still drawn per view.
 
     Randomness comes from torch's global RNG (the crop window as :func:`release_crop_window`,
     then one ``torch.rand(1)`` for the flip): seed it per sample (``torch.manual_seed``) in the
@@ -304,7 +307,7 @@ class TwoViewGeometry:
         img, msk = self._one_view(image, planes)
         first = (img, decode(msk))
         if self.single_view:
-            # One crop and flip shared by both branches (DESIGN §5.7).
+            # One crop and flip shared by both branches (docs/design.md §4.7).
             return first, (first[0].clone(), first[1].clone())
         img, msk = self._one_view(image, planes)
         return first, (img, decode(msk))

@@ -1,7 +1,7 @@
 """Frozen, typed pretraining configuration, parsed strictly from dicts and YAML.
 
-Each field carries a *why* in its ``help`` metadata (shown in errors and in ``detcon pretrain
---help-config``). Defaults are the paper profile (DESIGN §5); the cpu profile is a set of
+Each field carries a *why* in its ``help`` metadata (shown in errors and by ``detcon config
+--explain``). Defaults are the paper profile (docs/design.md §4); the cpu profile is a set of
 overrides in ``detcon/profiles/cpu.yaml``. Derived values (the batch-scaled learning rate, warmup
 and total steps) are computed by functions below and never written back into a config.
 """
@@ -78,7 +78,7 @@ class DataConfig:
 class MaskConfig:
     source: MaskSource = _f(
         "fh",
-        "where pretraining masks come from (DESIGN §5.10); 'image' is one "
+        "where pretraining masks come from (docs/design.md §4.10); 'image' is one "
         "mask covering the whole image (the SimCLR/BYOL special case)",
     )
     num_samples: int = _f(
@@ -208,7 +208,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    method: Method = _f("detcon_b", "detcon_b | detcon_s | byol | simclr (DESIGN §5, §5.11)")
+    method: Method = _f(
+        "detcon_b", "detcon_b | detcon_s | byol | simclr (docs/design.md §4, §4.11)"
+    )
     profile: Literal["paper", "cpu", "custom"] = _f(
         "custom", "which profile the defaults came from (informational)"
     )

@@ -1,6 +1,6 @@
 """``detcon run`` / ``detcon status``: validate an ablation grid, then run each point's notebooks.
 
-Flow (DESIGN §3): expand the ablation file into grid points; validate *every* point before
+Flow (docs/design.md §2): expand the ablation file into grid points; validate *every* point before
 anything is written or submitted (config, evaluation task names, notebook parameters, data paths,
 cluster profile); skip points whose ``summary.json`` exists and points locked by another process;
 then run each remaining point as one job through an executor:
@@ -75,7 +75,8 @@ NOTEBOOK_DIR = REPO / "notebooks"
 CLUSTER_DIR = REPO / "ablations" / "clusters"
 EVALUATE_NOTEBOOK = "evaluate"
 EXECUTORS = ("local", "slurm", "debug")
-# Evaluation tasks when detcon.evaluate cannot be imported (DESIGN §6); its TASKS wins otherwise.
+# Evaluation tasks when detcon.evaluate cannot be imported (docs/design.md §5); its TASKS wins
+# otherwise.
 _DESIGN_TASKS = ("segmentation", "depth", "linear", "detection")
 # Parameters the launcher sets itself, per stage; an ablation file may not set them.
 _LAUNCHER_PARAMETERS = {

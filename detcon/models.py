@@ -1,7 +1,7 @@
 """Backbones, MLP heads, cross-process BatchNorm and the one pretraining model.
 
-DetCon-B, DetCon-S, BYOL and SimCLR are configurations of :class:`PretrainModel` (DESIGN §5.5,
-§5.9, §5.11): the image-level baselines are the special case of one whole-image mask per view.
+DetCon-B, DetCon-S, BYOL and SimCLR are configurations of :class:`PretrainModel` (docs/design.md
+§4.5, §4.9, §4.11): the image-level baselines are the special case of one whole-image mask per view.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def build_backbone(cfg: ModelConfig) -> nn.Module:
         net: nn.Module = SmallResNet(cfg.small_width, cfg.small_stride)
     else:
         block, layers = _RESNET_LAYERS[cfg.backbone]
-        # zero_init_residual: the last BN gamma of each block starts at 0 (DESIGN §5.9).
+        # zero_init_residual: the last BN gamma of each block starts at 0 (docs/design.md §4.9).
         resnet = haiku_init_(ResNet(block, layers, zero_init_residual=True))
         net = Backbone(resnet, 512 * block.expansion, 32)
     return set_bn_momentum(net, cfg.bn_momentum)
@@ -245,7 +245,7 @@ class _CrossProcessBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Make every BatchNorm synchronise its statistics across processes (DESIGN §5.5).
+    """Make every BatchNorm synchronise its statistics across processes (docs/design.md §4.5).
 
     On CUDA torch's SyncBatchNorm is used; on CPU (gloo) our all-reduce BatchNorm.
     """

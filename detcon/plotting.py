@@ -1,4 +1,4 @@
-"""Figures of the DetCon ablation lab (DESIGN §1, §3: ``figures/<name>.{png,pdf}``).
+"""Figures of the DetCon ablation lab (docs/design.md §1, §2.5: ``figures/<name>.{png,pdf}``).
 
 Every function builds and returns a :class:`matplotlib.figure.Figure` without touching pyplot's
 global state (safe in notebooks, tests and headless cluster jobs); the caller saves it.

@@ -1,4 +1,4 @@
-"""Run directories of an ablation -> tidy tables (DESIGN §3: ``detcon report``).
+"""Run directories of an ablation -> tidy tables (docs/design.md §2.5: ``detcon report``).
 
 Everything is read from the files the library and the launcher write (docs/run-directory.md):
 ``status.json`` (state, error), ``summary.json`` (the row source of a finished point), else

@@ -12,7 +12,7 @@ def test_resnet_backbone_returns_the_stride_32_feature_map(name, channels):
     assert (net.out_channels, net.stride) == (channels, 32)
     with torch.no_grad():
         assert net(torch.zeros(1, 3, 224, 224)).shape == (1, channels, 7, 7)
-    # zero_init_residual: last BN gamma of every block is 0 (DESIGN §5.9)
+    # zero_init_residual: last BN gamma of every block is 0 (docs/design.md §4.9)
     last_bns = [
         b.bn3 if hasattr(b, "bn3") else b.bn2
         for layer in (net.net.layer1, net.net.layer4)

@@ -60,8 +60,9 @@ def build_base_dataset(cfg: PretrainConfig) -> Dataset:
 class PretrainDataset(Dataset):
     """Items are keyed by ``(epoch, index)``; each returns two views of image ``index``.
 
-    Masks are computed once per image at full resolution, before cropping (DESIGN §5.10), read
-    from a mask store when one is configured, else computed and kept in a per-process cache.
+    Masks are computed once per image at full resolution, before cropping (docs/design.md
+    §4.10), read from a mask store when one is configured, else computed and kept in a
+    per-process cache.
     """
 
     def __init__(self, base: Dataset, cfg: PretrainConfig) -> None:

@@ -1,10 +1,11 @@
-"""Downstream-evaluation settings: frozen dataclasses, one per task, grouped by profile (§6).
+"""Downstream-evaluation settings: frozen dataclasses, one per task, grouped by profile.
 
-Settings are data, not code: the two profiles are two values of :class:`EvalSettings` built below,
-and a test or a user changes a setting with ``dataclasses.replace``. ``cpu`` evaluates on the
-synthetic scenes (DESIGN §7) in a few minutes on two cores; ``paper`` names the paper's datasets
-(COCO, PASCAL VOC, Cityscapes, NYU-Depth v2, ImageNet) and transfer schedules. ``quick`` shrinks
-either to a smoke size for tests (STYLE: the smoke path is the production path at a smaller size).
+The tasks and profiles are described in docs/design.md §5. Settings are data, not code: the two
+profiles are two values of :class:`EvalSettings` built below, and a test or a user changes a
+setting with ``dataclasses.replace``. ``cpu`` evaluates on the synthetic scenes (docs/design.md
+§6) in a few minutes on two cores; ``paper`` names the paper's datasets (COCO, PASCAL VOC,
+Cityscapes, NYU-Depth v2, ImageNet) and transfer schedules. ``quick`` shrinks either to a smoke
+size for tests (docs/design.md §1: the smoke path is the production path at a smaller size).
 
 Paper-profile schedules are the usual transfer protocols that BYOL (Grill et al. 2020, App. D)
 and DetCon (Hénaff et al. 2021, §4 and App.) follow, as we read them; they are not taken from a
@@ -189,7 +190,7 @@ class EvalSettings:
 
 
 def cpu_settings(quick: bool = False) -> EvalSettings:
-    """The cpu profile on the synthetic scenes (DESIGN §6): frozen backbone, small heads.
+    """The cpu profile on the synthetic scenes (docs/design.md §5): frozen backbone, small heads.
 
     All tasks share one train/val scene set, so a frozen backbone's features are extracted once.
     ``quick``: 32 px scenes, a handful of images and steps (tests only; metrics are meaningless).
@@ -317,7 +318,7 @@ def with_eval_split(settings: EvalSettings, split: str) -> EvalSettings:
 
 
 def paper_settings(quick: bool = False) -> EvalSettings:
-    """The paper's transfer tasks (DESIGN §6), fine-tuning the whole backbone.
+    """The paper's transfer tasks (docs/design.md §5), fine-tuning the whole backbone.
 
     Dataset roots are relative to ``data_root``: ``coco/`` (COCO 2017), ``VOCdevkit/VOC2012``,
     ``cityscapes/``, ``nyu/`` (``nyu_depth_v2_labeled.mat``) and ``imagenet/`` (class folders).

@@ -1,4 +1,4 @@
-"""A sharded on-disk store of precomputed pretraining masks (DESIGN §5.10, §9).
+"""A sharded on-disk store of precomputed pretraining masks (docs/design.md §4.10, §7).
 
 Masks are computed once per full-resolution image, before cropping, as the release precomputes FH
 masks for ImageNet (``generate_fh_masks_for_imagenet.py``, sharded TFRecords). Layout of a store

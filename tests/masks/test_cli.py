@@ -25,7 +25,7 @@ def test_masks_quality_writes_the_table_in_the_expected_order(tmp_path, capsys):
     assert [r["source"] for r in rows] == ["grid", "fh", "mcg", "ground_truth"]
     assert {"source", "mean_best_iou", "coverage_at_50"} <= rows[0].keys()
     iou = [float(r["mean_best_iou"]) for r in rows]
-    # DESIGN §7: the synthetic scenes are tuned so that mask quality orders the sources
+    # docs/design.md §6: the synthetic scenes are tuned so that mask quality orders the sources
     assert iou[0] < iou[1] < iou[2] < iou[3] == 1.0
     assert "wrote" in capsys.readouterr().out
 
