@@ -286,3 +286,25 @@ def test_flatten_and_nest_are_inverse():
     assert nest(flat) == nested
     with pytest.raises(ConfigError, match="is given twice"):
         flatten({"masks.source": "fh", "masks": {"source": "grid"}})
+
+
+def test_two_grid_keys_are_an_error_not_half_a_grid(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        grid:
+          product: {masks.source: [grid, fh]}
+        grid:
+          product: {masks.source: [mcg]}
+        """,
+    )
+    with pytest.raises(
+        ConfigError, match=r"abl\.yaml: line 6: the key 'grid' is given twice \(first on line 4\)"
+    ):
+        load_ablation(path)
+
+
+def test_cluster_profile_with_a_key_given_twice_is_refused(tmp_path):
+    (tmp_path / "c.yaml").write_text("nodes: 1\nnodes: 2\n")
+    with pytest.raises(ConfigError, match=r"line 2: the key 'nodes' is given twice"):
+        load_cluster_profile(str(tmp_path / "c.yaml"))
