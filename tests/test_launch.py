@@ -427,3 +427,17 @@ def test_summary_rows_are_flat_and_name_their_source():
         "eval.linear.top1": 0.5,
         "eval_random.linear.top1": 0.1,
     }
+
+
+def test_a_run_directory_of_another_config_under_the_same_run_id_is_refused(tmp_path):
+    """Identity is the full config digest: a run id's short digest naming another point's
+    directory (a prefix collision across edits of a file) is never reused as done."""
+    path = grid3(tmp_path)
+    runs = tmp_path / "runs"
+    point = launch.prepare(path, runs_dir=runs).points[0]
+    run_dir = runs / "abl" / point.run_id
+    write_json(run_dir / "point.json", {**point.to_json(), "config_digest": "f" * 64})
+    with pytest.raises(ValueError, match=rf"{point.run_id}.*{'f' * 64}.*{point.digest}"):
+        launch.prepare(path, runs_dir=runs)
+    write_json(run_dir / "point.json", point.to_json())  # its own point: fine
+    launch.prepare(path, runs_dir=runs)
