@@ -421,6 +421,23 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return conv(cfg)
 
 
+def config_differences(old: Any, new: Any) -> list[str]:
+    """The dotted fields where two configs (or their dicts) differ, in field order, as
+    ``"optim.base_lr: 1.0 -> 0.5"`` (``old``'s value, then ``new``'s)."""
+
+    def leaves(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, Mapping):
+                out.update(leaves(value, f"{prefix}{key}."))
+            else:
+                out[prefix + key] = value
+        return out
+
+    a, b = leaves(to_dict(old)), leaves(to_dict(new))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in {**a, **b} if a.get(k) != b.get(k)]
+
+
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Recursive dict merge: ``override`` wins; nested mappings merge key by key."""
     out = dict(base)

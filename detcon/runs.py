@@ -117,8 +117,9 @@ def write_status(run_dir: str | Path, state: str, **fields: Any) -> dict[str, An
 # --------------------------------------------------------------------------- lock
 
 
-class PointBusyError(RuntimeError):
-    """Another process holds the point's lock (it is running elsewhere)."""
+class PointBusyError(BlockingIOError):
+    """Another process holds the point's lock (it is running elsewhere). A BlockingIOError, like
+    the refused ``flock`` it reports: the CLI shows it as a one-paragraph error."""
 
 
 def _lock_holder(path: Path) -> str:
@@ -154,7 +155,9 @@ def point_lock(run_dir: str | Path, *, wait: bool = False) -> Iterator[Path]:
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise PointBusyError(
-                    f"{run_dir} is locked by another process ({_lock_holder(path)})"
+                    f"{run_dir} is in use by another process ({_lock_holder(path)}, which holds "
+                    f"{path}): one directory, one writer; wait for it to finish, or use another "
+                    "directory"
                 ) from None
             raise
         os.ftruncate(fd, 0)

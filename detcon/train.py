@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from detcon.atomic import save_torch, write_json, write_text
+from detcon.atomic import naming_full_disk, save_torch, write_json, write_text
 from detcon.config import (
     PretrainConfig,
+    config_differences,
     from_dict,
     scaled_lr,
     to_dict,
@@ -35,6 +36,7 @@ from detcon.data.pretrain import (
 )
 from detcon.models import PretrainModel, convert_sync_batchnorm, export_backbone
 from detcon.optim import LARS, learning_rate, param_groups, target_ema
+from detcon.runs import point_lock
 
 __all__ = [
     "NonFiniteLossError",
@@ -56,8 +58,9 @@ CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept untouched."""
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint is kept untouched. (A
+    FloatingPointError: the CLI reports it as a one-paragraph error, the fix being a setting.)"""
 
 
 @dataclass(frozen=True)
@@ -140,18 +143,24 @@ def retain_freed_host_memory() -> bool:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``), with a clear error if it is unusable."""
+    """Read a checkpoint safely (``weights_only=True``).
+
+    Raises:
+        ValueError: the file is truncated, corrupt or not a detcon checkpoint; the message
+            names it and how to start over (it is never deleted here).
+    """
     path = Path(path)
+    fix = (
+        f"the run cannot resume from it: move it away (`mv {path} {path}.bad`) to train the run "
+        "from step 0, or put back a good copy"
+    )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the path and the cause
-        raise RuntimeError(
-            f"checkpoint {path} cannot be read ({exc}); delete it to start over"
-        ) from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for a damaged file
+        cause = " ".join(str(exc).split())[:300]
+        raise ValueError(f"{path} is truncated or corrupt ({cause}); {fix}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise RuntimeError(
-            f"checkpoint {path} is not a detcon checkpoint of format {CHECKPOINT_FORMAT}"
-        )
+        raise ValueError(f"{path} is not a detcon checkpoint of format {CHECKPOINT_FORMAT}; {fix}")
     return ckpt
 
 
@@ -412,6 +421,7 @@ def pretrain(
     progress: bool | None = None,
     stop_after: int | None = None,
     speed: SpeedOptions | None = None,
+    lock: bool = False,
 ) -> TrainResult:
     """Pretrain ``cfg`` into ``out_dir``, resuming from its checkpoint when there is one.
 
@@ -422,7 +432,41 @@ def pretrain(
         stop_after: stop (with a checkpoint) after this many steps in total; used to simulate an
             interruption. The schedule still spans the whole run.
         speed: speed switches that leave the results unchanged (benchmarks; not config fields).
+        lock: hold ``out_dir/.lock`` (:func:`detcon.runs.point_lock`, rank 0) while training:
+            one writer per run directory. ``detcon pretrain`` sets it; the launcher holds the
+            lock itself while its notebook calls this.
+
+    Raises:
+        NotADirectoryError: ``out_dir`` is an existing file.
+        PointBusyError: with ``lock``, another process holds the lock (the message names it).
+        ValueError: the checkpoint is damaged or was written for another config (naming the
+            fields that differ).
+        NonFiniteLossError: the loss became NaN or infinite (the last checkpoint is kept).
+        DiskFullError: no space left while writing a file (naming it; its last version kept).
     """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(
+            f"run directory {str(out)!r} is an existing file: expected a directory (or a path "
+            "that does not exist yet); choose another --out"
+        )
+    rank, _ = init_distributed()
+    if not lock or rank > 0:
+        return _pretrain(cfg, out, progress=progress, stop_after=stop_after, speed=speed)
+    out.mkdir(parents=True, exist_ok=True)
+    with point_lock(out):
+        return _pretrain(cfg, out, progress=progress, stop_after=stop_after, speed=speed)
+
+
+def _pretrain(
+    cfg: PretrainConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool | None = None,
+    stop_after: int | None = None,
+    speed: SpeedOptions | None = None,
+) -> TrainResult:
+    """The body of :func:`pretrain`, with the run directory held when it is locked."""
     out = Path(out_dir)
     rank, world = init_distributed()
     if cfg.optim.batch_size % world:
@@ -449,9 +493,11 @@ def pretrain(
         ckpt = load_checkpoint(ckpt_path)
         stored = from_dict(PretrainConfig, ckpt["config"])
         if to_dict(stored) != to_dict(cfg):
-            raise RuntimeError(
-                f"{ckpt_path} was written for a different config; expected the "
-                "same config to resume (use a new run directory)"
+            raise ValueError(
+                f"{ckpt_path} was written for a different config (checkpoint -> now: "
+                + "; ".join(config_differences(stored, cfg))
+                + "); resume with the run's own config (its config.json: --config "
+                f"{out / 'config.json'}), or train this one into a new run directory"
             )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -514,8 +560,9 @@ def pretrain(
                     "masks_present": float(outputs["masks_present"]),
                     "images_per_s": cfg.optim.batch_size / dt,
                 }
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
+                with naming_full_disk(out / "metrics.jsonl"):
+                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.flush()
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.3g}")
             bar.update(1)
             if (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < end:
@@ -537,7 +584,9 @@ def pretrain(
     )
     if rank == 0:
         save_torch(out / "backbone.pt", export_backbone(model))
-        if done == planned_end:
+        # A rerun of a finished run trains no step: it exports backbone.pt again (the fix for a
+        # damaged one) and keeps the summary of the steps that were trained.
+        if done == planned_end and (losses or not (out / "train_summary.json").exists()):
             write_json(
                 out / "train_summary.json",
                 {

@@ -173,3 +173,33 @@ def test_precompute_redoes_a_truncated_shard_and_pretrain_names_it(tmp_path, cap
     assert "shard-00001.npz is" in out and "computing it again" in out and "complete" in out
     assert shard.read_bytes() == good
     assert main(run) == 0
+
+
+def test_a_damaged_shard_read_in_a_loader_worker_is_one_paragraph(tmp_path, capsys):
+    store = tmp_path / "store"
+    assert _precompute("grid", store) == 0
+    shard = store / "shard-00001.npz"
+    flipped = bytearray(shard.read_bytes())
+    at = flipped.index(b"00001.npy") + len("00001.npy") + 100  # inside a member's data
+    flipped[at] ^= 0xFF
+    shard.write_bytes(bytes(flipped))  # same size: only reading it finds the damage
+    capsys.readouterr()
+    rc = main(
+        [
+            "pretrain",
+            "--quiet",
+            *TINY_PRETRAIN,
+            "--set",
+            "data.num_workers=1",
+            "--set",
+            "masks.source=grid",
+            "--set",
+            f"masks.store={store}",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "DataLoader worker" not in err and "Traceback" not in err
+    assert f"mask store shard {str(shard)!r} is" in err and "masks precompute" in err
