@@ -36,19 +36,6 @@ def _is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, _USER_ERRORS) or (isinstance(exc, OSError) and exc.errno in _DISK_FULL)
 
 
-def _message(exc: BaseException) -> str:
-    """The error's own text. torch re-raises an error of a DataLoader worker with the worker's
-    whole traceback as its message ("Caught ValueError in DataLoader worker process 0. Original
-    Traceback ..."): keep what follows the traceback, the worker's error itself."""
-    msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    lines = msg.rstrip().splitlines()
-    if lines and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
-        last_frame = max(i for i, line in enumerate(lines) if line[:1].isspace() or i == 0)
-        error = " ".join(lines[last_frame + 1 :]) or lines[-1]
-        msg = error.split(": ", 1)[1] if ": " in error else error
-    return msg
-
-
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from detcon.config import load_pretrain_config, load_yaml, merge, parse_dotted
     from detcon.train import pretrain
@@ -165,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if not _is_user_error(exc):
             raise
-        msg = _message(exc)
+        msg = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0])
         # One paragraph, not hard-wrapped: a wrap would split paths and URLs (and where it falls
         # would depend on their length); terminals and log viewers wrap it for display.
         print(f"detcon {args.command}: error: {msg}", file=sys.stderr)

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -351,6 +352,41 @@ def build_loader(
     )
 
 
+def _worker_message(exc: BaseException) -> str | None:
+    """The error message of a DataLoader worker process, which torch re-raises in the training
+    process with the worker's whole traceback as the message ("Caught ValueError in DataLoader
+    worker process 0. Original Traceback ..."); None for other errors."""
+    text = str(exc.args[0]) if exc.args else ""
+    lines = text.rstrip().splitlines()
+    if not lines or not (lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]):
+        return None
+    last_frame = max(i for i, line in enumerate(lines) if i == 0 or line[:1].isspace())
+    error = " ".join(lines[last_frame + 1 :]) or lines[-1]  # "ValueError: <message>"
+    return error.split(": ", 1)[1] if ": " in error else error
+
+
+def _batches(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
+    """The loader's batches; an error of a worker process is raised again with the worker's
+    own message (e.g. which mask-store shard failed to load and how to repair it), not its
+    traceback, which stays chained."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:
+            message = _worker_message(exc)
+            if message is None:
+                raise
+            try:
+                error = type(exc)(message)
+            except Exception:  # noqa: BLE001 - a type that needs other arguments: keep torch's
+                raise exc from None
+            raise error from exc
+        yield batch
+
+
 def train_step(
     model: PretrainModel,
     optimizer: LARS,
@@ -537,7 +573,7 @@ def _pretrain(
     metrics_file = (out / "metrics.jsonl").open("a") if rank == 0 else None
     t_run, last_loss, losses = time.perf_counter(), math.nan, []
     try:
-        for step, batch in enumerate(loader, start=start):  # noqa: B007
+        for step, batch in enumerate(_batches(loader), start=start):  # noqa: B007
             t0 = time.perf_counter()
             try:
                 res = train_step(model, optimizer, batch, step, ctx)
