@@ -553,6 +553,14 @@ def _check_data(point: GridPoint, overrides: Mapping[str, Any], where: Path) -> 
                 f"{shown}; set {key} under profiles.{point.profile}.overrides (or base) to the "
                 "directory"
             )
+    if cfg.masks.store:  # its source, parameters and shards; training checks the dataset too
+        from detcon.masks.sources import build_mask_source
+        from detcon.masks.store import open_for_training
+
+        try:
+            open_for_training(overrides["masks.store"], build_mask_source(cfg.masks))
+        except (ValueError, FileNotFoundError) as exc:
+            raise type(exc)(f"{where}: point {point.run_id}: {exc}") from None
 
 
 def _check_identity(point: GridPoint, run_dir: Path) -> None:

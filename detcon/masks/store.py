@@ -622,10 +622,13 @@ class MaskStore:
         )
 
 
-def open_for_training(out_dir: str | os.PathLike, source: MaskSource, dataset: Any) -> MaskStore:
+def open_for_training(
+    out_dir: str | os.PathLike, source: MaskSource, dataset: Any | None = None
+) -> MaskStore:
     """The store at ``out_dir`` for a run that would otherwise compute ``source``'s masks of
     ``dataset`` itself: made by the same source with the same parameters from the same dataset
-    (length and fingerprint), every shard written at its recorded size.
+    (length and fingerprint), every shard written at its recorded size. ``dataset`` None skips
+    the dataset's checks (the launcher, before submitting: reading data is the job's).
 
     Raises:
         ValueError: the store was made with another source, other parameters or from another
@@ -635,17 +638,10 @@ def open_for_training(out_dir: str | os.PathLike, source: MaskSource, dataset: A
             them).
     """
     store = MaskStore(out_dir)
-    asked = json.loads(
-        json.dumps(
-            {
-                "source": source.name,
-                "kind": source.kind,
-                "params": dict(source.params),
-                "dataset_length": len(dataset),
-                "dataset_fingerprint": _fingerprint(dataset),
-            }
-        )
-    )
+    asked = {"source": source.name, "kind": source.kind, "params": dict(source.params)}
+    if dataset is not None:
+        asked.update(dataset_length=len(dataset), dataset_fingerprint=_fingerprint(dataset))
+    asked = json.loads(json.dumps(asked))
     diffs = _differences(store.manifest, asked)
     if diffs:
         raise ValueError(
