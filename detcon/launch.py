@@ -554,6 +554,33 @@ def _check_data(point: GridPoint, overrides: Mapping[str, Any], where: Path) -> 
                 f"{shown}; set {key} under profiles.{point.profile}.overrides (or base) to the "
                 "directory"
             )
+    if cfg.masks.store:  # its source, parameters and shards; training checks the dataset too
+        from detcon.masks.sources import build_mask_source
+        from detcon.masks.store import open_for_training
+
+        try:
+            open_for_training(overrides["masks.store"], build_mask_source(cfg.masks))
+        except (ValueError, FileNotFoundError) as exc:
+            raise type(exc)(f"{where}: point {point.run_id}: {exc}") from None
+
+
+def _check_identity(point: GridPoint, run_dir: Path) -> None:
+    """A run directory is reused (resumed, or skipped as done) only by the point that made it:
+    the run id shows a prefix of the config digest, ``point.json`` records all of it. (Older
+    ``point.json`` files without it are taken as the point's.)"""
+    path = run_dir / "point.json"
+    if not path.is_file():
+        return
+    try:
+        recorded = (read_json(path) or {}).get("config_digest")
+    except (OSError, ValueError):
+        return  # unreadable: reported by `detcon status`, rewritten when the point runs
+    if recorded and recorded != point.digest:
+        raise ValueError(
+            f"run directory {run_dir} (run id {point.run_id}) holds another grid point: its "
+            f"point.json has config digest {recorded}, this point's is {point.digest} (their "
+            "first digits coincide); move that directory away to run this point"
+        )
 
 
 def _check_eval_data(ablation: Ablation, profile: str, data_root: Path) -> None:
@@ -647,6 +674,7 @@ def prepare(
         if check_data:
             _check_data(point, overrides, ablation.path)
         run_dir = (runs_root / point.run_id).absolute()
+        _check_identity(point, run_dir)
         params = {
             "profile": profile,
             "overrides": overrides,

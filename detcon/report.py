@@ -282,7 +282,13 @@ def build_report(
             directory (nothing was run yet).
         ConfigError: the ablation file is invalid.
         ValueError: ``mask_quality.csv`` lacks a column.
+        NotADirectoryError: ``figures_dir`` is an existing file.
     """
+    if Path(figures_dir).exists() and not Path(figures_dir).is_dir():
+        raise NotADirectoryError(
+            f"--figures-dir {str(figures_dir)!r} is an existing file: expected a directory for "
+            "the figures and tables (or a path that does not exist yet)"
+        )
     scan = scan_ablation(ablation_path, profile=profile, runs_dir=runs_dir)
     name = scan.ablation.name
     if (scan.status["state"] == "missing").all():

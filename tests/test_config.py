@@ -102,3 +102,48 @@ def test_every_field_is_documented():
     fields = describe_fields(PretrainConfig)
     assert len(fields) > 40
     assert all(help_text for _, help_text in fields), [n for n, h in fields if not h]
+
+
+def test_yaml_keys_given_twice_are_an_error_naming_key_and_lines(tmp_path, monkeypatch):
+    """PyYAML keeps the last of two equal keys: a second `grid:` silently dropped the first."""
+    from detcon import config
+    from detcon.config import load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("method: byol\noptim:\n  epochs: 2\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: line 4: the key 'epochs' is given twice"):
+        load_yaml(path)
+    path.write_text("optim: {epochs: 2, epochs: 3}\n")  # flow style, one line
+    with pytest.raises(ConfigError, match=r"line 1: the key 'epochs' is given twice"):
+        load_yaml(path)
+    with pytest.raises(ConfigError, match=r"method=\{a: 1, a: 2\}.*'a' is given twice"):
+        parse_dotted(["method={a: 1, a: 2}"])
+    # A packaged profile with a duplicate key is refused the same way.
+    monkeypatch.setattr(config, "available_profiles", lambda: ["cpu", "dup"])
+    real_files = config.resources.files
+
+    class Dup:
+        def joinpath(self, name):
+            return self
+
+        def read_text(self):
+            return "seed: 1\nseed: 2\n"
+
+    monkeypatch.setattr(
+        config.resources,
+        "files",
+        lambda pkg: Dup() if pkg == "detcon.profiles" else real_files(pkg),
+    )
+    with pytest.raises(ConfigError, match=r"profile 'dup'.*line 2: the key 'seed' is given twice"):
+        config.profile_overrides("dup")
+
+
+def test_yaml_merge_keys_still_work_and_tags_are_still_refused(tmp_path):
+    from detcon.config import load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("base: &b {epochs: 2, base_lr: 0.1}\noptim:\n  <<: *b\n  epochs: 3\n")
+    assert load_yaml(path)["optim"] == {"epochs": 3, "base_lr": 0.1}
+    path.write_text("method: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML.*python/object"):
+        load_yaml(path)

@@ -427,3 +427,42 @@ def test_summary_rows_are_flat_and_name_their_source():
         "eval.linear.top1": 0.5,
         "eval_random.linear.top1": 0.1,
     }
+
+
+def test_a_run_directory_of_another_config_under_the_same_run_id_is_refused(tmp_path):
+    """Identity is the full config digest: a run id's short digest naming another point's
+    directory (a prefix collision across edits of a file) is never reused as done."""
+    path = grid3(tmp_path)
+    runs = tmp_path / "runs"
+    point = launch.prepare(path, runs_dir=runs).points[0]
+    run_dir = runs / "abl" / point.run_id
+    write_json(run_dir / "point.json", {**point.to_json(), "config_digest": "f" * 64})
+    with pytest.raises(ValueError, match=rf"{point.run_id}.*{'f' * 64}.*{point.digest}"):
+        launch.prepare(path, runs_dir=runs)
+    write_json(run_dir / "point.json", point.to_json())  # its own point: fine
+    launch.prepare(path, runs_dir=runs)
+
+
+def test_a_mask_store_of_other_masks_is_refused_before_anything_runs(tmp_path, fake):
+    import numpy as np
+
+    from detcon.config import MaskConfig
+    from detcon.masks.store import precompute_store
+
+    images = [{"image": np.full((3, 8, 8), i, dtype=np.uint8)} for i in range(4)]
+    store = tmp_path / "store"
+    precompute_store(images, MaskConfig(source="grid"), store, shard_size=2, progress=False)
+    path = write_ablation(
+        tmp_path,
+        f"base: {{masks.store: {store}}}\ngrid:\n  product: {{masks.source: [grid, fh]}}\n",
+    )
+    with pytest.raises(
+        ValueError, match=r"point fh-s0-\w+: mask store .*source: store has 'grid', asked for 'fh'"
+    ):
+        launch.prepare(path, runs_dir=tmp_path / "runs")
+    (store / "shard-00001.npz").unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"point grid-s0-\w+: mask store .* 1 of 2 shards missing"
+    ):
+        launch.prepare(path, runs_dir=tmp_path / "runs")
+    assert fake.calls == []

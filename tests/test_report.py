@@ -206,3 +206,13 @@ def test_report_notebook_is_thin_parameterised_and_stripped():
     code = [c for c in cells if c["cell_type"] == "code"]
     assert all(not c["outputs"] and c["execution_count"] is None for c in code)
     assert any("build_report(" in "".join(c["source"]) for c in code)
+
+
+def test_figures_dir_that_is_a_file_is_one_paragraph(tmp_path, capsys):
+    path, runs, _ = make_fake_runs(tmp_path)
+    taken = tmp_path / "figures"
+    taken.write_text("a file")
+    rc = cli.main(["report", str(path), "--runs-dir", str(runs), "--figures-dir", str(taken)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and f"--figures-dir {str(taken)!r}" in err
+    assert taken.read_text() == "a file"

@@ -198,7 +198,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
     pretrain(tiny_cfg(train={"max_steps": 2, "threads": 1}), tmp_path, progress=False)
-    with pytest.raises(RuntimeError, match="different config"):
+    with pytest.raises(ValueError, match=r"different config \(checkpoint -> now: seed: 0 -> 1\)"):
         pretrain(tiny_cfg(seed=1, train={"max_steps": 2, "threads": 1}), tmp_path, progress=False)
 
 
@@ -243,3 +243,173 @@ def test_two_process_gloo_equals_one_process(tmp_path, method):
     two = [json.loads(x)["loss"] for x in (tmp_path / "ddp" / "metrics.jsonl").open()]
     assert one == pytest.approx(two, rel=1e-4, abs=1e-5)
     _assert_same_state(_final_state(tmp_path / "single"), _final_state(tmp_path / "ddp"), atol=1e-4)
+
+
+# ------------------------------------------------------------------ one writer, user errors
+
+TINY_ARGS = [
+    "--quiet",
+    *("--set", "data.num_images=16", "--set", "data.scene_size=32"),
+    *("--set", "masks.fh_min_size=16", "--set", "augment.crop_size=32"),
+    *("--set", "model.small_width=4", "--set", "model.head_hidden=32"),
+    *("--set", "model.head_out=16", "--set", "optim.batch_size=4", "--set", "optim.epochs=2"),
+    *("--set", "train.checkpoint_every=2", "--set", "train.threads=1"),
+    *("--set", "data.num_workers=0"),
+]
+
+
+def _cli(capsys, *argv):
+    """``detcon pretrain ...`` in this process: (exit code, stderr)."""
+    from detcon.cli import main
+
+    capsys.readouterr()
+    rc = main(["pretrain", *TINY_ARGS, *argv])
+    return rc, capsys.readouterr().err
+
+
+def _one_paragraph(err: str) -> str:
+    assert err.startswith("detcon pretrain: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_a_second_pretrain_into_a_directory_in_use_is_refused_naming_the_holder(tmp_path, capsys):
+    """Two `pretrain --out D` both exited 0 and D held only the second run."""
+    from detcon.runs import point_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with point_lock(run):  # what a running `detcon pretrain --out run` (or the launcher) holds
+        rc, err = _cli(capsys, "--set", "train.max_steps=2", "--out", str(run))
+    assert rc == 2
+    assert f"pid {os.getpid()} on host {socket.gethostname()}" in _one_paragraph(err)
+    assert not (run / "config.json").exists() and not (run / "checkpoint.pt").exists()
+
+
+def test_the_name_a_dead_holder_left_in_the_lock_file_blocks_nobody(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (run / ".lock").write_text(f"{socket.gethostname()} {dead}\n")  # killed -9 while holding
+    rc, err = _cli(capsys, "--set", "train.max_steps=2", "--out", str(run))
+    assert rc == 0, err
+    assert (run / "train_summary.json").exists()
+
+
+def test_pretrain_into_an_existing_file_is_one_paragraph(tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.write_text("not a run")
+    rc, err = _cli(capsys, "--out", str(out))
+    assert rc == 2 and f"{str(out)!r} is an existing file" in _one_paragraph(err)
+    assert out.read_text() == "not a run"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_corrupt_checkpoint_is_named_with_the_fix_and_kept(tmp_path, capsys, damage):
+    rc, err = _cli(
+        capsys, "--set", "train.max_steps=4", "--stop-after", "2", "--out", str(tmp_path)
+    )
+    assert rc == 0, err
+    ckpt = tmp_path / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00" * 64)
+    damaged = ckpt.read_bytes()
+    rc, err = _cli(capsys, "--set", "train.max_steps=4", "--out", str(tmp_path))
+    assert rc == 2
+    assert f"{ckpt} is truncated or corrupt" in _one_paragraph(err) and f"mv {ckpt}" in err
+    assert ckpt.read_bytes() == damaged
+
+
+def test_resuming_with_another_config_names_the_differing_fields(tmp_path, capsys):
+    rc, err = _cli(
+        capsys, "--set", "train.max_steps=4", "--stop-after", "2", "--out", str(tmp_path)
+    )
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    rc, err = _cli(
+        capsys,
+        "--set",
+        "train.max_steps=4",
+        "--set",
+        "seed=1",
+        "--set",
+        "optim.base_lr=0.5",
+        "--out",
+        str(tmp_path),
+    )
+    assert rc == 2
+    _one_paragraph(err)
+    assert "optim.base_lr: 1.0 -> 0.5" in err
+    assert "seed: 0 -> 1" in err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+
+
+def test_a_non_finite_loss_is_one_paragraph_and_keeps_the_checkpoint(tmp_path, capsys, monkeypatch):
+    rc, err = _cli(
+        capsys, "--set", "train.max_steps=6", "--stop-after", "2", "--out", str(tmp_path)
+    )
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    from detcon import models
+
+    real = models.PretrainModel.forward
+    monkeypatch.setattr(
+        models.PretrainModel,
+        "forward",
+        lambda self, *a, **kw: {**real(self, *a, **kw), "loss": torch.tensor(float("inf"))},
+    )
+    rc, err = _cli(capsys, "--set", "train.max_steps=6", "--out", str(tmp_path))
+    assert rc == 2 and "loss is inf at step 2" in _one_paragraph(err)
+    assert str(tmp_path / "checkpoint.pt") in err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    import errno
+
+    rc, err = _cli(
+        capsys, "--set", "train.max_steps=4", "--stop-after", "2", "--out", str(tmp_path)
+    )
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    rc, err = _cli(capsys, "--set", "train.max_steps=4", "--out", str(tmp_path))
+    assert rc == 2
+    assert (
+        f"no space left on the disk while writing {tmp_path / 'checkpoint.pt'}"
+        in _one_paragraph(err)
+    )
+    assert "free there" in err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_rerunning_a_finished_run_keeps_its_summary(tmp_path, capsys):
+    """The fix named for a damaged backbone.pt (pretrain again with the run's config.json) must
+    export it again without replacing train_summary.json by one of a run of no steps."""
+    rc, err = _cli(capsys, "--set", "train.max_steps=2", "--out", str(tmp_path))
+    summary = (tmp_path / "train_summary.json").read_text()
+    backbone = (tmp_path / "backbone.pt").read_bytes()
+    (tmp_path / "backbone.pt").write_bytes(backbone[:100])
+    from detcon.cli import main
+
+    assert (
+        main(
+            [
+                "pretrain",
+                "--quiet",
+                "--config",
+                str(tmp_path / "config.json"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "backbone.pt").read_bytes() == backbone
+    assert (tmp_path / "train_summary.json").read_text() == summary

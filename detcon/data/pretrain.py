@@ -81,15 +81,10 @@ class PretrainDataset(Dataset):
             single_view=aug.single_view,
         )
         self.store = None
-        if cfg.masks.store:
-            from detcon.masks.store import MaskStore
+        if cfg.masks.store:  # must hold what self.source would compute from base
+            from detcon.masks.store import open_for_training
 
-            self.store = MaskStore(cfg.masks.store)
-            if len(self.store) != len(base):
-                raise ValueError(
-                    f"mask store {cfg.masks.store!r} holds {len(self.store)} images "
-                    f"but the dataset has {len(base)}; expected the same dataset"
-                )
+            self.store = open_for_training(cfg.masks.store, self.source, base)
         self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:

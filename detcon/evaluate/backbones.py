@@ -88,7 +88,21 @@ def backbone_state(
             f"{path} not found: expected the encoder weights that `detcon pretrain` exports at the "
             "end of training (or evaluate backbone='random' for the baseline)"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    return _load_weights(path)
+
+
+def _load_weights(path: Path) -> dict[str, Tensor]:
+    """An exported encoder's state dict, read safely; a damaged file is named with the fix."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for a damaged file
+        cause = " ".join(str(exc).split())[:300]
+        raise ValueError(
+            f"{path} is truncated or corrupt ({cause}): export it again from the run's "
+            f"checkpoint with `detcon pretrain --config {path.parent / 'config.json'} --out "
+            f"{path.parent}` (a finished run trains no further step), or, for an imported "
+            "official checkpoint, rerun `detcon import-official`"
+        ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict of tensors")
     return state
@@ -183,7 +197,7 @@ def load_torchvision_resnet(
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: expected an exported backbone.pt")
-        weights = torch.load(path, map_location="cpu", weights_only=True)
+        weights = _load_weights(path)
     try:
         net = torchvision_resnet(name)
     except AttributeError as exc:
