@@ -430,6 +430,7 @@ def _run_locked(spec: PointSpec) -> dict[str, Any]:
             read_json(run_dir / "train_summary.json"),
             evaluation,
             read_json(run_dir / "eval_random.json") if evaluation is not None else None,
+            read_json(run_dir / "eval_supervised.json") if evaluation is not None else None,
         )
         write_json(run_dir / "summary.json", summary)
         notebook = Path(current).with_suffix(".html").name

@@ -266,19 +266,26 @@ def flatten_summary(
     train_summary: Mapping[str, Any] | None,
     evaluation: Mapping[str, Any] | None,
     random_baseline: Mapping[str, Any] | None = None,
+    supervised_ceiling: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One flat row per point, the source of the report tables (``summary.json``).
 
     Keys: ``ablation``, ``run_id``, ``profile``; the point's parameters under their dotted
     config keys (``method``, ``masks.source``, ``seed``); ``pretrain.<key>`` from
-    ``train_summary.json``; ``eval.<task>.<metric>`` from ``eval.json`` and
-    ``eval_random.<task>.<metric>`` from ``eval_random.json`` (the random-init baseline).
+    ``train_summary.json``; ``eval.<task>.<metric>`` from ``eval.json``,
+    ``eval_random.<task>.<metric>`` from ``eval_random.json`` (the random-init baseline: the
+    floor) and ``eval_supervised.<task>.<metric>`` from ``eval_supervised.json`` (the encoder
+    trained on the probe's labels: the ceiling).
     """
     row: dict[str, Any] = {k: point[k] for k in ("ablation", "run_id", "profile")}
     row.update(point.get("params", {}))
     for key, value in (train_summary or {}).items():
         row[f"pretrain.{key}"] = value
-    for prefix, results in (("eval", evaluation), ("eval_random", random_baseline)):
+    for prefix, results in (
+        ("eval", evaluation),
+        ("eval_random", random_baseline),
+        ("eval_supervised", supervised_ceiling),
+    ):
         for task, metrics in (results or {}).items():
             if isinstance(metrics, Mapping):
                 for metric, value in metrics.items():

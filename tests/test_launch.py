@@ -51,7 +51,8 @@ def write_ablation(tmp_path: Path, text: str, name: str = "abl") -> Path:
 class FakeNotebooks:
     """Stands in for papermill: writes the executed notebook and the files the real notebooks
     write. A point with ``masks.grid_size == 3`` fails in its pretrain notebook; with
-    ``fail_eval`` set, every evaluate notebook fails."""
+    ``fail_eval`` set, every evaluate notebook fails. The evaluate notebook writes the floor and
+    the ceiling when its parameters ask for them."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -68,6 +69,10 @@ class FakeNotebooks:
             if self.fail_eval:
                 raise RuntimeError("evaluation exploded")
             write_json(run_dir / "eval.json", {"linear": {"top1": 0.5}})
+            if parameters.get("random_baseline"):
+                write_json(run_dir / "eval_random.json", {"linear": {"top1": 0.1}})
+            if parameters.get("supervised_ceiling"):
+                write_json(run_dir / "eval_supervised.json", {"linear": {"top1": 0.9}})
             return
         overrides = dict(parameters["overrides"])
         if overrides.get("masks.grid_size") == 3:
@@ -304,6 +309,24 @@ def test_a_requeued_point_skips_finished_pretraining(tmp_path, fake):
     assert result.ran == [rid] and fake.calls == [(rid, "evaluate")]
 
 
+def test_the_floor_and_the_ceiling_reach_summary_json(tmp_path, fake):
+    """The evaluate notebook's reference parameters are accepted in an ablation file (checked
+    against the notebook) and what they write is carried into summary.json."""
+    path = write_ablation(
+        tmp_path,
+        "grid: {point: {}}\nevaluate: [linear]\n"
+        "parameters: {evaluate: {random_baseline: true, supervised_ceiling: true}}\n",
+    )
+    (spec,) = launch.prepare(path, check_data=False).specs
+    assert spec.eval_parameters["supervised_ceiling"] is True
+    result = launch.run_ablation(path, runs_dir=tmp_path / "runs", echo=lambda line: None)
+    (rid,) = result.ran
+    summary = json.loads((tmp_path / "runs" / "abl" / rid / "summary.json").read_text())
+    assert summary["eval.linear.top1"] == 0.5
+    assert summary["eval_random.linear.top1"] == 0.1
+    assert summary["eval_supervised.linear.top1"] == 0.9
+
+
 def test_a_notebook_that_trains_another_config_fails_the_point(tmp_path, fake):
     fake.wrong_config = True
     path = write_ablation(tmp_path, "grid: {point: {}}\n")
@@ -379,7 +402,7 @@ def test_end_to_end_local_run_with_real_notebooks(tmp_path, capsys):
         evaluate: [linear]
         parameters:
           pretrain: {{num_examples: 1}}
-          evaluate: {{quick: true, device: cpu}}
+          evaluate: {{quick: true, device: cpu, random_baseline: true, supervised_ceiling: true}}
         """),
         "tiny",
     )
@@ -403,6 +426,8 @@ def test_end_to_end_local_run_with_real_notebooks(tmp_path, capsys):
         assert (d / name).exists(), name
     summary = json.loads((d / "summary.json").read_text())
     assert summary["pretrain.steps"] == 2 and "eval.linear.top1" in summary
+    # the notebook's floor and ceiling (eval_random.json, eval_supervised.json) reach the summary
+    assert "eval_random.linear.top1" in summary and "eval_supervised.linear.top1" in summary
     executed = nbformat.read(str(d / "pretrain.ipynb"), as_version=4)
     tags = [c.metadata.get("tags", []) for c in executed.cells]
     assert ["injected-parameters"] in tags
@@ -417,7 +442,13 @@ def test_end_to_end_local_run_with_real_notebooks(tmp_path, capsys):
 
 def test_summary_rows_are_flat_and_name_their_source():
     point = {"ablation": "a", "run_id": "r", "profile": "cpu", "params": {"masks.source": "fh"}}
-    row = flatten_summary(point, {"steps": 3}, {"linear": {"top1": 0.5}}, {"linear": {"top1": 0.1}})
+    row = flatten_summary(
+        point,
+        {"steps": 3},
+        {"linear": {"top1": 0.5}},
+        {"linear": {"top1": 0.1}},
+        {"linear": {"top1": 0.9}},
+    )
     assert row == {
         "ablation": "a",
         "run_id": "r",
@@ -426,6 +457,7 @@ def test_summary_rows_are_flat_and_name_their_source():
         "pretrain.steps": 3,
         "eval.linear.top1": 0.5,
         "eval_random.linear.top1": 0.1,
+        "eval_supervised.linear.top1": 0.9,
     }
 
 
