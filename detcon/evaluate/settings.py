@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "DataSpec",
@@ -59,6 +59,9 @@ class DataSpec:
     image_size: int = 96
     # Fixed, independent of the pretraining seed: every run is scored on the same scenes.
     seed: int = 0
+    # synthetic: the scene difficulty (a detcon.data.synthetic.SceneSpec; None: its defaults).
+    # evaluate_run sets it from the run's config, so runs are scored on scenes like their own.
+    difficulty: Any = None
 
 
 @dataclass(frozen=True)
