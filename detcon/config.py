@@ -71,6 +71,18 @@ class DataConfig:
     scene_size: int = _f(
         96, "synthetic: side of a generated scene in pixels (before cropping)", 16, 4096
     )
+    # Scene difficulty (detcon.data.synthetic.SceneSpec); evaluation scores a run on scenes made
+    # the same way, so the probes measure what the pretraining data holds.
+    scene_classes: int = _f(8, "synthetic: object classes (shape + texture), first n of 8", 1, 8)
+    scene_objects: tuple[int, int] = _f(
+        (5, 12), "synthetic: objects per scene, drawn uniformly in [min, max]", 1, 64
+    )
+    scene_radius: tuple[float, float] = _f(
+        (0.05, 0.2),
+        "synthetic: object radius (disc of equal area) as a fraction of the side, log-uniform",
+        0.01,
+        0.5,
+    )
     num_workers: int = _f(0, "DataLoader worker processes (0 = in the training process)", 0, 256)
 
 
@@ -247,12 +259,12 @@ class PretrainConfig:
                 f"loss.negative_groups={self.loss.negative_groups} must divide "
                 f"optim.batch_size={self.optim.batch_size}"
             )
-        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
-            lo, hi = getattr(self.augment, name)
+        pairs = [(f"augment.{n}", getattr(self.augment, n)) for n in ("crop_scale", "crop_ratio")]
+        pairs += [("augment.blur_sigma", self.augment.blur_sigma)]
+        pairs += [(f"data.{n}", getattr(self.data, n)) for n in ("scene_objects", "scene_radius")]
+        for name, (lo, hi) in pairs:
             if lo > hi:
-                raise ConfigError(
-                    f"augment.{name}=({lo}, {hi}): the first value must be <= the second"
-                )
+                raise ConfigError(f"{name}=({lo}, {hi}): the first value must be <= the second")
         if self.model.backbone == "small" and self.model.small_stride not in (8, 16):
             raise ConfigError(f"model.small_stride={self.model.small_stride}: expected 8 or 16")
 

@@ -147,3 +147,21 @@ def test_yaml_merge_keys_still_work_and_tags_are_still_refused(tmp_path):
     path.write_text("method: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="not valid YAML.*python/object"):
         load_yaml(path)
+
+
+def test_scene_difficulty_is_configuration():
+    """The synthetic scenes' difficulty lives in the config (cpu recipe), checked like any field,
+    and becomes the SceneSpec that pretraining and evaluation generate scenes with."""
+    from detcon.data.synthetic import SceneSpec
+
+    cfg = load_pretrain_config(
+        {"data": {"scene_classes": 4, "scene_objects": [2, 6], "scene_radius": [0.1, 0.3]}},
+        profile="cpu",
+    )
+    spec = SceneSpec.from_config(cfg.data)
+    assert (spec.num_object_classes, spec.min_objects, spec.max_objects) == (4, 2, 6)
+    assert spec.radius_range == (0.1, 0.3)
+    with pytest.raises(ConfigError, match=r"data.scene_objects=\(6, 2\)"):
+        load_pretrain_config({"data": {"scene_objects": [6, 2]}}, profile="cpu")
+    with pytest.raises(ConfigError, match="scene_classes"):
+        load_pretrain_config({"data": {"scene_classes": 9}}, profile="cpu")

@@ -43,10 +43,14 @@ def build_base_dataset(cfg: PretrainConfig) -> Dataset:
     ``instances`` and ``key``)."""
     data = cfg.data
     if data.dataset == "synthetic":
-        from detcon.data.synthetic import SyntheticScenes
+        from detcon.data.synthetic import SceneSpec, SyntheticScenes
 
         return SyntheticScenes(
-            split="train", num_images=data.num_images, size=data.scene_size, seed=cfg.seed
+            split="train",
+            num_images=data.num_images,
+            size=data.scene_size,
+            seed=cfg.seed,
+            difficulty=SceneSpec.from_config(data),
         )
     from detcon.data import readers
 

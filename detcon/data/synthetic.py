@@ -204,6 +204,16 @@ class SceneSpec:
         object.__setattr__(self, "texture_contrast", tuple(float(x) for x in self.texture_contrast))
         object.__setattr__(self, "distractor_range", tuple(int(x) for x in self.distractor_range))
 
+    @classmethod
+    def from_config(cls, data: Any) -> SceneSpec:
+        """The spec a :class:`detcon.config.DataConfig` names (its ``scene_*`` fields)."""
+        return cls(
+            num_object_classes=data.scene_classes,
+            min_objects=data.scene_objects[0],
+            max_objects=data.scene_objects[1],
+            radius_range=tuple(data.scene_radius),
+        )
+
     def digest(self) -> str:
         """Short stable hash of the knobs (names the cache directory of scenes made with it)."""
         text = json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -27,7 +27,13 @@ from detcon.evaluate.detection import evaluate_detection
 from detcon.evaluate.features import FeatureBank
 from detcon.evaluate.linear import evaluate_linear
 from detcon.evaluate.segmentation import evaluate_segmentation, supervised_state
-from detcon.evaluate.settings import TASKS, EvalSettings, get_settings, with_eval_split
+from detcon.evaluate.settings import (
+    TASKS,
+    EvalSettings,
+    get_settings,
+    with_eval_split,
+    with_scene_difficulty,
+)
 
 __all__ = ["default_out_name", "evaluate_run", "resolve_device"]
 
@@ -125,6 +131,10 @@ def evaluate_run(
             "(for the paper profile, import an ImageNet-supervised checkpoint instead)"
         )
     cfg = load_run_config(run_dir)  # fails early, before any work, on a bad run directory
+    if cfg.data.dataset == "synthetic":
+        from detcon.data.synthetic import SceneSpec
+
+        settings = with_scene_difficulty(settings, SceneSpec.from_config(cfg.data))
     initial = "random" if backbone == "supervised" else backbone
     state = backbone_state(run_dir, cfg.model, backbone=initial, seed=seed)
     tf_same = weights_need_tf_same(run_dir, backbone)

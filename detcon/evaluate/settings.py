@@ -30,6 +30,7 @@ __all__ = [
     "get_settings",
     "paper_settings",
     "with_eval_split",
+    "with_scene_difficulty",
 ]
 
 # Task kinds, in the order evaluate_run runs them.
@@ -304,16 +305,36 @@ def with_eval_split(settings: EvalSettings, split: str) -> EvalSettings:
     """
     if not split:
         raise ValueError("split: expected a split name such as 'val' or 'test'")
+    return _replace_data(
+        settings, lambda d: dataclasses.replace(d, val_split=split), tasks_only=True
+    )
+
+
+def with_scene_difficulty(settings: EvalSettings, difficulty: Any) -> EvalSettings:
+    """``settings`` with every synthetic dataset generated with ``difficulty`` (a SceneSpec):
+    a run is scored on scenes made like the ones it was pretrained on."""
+
+    def scenes(d: DataSpec) -> DataSpec:
+        return dataclasses.replace(d, difficulty=difficulty) if d.dataset == "synthetic" else d
+
+    return _replace_data(settings, scenes, tasks_only=False)
+
+
+def _replace_data(settings: EvalSettings, fn, *, tasks_only: bool) -> EvalSettings:
+    """``settings`` with ``fn`` applied to the DataSpec of every task (and of the supervised
+    recipe unless ``tasks_only``: it trains on a training split only)."""
 
     def move(s):
-        return dataclasses.replace(s, data=dataclasses.replace(s.data, val_split=split))
+        return dataclasses.replace(s, data=fn(s.data))
 
+    supervised = settings.supervised
     return dataclasses.replace(
         settings,
         segmentation=tuple(move(s) for s in settings.segmentation),
         depth=tuple(move(s) for s in settings.depth),
         linear=tuple(move(s) for s in settings.linear),
         detection=tuple(move(s) for s in settings.detection),
+        supervised=move(supervised) if supervised is not None and not tasks_only else supervised,
     )
 
 

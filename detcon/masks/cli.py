@@ -49,9 +49,15 @@ def _quality_dataset(profile: str, num_images: int, root: str, seed: int):
 
     cfg = load_pretrain_config({}, profile=profile)
     if profile == "cpu":
-        from detcon.data.synthetic import SyntheticScenes
+        from detcon.data.synthetic import SceneSpec, SyntheticScenes
 
-        scenes = SyntheticScenes("val", num_images=num_images, size=cfg.data.scene_size, seed=seed)
+        scenes = SyntheticScenes(
+            "val",
+            num_images=num_images,
+            size=cfg.data.scene_size,
+            seed=seed,
+            difficulty=SceneSpec.from_config(cfg.data),
+        )
         return scenes, cfg.masks
     from torch.utils.data import Subset
 

@@ -179,3 +179,28 @@ def test_profile_settings_are_complete_data():
     paper = get_settings("paper")
     assert [e.name for e in paper.segmentation] == ["segmentation_voc", "segmentation_cityscapes"]
     assert paper.detection[0].train_backbone and paper.detection[0].sync_bn
+
+
+def test_runs_are_scored_on_scenes_made_like_their_own(tmp_path, monkeypatch):
+    """evaluate_run generates the synthetic evaluation scenes with the run's scene difficulty."""
+    import detcon.evaluate.run as run_module
+    from detcon.data.synthetic import SceneSpec
+    from detcon.evaluate.settings import with_scene_difficulty
+
+    spec = SceneSpec(num_object_classes=3)
+    moved = with_scene_difficulty(QUICK, spec)
+    assert all(s.data.difficulty == spec for s in (*moved.segmentation, *moved.linear))
+    assert moved.supervised.data.difficulty == spec
+    used = []
+
+    def spy(settings, difficulty):
+        used.append(difficulty)
+        return with_scene_difficulty(settings, difficulty)
+
+    monkeypatch.setattr(run_module, "with_scene_difficulty", spy)
+    cfg = load_pretrain_config({"model": {"small_width": 8}, "data": {"scene_classes": 3}}, "cpu")
+    run = tmp_path / "run"
+    run.mkdir()
+    write_json(run / "config.json", to_dict(cfg))
+    evaluate_run(run, settings=QUICK, tasks=("segmentation",), backbone="random")
+    assert used == [spec]
