@@ -40,7 +40,7 @@ from typing import Any
 
 import submitit
 
-from detcon.atomic import write_json, write_text
+from detcon.atomic import remove_stale_temp_files, write_json, write_text
 from detcon.config import ConfigError, from_dict, to_dict
 from detcon.grid import Ablation, GridPoint, expand, load_ablation, resolve_config
 from detcon.runs import (
@@ -379,6 +379,7 @@ def run_point(spec: PointSpec) -> dict[str, Any]:
 
 def _run_locked(spec: PointSpec) -> dict[str, Any]:
     run_dir, point = spec.run_dir, spec.point
+    remove_stale_temp_files(run_dir)  # left by a killed job; we hold the point's lock
     job_id = job_id_from_env(spec.executor)
     stages: list[str] = ["pretrain"] if _stage_skipped(run_dir) else []
     write_json(

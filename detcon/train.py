@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from detcon.atomic import save_torch, write_json, write_text
+from detcon.atomic import remove_stale_temp_files, save_torch, write_json, write_text
 from detcon.config import (
     PretrainConfig,
     from_dict,
@@ -53,6 +53,9 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
+# The files pretrain writes atomically: on start it removes the temp files a killed write of them
+# left (and only theirs: another program may be writing its own file of the run directory).
+_WRITTEN = (CHECKPOINT, "backbone.pt", "config.json", "train_summary.json")
 CHECKPOINT_FORMAT = 1
 
 
@@ -459,6 +462,7 @@ def pretrain(
         start = int(ckpt["step"])
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(out, _WRITTEN)
         write_json(out / "config.json", to_dict(cfg))
         _truncate_metrics(out / "metrics.jsonl", start)
 

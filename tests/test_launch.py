@@ -304,6 +304,18 @@ def test_a_requeued_point_skips_finished_pretraining(tmp_path, fake):
     assert result.ran == [rid] and fake.calls == [(rid, "evaluate")]
 
 
+def test_a_point_removes_the_temp_files_a_killed_job_left(tmp_path, fake):
+    path = write_ablation(tmp_path, "grid: {point: {}}\n")
+    (rid,) = run_ids(path)
+    run_dir = tmp_path / "runs" / "abl" / rid
+    run_dir.mkdir(parents=True)
+    stale = [run_dir / ".status.json.abcdefgh.tmp", run_dir / ".pretrain.html.k2x_9q0a.tmp"]
+    for p in stale:
+        p.write_text("{")
+    result = launch.run_ablation(path, runs_dir=tmp_path / "runs", echo=lambda line: None)
+    assert result.ran == [rid] and not any(p.exists() for p in stale)
+
+
 def test_a_notebook_that_trains_another_config_fails_the_point(tmp_path, fake):
     fake.wrong_config = True
     path = write_ablation(tmp_path, "grid: {point: {}}\n")

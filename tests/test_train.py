@@ -97,6 +97,16 @@ def test_metrics_checkpoint_and_summary(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
 
 
+def test_a_start_removes_the_temp_files_a_killed_write_left(tmp_path):
+    # What a kill during torch.save of the checkpoint leaves: it used to stay forever.
+    stale = tmp_path / ".checkpoint.pt.k2x_9q0a.tmp"
+    stale.write_bytes(b"\0" * 4096)
+    others = tmp_path / ".eval.json.0f3a9c1e.tmp"  # not a file pretraining writes: kept
+    others.write_bytes(b"{")
+    pretrain(tiny_cfg(train={"max_steps": 1, "threads": 1}), tmp_path, progress=False)
+    assert not stale.exists() and others.exists()
+
+
 def test_resume_gives_the_same_final_weights(tmp_path):
     cfg = tiny_cfg(train={"max_steps": 6, "checkpoint_every": 2, "threads": 1})
     pretrain(cfg, tmp_path / "straight", progress=False)
