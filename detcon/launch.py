@@ -2,8 +2,10 @@
 
 Flow (DESIGN §3): expand the ablation file into grid points; validate *every* point before
 anything is written or submitted (config, evaluation task names, notebook parameters, data paths,
-cluster profile); skip points whose ``summary.json`` exists and points locked by another process;
-then run each remaining point as one job through an executor:
+cluster profile); skip points that are done (a valid ``summary.json``), points locked by another
+process and points whose run directory cannot be used (reported); rerun points whose
+``status.json`` or ``summary.json`` is corrupt; then run each remaining point as one job through
+an executor:
 
 - ``local`` (default): points one after the other in this process. Each notebook already runs in
   its own kernel process, and on a small machine running points side by side only makes them
@@ -52,6 +54,8 @@ from detcon.runs import (
     point_lock,
     point_state,
     read_json,
+    read_status,
+    read_summary,
     write_status,
 )
 
@@ -333,20 +337,46 @@ def _rank(executor: str) -> int:
     return int(os.environ.get("SLURM_PROCID", "0") or 0)
 
 
-def _stage_skipped(run_dir: Path) -> bool:
-    """Pretraining of this point already finished (a requeued job only needs evaluation)."""
+def _expected_config(spec: PointSpec) -> dict[str, Any]:
+    """The config the point's notebook must train (what its ``config.json`` must hold)."""
+    return to_dict(resolve_config(spec.parameters["overrides"], spec.point.profile))
+
+
+def _stage_skipped(spec: PointSpec) -> bool:
+    """Pretraining of this point already finished (a requeued job only needs evaluation).
+
+    ``status.json`` lists the finished stages. When it is corrupt, ``train_summary.json`` (written
+    once training finished) beside the point's own ``config.json`` says the same: rerunning the
+    notebook would resume the finished checkpoint and overwrite ``train_summary.json`` with the
+    numbers of an empty segment.
+    """
+    run_dir = spec.run_dir
+    if not (run_dir / "train_summary.json").exists():
+        return False
     try:
-        status = read_json(run_dir / "status.json") or {}
+        return "pretrain" in (read_status(run_dir) or {}).get("stages", [])
+    except ValueError:
+        pass
+    try:
+        return read_json(run_dir / "config.json") == _expected_config(spec)
     except ValueError:
         return False
-    return "pretrain" in status.get("stages", []) and (run_dir / "train_summary.json").exists()
+
+
+def _point_done(spec: PointSpec) -> bool:
+    """A valid ``summary.json`` and ``status.json``: a corrupt one makes the point run again."""
+    try:
+        read_status(spec.run_dir)
+        return read_summary(spec.run_dir, spec.run_id) is not None
+    except ValueError:
+        return False
 
 
 def _follow(spec: PointSpec) -> dict[str, Any]:
     """Ranks > 0 of a multi-process (DDP) job: join rank 0's training, write nothing else."""
     from detcon.train import pretrain
 
-    done = _stage_skipped(spec.run_dir) or (spec.run_dir / "summary.json").exists()
+    done = _stage_skipped(spec) or _point_done(spec)
     if done or spec.parameters.get(OFFICIAL_PARAMETER):  # an import trains nothing to join
         return {"run_id": spec.run_id, "state": "follower", "rank": _rank(spec.executor)}
     cfg = resolve_config(spec.parameters["overrides"], spec.point.profile)
@@ -370,7 +400,7 @@ def run_point(spec: PointSpec) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         with point_lock(run_dir):
-            if (run_dir / "summary.json").exists():
+            if _point_done(spec):
                 return {"run_id": spec.run_id, "state": "skipped"}
             return _run_locked(spec)
     except PointBusyError:
@@ -381,7 +411,7 @@ def _run_locked(spec: PointSpec) -> dict[str, Any]:
     run_dir, point = spec.run_dir, spec.point
     remove_stale_temp_files(run_dir)  # left by a killed job; we hold the point's lock
     job_id = job_id_from_env(spec.executor)
-    stages: list[str] = ["pretrain"] if _stage_skipped(run_dir) else []
+    stages: list[str] = ["pretrain"] if _stage_skipped(spec) else []
     write_json(
         run_dir / "point.json",
         {
@@ -401,9 +431,7 @@ def _run_locked(spec: PointSpec) -> dict[str, Any]:
                 _execute(spec.notebook, out, spec.parameters, run_dir, spec.kernel)
             finally:
                 _render_after(out)
-            trained = read_json(run_dir / "config.json")
-            expected = to_dict(resolve_config(spec.parameters["overrides"], point.profile))
-            if trained != expected:
+            if read_json(run_dir / "config.json") != _expected_config(spec):
                 raise PointFailedError(
                     f"{out.name} trained a config that differs from the point's "
                     "(config.json != the validated config); the notebook must train "
@@ -689,19 +717,21 @@ def prepare(
 
 @dataclass
 class LaunchResult:
-    """What a launch did. ``jobs``: submitit jobs (slurm/debug); ``failed``: run ids."""
+    """What a launch did. ``jobs``: submitit jobs (slurm/debug); the lists hold run ids;
+    ``broken``: points whose run directory cannot be used (not run, see ``detcon status``)."""
 
     plan: Plan
     done: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
     jobs: list[Any] = field(default_factory=list)
     folder: Path | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.broken
 
 
 def _varying_keys(points: Sequence[GridPoint]) -> list[str]:
@@ -782,21 +812,29 @@ def run_ablation(
         return result
     _check_writable(plan.runs_root)
     todo: list[PointSpec] = []
+    notes: list[str] = []
     for spec in plan.specs:
         state = point_state(spec.run_dir, spec.run_id)
         if state.state == "done":
             result.done.append(spec.run_id)
         elif state.state == "running":
             result.busy.append(spec.run_id)
+            notes.append(f"  {spec.run_id}: running elsewhere (its lock is held), skipped")
+        elif state.state == "broken":  # one point's problem: report it, run the others
+            result.broken.append(spec.run_id)
+            notes.append(f"  {spec.run_id}: broken ({state.error}), skipped")
         else:
             todo.append(spec)
+            if state.state == "corrupt":
+                notes.append(f"  {spec.run_id}: corrupt ({state.error}), run again")
     n = len(plan.specs)
     echo(
         f"{plan.ablation.name} (profile {profile}, executor {executor}): {n} points, "
         f"{len(result.done)} done, {len(result.busy)} running elsewhere, {len(todo)} to run"
+        + (f", {len(result.broken)} broken" if result.broken else "")
     )
-    for rid in result.busy:
-        echo(f"  {rid}: running elsewhere (its lock is held), skipped")
+    for line in notes:
+        echo(line)
     if not todo:
         return result
     if executor == "local":
@@ -961,10 +999,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         echo=lambda line: print(line, flush=True),
     )
-    if result.failed:
+    if not result.ok:
+        n = len(result.plan.specs)
+        problems = [
+            f"{len(ids)} of {n} points {what}: {', '.join(ids)}"
+            for what, ids in (("failed", result.failed), ("broken (not run)", result.broken))
+            if ids
+        ]
         print(
-            f"{len(result.failed)} of {len(result.plan.specs)} points failed: "
-            f"{', '.join(result.failed)}; see `detcon status {args.ablation} --profile "
+            f"{'; '.join(problems)}; see `detcon status {args.ablation} --profile "
             f"{args.profile}` and the failed notebooks' HTML",
             file=sys.stderr,
         )

@@ -199,7 +199,7 @@ def read_curves(run_dir: str | Path) -> pd.DataFrame:
     rows = []
     try:
         text = path.read_text(errors="replace")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # not started, or no run directory at all
         text = ""
     for line in text.splitlines():
         try:
@@ -242,6 +242,8 @@ def _state(launcher_state: str) -> tuple[str, str | None]:
         # status.json says running but no process holds the lock: killed, or requeued and
         # waiting. `detcon run` resumes it from its checkpoint.
         return "failed", "interrupted: status.json says running but no process holds the lock"
+    if launcher_state in ("corrupt", "broken"):  # the launcher's error says why
+        return "failed", None
     if launcher_state not in STATES:
         return "failed", f"unknown state {launcher_state!r} in status.json"
     return launcher_state, None

@@ -348,6 +348,57 @@ def test_a_locked_point_is_reported_running_elsewhere(tmp_path, fake):
     assert state.state == "interrupted" and state.job_id == "123_0"
 
 
+def test_a_corrupt_status_or_summary_is_reported_and_rerun(tmp_path, fake, capsys):
+    path = grid3(tmp_path)
+    runs = tmp_path / "runs"
+    launch.run_ablation(path, runs_dir=runs, echo=lambda line: None)
+    ok2, bad, ok4 = run_ids(path)
+    root = runs / "abl"
+    (root / ok2 / "summary.json").write_text('{"ablation": "abl", "run_i')  # torn
+    write_json(root / ok4 / "status.json", {"stages": ["pretrain", "evaluate"]})  # no state
+    assert main(["status", str(path), "--runs-dir", str(runs)]) == 0
+    table = capsys.readouterr().out
+    assert "3 points: 2 corrupt, 1 failed" in table
+    line = next(x for x in table.splitlines() if x.startswith(ok2))
+    assert "corrupt" in line and "summary.json is not valid JSON" in line
+    line = next(x for x in table.splitlines() if x.startswith(ok4))
+    assert "corrupt" in line and "status.json: state=None" in line
+
+    fake.calls.clear()
+    result = launch.run_ablation(path, runs_dir=runs, echo=lambda line: None)
+    assert sorted(result.ran) == sorted([ok2, ok4]) and result.failed == [bad]
+    # Pretraining had finished: ok2's status says so; ok4's status is unreadable, but its
+    # train_summary.json beside the point's own config.json does (rerunning the notebook would
+    # resume a finished checkpoint and overwrite train_summary.json with an empty segment's).
+    assert sorted(fake.calls) == sorted([(ok2, "evaluate"), (bad, "pretrain"), (ok4, "evaluate")])
+    assert {point_state(root / r, r).state for r in (ok2, ok4)} == {"done"}
+
+    # A summary.json that parses but is not a point's summary is corrupt too.
+    write_json(root / ok2 / "summary.json", {"ablation": "abl", "run_id": ok4, "profile": "cpu"})
+    assert f"is the summary of '{ok4}', not of '{ok2}'" in point_state(root / ok2, ok2).error
+    write_json(root / ok2 / "summary.json", {"ablation": "abl"})
+    state = point_state(root / ok2, ok2)
+    assert state.state == "corrupt" and "lacks run_id, profile" in state.error
+
+
+def test_a_run_directory_replaced_by_a_file_breaks_that_point_only(tmp_path, fake, capsys):
+    path = write_ablation(tmp_path, "grid: {product: {masks.grid_size: [2, 4]}}\n")
+    runs = tmp_path / "runs"
+    a, b = run_ids(path)
+    (runs / "abl").mkdir(parents=True)
+    (runs / "abl" / a).write_text("not a directory")
+    assert main(["status", str(path), "--runs-dir", str(runs)]) == 0
+    table = capsys.readouterr().out
+    line = next(x for x in table.splitlines() if x.startswith(a))
+    assert "broken" in line and "is a file, not a run directory" in line
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 1
+    captured = capsys.readouterr()
+    assert fake.calls == [(b, "pretrain")]
+    assert f"{a}: broken (" in captured.out and f"{b} done" in captured.out
+    assert f"1 of 2 points broken (not run): {a}" in captured.err
+    assert (runs / "abl" / a).read_text() == "not a directory"
+
+
 def test_status_of_points_never_started_and_queued(tmp_path):
     path = grid3(tmp_path)
     ids = run_ids(path)
