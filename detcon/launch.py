@@ -294,6 +294,11 @@ def _execute(
         # ipykernel >= 7 warns on every start that its local TCP sockets are unencrypted: noise
         # in every point's log. Errors still show; the notebook's own output is unaffected.
         extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        # Stop the kernel at once (interrupt, then kill its process group) instead of asking it
+        # to shut down: after Ctrl-C the kernel is still running a cell, and the polite request
+        # closes its sockets under that cell's reply (a ZMQError traceback on the terminal).
+        # After the last cell every output has arrived, so nothing is lost either way.
+        shutdown_kernel="immediate",
     )
 
 

@@ -478,6 +478,56 @@ def test_end_to_end_local_run_with_real_notebooks(tmp_path, capsys):
     assert "1 points, 1 done, 0 running elsewhere, 0 to run" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_ctrl_c_during_a_run_prints_one_line_and_exits_130(tmp_path):
+    """SIGINT to `detcon run`'s process group (what Ctrl-C in a terminal does) while a point's
+    notebook runs: one line, exit code 130 (the kernel's shutdown printed a ZMQError traceback)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cells = [
+        nbformat.v4.new_code_cell(
+            'profile = "cpu"\noverrides = {}\nrun_dir = "."\nprogress = True',
+            metadata={"tags": ["parameters"]},
+        ),
+        nbformat.v4.new_code_cell(
+            "import time\nfrom pathlib import Path\n"
+            'Path(run_dir, "started").write_text("")\ntime.sleep(600)'
+        ),
+    ]
+    kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": kernelspec})
+    nbformat.write(nb, str(tmp_path / "sleep.ipynb"))
+    path = write_ablation(tmp_path, "notebook: sleep.ipynb\ngrid: {point: {}}\n")
+    (rid,) = run_ids(path)
+    started = tmp_path / "runs" / "abl" / rid / "started"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "detcon", "run", str(path), "--runs-dir", str(tmp_path / "runs")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300  # a guard, not a measurement: the kernel's start
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert started.exists(), proc.communicate()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert err.splitlines() == ["detcon run: interrupted"], err
+    assert f"[1/1] {rid} ..." in out
+    # The point resumes on the next run: nobody holds its lock and its status says running.
+    assert point_state(started.parent, rid).state == "interrupted"
+
+
 def test_summary_rows_are_flat_and_name_their_source():
     point = {"ablation": "a", "run_id": "r", "profile": "cpu", "params": {"masks.source": "fh"}}
     row = flatten_summary(point, {"steps": 3}, {"linear": {"top1": 0.5}}, {"linear": {"top1": 0.1}})
