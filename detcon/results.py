@@ -38,7 +38,7 @@ import pandas as pd
 from detcon.config import to_dict
 from detcon.grid import NOTEBOOK_PREFIX, Ablation, GridPoint, expand, flatten, load_ablation
 from detcon.launch import OFFICIAL_PARAMETER, ablation_status
-from detcon.runs import read_json
+from detcon.runs import ENCODER_RECORD, read_json
 
 __all__ = [
     "STATES",
@@ -93,6 +93,8 @@ def _is_number(value: Any) -> bool:
 def _eval_rows(data: Mapping[str, Any], backbone: str, name: str) -> list[dict[str, Any]]:
     rows = []
     for task, metrics in data.items():
+        if task == ENCODER_RECORD:  # which encoder was measured: not a metric
+            continue
         if not isinstance(metrics, Mapping):
             raise ValueError(
                 f"{name}: task {task!r} holds {metrics!r}, expected a mapping metric -> number"

@@ -25,9 +25,11 @@ from typing import Any
 from detcon.atomic import write_json
 
 __all__ = [
+    "ENCODER_RECORD",
     "STATES",
     "PointBusyError",
     "PointState",
+    "encoder_record",
     "environment_record",
     "flatten_summary",
     "git_state",
@@ -43,6 +45,8 @@ __all__ = [
 
 # status.json `state` values (docs/run-directory.md).
 STATES = ("pending", "running", "done", "failed")
+# eval.json's entry saying which encoder its tasks measured (encoder_record): not a task.
+ENCODER_RECORD = "encoder"
 # What a summary.json holds whatever the point (detcon.runs.flatten_summary); without them it is
 # not a point's summary, whatever else it parses to.
 SUMMARY_FIELDS = ("ablation", "run_id", "profile")
@@ -282,6 +286,28 @@ def environment_record(executor: str, repo: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- summary
 
 
+def encoder_record(run_dir: str | Path) -> dict[str, Any]:
+    """Which pretraining step the run's ``backbone.pt`` is from, as ``eval.json`` records it:
+    ``{"step", "planned_steps", "finished"}`` (None where unknown).
+
+    ``backbone.json`` (written with ``backbone.pt`` by :func:`detcon.train.pretrain`) gives the
+    step and the steps planned; ``train_summary.json`` (written once pretraining finished, or by
+    an official import) says finished, and gives the steps where ``backbone.json`` does not.
+
+    Raises:
+        ValueError: one of the two files is not valid JSON.
+    """
+    run_dir = Path(run_dir)
+    sidecar = read_json(run_dir / "backbone.json") or {}
+    summary = read_json(run_dir / "train_summary.json")
+    steps = None if summary is None else summary.get("steps")
+    return {
+        "step": sidecar.get("step", steps),
+        "planned_steps": sidecar.get("planned_steps", steps),
+        "finished": summary is not None,
+    }
+
+
 def flatten_summary(
     point: Mapping[str, Any],
     train_summary: Mapping[str, Any] | None,
@@ -301,6 +327,8 @@ def flatten_summary(
         row[f"pretrain.{key}"] = value
     for prefix, results in (("eval", evaluation), ("eval_random", random_baseline)):
         for task, metrics in (results or {}).items():
+            if task == ENCODER_RECORD:  # which encoder was measured: not a metric
+                continue
             if isinstance(metrics, Mapping):
                 for metric, value in metrics.items():
                     row[f"{prefix}.{task}.{metric}"] = value

@@ -55,7 +55,7 @@ __all__ = [
 CHECKPOINT = "checkpoint.pt"
 # The files pretrain writes atomically: on start it removes the temp files a killed write of them
 # left (and only theirs: another program may be writing its own file of the run directory).
-_WRITTEN = (CHECKPOINT, "backbone.pt", "config.json", "train_summary.json")
+_WRITTEN = (CHECKPOINT, "backbone.pt", "backbone.json", "config.json", "train_summary.json")
 CHECKPOINT_FORMAT = 1
 
 
@@ -540,7 +540,12 @@ def pretrain(
         resumed_from=start,
     )
     if rank == 0:
+        # backbone.json: the step backbone.pt is from (`detcon evaluate` records it, and warns
+        # when the run is unfinished). Removed first: a kill between the two writes must not
+        # leave an older step beside newer weights.
+        (out / "backbone.json").unlink(missing_ok=True)
         save_torch(out / "backbone.pt", export_backbone(model))
+        write_json(out / "backbone.json", {"step": done, "planned_steps": planned_end})
         if done == planned_end:
             write_json(
                 out / "train_summary.json",

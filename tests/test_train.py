@@ -112,8 +112,11 @@ def test_resume_gives_the_same_final_weights(tmp_path):
     pretrain(cfg, tmp_path / "straight", progress=False)
     first = pretrain(cfg, tmp_path / "resumed", progress=False, stop_after=3)
     assert first.steps == 3 and not (tmp_path / "resumed" / "train_summary.json").exists()
+    sidecar = tmp_path / "resumed" / "backbone.json"  # which step backbone.pt is from
+    assert json.loads(sidecar.read_text()) == {"step": 3, "planned_steps": 6}
     second = pretrain(cfg, tmp_path / "resumed", progress=False)
     assert second.resumed_from == 3 and second.steps == 6
+    assert json.loads(sidecar.read_text()) == {"step": 6, "planned_steps": 6}
     _assert_same_state(_final_state(tmp_path / "straight"), _final_state(tmp_path / "resumed"))
     steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "metrics.jsonl").open()]
     assert steps == list(range(6))
