@@ -31,6 +31,7 @@ import ast
 import datetime as _dt
 import os
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -90,6 +91,10 @@ _LAUNCHER_PARAMETERS = {
 # (detcon.official.import_run) instead of training. Given per point as grid key
 # ``notebook.official_checkpoint``; checked to exist before anything is submitted.
 OFFICIAL_PARAMETER = "official_checkpoint"
+# Mask sources too slow to compute in every loader worker, every epoch, on a real dataset (FH ~0.14
+# s per ImageNet image, docs/performance.md §4; MCG-style more): at the paper profile they must
+# come from a precomputed store (masks.store).
+_PRECOMPUTED_SOURCES = ("fh", "mcg")
 # Would change what is trained without changing the run id: belongs in the config instead.
 _CONFIG_PARAMETERS = {"max_steps": "base: {train.max_steps: N}"}
 _PY_TYPES: dict[str, tuple[type, ...]] = {
@@ -589,6 +594,57 @@ def _check_data(point: GridPoint, overrides: Mapping[str, Any], where: Path) -> 
             )
 
 
+def _precompute_args(point: GridPoint) -> tuple[str, ...]:
+    """``detcon masks precompute`` arguments (but ``--out``) of the store ``point`` reads."""
+    from detcon.masks.sources import build_mask_source
+
+    cfg = point.config
+    sets = {"data.dataset": cfg.data.dataset, "data.root": cfg.data.root}
+    sets |= {f"masks.{k}": v for k, v in build_mask_source(cfg.masks).params.items()}
+    args = ["--profile", point.profile, "--source", cfg.masks.source]
+    for key, value in sets.items():
+        args += ["--set", f"{key}={value}"]
+    return tuple(args)
+
+
+def _check_mask_stores(points: Sequence[GridPoint], where: Path) -> None:
+    """At the paper profile, on a real dataset, fh and mcg masks come from a precomputed store:
+    refuse every point that would compute them on the fly, giving the commands that make the
+    stores (one per distinct source and parameters)."""
+    groups: dict[tuple[str, ...], list[GridPoint]] = {}
+    for point in points:
+        cfg = point.config
+        if (
+            point.profile == "paper"
+            and cfg.data.dataset != "synthetic"
+            and cfg.masks.source in _PRECOMPUTED_SOURCES
+            and not cfg.masks.store
+            and not point.notebook_params.get(OFFICIAL_PARAMETER)  # trains nothing
+        ):
+            groups.setdefault(_precompute_args(point), []).append(point)
+    if not groups:
+        return
+    outs: list[str] = []
+    commands = []
+    for args, group in groups.items():
+        cfg = group[0].config
+        out = f"stores/{cfg.data.dataset}-{cfg.masks.source}"
+        out += f"-{outs.count(out) + 1}" if out in outs else ""  # other parameters, same source
+        outs.append(out)
+        ids = [p.run_id for p in group]
+        shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        command = shlex.join(["detcon", "masks", "precompute", *args, "--out", out])
+        commands.append(f"`{command}` (point{'s' if len(ids) > 1 else ''} {shown})")
+    n = sum(len(group) for group in groups.values())
+    raise ValueError(
+        f"{where}: at profile 'paper' on a real dataset, fh and mcg masks come from a "
+        f"precomputed mask store, but {n} point{'s compute' if n > 1 else ' computes'} them "
+        "on the fly (masks.store is empty), in every loader worker, every epoch. Precompute "
+        f"each store once: {'; '.join(commands)}; then set masks.store of those points to its "
+        "--out folder"
+    )
+
+
 def _check_eval_data(ablation: Ablation, profile: str, data_root: Path) -> None:
     """The evaluation datasets' folder must exist when a task of ``profile`` reads real data."""
     try:
@@ -701,6 +757,8 @@ def prepare(
         specs.append(
             PointSpec(point, run_dir, main_nb, params, eval_nb, eval_params, kernel, executor)
         )
+    if check_data:
+        _check_mask_stores(points, ablation.path)
     if check_data and ablation.evaluate:
         _check_eval_data(ablation, profile, data_root)
     # Points differ in their names only through notebook.* grid keys: check each distinct set.

@@ -134,14 +134,56 @@ def test_real_paper_run_fails_early_naming_the_missing_dataset(tmp_path, capsys,
 def test_relative_data_paths_become_absolute_and_eval_data_is_checked(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "imagenet" / "train").mkdir(parents=True)
-    path = write_ablation(tmp_path, "grid: {point: {}}\nevaluate: [segmentation]\n")
+    (tmp_path / "stores" / "fh").mkdir(parents=True)
+    path = write_ablation(
+        tmp_path, "base: {masks.store: stores/fh}\ngrid: {point: {}}\nevaluate: [segmentation]\n"
+    )
     plan = launch.prepare(path, profile="paper")  # paper.yaml: data.root data/imagenet/train
     (spec,) = plan.specs
     assert spec.parameters["overrides"]["data.root"] == str(tmp_path / "data/imagenet/train")
+    assert spec.parameters["overrides"]["masks.store"] == str(tmp_path / "stores/fh")
     assert spec.eval_parameters["data_root"] == str(tmp_path / "data")
     assert spec.point.config.data.root == "data/imagenet/train"  # the run id's config
     with pytest.raises(FileNotFoundError, match=r"reads .* from --data-root '.*nowhere'"):
         launch.prepare(path, profile="paper", data_root=tmp_path / "nowhere")
+
+
+def test_paper_points_on_real_data_need_precomputed_fh_and_mcg_masks(tmp_path, monkeypatch, capsys):
+    # FH (~0.14 s per ImageNet image) and MCG computed in every loader worker, every epoch:
+    # refused before anything runs, with the command that precomputes them.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "coco").mkdir(parents=True)
+    coco = "profiles: {paper: {overrides: {data.dataset: coco, data.root: data/coco}}}\n"
+    path = write_ablation(tmp_path, "grid: {product: {masks.source: [grid, fh, mcg]}}\n" + coco)
+    grid_id, fh_id, mcg_id = run_ids(path, "paper")
+    assert main(["run", str(path), "--profile", "paper"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "2 points compute them on the fly (masks.store is empty)" in err
+    fh = (
+        "`detcon masks precompute --profile paper --source fh --set data.dataset=coco --set "
+        "data.root=data/coco --set masks.fh_scale=1000.0 --set masks.fh_sigma=0.8 --set "
+        f"masks.fh_min_size=1000 --out stores/coco-fh` (point {fh_id})"
+    )
+    mcg = (
+        "`detcon masks precompute --profile paper --source mcg --set data.dataset=coco --set "
+        f"data.root=data/coco --set masks.mcg_num_proposals=16 --out stores/coco-mcg` (point "
+        f"{mcg_id})"
+    )
+    assert fh in err and mcg in err and grid_id not in err
+    assert not (tmp_path / "runs").exists()
+    # A dry run needs no data, the cpu profile computes its small scenes' masks on the fly, and
+    # points with stores pass.
+    launch.prepare(path, profile="paper", check_data=False)
+    launch.prepare(path, profile="cpu")
+    for name in ("coco-fh", "coco-mcg"):
+        (tmp_path / "stores" / name).mkdir(parents=True)
+    stored = write_ablation(
+        tmp_path,
+        "grid: {zip: {masks.source: [fh, mcg], masks.store: [stores/coco-fh, stores/coco-mcg]}}\n"
+        + coco,
+        "stored",
+    )
+    assert len(launch.prepare(stored, profile="paper").specs) == 2
 
 
 @pytest.mark.parametrize(
