@@ -59,6 +59,7 @@ from detcon.augment import (
     blur_radius,
     normalize,
     photometric,
+    release_crop_window,
 )
 from detcon.config import AugmentConfig, PretrainConfig, load_pretrain_config
 from detcon.data.pretrain import PretrainDataset, collate_views
@@ -228,11 +229,17 @@ def byol_view(size: int, aug: AugmentConfig, view: int) -> v2.Compose:
 
 class Tv2Reference:
     """The geometry as it was before the optimisation: tv2 ``Compose`` dispatch on ``tv_tensors``
-    (masks cropped and resized nearest-exact). Kept here to time the speed-up and to check on
-    every benchmark input that :class:`TwoViewGeometry` gives identical views."""
+    (masks cropped and resized nearest-exact), with the release's crop window
+    (:func:`release_crop_window`, drawn in the same order). Kept here to time the speed-up and
+    to check on every benchmark input that :class:`TwoViewGeometry` gives identical views."""
 
     def __init__(self, size: int, scale: Sequence[float]) -> None:
         class _Crop(v2.RandomResizedCrop):
+            def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+                height, width = flat_inputs[0].shape[-2:]
+                top, left, h, w = release_crop_window(height, width, self.scale, self.ratio)
+                return {"top": top, "left": left, "height": h, "width": w}
+
             def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
                 if isinstance(inpt, tv_tensors.Mask):
                     box = (params["top"], params["left"], params["height"], params["width"])

@@ -210,8 +210,8 @@ def resident_batches(
     """The first ``n`` batches of the real pipeline, moved to ``device`` once."""
     from detcon.data.pretrain import build_pretrain_dataset
 
-    dataset, spe = build_pretrain_dataset(cfg)
-    loader = build_loader(cfg, dataset, spe, 0, n, torch.device("cpu"))
+    dataset = build_pretrain_dataset(cfg)
+    loader = build_loader(cfg, dataset, 0, n, torch.device("cpu"))
     return [{k: v.to(device) for k, v in batch.items()} for batch in loader]
 
 
@@ -289,9 +289,9 @@ def measure_end_to_end(runner: Runner, warmup: int, steps: int) -> float:
     from detcon.data.pretrain import build_pretrain_dataset
 
     cfg = runner.cfg
-    dataset, spe = build_pretrain_dataset(cfg)
+    dataset = build_pretrain_dataset(cfg)
     start = runner.step_index
-    loader = build_loader(cfg, dataset, spe, start, start + warmup + steps, runner.device)
+    loader = build_loader(cfg, dataset, start, start + warmup + steps, runner.device)
     it = iter(loader)
     for _ in range(warmup):
         runner.step(next(it))

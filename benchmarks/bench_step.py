@@ -72,8 +72,8 @@ def method_config(method: str, base: dict) -> PretrainConfig:
 
 def make_batches(cfg: PretrainConfig, n: int) -> list[dict[str, torch.Tensor]]:
     """The first ``n`` batches the training loop would see (views and masks in memory)."""
-    dataset, spe = build_pretrain_dataset(cfg)
-    sampler = StepBatchSampler(len(dataset), cfg.optim.batch_size, spe, cfg.seed, 0, n)
+    dataset = build_pretrain_dataset(cfg)
+    sampler = StepBatchSampler(len(dataset), cfg.optim.batch_size, cfg.seed, 0, n)
     return [collate_views([dataset[key] for key in keys]) for keys in sampler]
 
 

@@ -2,22 +2,36 @@
 
 A reader (or a killed writer) never sees a half-written result, metric table or checkpoint. A
 writer killed mid-write leaves its temp file (``.<name>.<8 random characters>.tmp``) behind; the
-next writer of the directory removes it (:func:`remove_stale_temp_files`).
+next writer of the directory removes it (:func:`remove_stale_temp_files`). A full disk is reported
+as :class:`DiskFullError`, naming the file, with its previous version kept.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterable
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_write", "remove_stale_temp_files", "write_json", "write_text", "save_torch"]
+__all__ = [
+    "DiskFullError",
+    "atomic_write",
+    "naming_full_disk",
+    "remove_stale_temp_files",
+    "write_json",
+    "write_text",
+    "save_torch",
+]
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 # Temp file names: ".<target name>.<8 random characters>.tmp" (tempfile.mkstemp's alphabet, which
 # named them before, includes "_"; ours are hex).
@@ -40,8 +54,55 @@ def _create_temp(path: Path) -> tuple[int, Path]:
     raise FileExistsError(f"no free temp file name next to {path}")  # pragma: no cover
 
 
+class DiskFullError(OSError):
+    """No space left on the disk (or over quota) while writing a file; the message names the
+    file and the space left, and says that the file's previous version is kept."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _free_space(path: Path) -> str:
+    try:
+        free = shutil.disk_usage(path.parent if not path.is_dir() else path).free
+    except OSError:
+        return "an unknown amount of space"
+    return f"{free / 2**20:,.0f} MiB"
+
+
+@contextmanager
+def naming_full_disk(path: str | Path) -> Iterator[None]:
+    """Turn ENOSPC / EDQUOT raised in the block into a :class:`DiskFullError` naming ``path``:
+    the OS error names no file, and "No space left on device" in the middle of a traceback does
+    not say which of a run's files was lost (none: the previous version is kept)."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _FULL:
+            raise
+        path = Path(path)
+        why = "over the disk quota" if exc.errno == errno.EDQUOT else "no space left on the disk"
+        raise DiskFullError(
+            exc.errno,
+            f"{why} while writing {path} ({_free_space(path)} free there); its previous "
+            "version, if any, is kept: free some space (or write elsewhere) and run the "
+            "command again",
+        ) from exc
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(fileobj)`` on a temp file next to ``path`` and move it into place."""
+    """Call ``write(fileobj)`` on a temp file next to ``path`` and move it into place.
+
+    Raises:
+        DiskFullError: the disk is full (or over quota); ``path`` is left as it was.
+    """
+    with naming_full_disk(path):
+        return _atomic_write(path, write)
+
+
+def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp(path)

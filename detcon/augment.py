@@ -1,14 +1,18 @@
-"""Two-view augmentation: joint image+mask geometry per sample, batched photometrics (DESIGN §5.1).
+"""Two-view augmentation: joint image+mask geometry per sample, batched photometrics.
+
+docs/design.md §4.1 describes the two views; here, where each step comes from in the release and
+where it differs.
 
 The official release (google-deepmind/detcon) splits augmentation in two and so do we:
 
 * **Geometry** runs per sample in the data loader (release: ``utils/tf_image_ops.py``
   ``preprocess_image``, called once per view in ``datasets/dataset_adapter.py``): a random resized
   crop (area in [0.08, 1], aspect in [3/4, 4/3]) and a horizontal flip with p=0.5, applied to the
-  image *and* its masks with the same parameters. :class:`TwoViewGeometry` draws them exactly as
-  ``torchvision.transforms.v2`` does and applies them with torch's resampling kernels to the image
-  and its masks, so every mask follows the image; the image is resampled bicubically, the masks by
-  nearest neighbour (uint8 id maps; overlapping bool stacks bit-packed, 8 masks per plane).
+  image *and* its masks with the same parameters. :class:`TwoViewGeometry` draws the crop window
+  as the release does (:func:`release_crop_window`) and applies it with torch's resampling
+  kernels to the image and its masks, so every mask follows the image; the image is resampled
+  bicubically, the masks by nearest neighbour (uint8 id maps; overlapping bool stacks bit-packed,
+  8 masks per plane).
 * **Photometry** runs batched on the accelerator after geometry, on the image only (release:
   ``utils/augmentations.py`` ``postprocess``): colour jitter (p=0.8; additive brightness 0.4,
   contrast 0.4, saturation 0.2, hue 0.1, in a random order per image, clipped to [0, 1] after each
@@ -24,12 +28,12 @@ Deviations
 ----------
 Differences from the release, each with its reason (for ``docs/deviations.md``):
 
-1. *Crop sampling.* The release draws one (area, log-aspect) pair and clamps width and height to
-   the image separately (``get_random_crop_window``), which distorts the aspect ratio of large
-   crops. We use torchvision's ``RandomResizedCrop`` sampler: up to 10 draws until the crop fits,
-   then a centre crop with the aspect clamped to the range. The two distributions differ only for
-   crops that would not fit the image (large areas, elongated images). Reason: the standard,
-   well-tested PyTorch sampler that ``tv_tensors`` dispatch is built around.
+1. *Crop sampling* follows the release (``get_random_crop_window``): one area fraction and one
+   log-uniform aspect ratio, width and height rounded, each clamped to the image separately
+   (which distorts the aspect ratio of crops that do not fit), offsets uniform. Not a deviation;
+   noted because torchvision's ``RandomResizedCrop`` redraws crops that do not fit instead (up
+   to 10 tries, then a centre crop), which gives markedly smaller crops on 4:3 photos (mean area
+   0.44 instead of 0.52 on 500x375). :func:`release_crop_window` is the one implementation.
 2. *Image resampling.* The release uses ``tf.image.resize`` bicubic (Keys cubic a=-0.5, no
    antialiasing). We use torch bicubic (a=-0.75) *with* antialiasing, which avoids aliasing when a
    large crop is shrunk (e.g. a 400 px crop to 224 px). Output stays uint8 (rounded and clamped, as
@@ -55,7 +59,7 @@ Differences from the release, each with its reason (for ``docs/deviations.md``):
    different numbers. The release's ``color_transform.apply_prob`` (1.0 in the release) is dropped.
 8. *Normalisation.* The release normalises only when the dataset name starts with 'imagenet'
    (COCO pretraining images are left in [0, 1]); :func:`normalize` is applied to every dataset, as
-   DESIGN §5.1 says. Whether to call it is the caller's decision.
+   docs/design.md §4.1 says. Whether to call it is the caller's decision.
 """
 
 from __future__ import annotations
@@ -67,7 +71,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -83,6 +86,7 @@ __all__ = [
     "gaussian_blur",
     "normalize",
     "photometric",
+    "release_crop_window",
     "solarize",
     "to_grayscale",
 ]
@@ -176,8 +180,34 @@ def _check_pair(name: str, value: Sequence[float], lo: float, hi: float) -> tupl
     return a, b
 
 
+def release_crop_window(
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """A random crop window ``(top, left, crop_height, crop_width)`` as the release draws it.
+
+    Release ``utils/tf_image_ops.py`` ``get_random_crop_window``: area fraction ``U[scale)``, aspect
+    ratio ``exp(U[log ratio))``, ``w = round(sqrt(A * r))`` and ``h = round(sqrt(A / r))`` (float32,
+    round half to even as ``tf.round``), each clamped to the image on its own, then offsets drawn
+    uniformly among the integer positions where the window fits. One draw, never rejected.
+    The window is at least 1x1 (the release could produce an empty one on a tiny image).
+    """
+    u = torch.rand(2)
+    area = torch.tensor(float(height * width), dtype=torch.float32)
+    target = (scale[0] + (scale[1] - scale[0]) * u[0]) * area
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lo + (hi - lo) * u[1])
+    w = min(max(int(torch.round(torch.sqrt(target * aspect))), 1), width)
+    h = min(max(int(torch.round(torch.sqrt(target / aspect))), 1), height)
+    left = int(torch.randint(0, width - w + 1, (1,)))
+    top = int(torch.randint(0, height - h + 1, (1,)))
+    return top, left, h, w
+
+
 class TwoViewGeometry:
-    """Two random resized crops + horizontal flips of one image and its masks (DESIGN §5.1).
+    """Two random resized crops + horizontal flips of one image and its masks (docs/design.md §4.1).
 
     Args:
         crop_size: side ``S`` of each square output view in pixels (paper: 224).
@@ -185,15 +215,13 @@ class TwoViewGeometry:
         crop_ratio: range of the crop aspect ratio width/height (release: 3/4-4/3).
         flip_prob: probability of a horizontal flip of each view (release: 0.5).
         single_view: if True both views share *one* crop and flip (paper §5 "single-view
-            positives" ablation, DESIGN §5.7); photometrics are still drawn per view.
+            positives" ablation, docs/design.md §4.7); photometrics are still drawn per view.
 
-    Randomness comes from torch's global RNG, drawn exactly as
-    ``v2.Compose([v2.RandomResizedCrop(...), v2.RandomHorizontalFlip(p)])`` draws it (the crop
-    from torchvision's own sampler, then one ``torch.rand(1)`` for the flip): seed it per sample
-    (``torch.manual_seed``) in the data loader to make a sample reproducible. The crop and flip
-    are then applied with the resampling kernels torchvision itself ends in (torch's
-    ``F.interpolate``), called directly on plain tensors: the same pixels as the ``tv_tensors``
-    dispatch without its per-call overhead.
+    Randomness comes from torch's global RNG (the crop window as :func:`release_crop_window`,
+    then one ``torch.rand(1)`` for the flip): seed it per sample (``torch.manual_seed``) in the
+    data loader to make a sample reproducible. The crop and flip are applied with torch's
+    resampling kernels (``F.interpolate``, as torchvision's ``tv_tensors`` dispatch ends in)
+    called directly on plain tensors.
     """
 
     def __init__(
@@ -215,8 +243,6 @@ class TwoViewGeometry:
         self.crop_ratio = ratio
         self.flip_prob = float(flip_prob)
         self.single_view = bool(single_view)
-        # Only its crop sampler is used (deviation 1); resampling is done below (deviations 2-3).
-        self._sampler = v2.RandomResizedCrop(crop_size, scale=scale, ratio=ratio)
 
     @classmethod
     def from_config(cls, cfg: Any) -> TwoViewGeometry:
@@ -231,13 +257,13 @@ class TwoViewGeometry:
         )
 
     def _draw(self, image: Tensor) -> tuple[slice, slice, bool]:
-        """One view's crop window and flip, from the global RNG in tv2's order."""
-        crop = self._sampler.make_params([image])
-        # v2.RandomHorizontalFlip keeps the input when torch.rand(1) >= p (compared in float32).
+        """One view's crop window and flip, from the global RNG."""
+        top, left, height, width = release_crop_window(
+            image.shape[-2], image.shape[-1], self.crop_scale, self.crop_ratio
+        )
+        # As v2.RandomHorizontalFlip: keep the input when torch.rand(1) >= p (float32).
         flip = not bool(torch.rand(1) >= self.flip_prob)
-        rows = slice(crop["top"], crop["top"] + crop["height"])
-        cols = slice(crop["left"], crop["left"] + crop["width"])
-        return rows, cols, flip
+        return slice(top, top + height), slice(left, left + width), flip
 
     def _one_view(self, image: Tensor, planes: Tensor) -> tuple[Tensor, Tensor]:
         """Crop, resize and maybe flip ``image`` and the mask carrier ``planes`` ``(C, H, W)``."""
@@ -281,7 +307,7 @@ class TwoViewGeometry:
         img, msk = self._one_view(image, planes)
         first = (img, decode(msk))
         if self.single_view:
-            # One crop and flip shared by both branches (DESIGN §5.7).
+            # One crop and flip shared by both branches (docs/design.md §4.7).
             return first, (first[0].clone(), first[1].clone())
         img, msk = self._one_view(image, planes)
         return first, (img, decode(msk))

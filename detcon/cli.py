@@ -8,20 +8,32 @@ non-zero exit code. No logic lives here.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["main"]
 
-# Errors that mean "bad input": reported as one paragraph, exit code 2.
+# Errors that mean "bad input": reported as one paragraph, exit code 2. BlockingIOError: a run
+# directory in use by another process (detcon.runs.PointBusyError); FloatingPointError: a
+# non-finite loss (detcon.train.NonFiniteLossError).
 _USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     FileNotFoundError,
     KeyError,
     PermissionError,
     NotADirectoryError,
+    FileExistsError,
+    BlockingIOError,
+    FloatingPointError,
 )
+# A full disk is no bug either (detcon.atomic.DiskFullError names the file).
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, _USER_ERRORS) or (isinstance(exc, OSError) and exc.errno in _DISK_FULL)
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -32,7 +44,11 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     overrides = merge(overrides, parse_dotted(args.set or []))
     cfg = load_pretrain_config(overrides, profile=args.profile)
     result = pretrain(
-        cfg, args.out, progress=None if not args.quiet else False, stop_after=args.stop_after
+        cfg,
+        args.out,
+        progress=None if not args.quiet else False,
+        stop_after=args.stop_after,
+        lock=True,  # one writer per run directory
     )
     print(
         f"pretrained {cfg.method} ({cfg.masks.source} masks) for {result.steps} steps in "
@@ -133,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except _USER_ERRORS as exc:
+    except Exception as exc:
+        if not _is_user_error(exc):
+            raise
         msg = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0])
         # One paragraph, not hard-wrapped: a wrap would split paths and URLs (and where it falls
         # would depend on their length); terminals and log viewers wrap it for display.

@@ -1,7 +1,7 @@
 """Frozen, typed pretraining configuration, parsed strictly from dicts and YAML.
 
-Each field carries a *why* in its ``help`` metadata (shown in errors and in ``detcon pretrain
---help-config``). Defaults are the paper profile (DESIGN §5); the cpu profile is a set of
+Each field carries a *why* in its ``help`` metadata (shown in errors and by ``detcon config
+--explain``). Defaults are the paper profile (docs/design.md §4); the cpu profile is a set of
 overrides in ``detcon/profiles/cpu.yaml``. Derived values (the batch-scaled learning rate, warmup
 and total steps) are computed by functions below and never written back into a config.
 """
@@ -78,7 +78,7 @@ class DataConfig:
 class MaskConfig:
     source: MaskSource = _f(
         "fh",
-        "where pretraining masks come from (DESIGN §5.10); 'image' is one "
+        "where pretraining masks come from (docs/design.md §4.10); 'image' is one "
         "mask covering the whole image (the SimCLR/BYOL special case)",
     )
     num_samples: int = _f(
@@ -217,7 +217,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    method: Method = _f("detcon_b", "detcon_b | detcon_s | byol | simclr (DESIGN §5, §5.11)")
+    method: Method = _f(
+        "detcon_b", "detcon_b | detcon_s | byol | simclr (docs/design.md §4, §4.11)"
+    )
     profile: Literal["paper", "cpu", "custom"] = _f(
         "custom", "which profile the defaults came from (informational)"
     )
@@ -272,26 +274,28 @@ def scaled_lr(optim: OptimConfig) -> float:
     return optim.base_lr * optim.batch_size / 256
 
 
-def steps_per_epoch(optim: OptimConfig, num_images: int) -> int:
-    """Optimiser steps per epoch (incomplete last batches are dropped, as the release does)."""
-    steps = num_images // optim.batch_size
-    if steps < 1:
+def _epochs_to_steps(epochs: float, optim: OptimConfig, num_images: int) -> int:
+    """``floor(epochs * N / B)``: the release repeats the dataset *before* batching
+    (detcon_b_config.py: ``max_steps = num_epochs * images_per_epoch // batch_size``), so a
+    batch may span two epochs and no image is dropped."""
+    if optim.batch_size > num_images:
         raise ConfigError(
             f"optim.batch_size={optim.batch_size} is larger than the dataset "
             f"({num_images} images): expected at most {num_images}"
         )
-    return steps
+    return math.floor(epochs * num_images / optim.batch_size)
 
 
 def total_steps(optim: OptimConfig, num_images: int) -> int:
-    """Length of the lr/EMA schedule in steps."""
-    return max(1, math.ceil(optim.epochs * steps_per_epoch(optim, num_images)))
+    """Length of the lr/EMA schedule in steps: ``floor(epochs * N / B)`` (at least 1)."""
+    return max(1, _epochs_to_steps(optim.epochs, optim, num_images))
 
 
 def warmup_steps(optim: OptimConfig, num_images: int) -> int:
-    """Warmup length in steps; the release warms up for epochs // 100 epochs by default."""
-    epochs = optim.warmup_epochs if optim.warmup_epochs >= 0 else float(int(optim.epochs) // 100)
-    return int(round(epochs * steps_per_epoch(optim, num_images)))
+    """Warmup length in steps, counted like :func:`total_steps`; the release warms up for
+    ``int(epochs // 100)`` epochs by default."""
+    epochs = optim.warmup_epochs if optim.warmup_epochs >= 0 else float(int(optim.epochs // 100))
+    return _epochs_to_steps(epochs, optim, num_images)
 
 
 # --------------------------------------------------------------------------- strict parsing
@@ -430,6 +434,23 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return conv(cfg)
 
 
+def config_differences(old: Any, new: Any) -> list[str]:
+    """The dotted fields where two configs (or their dicts) differ, in field order, as
+    ``"optim.base_lr: 1.0 -> 0.5"`` (``old``'s value, then ``new``'s)."""
+
+    def leaves(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, Mapping):
+                out.update(leaves(value, f"{prefix}{key}."))
+            else:
+                out[prefix + key] = value
+        return out
+
+    a, b = leaves(to_dict(old)), leaves(to_dict(new))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in {**a, **b} if a.get(k) != b.get(k)]
+
+
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """Recursive dict merge: ``override`` wins; nested mappings merge key by key."""
     out = dict(base)
@@ -455,7 +476,47 @@ def profile_overrides(profile: str) -> dict[str, Any]:
     if profile not in names:
         raise ConfigError(f"unknown profile {profile!r}: expected one of {', '.join(names)}")
     text = resources.files("detcon.profiles").joinpath(f"{profile}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    return parse_yaml(text, f"profile {profile!r} (detcon/profiles/{profile}.yaml)") or {}
+
+
+class _DuplicateKeyError(yaml.YAMLError):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader (tags that would build Python objects stay refused) that also
+    refuses a mapping key given twice: PyYAML keeps the last one silently, so a second ``grid:``
+    in an ablation file would drop the first grid's points without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor`: its keys may be overridden, that is what it is for
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first_line:
+                    raise _DuplicateKeyError(
+                        f"line {line}: the key {key!r} is given twice (first on line "
+                        f"{first_line[key]}); YAML would keep only the last one: remove or "
+                        "merge one of them"
+                    )
+                first_line[key] = line
+            except TypeError:
+                continue  # an unhashable key: SafeLoader reports it below
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)`` with keys given twice refused; errors are ConfigErrors naming
+    ``where`` (a file, a profile, an override)."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKeyError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -463,10 +524,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    data = parse_yaml(path.read_text(), str(path))
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -492,7 +550,7 @@ def parse_dotted(assignments: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. optim.epochs=2")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        value = parse_yaml(raw, f"override {item!r}") if raw else ""
         node = out
         parts = key.split(".")
         for part in parts[:-1]:

@@ -39,6 +39,9 @@ values.
 
 Run ids (:func:`run_id`) read like the point (``detcon_b-fh-s0``) and end with a hash of the
 resolved config, so they are unique, stable across launches and never reused for another config.
+The hash shown is the first 6 hex digits of the config's SHA-256, more only for points of the
+ablation whose 6 digits coincide; a point's identity (duplicates, run-directory reuse) is the
+full digest (:func:`config_digest`), recorded in ``point.json``.
 
 Precedence, lowest first: the profile's defaults (``detcon/profiles/<profile>.yaml``), ``base``,
 ``profiles.<profile>.overrides``, the point's grid parameters (after ``values``), its seed.
@@ -49,6 +52,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +81,7 @@ __all__ = [
     "nest",
     "resolve_config",
     "run_id",
+    "short_digests",
 ]
 
 COMBINATORS = ("product", "zip", "union", "point")
@@ -106,6 +111,8 @@ _TOKEN_PREFIX = {
     "masks.grid_size": "grid",
 }
 _MAX_LABEL = 80
+# Hex digits of the config digest shown in a run id (more where two points share them).
+_SHORT_DIGEST = 6
 # Grid keys under this prefix are per-point notebook parameters, not config keys.
 NOTEBOOK_PREFIX = "notebook."
 
@@ -420,6 +427,8 @@ class GridPoint:
         ablation: the ablation's name.
         profile: the profile name (``cpu`` / ``paper``).
         run_id: stable directory name, e.g. ``detcon_b-fh-s0-3f2a1c``.
+        digest: the point's identity, :func:`config_digest` (64 hex digits); the run id shows
+            its shortest prefix of at least 6 digits that no other point of the ablation shares.
         params: this point's own grid parameters (dotted keys, profile ``values`` applied) and
             its ``seed``: what distinguishes it.
         overrides: every dotted override on top of the profile's defaults (base, profile
@@ -435,6 +444,7 @@ class GridPoint:
     params: Mapping[str, Any]
     overrides: Mapping[str, Any]
     config: PretrainConfig
+    digest: str
     notebook_params: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -442,6 +452,7 @@ class GridPoint:
             "ablation": self.ablation,
             "profile": self.profile,
             "run_id": self.run_id,
+            "config_digest": self.digest,
             "params": dict(self.params),
             "overrides": dict(self.overrides),
             "notebook_params": dict(self.notebook_params),
@@ -465,30 +476,42 @@ def _token(key: str, value: Any) -> str:
 
 
 def config_digest(config: PretrainConfig, notebook_params: Mapping[str, Any] | None = None) -> str:
-    """First 6 hex digits of the SHA-256 of the resolved config (canonical JSON), and of the
-    point's notebook parameters when it has any (without them the digest is the config's)."""
+    """SHA-256 (64 hex digits) of the resolved config (canonical JSON), and of the point's
+    notebook parameters when it has any (without them the digest is the config's).
+
+    All of it is the point's identity: a 6-digit prefix alone collides (``optim.base_lr`` 4.73
+    and 5.527 share one; at ~5,000 points some pair does about every other grid).
+    """
     data: Any = to_dict(config)
     if notebook_params:
         data = {"config": data, "notebook": dict(notebook_params)}
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:6]
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-def run_id(
-    params: Mapping[str, Any],
-    config: PretrainConfig,
-    notebook_params: Mapping[str, Any] | None = None,
-) -> str:
-    """``{method: detcon_b, masks.source: fh, seed: 0}`` -> ``detcon_b-fh-s0-<hash6>``.
+def short_digests(digests: Sequence[str], minimum: int = _SHORT_DIGEST) -> list[str]:
+    """For each of ``digests`` (distinct), its shortest prefix of at least ``minimum`` digits
+    that no other one starts with: only digests that share a prefix get longer, so the other
+    run ids of a grid keep their names."""
+    order = sorted(digests)
+    shared = dict.fromkeys(order, 0)  # longest prefix each shares with another digest
+    for a, b in zip(order, order[1:]):
+        n = len(os.path.commonprefix([a, b]))
+        shared[a], shared[b] = max(shared[a], n), max(shared[b], n)
+    return [d[: max(minimum, shared[d] + 1)] for d in digests]
+
+
+def run_id(params: Mapping[str, Any], digest: str) -> str:
+    """``{method: detcon_b, masks.source: fh, seed: 0}``, ``3f2a1c`` -> ``detcon_b-fh-s0-3f2a1c``.
 
     The readable part comes from the point's own parameters only (not from which keys vary
-    elsewhere in the grid), so adding arms or seeds to a grid never renames existing runs. The
-    hash covers the whole resolved config: a change to anything that would be trained (base,
-    profile defaults) gives a new directory instead of silently mixing results.
+    elsewhere in the grid), so adding arms or seeds to a grid never renames existing runs.
+    ``digest`` (from :func:`short_digests`) covers the whole resolved config: a change to
+    anything that would be trained (base, profile defaults) gives a new directory instead of
+    silently mixing results.
     """
     keys = [k for k in params if k != "seed"] + (["seed"] if "seed" in params else [])
     label = "-".join(_token(k, params[k]) for k in keys)[:_MAX_LABEL].rstrip("-_.")
-    digest = config_digest(config, notebook_params)
     return f"{label}-{digest}" if label else digest
 
 
@@ -539,7 +562,7 @@ def expand(ablation: Ablation, profile: str) -> list[GridPoint]:
     grid_points = expand_grid(ablation.grid)
     section = ablation.section(profile)
     _check_values(grid_points, section.values, f"{where}: profiles.{profile}")
-    points: list[GridPoint] = []
+    resolved: list[tuple[dict[str, Any], dict[str, Any], PretrainConfig, str, dict[str, Any]]] = []
     seen: dict[str, str] = {}
     for seed in ablation.seeds_for(profile):
         for raw in grid_points:
@@ -570,15 +593,18 @@ def expand(ablation: Ablation, profile: str) -> list[GridPoint]:
                     f"{profile!r} ({seen[digest]} and {params!r}); remove the duplicate"
                 )
             seen[digest] = repr(params)
-            points.append(
-                GridPoint(
-                    ablation.name,
-                    profile,
-                    run_id(params, config, notebook),
-                    params,
-                    overrides,
-                    config,
-                    notebook,
-                )
-            )
-    return points
+            resolved.append((params, overrides, config, digest, notebook))
+    shown = short_digests([digest for _, _, _, digest, _ in resolved])
+    return [
+        GridPoint(
+            ablation.name,
+            profile,
+            run_id(params, short),
+            params,
+            overrides,
+            config,
+            digest,
+            notebook,
+        )
+        for (params, overrides, config, digest, notebook), short in zip(resolved, shown)
+    ]

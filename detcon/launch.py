@@ -1,6 +1,6 @@
 """``detcon run`` / ``detcon status``: validate an ablation grid, then run each point's notebooks.
 
-Flow (DESIGN §3): expand the ablation file into grid points; validate *every* point before
+Flow (docs/design.md §2): expand the ablation file into grid points; validate *every* point before
 anything is written or submitted (config, evaluation task names, notebook parameters, data paths,
 cluster profile); skip points that are done (a valid ``summary.json``), points locked by another
 process and points whose run directory cannot be used (reported); rerun points whose
@@ -80,7 +80,8 @@ NOTEBOOK_DIR = REPO / "notebooks"
 CLUSTER_DIR = REPO / "ablations" / "clusters"
 EVALUATE_NOTEBOOK = "evaluate"
 EXECUTORS = ("local", "slurm", "debug")
-# Evaluation tasks when detcon.evaluate cannot be imported (DESIGN §6); its TASKS wins otherwise.
+# Evaluation tasks when detcon.evaluate cannot be imported (docs/design.md §5); its TASKS wins
+# otherwise.
 _DESIGN_TASKS = ("segmentation", "depth", "linear", "detection")
 # Parameters the launcher sets itself, per stage; an ablation file may not set them.
 _LAUNCHER_PARAMETERS = {
@@ -468,6 +469,7 @@ def _run_locked(spec: PointSpec) -> dict[str, Any]:
             read_json(run_dir / "train_summary.json"),
             evaluation,
             read_json(run_dir / "eval_random.json") if evaluation is not None else None,
+            read_json(run_dir / "eval_supervised.json") if evaluation is not None else None,
         )
         write_json(run_dir / "summary.json", summary)
         notebook = Path(current).with_suffix(".html").name
@@ -592,6 +594,33 @@ def _check_data(point: GridPoint, overrides: Mapping[str, Any], where: Path) -> 
                 f"{shown}; set {key} under profiles.{point.profile}.overrides (or base) to the "
                 "directory"
             )
+    if cfg.masks.store:  # its source, parameters and shards; training checks the dataset too
+        from detcon.masks.sources import build_mask_source
+        from detcon.masks.store import open_for_training
+
+        try:
+            open_for_training(overrides["masks.store"], build_mask_source(cfg.masks))
+        except (ValueError, FileNotFoundError) as exc:
+            raise type(exc)(f"{where}: point {point.run_id}: {exc}") from None
+
+
+def _check_identity(point: GridPoint, run_dir: Path) -> None:
+    """A run directory is reused (resumed, or skipped as done) only by the point that made it:
+    the run id shows a prefix of the config digest, ``point.json`` records all of it. (Older
+    ``point.json`` files without it are taken as the point's.)"""
+    path = run_dir / "point.json"
+    if not path.is_file():
+        return
+    try:
+        recorded = (read_json(path) or {}).get("config_digest")
+    except (OSError, ValueError):
+        return  # unreadable: reported by `detcon status`, rewritten when the point runs
+    if recorded and recorded != point.digest:
+        raise ValueError(
+            f"run directory {run_dir} (run id {point.run_id}) holds another grid point: its "
+            f"point.json has config digest {recorded}, this point's is {point.digest} (their "
+            "first digits coincide); move that directory away to run this point"
+        )
 
 
 def _precompute_args(point: GridPoint) -> tuple[str, ...]:
@@ -736,6 +765,7 @@ def prepare(
         if check_data:
             _check_data(point, overrides, ablation.path)
         run_dir = (runs_root / point.run_id).absolute()
+        _check_identity(point, run_dir)
         params = {
             "profile": profile,
             "overrides": overrides,

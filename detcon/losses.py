@@ -2,8 +2,8 @@
 
 ``detcon_loss`` is the contrastive detection objective of Hénaff et al. 2021 (§3.1, Eq. 3), with the
 exact semantics of the official release's ``byol_nce_detcon`` (google-deepmind/detcon,
-``utils/losses.py``) when ``negative_groups=1``; DESIGN §5.6 restates it. ``byol_loss`` is BYOL's
-normalised regression loss (Grill et al. 2020, Eq. 2) symmetrised over the two views.
+``utils/losses.py``) when ``negative_groups=1``; docs/design.md §4.6 restates it. ``byol_loss``
+is BYOL's normalised regression loss (Grill et al. 2020, Eq. 2) symmetrised over the two views.
 """
 
 from __future__ import annotations

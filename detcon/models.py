@@ -1,7 +1,7 @@
 """Backbones, MLP heads, cross-process BatchNorm and the one pretraining model.
 
-DetCon-B, DetCon-S, BYOL and SimCLR are configurations of :class:`PretrainModel` (DESIGN §5.5,
-§5.9, §5.11): the image-level baselines are the special case of one whole-image mask per view.
+DetCon-B, DetCon-S, BYOL and SimCLR are configurations of :class:`PretrainModel` (docs/design.md
+§4.5, §4.9, §4.11): the image-level baselines are the special case of one whole-image mask per view.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ __all__ = [
     "build_backbone",
     "convert_sync_batchnorm",
     "export_backbone",
+    "haiku_init_",
     "repeated_rows",
     "set_bn_momentum",
 ]
@@ -94,14 +95,30 @@ class SmallResNet(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.out_channels = widths[-1]
         self.stride = stride
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        haiku_init_(self)
         for block in self.layers:
             nn.init.zeros_(block.bn2.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(self.stem(x))
+
+
+def haiku_init_(module: nn.Module) -> nn.Module:
+    """Initialise every conv and linear layer of ``module`` as Haiku's defaults, in place.
+
+    The release builds its networks with Haiku (``utils/networks.py``), whose ``Conv2D`` and
+    ``Linear`` draw weights from a normal with std ``1/sqrt(fan_in)`` truncated at two standard
+    deviations, and start biases at zero; BatchNorm starts at scale 1, offset 0 (as torch). It
+    replaces torchvision's kaiming fan-out convs and torch's uniform Linear weights and biases.
+    BatchNorm scales that callers zero (the last of each residual block) are left alone.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            std = m.weight[0].numel() ** -0.5  # fan_in = in_channels * kernel area
+            nn.init.trunc_normal_(m.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
 
 
 def build_backbone(cfg: ModelConfig) -> nn.Module:
@@ -110,8 +127,8 @@ def build_backbone(cfg: ModelConfig) -> nn.Module:
         net: nn.Module = SmallResNet(cfg.small_width, cfg.small_stride)
     else:
         block, layers = _RESNET_LAYERS[cfg.backbone]
-        # zero_init_residual: the last BN gamma of each block starts at 0 (DESIGN §5.9).
-        resnet = ResNet(block, layers, zero_init_residual=True)
+        # zero_init_residual: the last BN gamma of each block starts at 0 (docs/design.md §4.9).
+        resnet = haiku_init_(ResNet(block, layers, zero_init_residual=True))
         net = Backbone(resnet, 512 * block.expansion, 32)
     return set_bn_momentum(net, cfg.bn_momentum)
 
@@ -167,6 +184,7 @@ class MLP(nn.Sequential):
             nn.ReLU(inplace=True),
             nn.Linear(hidden, out, bias=False),
         )
+        haiku_init_(self)
 
     def forward(self, x: Tensor, rows: RepeatedRows | None = None) -> Tensor:
         """(..., in) -> (..., out), row by row except for the BN statistics over all rows.
@@ -227,7 +245,7 @@ class _CrossProcessBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Make every BatchNorm synchronise its statistics across processes (DESIGN §5.5).
+    """Make every BatchNorm synchronise its statistics across processes (docs/design.md §4.5).
 
     On CUDA torch's SyncBatchNorm is used; on CPU (gloo) our all-reduce BatchNorm.
     """

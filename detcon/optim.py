@@ -1,5 +1,5 @@
 """LARS and the release's schedules (google-deepmind/detcon ``utils/optimizers.py``,
-``utils/schedules.py``; DESIGN §5.8).
+``utils/schedules.py``; docs/design.md §4.8).
 
 LARS (You et al. 2017) as the release chains it: ``u = g + wd * p``, then
 ``u *= eta * ||p|| / ||u||`` (1 where either norm is 0), then ``m = momentum * m + u`` and

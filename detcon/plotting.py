@@ -1,4 +1,4 @@
-"""Figures of the DetCon ablation lab (DESIGN §1, §3: ``figures/<name>.{png,pdf}``).
+"""Figures of the DetCon ablation lab (docs/design.md §1, §2.5: ``figures/<name>.{png,pdf}``).
 
 Every function builds and returns a :class:`matplotlib.figure.Figure` without touching pyplot's
 global state (safe in notebooks, tests and headless cluster jobs); the caller saves it.
@@ -112,7 +112,14 @@ def scene_gallery(dataset: Any, indices: Sequence[int], *, panel_inches: float =
 
 # Metrics for which smaller is better; every other metric reads "higher is better".
 _LOWER_IS_BETTER = frozenset({"rmse", "abs_rel", "final_loss", "loss", "wall_s"})
-_BASELINE_STYLE = {"color": "0.35", "linestyle": "--", "linewidth": 1.0}
+# The reference lines of an ablation panel, per reference backbone (detcon.results.REFERENCES):
+# legend label and style, distinct so the floor and the ceiling are told apart in greyscale too.
+_REFERENCE_LINES = {
+    "random": ("random init (floor)", {"color": "0.35", "linestyle": "--", "linewidth": 1.0}),
+    "supervised": ("supervised (ceiling)", {"color": "0.1", "linestyle": "-.", "linewidth": 1.0}),
+}
+# Margin of a panel's y axis around its data and reference lines, as a fraction of their span.
+_Y_MARGIN = 0.08
 
 
 def _metric_title(task: str, metric: str) -> str:
@@ -158,6 +165,15 @@ def _legend_below(fig: Figure, handles: list[Any], labels: list[str], title: str
     fig.legend(handles, labels, loc="outside lower center", ncol=ncol, title=title, frameon=False)
 
 
+def _span_y(ax: Any, values: Sequence[float]) -> None:
+    """Fit ``ax``'s y axis to ``values`` (a panel's seeds and reference levels) plus a margin, so
+    the floor and the ceiling stay on the panel however far they are from the points. (The
+    bootstrap CI of a mean lies within its seeds' range, so the bars fit as well.)"""
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    pad = _Y_MARGIN * (hi - lo) or 0.05 * max(abs(hi), 1.0)
+    ax.set_ylim(lo - pad, hi + pad)
+
+
 def _take_legend(ax: Any) -> tuple[list[Any], list[str]]:
     """Handles and labels of the legend seaborn drew on ``ax``, removing it from the panel."""
     legend = ax.get_legend()
@@ -176,11 +192,12 @@ def ablation_figure(
     order: Sequence[str],
     hue: str | None = None,
     hue_order: Sequence[str] | None = None,
-    baseline: pd.DataFrame | None = None,
+    references: pd.DataFrame | None = None,
     title: str = "",
     panel_inches: float = 2.8,
 ) -> Figure:
-    """One panel per (task, metric): mean over seeds with a 95% bootstrap CI, and every seed.
+    """One panel per (task, metric): mean over seeds with a 95% bootstrap CI, and every seed,
+    between the reference lines of the random-init floor and the supervised ceiling.
 
     Args:
         data: tidy rows of finished runs, columns ``task``, ``metric``, ``value`` (float),
@@ -188,8 +205,10 @@ def ablation_figure(
             the same (task, metric, x, hue) are the seeds.
         x: the categorical column on the x axis; ``order``: its values, left to right.
         hue: a second varying parameter (colour), or None; ``hue_order``: its values.
-        baseline: rows ``task, metric, value`` of the random-init backbone; each panel gets a
-            dashed line at their mean.
+        references: rows ``backbone, task, metric, value`` of the reference backbones
+            (``random``: the floor, ``supervised``: the ceiling); each panel gets one horizontal
+            line per backbone at their mean, in its own style, and a y axis spanning the lines
+            and the points.
         title: figure title.
         panel_inches: width of one panel.
     Returns:
@@ -201,6 +220,14 @@ def ablation_figure(
     import seaborn as sns
 
     _check_columns(data, ("task", "metric", "value", x, hue), "ablation_figure")
+    if references is not None:
+        _check_columns(references, ("backbone", "task", "metric", "value"), "references")
+        unknown = sorted(set(references["backbone"]) - set(_REFERENCE_LINES))
+        if unknown:
+            raise ValueError(
+                f"ablation_figure: references hold backbone(s) {', '.join(map(repr, unknown))}; "
+                f"expected {' or '.join(map(repr, _REFERENCE_LINES))}"
+            )
     if hue is not None and not hue_order:
         raise ValueError("ablation_figure: hue given without hue_order")
     panels = list(dict.fromkeys(zip(data["task"], data["metric"])))
@@ -218,6 +245,7 @@ def ablation_figure(
         )
         palette = sns.color_palette(n_colors=n_hue) if hue is not None else None
         legend: tuple[list[Any], list[str]] = ([], [])
+        drawn: set[str] = set()  # reference backbones with a line on some panel
         for i, (ax, (task, metric)) in enumerate(zip(axes, panels)):
             sub = data[(data["task"] == task) & (data["metric"] == metric)]
             common: dict[str, Any] = {"data": sub, "x": x, "y": "value", "order": list(order)}
@@ -248,10 +276,16 @@ def ablation_figure(
                 color=None if hue is not None else "C0",
                 legend=hue is not None and i == 0,
             )
-            if baseline is not None:
-                ref = baseline[(baseline["task"] == task) & (baseline["metric"] == metric)]
-                if len(ref):
-                    ax.axhline(float(ref["value"].mean()), **_BASELINE_STYLE)
+            levels = []
+            if references is not None:
+                ref = references[(references["task"] == task) & (references["metric"] == metric)]
+                for backbone, (_, style) in _REFERENCE_LINES.items():
+                    values = ref.loc[ref["backbone"] == backbone, "value"]
+                    if len(values):
+                        levels.append(float(values.mean()))
+                        ax.axhline(levels[-1], **style)
+                        drawn.add(backbone)
+            _span_y(ax, [*sub["value"], *levels])
             if i == 0:
                 legend = _take_legend(ax)
             ax.set_title(_metric_title(task, metric), fontsize=8)
@@ -262,9 +296,10 @@ def ablation_figure(
                 for label in ax.get_xticklabels():
                     label.set_horizontalalignment("right")
         handles, labels = legend
-        if baseline is not None and len(baseline):
-            handles.append(mlines.Line2D([], [], **_BASELINE_STYLE))
-            labels.append("random init")
+        for backbone, (label, style) in _REFERENCE_LINES.items():
+            if backbone in drawn:
+                handles.append(mlines.Line2D([], [], **style))
+                labels.append(label)
         _legend_below(fig, handles, labels, hue)
         note = (
             "diamonds: mean over seeds with 95% bootstrap CI; dots: individual seeds; "

@@ -4,7 +4,9 @@ Reads every expected point's run directory (:func:`detcon.results.scan_ablation`
 each file atomically (:mod:`detcon.atomic`):
 
 - ``<figures>/<ablation>.png`` / ``.pdf``: one panel per downstream (task, metric), mean over
-  seeds with a 95% bootstrap CI and every seed, the random-init baseline as a dashed line;
+  seeds with a 95% bootstrap CI and every seed, between two reference lines: the random-init
+  floor (dashed, ``eval_random.json``) and the supervised ceiling (dash-dot,
+  ``eval_supervised.json``), each drawn where some point evaluated it;
 - ``<figures>/<ablation>.csv``: the tidy table behind it (every run x backbone x metric, with
   the run's state: the figure plots the ``done`` rows);
 - ``<figures>/<ablation>_curves.png``: loss and collapse indicator against the step, per run;
@@ -36,6 +38,7 @@ from matplotlib.figure import Figure
 from detcon.atomic import atomic_write, write_text
 from detcon.plotting import ablation_figure, mask_quality_figure, training_curves
 from detcon.results import (
+    REFERENCES,
     AblationScan,
     PlotLayout,
     choose_layout,
@@ -85,20 +88,21 @@ class Report:
 
 
 def figure_rows(scan: AblationScan, layout: PlotLayout) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The rows the ablation figure plots and its baseline rows.
+    """The rows the ablation figure plots and its reference rows.
 
     Returns:
-        ``(rows, baseline)``: the pretrained encoder's downstream metrics of ``done`` points
+        ``(rows, references)``: the pretrained encoder's downstream metrics of ``done`` points
         (when no point was evaluated: their final pretraining loss instead), labelled with the
-        layout's x / hue columns, tasks in the ablation's ``evaluate`` order; and the
-        random-init rows of ``done`` points.
+        layout's x / hue columns, tasks in the ablation's ``evaluate`` order; and the rows of
+        ``done`` points' reference backbones (``random``: the floor, ``supervised``: the
+        ceiling).
     """
     done = scan.tidy[scan.tidy["state"] == "done"]
     downstream = done["task"] != "pretrain"
     rows = done[downstream & (done["backbone"] == "pretrained")]
     if rows.empty:
         rows = done[(done["task"] == "pretrain") & (done["metric"] == "final_loss")]
-    baseline = done[downstream & (done["backbone"] == "random")]
+    references = done[downstream & done["backbone"].isin(REFERENCES)]
     # Panels follow the ablation's `evaluate:` order (summary.json's keys are sorted by name); a
     # task named after its kind plus a dataset (e.g. segmentation_voc) ranks with its kind.
     tasks = scan.ablation.evaluate
@@ -107,7 +111,7 @@ def figure_rows(scan: AblationScan, layout: PlotLayout) -> tuple[pd.DataFrame, p
         return next((i for i, kind in enumerate(tasks) if task.startswith(kind)), len(tasks))
 
     rows = rows.sort_values("task", key=lambda col: col.map(rank), kind="stable")
-    return label_rows(rows, layout), baseline
+    return label_rows(rows, layout), references
 
 
 def _message_figure(text: str) -> Figure:
@@ -282,7 +286,13 @@ def build_report(
             directory (nothing was run yet).
         ConfigError: the ablation file is invalid.
         ValueError: ``mask_quality.csv`` lacks a column.
+        NotADirectoryError: ``figures_dir`` is an existing file.
     """
+    if Path(figures_dir).exists() and not Path(figures_dir).is_dir():
+        raise NotADirectoryError(
+            f"--figures-dir {str(figures_dir)!r} is an existing file: expected a directory for "
+            "the figures and tables (or a path that does not exist yet)"
+        )
     scan = scan_ablation(ablation_path, profile=profile, runs_dir=runs_dir)
     name = scan.ablation.name
     if (scan.status["state"] == "missing").all():
@@ -296,7 +306,7 @@ def build_report(
     layout = choose_layout(scan.status, scan.param_keys)
     title = f"{name} (profile {profile})"
 
-    rows, baseline = figure_rows(scan, layout)
+    rows, references = figure_rows(scan, layout)
     if rows.empty:
         fig = _message_figure(f"{title}: no finished point yet ({_counts_text(scan)})")
     else:
@@ -306,7 +316,7 @@ def build_report(
             order=[o for o in layout.x_order if o in set(rows[layout.x])],
             hue=layout.hue,
             hue_order=layout.hue_order,
-            baseline=baseline if len(baseline) else None,
+            references=references if len(references) else None,
             title=title,
         )
     png, pdf = _save(fig, figures / f"{name}.png"), _save(fig, figures / f"{name}.pdf")

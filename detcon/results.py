@@ -1,10 +1,11 @@
-"""Run directories of an ablation -> tidy tables (DESIGN §3: ``detcon report``).
+"""Run directories of an ablation -> tidy tables (docs/design.md §2.5: ``detcon report``).
 
 Everything is read from the files the library and the launcher write (docs/run-directory.md):
 ``status.json`` (state, error), ``summary.json`` (the row source of a finished point), else
 ``train_summary.json`` + ``eval.json`` (a point still running or failed after pretraining),
-``eval_random.json`` (the random-init baseline) and ``metrics.jsonl`` (training curves). Never
-from notebook outputs.
+``eval_random.json`` (the random-init baseline: the floor), ``eval_supervised.json`` (the same
+initialisation trained on the probe's labels: the ceiling) and ``metrics.jsonl`` (training
+curves). Never from notebook outputs.
 
 The expected points come from the ablation file (:func:`detcon.grid.expand`), so a point that
 was never launched shows up as ``missing`` instead of silently shrinking the figure. A run
@@ -16,8 +17,9 @@ Three tables come out of :func:`scan_ablation`:
 - ``status`` (the completeness table): one row per expected point: ``ablation, run_id, state,
   <grid parameters>, seed, error, notebook, run_dir``; ``state`` is one of :data:`STATES`.
 - ``tidy``: one row per run x backbone x metric: ``ablation, run_id, state, <grid parameters>,
-  seed, backbone, task, metric, value``. ``backbone`` is ``pretrained`` (the run's encoder) or
-  ``random`` (its random-init baseline); ``task`` is ``pretrain`` for the numbers of
+  seed, backbone, task, metric, value``. ``backbone`` is ``pretrained`` (the run's encoder),
+  ``random`` (its random-init baseline, the floor) or ``supervised`` (the supervised ceiling);
+  ``task`` is ``pretrain`` for the numbers of
   ``train_summary.json`` (``final_loss``, ``wall_s``, ...). Grid parameters are columns named by
   their dotted config keys (``masks.source``); a key that only some points set (a ``union`` arm)
   is filled from the other points' resolved configs, so every row has every parameter.
@@ -41,6 +43,7 @@ from detcon.launch import OFFICIAL_PARAMETER, ablation_status
 from detcon.runs import ENCODER_RECORD, read_json
 
 __all__ = [
+    "REFERENCES",
     "STATES",
     "AblationScan",
     "PlotLayout",
@@ -56,7 +59,10 @@ __all__ = [
 # Completeness states: `missing` = no run directory / never started; `pending` = queued or
 # written `pending` by the launcher; `running` = a process holds the point's lock.
 STATES = ("done", "failed", "running", "pending", "missing")
-BACKBONES = ("pretrained", "random")
+# The reference backbones evaluated next to a run's encoder: the random-init floor and the
+# supervised ceiling, each in ``eval_<backbone>.json`` (``detcon evaluate --backbone``).
+REFERENCES = ("random", "supervised")
+BACKBONES = ("pretrained", *REFERENCES)
 # train_summary.json fields that are not measurements (bookkeeping or labels).
 _NOT_METRICS = ("resumed_from",)
 # Columns of metrics.jsonl kept for the training-curves figure (docs/run-directory.md).
@@ -120,8 +126,9 @@ def _pretrain_rows(data: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def _summary_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Metric rows of a flat ``summary.json`` (:func:`detcon.runs.flatten_summary`):
-    ``pretrain.<key>``, ``eval.<task>.<metric>`` and (when the launcher adds the baseline)
-    ``eval_random.<task>.<metric>``; a summary with ``backbone: random`` is a baseline row."""
+    ``pretrain.<key>``, ``eval.<task>.<metric>`` and (when the launcher adds the references)
+    ``eval_random.<task>.<metric>`` / ``eval_supervised.<task>.<metric>``; a summary with
+    ``backbone: random`` is a baseline row."""
     own_backbone = summary.get("backbone", "pretrained")
     if own_backbone not in BACKBONES:
         raise ValueError(
@@ -133,11 +140,11 @@ def _summary_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
         head, _, rest = key.partition(".")
         if head == "pretrain" and rest:
             pretrain[rest] = value
-        elif head in ("eval", "eval_random") and rest:
+        elif rest and (head == "eval" or head.removeprefix("eval_") in REFERENCES):
             # Metric names carry no dots; task names might (a dataset suffix), so split last.
             task, _, metric = rest.rpartition(".")
             task, metric = (task, metric) if task else (rest, "value")
-            backbone = "random" if head == "eval_random" else own_backbone
+            backbone = own_backbone if head == "eval" else head.removeprefix("eval_")
             rows.extend(_eval_rows({task: {metric: value}}, backbone, "summary.json"))
     return _pretrain_rows(pretrain) + rows
 
@@ -147,13 +154,14 @@ def read_run_metrics(run_dir: str | Path) -> tuple[list[dict[str, Any]], str | N
 
     Rows are dicts ``backbone, task, metric, value`` (value a float). ``summary.json`` is the
     source when present (it is what the point finished with); otherwise ``train_summary.json``
-    and ``eval.json``; ``eval_random.json`` adds the random-init baseline either way.
+    and ``eval.json``; ``eval_random.json`` and ``eval_supervised.json`` add the references
+    (floor and ceiling) either way.
 
     Returns:
         ``(rows, problem)``: ``problem`` is None, or one line naming the first unreadable file
-        (``status``, ``point``, ``summary``, ``train_summary``, ``eval``, ``eval_random``
-        ``.json``) or the first non-numeric metric (rows then hold what the readable files
-        gave).
+        (``status``, ``point``, ``summary``, ``train_summary``, ``eval``, ``eval_random``,
+        ``eval_supervised`` ``.json``) or the first non-numeric metric (rows then hold what the
+        readable files gave).
     """
     run_dir = Path(run_dir)
     rows: list[dict[str, Any]] = []
@@ -172,7 +180,7 @@ def read_run_metrics(run_dir: str | Path) -> tuple[list[dict[str, Any]], str | N
     for name in ("status.json", "point.json"):
         load(name)
     summary = load("summary.json")
-    baseline = load("eval_random.json")
+    references = {b: load(f"eval_{b}.json") for b in REFERENCES}
     try:
         if summary is not None:
             rows += _summary_rows(summary)
@@ -181,9 +189,9 @@ def read_run_metrics(run_dir: str | Path) -> tuple[list[dict[str, Any]], str | N
             evaluation = load("eval.json")
             rows += _pretrain_rows(train or {})
             rows += _eval_rows(evaluation or {}, "pretrained", "eval.json")
-        has_random = any(r["backbone"] == "random" for r in rows)
-        if baseline is not None and not has_random:
-            rows += _eval_rows(baseline, "random", "eval_random.json")
+        for backbone, data in references.items():  # summary.json may hold them already
+            if data is not None and not any(r["backbone"] == backbone for r in rows):
+                rows += _eval_rows(data, backbone, f"eval_{backbone}.json")
     except ValueError as exc:
         problem = problem or _one_line(f"corrupt results: {exc}")
     return rows, problem

@@ -161,29 +161,48 @@ def write_status(run_dir: str | Path, state: str, **fields: Any) -> dict[str, An
 # --------------------------------------------------------------------------- lock
 
 
-class PointBusyError(RuntimeError):
-    """Another process holds the point's lock (it is running elsewhere)."""
+class PointBusyError(BlockingIOError):
+    """Another process holds the point's lock (it is running elsewhere). A BlockingIOError, like
+    the refused ``flock`` it reports: the CLI shows it as a one-paragraph error."""
+
+
+def _lock_holder(path: Path) -> str:
+    """``pid P on host H`` from a lock file (what the holder wrote), or why it is unknown."""
+    try:
+        host, pid = path.read_text().split()
+    except (OSError, ValueError):
+        return "holder unknown: it has not written its name yet"
+    return f"pid {pid} on host {host}"
 
 
 @contextmanager
-def point_lock(run_dir: str | Path) -> Iterator[Path]:
-    """Hold an exclusive, non-blocking ``flock`` on ``run_dir/.lock`` for the block.
+def point_lock(run_dir: str | Path, *, wait: bool = False) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on ``run_dir/.lock`` for the block; the file names the holder
+    (``<host> <pid>``).
 
     The kernel drops the lock when the holder exits, killed or not, so a crashed or requeued job
-    never leaves a stale lock. (On NFS, Linux emulates flock with POSIX byte-range locks, which
-    the server arbitrates across nodes.)
+    never leaves a stale lock: the name of a dead holder left in the file blocks nobody. (On NFS,
+    Linux emulates flock with POSIX byte-range locks, which the server arbitrates across nodes.)
+
+    Args:
+        wait: block until the holder lets go instead of raising (for short critical sections,
+            e.g. updating a mask store's manifest).
 
     Raises:
-        PointBusyError: another process holds it.
+        PointBusyError: another process holds it (not with ``wait``); the message names it.
     """
     path = Path(run_dir) / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise PointBusyError(f"{run_dir} is locked by another process") from None
+                raise PointBusyError(
+                    f"{run_dir} is in use by another process ({_lock_holder(path)}, which holds "
+                    f"{path}): one directory, one writer; wait for it to finish, or use another "
+                    "directory"
+                ) from None
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
@@ -313,19 +332,26 @@ def flatten_summary(
     train_summary: Mapping[str, Any] | None,
     evaluation: Mapping[str, Any] | None,
     random_baseline: Mapping[str, Any] | None = None,
+    supervised_ceiling: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One flat row per point, the source of the report tables (``summary.json``).
 
     Keys: ``ablation``, ``run_id``, ``profile``; the point's parameters under their dotted
     config keys (``method``, ``masks.source``, ``seed``); ``pretrain.<key>`` from
-    ``train_summary.json``; ``eval.<task>.<metric>`` from ``eval.json`` and
-    ``eval_random.<task>.<metric>`` from ``eval_random.json`` (the random-init baseline).
+    ``train_summary.json``; ``eval.<task>.<metric>`` from ``eval.json``,
+    ``eval_random.<task>.<metric>`` from ``eval_random.json`` (the random-init baseline: the
+    floor) and ``eval_supervised.<task>.<metric>`` from ``eval_supervised.json`` (the encoder
+    trained on the probe's labels: the ceiling).
     """
     row: dict[str, Any] = {k: point[k] for k in ("ablation", "run_id", "profile")}
     row.update(point.get("params", {}))
     for key, value in (train_summary or {}).items():
         row[f"pretrain.{key}"] = value
-    for prefix, results in (("eval", evaluation), ("eval_random", random_baseline)):
+    for prefix, results in (
+        ("eval", evaluation),
+        ("eval_random", random_baseline),
+        ("eval_supervised", supervised_ceiling),
+    ):
         for task, metrics in (results or {}).items():
             if task == ENCODER_RECORD:  # which encoder was measured: not a metric
                 continue

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,16 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from detcon.atomic import remove_stale_temp_files, save_torch, write_json, write_text
+from detcon.atomic import (
+    naming_full_disk,
+    remove_stale_temp_files,
+    save_torch,
+    write_json,
+    write_text,
+)
 from detcon.config import (
     PretrainConfig,
+    config_differences,
     from_dict,
     scaled_lr,
     to_dict,
@@ -35,6 +43,7 @@ from detcon.data.pretrain import (
 )
 from detcon.models import PretrainModel, convert_sync_batchnorm, export_backbone
 from detcon.optim import LARS, learning_rate, param_groups, target_ema
+from detcon.runs import point_lock
 
 __all__ = [
     "NonFiniteLossError",
@@ -59,8 +68,9 @@ _WRITTEN = (CHECKPOINT, "backbone.pt", "backbone.json", "config.json", "train_su
 CHECKPOINT_FORMAT = 1
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept untouched."""
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint is kept untouched. (A
+    FloatingPointError: the CLI reports it as a one-paragraph error, the fix being a setting.)"""
 
 
 @dataclass(frozen=True)
@@ -143,18 +153,24 @@ def retain_freed_host_memory() -> bool:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``), with a clear error if it is unusable."""
+    """Read a checkpoint safely (``weights_only=True``).
+
+    Raises:
+        ValueError: the file is truncated, corrupt or not a detcon checkpoint; the message
+            names it and how to start over (it is never deleted here).
+    """
     path = Path(path)
+    fix = (
+        f"the run cannot resume from it: move it away (`mv {path} {path}.bad`) to train the run "
+        "from step 0, or put back a good copy"
+    )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the path and the cause
-        raise RuntimeError(
-            f"checkpoint {path} cannot be read ({exc}); delete it to start over"
-        ) from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for a damaged file
+        cause = " ".join(str(exc).split())[:300]
+        raise ValueError(f"{path} is truncated or corrupt ({cause}); {fix}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise RuntimeError(
-            f"checkpoint {path} is not a detcon checkpoint of format {CHECKPOINT_FORMAT}"
-        )
+        raise ValueError(f"{path} is not a detcon checkpoint of format {CHECKPOINT_FORMAT}; {fix}")
     return ckpt
 
 
@@ -323,7 +339,6 @@ def build_optimizer(
 def build_loader(
     cfg: PretrainConfig,
     dataset: torch.utils.data.Dataset,
-    steps_per_epoch: int,
     start: int,
     end: int,
     device: torch.device,
@@ -333,7 +348,7 @@ def build_loader(
     """This rank's batches of steps ``start..end-1`` (``cfg.data.num_workers`` workers; pinned
     memory when training on CUDA)."""
     sampler = StepBatchSampler(
-        len(dataset), cfg.optim.batch_size, steps_per_epoch, cfg.seed, start, end, rank, world
+        len(dataset), cfg.optim.batch_size, cfg.seed, start, end, rank, world
     )
     return DataLoader(
         dataset,
@@ -343,6 +358,41 @@ def build_loader(
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
+
+
+def _worker_message(exc: BaseException) -> str | None:
+    """The error message of a DataLoader worker process, which torch re-raises in the training
+    process with the worker's whole traceback as the message ("Caught ValueError in DataLoader
+    worker process 0. Original Traceback ..."); None for other errors."""
+    text = str(exc.args[0]) if exc.args else ""
+    lines = text.rstrip().splitlines()
+    if not lines or not (lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]):
+        return None
+    last_frame = max(i for i, line in enumerate(lines) if i == 0 or line[:1].isspace())
+    error = " ".join(lines[last_frame + 1 :]) or lines[-1]  # "ValueError: <message>"
+    return error.split(": ", 1)[1] if ": " in error else error
+
+
+def _batches(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
+    """The loader's batches; an error of a worker process is raised again with the worker's
+    own message (e.g. which mask-store shard failed to load and how to repair it), not its
+    traceback, which stays chained."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:
+            message = _worker_message(exc)
+            if message is None:
+                raise
+            try:
+                error = type(exc)(message)
+            except Exception:  # noqa: BLE001 - a type that needs other arguments: keep torch's
+                raise exc from None
+            raise error from exc
+        yield batch
 
 
 def train_step(
@@ -415,6 +465,7 @@ def pretrain(
     progress: bool | None = None,
     stop_after: int | None = None,
     speed: SpeedOptions | None = None,
+    lock: bool = False,
 ) -> TrainResult:
     """Pretrain ``cfg`` into ``out_dir``, resuming from its checkpoint when there is one.
 
@@ -425,7 +476,41 @@ def pretrain(
         stop_after: stop (with a checkpoint) after this many steps in total; used to simulate an
             interruption. The schedule still spans the whole run.
         speed: speed switches that leave the results unchanged (benchmarks; not config fields).
+        lock: hold ``out_dir/.lock`` (:func:`detcon.runs.point_lock`, rank 0) while training:
+            one writer per run directory. ``detcon pretrain`` sets it; the launcher holds the
+            lock itself while its notebook calls this.
+
+    Raises:
+        NotADirectoryError: ``out_dir`` is an existing file.
+        PointBusyError: with ``lock``, another process holds the lock (the message names it).
+        ValueError: the checkpoint is damaged or was written for another config (naming the
+            fields that differ).
+        NonFiniteLossError: the loss became NaN or infinite (the last checkpoint is kept).
+        DiskFullError: no space left while writing a file (naming it; its last version kept).
     """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(
+            f"run directory {str(out)!r} is an existing file: expected a directory (or a path "
+            "that does not exist yet); choose another --out"
+        )
+    rank, _ = init_distributed()
+    if not lock or rank > 0:
+        return _pretrain(cfg, out, progress=progress, stop_after=stop_after, speed=speed)
+    out.mkdir(parents=True, exist_ok=True)
+    with point_lock(out):
+        return _pretrain(cfg, out, progress=progress, stop_after=stop_after, speed=speed)
+
+
+def _pretrain(
+    cfg: PretrainConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool | None = None,
+    stop_after: int | None = None,
+    speed: SpeedOptions | None = None,
+) -> TrainResult:
+    """The body of :func:`pretrain`, with the run directory held when it is locked."""
     out = Path(out_dir)
     rank, world = init_distributed()
     if cfg.optim.batch_size % world:
@@ -437,7 +522,7 @@ def pretrain(
     if (speed or SpeedOptions()).retain_host_memory:
         retain_freed_host_memory()
     device = _device(cfg)
-    dataset, spe = build_pretrain_dataset(cfg)
+    dataset = build_pretrain_dataset(cfg)
     n_total = total_steps(cfg.optim, len(dataset))
     planned_end = n_total if not cfg.train.max_steps else min(n_total, cfg.train.max_steps)
     end = planned_end if stop_after is None else min(planned_end, stop_after)
@@ -452,9 +537,11 @@ def pretrain(
         ckpt = load_checkpoint(ckpt_path)
         stored = from_dict(PretrainConfig, ckpt["config"])
         if to_dict(stored) != to_dict(cfg):
-            raise RuntimeError(
-                f"{ckpt_path} was written for a different config; expected the "
-                "same config to resume (use a new run directory)"
+            raise ValueError(
+                f"{ckpt_path} was written for a different config (checkpoint -> now: "
+                + "; ".join(config_differences(stored, cfg))
+                + "); resume with the run's own config (its config.json: --config "
+                f"{out / 'config.json'}), or train this one into a new run directory"
             )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -480,7 +567,7 @@ def pretrain(
                 },
             )
 
-    loader = build_loader(cfg, dataset, spe, start, end, device, rank, world)
+    loader = build_loader(cfg, dataset, start, end, device, rank, world)
     show = sys.stderr.isatty() if progress is None else progress
     from tqdm.auto import tqdm
 
@@ -495,7 +582,7 @@ def pretrain(
     metrics_file = (out / "metrics.jsonl").open("a") if rank == 0 else None
     t_run, last_loss, losses = time.perf_counter(), math.nan, []
     try:
-        for step, batch in enumerate(loader, start=start):  # noqa: B007
+        for step, batch in enumerate(_batches(loader), start=start):  # noqa: B007
             t0 = time.perf_counter()
             try:
                 res = train_step(model, optimizer, batch, step, ctx)
@@ -510,7 +597,7 @@ def pretrain(
             if metrics_file is not None and step % cfg.train.log_every == 0:
                 row = {
                     "step": step,
-                    "epoch": step / spe,
+                    "epoch": step * cfg.optim.batch_size / len(dataset),
                     "loss": last_loss,
                     "lr": lr,
                     "tau": tau,
@@ -518,8 +605,9 @@ def pretrain(
                     "masks_present": float(outputs["masks_present"]),
                     "images_per_s": cfg.optim.batch_size / dt,
                 }
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
+                with naming_full_disk(out / "metrics.jsonl"):
+                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.flush()
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.3g}")
             bar.update(1)
             if (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < end:
@@ -546,7 +634,9 @@ def pretrain(
         (out / "backbone.json").unlink(missing_ok=True)
         save_torch(out / "backbone.pt", export_backbone(model))
         write_json(out / "backbone.json", {"step": done, "planned_steps": planned_end})
-        if done == planned_end:
+        # A rerun of a finished run trains no step: it exports backbone.pt again (the fix for a
+        # damaged one) and keeps the summary of the steps that were trained.
+        if done == planned_end and (losses or not (out / "train_summary.json").exists()):
             write_json(
                 out / "train_summary.json",
                 {

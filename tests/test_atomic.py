@@ -1,15 +1,24 @@
-"""Atomic writes (detcon.atomic): permissions as a normal open gives them, and the temp files of a
-killed writer are recognised and removed."""
+"""Atomic writes (detcon.atomic): permissions as a normal open gives them, the temp files of a
+killed writer are recognised and removed, and a full disk names the file and keeps its previous
+version."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 
 import pytest
 
-from detcon.atomic import remove_stale_temp_files, save_torch, write_json, write_text
+from detcon.atomic import (
+    DiskFullError,
+    atomic_write,
+    remove_stale_temp_files,
+    save_torch,
+    write_json,
+    write_text,
+)
 
 
 @pytest.fixture
@@ -57,3 +66,31 @@ def test_stale_temp_files_are_removed_and_nothing_else(tmp_path):
     assert remove_stale_temp_files(tmp_path) == [ours[2]]
     assert all(p.exists() for p in kept) and not any(p.exists() for p in ours)
     assert remove_stale_temp_files(tmp_path / "missing") == []
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_disk_names_the_file_and_keeps_its_previous_version(tmp_path, code):
+    path = write_text(tmp_path / "result.json", "old")
+
+    def write(f):
+        f.write(b"half")
+        raise OSError(code, "No space left on device")
+
+    with pytest.raises(DiskFullError) as err:
+        atomic_write(path, write)
+    assert err.value.errno == code
+    assert str(err.value).startswith(
+        ("no space left on the disk", "over the disk quota")[code == errno.EDQUOT]
+        + f" while writing {path} ("
+    )
+    assert "MiB free there" in str(err.value) and "previous version" in str(err.value)
+    assert path.read_text() == "old" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_other_os_errors_pass_unchanged(tmp_path):
+    def write(f):
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError) as err:
+        atomic_write(tmp_path / "x", write)
+    assert type(err.value) is OSError and err.value.errno == errno.EIO

@@ -22,6 +22,7 @@ from detcon.augment import (
     gaussian_blur,
     normalize,
     photometric,
+    release_crop_window,
     to_grayscale,
 )
 from detcon.config import AugmentConfig
@@ -140,6 +141,63 @@ def test_flip_rate(p):
             flips += flipped
     sd = (p * (1 - p) / n) ** 0.5
     assert abs(flips / n - p) <= 4 * sd + 1e-9
+
+
+def _release_window_numpy(rng, height, width):
+    """Our NumPy port of the release's ``get_random_crop_window`` (utils/tf_image_ops.py)."""
+    area = np.float32(height * width)
+    target = np.float32(rng.uniform(0.08, 1.0)) * area
+    aspect = np.exp(np.float32(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
+    w = min(int(np.round(np.sqrt(target * aspect))), width)
+    h = min(int(np.round(np.sqrt(target / aspect))), height)
+    return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+
+
+def _ks_statistic(a, b):
+    a, b = np.sort(a), np.sort(b)
+    grid = np.concatenate([a, b])
+    cdf_a = np.searchsorted(a, grid, side="right") / len(a)
+    cdf_b = np.searchsorted(b, grid, side="right") / len(b)
+    return float(np.abs(cdf_a - cdf_b).max())
+
+
+def test_crop_windows_follow_the_release_sampler():
+    """10k windows on a 500x375 photo against a port of the release's sampler: same area
+    distribution (torchvision's rejection sampler gives mean 0.435, P(area > 0.6) 0.24)."""
+    height, width, n = 375, 500, 10_000
+    rng = np.random.default_rng(0)
+    ref = np.array([_release_window_numpy(rng, height, width) for _ in range(n)])
+    torch.manual_seed(0)
+    ours = np.array([release_crop_window(height, width) for _ in range(n)])
+    for t, l, h, w in ours:
+        assert 0 <= t and t + h <= height and 0 <= l and l + w <= width and h >= 1 and w >= 1
+    area_ref = ref[:, 2] * ref[:, 3] / (height * width)
+    area_ours = ours[:, 2] * ours[:, 3] / (height * width)
+    assert abs(area_ref.mean() - 0.519) < 0.01  # the figure the issue measured
+    assert abs(area_ours.mean() - area_ref.mean()) < 0.01
+    assert abs((area_ours > 0.6).mean() - (area_ref > 0.6).mean()) < 0.02
+    # two-sample KS, 10k vs 10k: the 0.1% critical value is 1.95 * sqrt(2 / n) = 0.028
+    assert _ks_statistic(area_ours, area_ref) < 0.028
+    # offsets uniform: the window's centre spans the image as in the release
+    for col in (0, 1):
+        assert (
+            _ks_statistic(ours[:, col] + ours[:, col + 2] / 2, ref[:, col] + ref[:, col + 2] / 2)
+            < 0.028
+        )
+
+
+def test_two_view_geometry_draws_release_windows():
+    """The geometry's crops come from release_crop_window with the configured ranges."""
+    geo = TwoViewGeometry(16, crop_scale=(0.5, 0.5), crop_ratio=(1.0, 1.0), flip_prob=0.0)
+    image = torch.zeros(3, 40, 40, dtype=torch.uint8)
+    image[:, :20] = 255  # top half white
+    torch.manual_seed(3)
+    (img, _), _ = geo(image, torch.zeros(40, 40, dtype=torch.int64))
+    torch.manual_seed(3)
+    top, left, h, w = release_crop_window(40, 40, (0.5, 0.5), (1.0, 1.0))
+    assert (h, w) == (28, 28)  # round(sqrt(0.5 * 1600)) = 28
+    white_rows = max(0, 20 - top) / h  # the fraction of the crop that is white
+    assert abs(img.float().mean().item() / 255 - white_rows) < 0.05
 
 
 def test_geometry_reproducible_under_global_seed():

@@ -10,7 +10,6 @@ from detcon.config import (
     load_pretrain_config,
     parse_dotted,
     scaled_lr,
-    steps_per_epoch,
     to_dict,
     total_steps,
     warmup_steps,
@@ -97,15 +96,63 @@ def test_derived_values_are_computed_not_stored():
     optim = OptimConfig(batch_size=4096, epochs=1000)
     assert scaled_lr(optim) == pytest.approx(3.2)
     n = 1_281_167  # ImageNet train
-    assert steps_per_epoch(optim, n) == 312
-    assert total_steps(optim, n) == 312_000
-    assert warmup_steps(optim, n) == 10 * 312  # epochs // 100 warmup epochs
+    # The release repeats the dataset before batching (detcon_b_config.py): floor(E * N / B),
+    # not E * floor(N / B) = 312,000.
+    assert total_steps(optim, n) == 312_784
+    assert warmup_steps(optim, n) == 10 * n // 4096 == 3127  # epochs // 100 warmup epochs
     assert warmup_steps(OptimConfig(batch_size=4096, epochs=1000, warmup_epochs=0), n) == 0
+    assert total_steps(OptimConfig(batch_size=32, epochs=4), 1000) == 125  # 4000 // 32
+    assert total_steps(OptimConfig(batch_size=32, epochs=0.01), 1000) == 1  # at least one
     with pytest.raises(ConfigError, match="larger than the dataset"):
-        steps_per_epoch(OptimConfig(batch_size=64), 10)
+        total_steps(OptimConfig(batch_size=64), 10)
 
 
 def test_every_field_is_documented():
     fields = describe_fields(PretrainConfig)
     assert len(fields) > 40
     assert all(help_text for _, help_text in fields), [n for n, h in fields if not h]
+
+
+def test_yaml_keys_given_twice_are_an_error_naming_key_and_lines(tmp_path, monkeypatch):
+    """PyYAML keeps the last of two equal keys: a second `grid:` silently dropped the first."""
+    from detcon import config
+    from detcon.config import load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("method: byol\noptim:\n  epochs: 2\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: line 4: the key 'epochs' is given twice"):
+        load_yaml(path)
+    path.write_text("optim: {epochs: 2, epochs: 3}\n")  # flow style, one line
+    with pytest.raises(ConfigError, match=r"line 1: the key 'epochs' is given twice"):
+        load_yaml(path)
+    with pytest.raises(ConfigError, match=r"method=\{a: 1, a: 2\}.*'a' is given twice"):
+        parse_dotted(["method={a: 1, a: 2}"])
+    # A packaged profile with a duplicate key is refused the same way.
+    monkeypatch.setattr(config, "available_profiles", lambda: ["cpu", "dup"])
+    real_files = config.resources.files
+
+    class Dup:
+        def joinpath(self, name):
+            return self
+
+        def read_text(self):
+            return "seed: 1\nseed: 2\n"
+
+    monkeypatch.setattr(
+        config.resources,
+        "files",
+        lambda pkg: Dup() if pkg == "detcon.profiles" else real_files(pkg),
+    )
+    with pytest.raises(ConfigError, match=r"profile 'dup'.*line 2: the key 'seed' is given twice"):
+        config.profile_overrides("dup")
+
+
+def test_yaml_merge_keys_still_work_and_tags_are_still_refused(tmp_path):
+    from detcon.config import load_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text("base: &b {epochs: 2, base_lr: 0.1}\noptim:\n  <<: *b\n  epochs: 3\n")
+    assert load_yaml(path)["optim"] == {"epochs": 3, "base_lr": 0.1}
+    path.write_text("method: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML.*python/object"):
+        load_yaml(path)

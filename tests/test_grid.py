@@ -122,7 +122,8 @@ def test_notebook_keys_are_per_point_notebook_parameters_not_config(tmp_path):
     # Same config, different notebook parameters: different runs, the file named in the id.
     assert official.run_id.startswith("r50-s0-") and plain.run_id != official.run_id
     # Points without notebook parameters keep the ids they had: the digest is the config's.
-    assert plain.run_id.endswith(config_digest(plain.config))
+    assert plain.digest == config_digest(plain.config)
+    assert plain.run_id.endswith("-" + plain.digest[:6])
 
 
 def test_growing_a_grid_keeps_existing_run_ids(tmp_path):
@@ -308,3 +309,65 @@ def test_flatten_and_nest_are_inverse():
     assert nest(flat) == nested
     with pytest.raises(ConfigError, match="is given twice"):
         flatten({"masks.source": "fh", "masks": {"source": "grid"}})
+
+
+def test_two_grid_keys_are_an_error_not_half_a_grid(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        grid:
+          product: {masks.source: [grid, fh]}
+        grid:
+          product: {masks.source: [mcg]}
+        """,
+    )
+    with pytest.raises(
+        ConfigError, match=r"abl\.yaml: line 6: the key 'grid' is given twice \(first on line 4\)"
+    ):
+        load_ablation(path)
+
+
+def test_cluster_profile_with_a_key_given_twice_is_refused(tmp_path):
+    (tmp_path / "c.yaml").write_text("nodes: 1\nnodes: 2\n")
+    with pytest.raises(ConfigError, match=r"line 2: the key 'nodes' is given twice"):
+        load_cluster_profile(str(tmp_path / "c.yaml"))
+
+
+def _old_short_digest(config) -> str:
+    """The run-id digest as it was computed before it was lengthened on demand (6 hex digits)."""
+    import hashlib
+    import json
+
+    text = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+@pytest.mark.parametrize("profile", ["cpu", "paper"])
+@pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.stem)
+def test_shipped_run_ids_keep_their_six_digit_digest(path, profile):
+    """Existing run directories of the shipped ablations keep their names."""
+    for p in expand(load_ablation(path), profile):
+        if not p.notebook_params:
+            assert p.run_id.endswith("-" + _old_short_digest(p.config)), p.run_id
+        assert len(p.run_id.rsplit("-", 1)[1]) == 6
+
+
+def test_points_whose_digests_share_six_digits_are_distinct_with_longer_ids(tmp_path):
+    """4.73 and 5.527 give configs whose SHA-256 share the first 24 bits (found by search)."""
+    path = write(tmp_path, "grid:\n  product: {optim.base_lr: [4.73, 5.527]}\n")
+    a, b = expand(load_ablation(path), "cpu")
+    assert a.config != b.config
+    assert _old_short_digest(a.config) == _old_short_digest(b.config)  # the collision is real
+    assert a.digest == config_digest(a.config) and len(a.digest) == 64 and a.digest != b.digest
+    assert a.run_id != b.run_id
+    short_a, short_b = a.run_id.rsplit("-", 1)[1], b.run_id.rsplit("-", 1)[1]
+    assert len(short_a) > 6 and a.digest.startswith(short_a) and b.digest.startswith(short_b)
+    assert a.to_json()["config_digest"] == a.digest
+
+
+def test_short_digests_are_the_shortest_unique_prefixes():
+    from detcon.grid import short_digests
+
+    digests = ["abcdef01" + "0" * 56, "abcdef02" + "0" * 56, "123456" + "f" * 58]
+    assert short_digests(digests) == ["abcdef01", "abcdef02", "123456"]
+    assert short_digests(digests[:1]) == ["abcdef"]

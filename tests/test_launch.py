@@ -51,7 +51,8 @@ def write_ablation(tmp_path: Path, text: str, name: str = "abl") -> Path:
 class FakeNotebooks:
     """Stands in for papermill: writes the executed notebook and the files the real notebooks
     write. A point with ``masks.grid_size == 3`` fails in its pretrain notebook; with
-    ``fail_eval`` set, every evaluate notebook fails."""
+    ``fail_eval`` set, every evaluate notebook fails. The evaluate notebook writes the floor and
+    the ceiling when its parameters ask for them."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -68,6 +69,10 @@ class FakeNotebooks:
             if self.fail_eval:
                 raise RuntimeError("evaluation exploded")
             write_json(run_dir / "eval.json", {"linear": {"top1": 0.5}})
+            if parameters.get("random_baseline"):
+                write_json(run_dir / "eval_random.json", {"linear": {"top1": 0.1}})
+            if parameters.get("supervised_ceiling"):
+                write_json(run_dir / "eval_supervised.json", {"linear": {"top1": 0.9}})
             return
         overrides = dict(parameters["overrides"])
         if overrides.get("masks.grid_size") == 3:
@@ -131,13 +136,27 @@ def test_real_paper_run_fails_early_naming_the_missing_dataset(tmp_path, capsys,
     assert not (tmp_path / "runs").exists()
 
 
+def _mask_stores(path: Path, profile: str) -> None:
+    """Make the mask store each point of the ablation file names (relative to the working
+    directory), for its source and parameters, from a few tiny images: the launcher checks the
+    store's manifest and shards, not the dataset."""
+    import numpy as np
+
+    from detcon.masks.store import precompute_store
+
+    images = [{"image": np.full((3, 8, 8), i, dtype=np.uint8)} for i in range(2)]
+    for spec in launch.prepare(path, profile=profile, check_data=False).specs:
+        masks = spec.point.config.masks
+        precompute_store(images, masks, masks.store, shard_size=2, progress=False)
+
+
 def test_relative_data_paths_become_absolute_and_eval_data_is_checked(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "imagenet" / "train").mkdir(parents=True)
-    (tmp_path / "stores" / "fh").mkdir(parents=True)
     path = write_ablation(
         tmp_path, "base: {masks.store: stores/fh}\ngrid: {point: {}}\nevaluate: [segmentation]\n"
     )
+    _mask_stores(path, "paper")
     plan = launch.prepare(path, profile="paper")  # paper.yaml: data.root data/imagenet/train
     (spec,) = plan.specs
     assert spec.parameters["overrides"]["data.root"] == str(tmp_path / "data/imagenet/train")
@@ -175,14 +194,13 @@ def test_paper_points_on_real_data_need_precomputed_fh_and_mcg_masks(tmp_path, m
     # points with stores pass.
     launch.prepare(path, profile="paper", check_data=False)
     launch.prepare(path, profile="cpu")
-    for name in ("coco-fh", "coco-mcg"):
-        (tmp_path / "stores" / name).mkdir(parents=True)
     stored = write_ablation(
         tmp_path,
         "grid: {zip: {masks.source: [fh, mcg], masks.store: [stores/coco-fh, stores/coco-mcg]}}\n"
         + coco,
         "stored",
     )
+    _mask_stores(stored, "paper")
     assert len(launch.prepare(stored, profile="paper").specs) == 2
 
 
@@ -358,6 +376,24 @@ def test_a_point_removes_the_temp_files_a_killed_job_left(tmp_path, fake):
     assert result.ran == [rid] and not any(p.exists() for p in stale)
 
 
+def test_the_floor_and_the_ceiling_reach_summary_json(tmp_path, fake):
+    """The evaluate notebook's reference parameters are accepted in an ablation file (checked
+    against the notebook) and what they write is carried into summary.json."""
+    path = write_ablation(
+        tmp_path,
+        "grid: {point: {}}\nevaluate: [linear]\n"
+        "parameters: {evaluate: {random_baseline: true, supervised_ceiling: true}}\n",
+    )
+    (spec,) = launch.prepare(path, check_data=False).specs
+    assert spec.eval_parameters["supervised_ceiling"] is True
+    result = launch.run_ablation(path, runs_dir=tmp_path / "runs", echo=lambda line: None)
+    (rid,) = result.ran
+    summary = json.loads((tmp_path / "runs" / "abl" / rid / "summary.json").read_text())
+    assert summary["eval.linear.top1"] == 0.5
+    assert summary["eval_random.linear.top1"] == 0.1
+    assert summary["eval_supervised.linear.top1"] == 0.9
+
+
 def test_a_notebook_that_trains_another_config_fails_the_point(tmp_path, fake):
     fake.wrong_config = True
     path = write_ablation(tmp_path, "grid: {point: {}}\n")
@@ -484,7 +520,7 @@ def test_end_to_end_local_run_with_real_notebooks(tmp_path, capsys):
         evaluate: [linear]
         parameters:
           pretrain: {{num_examples: 1}}
-          evaluate: {{quick: true, device: cpu}}
+          evaluate: {{quick: true, device: cpu, random_baseline: true, supervised_ceiling: true}}
         """),
         "tiny",
     )
@@ -508,6 +544,8 @@ def test_end_to_end_local_run_with_real_notebooks(tmp_path, capsys):
         assert (d / name).exists(), name
     summary = json.loads((d / "summary.json").read_text())
     assert summary["pretrain.steps"] == 2 and "eval.linear.top1" in summary
+    # the notebook's floor and ceiling (eval_random.json, eval_supervised.json) reach the summary
+    assert "eval_random.linear.top1" in summary and "eval_supervised.linear.top1" in summary
     executed = nbformat.read(str(d / "pretrain.ipynb"), as_version=4)
     tags = [c.metadata.get("tags", []) for c in executed.cells]
     assert ["injected-parameters"] in tags
@@ -572,7 +610,13 @@ def test_ctrl_c_during_a_run_prints_one_line_and_exits_130(tmp_path):
 
 def test_summary_rows_are_flat_and_name_their_source():
     point = {"ablation": "a", "run_id": "r", "profile": "cpu", "params": {"masks.source": "fh"}}
-    row = flatten_summary(point, {"steps": 3}, {"linear": {"top1": 0.5}}, {"linear": {"top1": 0.1}})
+    row = flatten_summary(
+        point,
+        {"steps": 3},
+        {"linear": {"top1": 0.5}},
+        {"linear": {"top1": 0.1}},
+        {"linear": {"top1": 0.9}},
+    )
     assert row == {
         "ablation": "a",
         "run_id": "r",
@@ -581,4 +625,44 @@ def test_summary_rows_are_flat_and_name_their_source():
         "pretrain.steps": 3,
         "eval.linear.top1": 0.5,
         "eval_random.linear.top1": 0.1,
+        "eval_supervised.linear.top1": 0.9,
     }
+
+
+def test_a_run_directory_of_another_config_under_the_same_run_id_is_refused(tmp_path):
+    """Identity is the full config digest: a run id's short digest naming another point's
+    directory (a prefix collision across edits of a file) is never reused as done."""
+    path = grid3(tmp_path)
+    runs = tmp_path / "runs"
+    point = launch.prepare(path, runs_dir=runs).points[0]
+    run_dir = runs / "abl" / point.run_id
+    write_json(run_dir / "point.json", {**point.to_json(), "config_digest": "f" * 64})
+    with pytest.raises(ValueError, match=rf"{point.run_id}.*{'f' * 64}.*{point.digest}"):
+        launch.prepare(path, runs_dir=runs)
+    write_json(run_dir / "point.json", point.to_json())  # its own point: fine
+    launch.prepare(path, runs_dir=runs)
+
+
+def test_a_mask_store_of_other_masks_is_refused_before_anything_runs(tmp_path, fake):
+    import numpy as np
+
+    from detcon.config import MaskConfig
+    from detcon.masks.store import precompute_store
+
+    images = [{"image": np.full((3, 8, 8), i, dtype=np.uint8)} for i in range(4)]
+    store = tmp_path / "store"
+    precompute_store(images, MaskConfig(source="grid"), store, shard_size=2, progress=False)
+    path = write_ablation(
+        tmp_path,
+        f"base: {{masks.store: {store}}}\ngrid:\n  product: {{masks.source: [grid, fh]}}\n",
+    )
+    with pytest.raises(
+        ValueError, match=r"point fh-s0-\w+: mask store .*source: store has 'grid', asked for 'fh'"
+    ):
+        launch.prepare(path, runs_dir=tmp_path / "runs")
+    (store / "shard-00001.npz").unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"point grid-s0-\w+: mask store .* 1 of 2 shards missing"
+    ):
+        launch.prepare(path, runs_dir=tmp_path / "runs")
+    assert fake.calls == []

@@ -22,8 +22,8 @@ SCALES = (1e-3, 1.0, 1e3)
 def make_ids(rng: np.random.Generator, mode: str, b: int, k: int) -> list[np.ndarray]:
     """Mask ids (pred_ids1, pred_ids2, target_ids1, target_ids2), each (B, K) int64.
 
-    Online and target of a view share ids (DESIGN §5.3) except in "decoupled", which checks the
-    general semantics the release defines for four independent id arrays.
+    Online and target of a view share ids (docs/design.md §4.3) except in "decoupled", which checks
+    the general semantics the release defines for four independent id arrays.
     """
     if mode == "dup":  # few ids: duplicates within a view are common
         v1, v2 = rng.integers(0, 3, (b, k)), rng.integers(0, 3, (b, k))
@@ -261,8 +261,8 @@ def test_invariant_to_relabelling_ids(sni):
 @pytest.mark.parametrize("temp", [0.1, 0.5])
 @pytest.mark.parametrize("b", [1, 4])
 def test_one_whole_image_mask_is_simclr(temp, b):
-    """K=1 with one id per image and target = pred is SimCLR's NT-Xent (DESIGN §5.11): each query
-    sees 2B-1 candidates (its own same-view vector removed), directions summed."""
+    """K=1 with one id per image and target = pred is SimCLR's NT-Xent (docs/design.md §4.11):
+    each query sees 2B-1 candidates (its own same-view vector removed), directions summed."""
     rng = np.random.default_rng(5)
     z1, z2 = rng.standard_normal((b, 16)), rng.standard_normal((b, 16))
     ids = torch.zeros(b, 1, dtype=torch.long)

@@ -12,7 +12,7 @@ def test_resnet_backbone_returns_the_stride_32_feature_map(name, channels):
     assert (net.out_channels, net.stride) == (channels, 32)
     with torch.no_grad():
         assert net(torch.zeros(1, 3, 224, 224)).shape == (1, channels, 7, 7)
-    # zero_init_residual: last BN gamma of every block is 0 (DESIGN §5.9)
+    # zero_init_residual: last BN gamma of every block is 0 (docs/design.md §4.9)
     last_bns = [
         b.bn3 if hasattr(b, "bn3") else b.bn2
         for layer in (net.net.layer1, net.net.layer4)
@@ -32,6 +32,28 @@ def test_resnet200_is_the_bottleneck_3_24_36_3():
 def test_small_backbone_stride(stride, grid):
     net = build_backbone(ModelConfig(backbone="small", small_width=8, small_stride=stride))
     assert net(torch.zeros(2, 3, 64, 64)).shape == (2, 64, grid, grid)
+
+
+@pytest.mark.parametrize("backbone", ["small", "resnet18"])
+def test_weights_start_as_haiku_defaults(backbone):
+    """Release networks are Haiku modules: conv/linear weights ~ normal(0, 1/sqrt(fan_in))
+    truncated at 2 std (so their std is 0.88/sqrt(fan_in)), zero biases, BN scale 1 / offset 0
+    except the zeroed last BN of each block."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=backbone, small_width=16)
+    layers = [m for m in build_backbone(cfg).modules() if isinstance(m, torch.nn.Conv2d)]
+    layers += [m for m in MLP(256, 512, 64) if isinstance(m, torch.nn.Linear)]
+    checked = 0
+    for m in layers:
+        w = m.weight.detach()
+        bound = 2 * w[0].numel() ** -0.5
+        assert float(w.abs().max()) <= bound + 1e-7
+        if m.bias is not None:
+            assert float(m.bias.abs().max()) == 0.0
+        if w.numel() >= 4000:  # enough draws to pin the std to a few percent
+            assert float(w.std()) / bound * 2 == pytest.approx(0.8796, rel=0.05)
+            checked += 1
+    assert checked >= 3
 
 
 def test_mlp_head_shapes_and_layout():

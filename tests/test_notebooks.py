@@ -1,20 +1,32 @@
 """Every notebook under notebooks/: stripped of outputs, a commented ``parameters`` cell that
-declares what the launcher injects, and (slow) the mask gallery executes."""
+declares what the launcher injects, the evaluate notebook's references, and (slow) the mask
+gallery executes."""
 
 from __future__ import annotations
 
 import ast
+import json
+from pathlib import Path
 
 import nbformat
 import pytest
 
+from detcon.atomic import write_json
 from detcon.launch import NOTEBOOK_DIR, kernel_name, notebook_parameters
 
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 # What detcon.launch passes to each notebook (and what a user of the notebook edits).
 REQUIRED = {
     "pretrain": {"profile", "overrides", "run_dir", "progress", "max_steps"},
-    "evaluate": {"run_dir", "tasks", "profile", "quick", "random_baseline", "data_root"},
+    "evaluate": {
+        "run_dir",
+        "tasks",
+        "profile",
+        "quick",
+        "random_baseline",
+        "supervised_ceiling",
+        "data_root",
+    },
     "mask_gallery": {"profile", "overrides", "sources", "num_images"},
 }
 
@@ -46,6 +58,54 @@ def test_parameters_cell_reads_like_a_commented_config(path):
         assert isinstance(node, ast.Assign)
         ast.literal_eval(node.value)
     assert set(notebook_parameters(path)) >= REQUIRED.get(path.stem, set())
+
+
+@pytest.mark.parametrize(
+    ("profile", "expected"),
+    [
+        ("cpu", ["pretrained", "random", "supervised"]),
+        ("paper", ["pretrained", "random"]),  # no supervised recipe: skipped with a note
+    ],
+)
+def test_evaluate_notebook_adds_the_floor_and_the_ceiling(
+    tmp_path, monkeypatch, capsys, profile, expected
+):
+    """The notebook's own code, run in this process with ``evaluate_run`` replaced by a stand-in
+    that writes the file it would write (the real evaluation runs in test_launch's end-to-end
+    test): ``supervised_ceiling`` evaluates ``backbone="supervised"`` where the profile has a
+    recipe, and prints why it does not (instead of failing) where it has none."""
+    import matplotlib.pyplot as plt
+
+    import detcon.evaluate
+    from detcon.evaluate import default_out_name
+
+    calls = []
+
+    def evaluate_run(run_dir, *, backbone="pretrained", **kwargs):
+        calls.append(backbone)
+        value = {"pretrained": 0.5, "random": 0.2, "supervised": 0.8}[backbone]
+        results = {"segmentation": {"miou": value}}
+        write_json(Path(run_dir) / default_out_name(backbone), results)
+        return results
+
+    monkeypatch.setattr(detcon.evaluate, "evaluate_run", evaluate_run)
+    cells = json.loads((NOTEBOOK_DIR / "evaluate.ipynb").read_text())["cells"]
+    params, *code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    namespace: dict = {}
+    exec(params, namespace)
+    namespace |= {"run_dir": str(tmp_path), "profile": profile, "quick": True}
+    namespace |= {"random_baseline": True, "supervised_ceiling": True}
+    try:
+        for source in code:
+            exec(source, namespace)
+    finally:
+        plt.close("all")
+    assert calls == expected
+    columns = {"pretrained", "random init (floor)", "supervised (ceiling)"}
+    if profile == "paper":
+        columns -= {"supervised (ceiling)"}
+        assert "the paper profile has no supervised recipe" in capsys.readouterr().out
+    assert set(namespace["table"].columns) == columns
 
 
 @pytest.mark.slow

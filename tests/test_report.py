@@ -51,14 +51,20 @@ def test_report_writes_tables_figures_and_an_index_linking_existing_files(tmp_pa
     status = pd.read_csv(f.status_csv)
     assert status["state"].value_counts().to_dict() == {"done": 4, "failed": 3, "missing": 1}
     assert (report.layout.x, report.layout.hue) == ("masks.source", "method")
-    rows, baseline = figure_rows(report.scan, report.layout)
+    rows, references = figure_rows(report.scan, report.layout)
     assert set(rows["state"]) == {"done"} and len(rows) == 4 * 2  # 4 done runs x 2 metrics
     # Panels in the ablation's evaluate order, though summary.json sorts depth first.
     assert list(dict.fromkeys(zip(rows["task"], rows["metric"]))) == [
         ("segmentation", "miou"),
         ("depth", "rmse"),
     ]
-    assert baseline["value"].tolist() == [0.2, 0.9]  # the one eval_random.json
+    # the one eval_random.json (the floor) and eval_supervised.json (the ceiling)
+    assert sorted(zip(references["backbone"], references["task"], references["value"])) == [
+        ("random", "depth", 0.9),
+        ("random", "segmentation", 0.2),
+        ("supervised", "depth", 0.2),
+        ("supervised", "segmentation", 0.8),
+    ]
 
     page = f.index_html.read_text()
     here = f.index_html.parent
@@ -96,7 +102,7 @@ def test_a_run_directory_replaced_by_a_file_fails_that_point_only(tmp_path):
 def test_mask_quality_figure_when_the_csv_exists(tmp_path):
     path, runs = write_ablation(tmp_path), tmp_path / "runs"
     for point in expand(load_ablation(path), "cpu"):  # every point done this time
-        write_run(runs / "fake" / point.run_id, point, random=True)
+        write_run(runs / "fake" / point.run_id, point, random=True, supervised=True)
     figures = tmp_path / "figures"
     figures.mkdir()
     (figures / "mask_quality.csv").write_text(QUALITY_CSV)
@@ -147,15 +153,28 @@ def test_figures_draw_one_panel_per_metric_and_leave_pyplot_alone():
 
     before = dict(mpl.rcParams)
     figs_before = plt.get_fignums()
-    data = _tidy_rows()
-    baseline = pd.DataFrame([{"task": "seg", "metric": "miou", "value": 0.2}])
+    data = _tidy_rows()  # seg miou in [0.4, 0.44], depth rmse in [0.6, 0.64]
+    # Floor and ceiling far from the points; for rmse (lower is better) the ceiling is below.
+    # The floor's two seg rows are two points' baselines: the line is at their mean.
+    references = pd.DataFrame(
+        [
+            {"backbone": b, "task": t, "metric": m, "value": v}
+            for b, t, m, v in (
+                ("random", "seg", "miou", 0.15),
+                ("random", "seg", "miou", 0.25),
+                ("supervised", "seg", "miou", 0.9),
+                ("random", "depth", "rmse", 1.1),
+                ("supervised", "depth", "rmse", 0.3),
+            )
+        ]
+    )
     fig = ablation_figure(
         data,
         x="src",
         order=["grid", "fh"],
         hue="method",
         hue_order=["a", "b"],
-        baseline=baseline,
+        references=references,
         title="t",
     )
     axes = [ax for ax in fig.axes if ax.get_visible()]
@@ -163,11 +182,23 @@ def test_figures_draw_one_panel_per_metric_and_leave_pyplot_alone():
         "seg: miou ↑",
         "depth: rmse ↓",
     ]
-    dashed = [ln for ln in axes[0].lines if ln.get_linestyle() == "--"]
-    assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx(0.2)
-    assert not [ln for ln in axes[1].lines if ln.get_linestyle() == "--"]
+    for ax, (task, floor, ceiling) in zip(axes, [("seg", 0.2, 0.9), ("depth", 1.1, 0.3)]):
+        # two horizontal lines of distinct styles: the floor dashed, the ceiling dash-dot
+        floors = [ln.get_ydata()[0] for ln in ax.lines if ln.get_linestyle() == "--"]
+        ceilings = [ln.get_ydata()[0] for ln in ax.lines if ln.get_linestyle() == "-."]
+        assert floors == [pytest.approx(floor)] and ceilings == [pytest.approx(ceiling)]
+        # the y axis spans both lines and every seed, with a small margin
+        values = [*data.loc[data["task"] == task, "value"], floor, ceiling]
+        lo, hi = min(values), max(values)
+        bottom, top = ax.get_ylim()
+        assert lo - 0.15 * (hi - lo) < bottom < lo and hi < top < hi + 0.15 * (hi - lo)
     legend_texts = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend_texts == ["a", "b", "random init"]
+    assert legend_texts == ["a", "b", "random init (floor)", "supervised (ceiling)"]
+    # without references: no reference line, no legend entry, the y axis fits the seeds
+    bare = ablation_figure(data, x="src", order=["grid", "fh"])
+    ax = next(ax for ax in bare.axes if ax.get_visible())
+    assert not [ln for ln in ax.lines if ln.get_linestyle() in ("--", "-.")]
+    assert 0.3 < ax.get_ylim()[0] < 0.4 and 0.44 < ax.get_ylim()[1] < 0.5
 
     curves = pd.DataFrame(
         {
@@ -190,6 +221,10 @@ def test_figures_draw_one_panel_per_metric_and_leave_pyplot_alone():
 def test_figure_functions_reject_bad_tables():
     with pytest.raises(ValueError, match="missing column"):
         ablation_figure(pd.DataFrame({"task": ["s"]}), x="src", order=["grid"])
+    data = _tidy_rows()
+    imagenet = pd.DataFrame([{"backbone": "imagenet", "task": "seg", "metric": "miou", "value": 1}])
+    with pytest.raises(ValueError, match="backbone\\(s\\) 'imagenet'; expected 'random' or"):
+        ablation_figure(data, x="src", order=["grid", "fh"], references=imagenet)
     with pytest.raises(ValueError, match="empty"):
         training_curves(pd.DataFrame(columns=["run_id", "step", "loss"]))
 
@@ -218,3 +253,13 @@ def test_report_notebook_is_thin_parameterised_and_stripped():
     code = [c for c in cells if c["cell_type"] == "code"]
     assert all(not c["outputs"] and c["execution_count"] is None for c in code)
     assert any("build_report(" in "".join(c["source"]) for c in code)
+
+
+def test_figures_dir_that_is_a_file_is_one_paragraph(tmp_path, capsys):
+    path, runs, _ = make_fake_runs(tmp_path)
+    taken = tmp_path / "figures"
+    taken.write_text("a file")
+    rc = cli.main(["report", str(path), "--runs-dir", str(runs), "--figures-dir", str(taken)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and f"--figures-dir {str(taken)!r}" in err
+    assert taken.read_text() == "a file"

@@ -38,8 +38,11 @@ def _write(path: Path, data: object) -> None:
     path.write_text(json.dumps(data))
 
 
-def write_run(run: Path, point, *, state: str = "done", random: bool = False) -> None:
-    """A run directory as the launcher, pretrain.ipynb and evaluate.ipynb leave it."""
+def write_run(
+    run: Path, point, *, state: str = "done", random: bool = False, supervised: bool = False
+) -> None:
+    """A run directory as the launcher, pretrain.ipynb and evaluate.ipynb leave it (with the
+    random-init floor and the supervised ceiling when asked)."""
     run.mkdir(parents=True)
     method, source, seed = (point.params[k] for k in ("method", "masks.source", "seed"))
     _write(run / "point.json", point.to_json())
@@ -77,6 +80,9 @@ def write_run(run: Path, point, *, state: str = "done", random: bool = False) ->
     _write(run / "eval.json", evaluation)
     if random:
         _write(run / "eval_random.json", {"segmentation": {"miou": 0.2}, "depth": {"rmse": 0.9}})
+    if supervised:
+        ceiling = {"segmentation": {"miou": 0.8}, "depth": {"rmse": 0.2}}
+        _write(run / "eval_supervised.json", ceiling)
     (run / "evaluate.html").write_text("<html>evaluate</html>")
     _write(run / "summary.json", flatten_summary(point.to_json(), train, evaluation))
     _write(run / "status.json", {"state": "done", "notebook": "evaluate.html"})
@@ -89,8 +95,9 @@ def write_ablation(folder: Path) -> Path:
 
 
 def make_fake_runs(tmp_path: Path) -> tuple[Path, Path, dict[tuple, str]]:
-    """8 points: 4 done (one with a random baseline), 1 failed, 1 running (status only; the
-    caller holds its lock or not), 1 with a corrupt summary.json, 1 missing.
+    """8 points: 4 done (one with the random floor and the supervised ceiling), 1 failed, 1
+    running (status only; the caller holds its lock or not), 1 with a corrupt summary.json, 1
+    missing.
 
     Returns (ablation file, runs dir, {(method, source, seed): run_id}).
     """
@@ -101,7 +108,8 @@ def make_fake_runs(tmp_path: Path) -> tuple[Path, Path, dict[tuple, str]]:
     root = runs / "fake"
     for key in [("detcon_s", "grid", 0), ("detcon_s", "grid", 1), ("detcon_b", "grid", 1)]:
         write_run(root / ids[key].run_id, ids[key])
-    write_run(root / ids["detcon_b", "grid", 0].run_id, ids["detcon_b", "grid", 0], random=True)
+    reference = ids["detcon_b", "grid", 0]
+    write_run(root / reference.run_id, reference, random=True, supervised=True)
     write_run(root / ids["detcon_s", "fh", 0].run_id, ids["detcon_s", "fh", 0], state="failed")
     write_run(root / ids["detcon_s", "fh", 1].run_id, ids["detcon_s", "fh", 1], state="running")
     corrupt = ids["detcon_b", "fh", 0]
@@ -195,6 +203,8 @@ def test_tidy_table_has_one_row_per_run_backbone_metric(fake):
             expected += [
                 (*ident, "random", "segmentation", "miou", 0.2),
                 (*ident, "random", "depth", "rmse", 0.9),
+                (*ident, "supervised", "segmentation", "miou", 0.8),
+                (*ident, "supervised", "depth", "rmse", 0.2),
             ]
     # The failed point finished pretraining: its train_summary rows are kept, marked failed;
     # the corrupt point's readable train_summary.json + eval.json are kept too.
@@ -246,6 +256,9 @@ def test_bad_metric_values_make_the_run_failed_not_a_crash(tmp_path):
     (tmp_path / "eval.json").unlink()
     (tmp_path / "status.json").write_text('{"state": "do')
     assert read_run_metrics(tmp_path)[1].startswith("corrupt status.json")
+    (tmp_path / "status.json").unlink()
+    (tmp_path / "eval_supervised.json").write_text('{"segmentation": {"mi')
+    assert read_run_metrics(tmp_path)[1].startswith("corrupt eval_supervised.json")
 
 
 def test_the_encoder_record_of_eval_json_is_not_a_metric(tmp_path):
@@ -261,7 +274,8 @@ def test_the_encoder_record_of_eval_json_is_not_a_metric(tmp_path):
 
 
 def test_summary_rows_parse_dotted_keys():
-    # eval_random.* in summary.json is the launcher's form of the baseline (backbone=random).
+    # eval_random.* / eval_supervised.* in summary.json are the launcher's form of the floor
+    # and the ceiling (backbone=random / supervised).
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
@@ -274,14 +288,18 @@ def test_summary_rows_parse_dotted_keys():
             "pretrain.method": "byol",
             "eval.seg.voc.miou": 0.5,
             "eval_random.seg.voc.miou": 0.1,
+            "eval_supervised.seg.voc.miou": 0.9,
         }
         (Path(d) / "summary.json").write_text(json.dumps(summary))
+        # the summary already holds the ceiling: the file is not read a second time
+        (Path(d) / "eval_supervised.json").write_text(json.dumps({"seg.voc": {"miou": 0.7}}))
         rows, problem = read_run_metrics(d)
     assert problem is None
     assert rows == [
         {"backbone": "pretrained", "task": "pretrain", "metric": "final_loss", "value": 1.0},
         {"backbone": "pretrained", "task": "seg.voc", "metric": "miou", "value": 0.5},
         {"backbone": "random", "task": "seg.voc", "metric": "miou", "value": 0.1},
+        {"backbone": "supervised", "task": "seg.voc", "metric": "miou", "value": 0.9},
     ]
 
 

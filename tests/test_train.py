@@ -14,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 from detcon.config import load_pretrain_config
+from detcon.evaluate.backbones import weights_need_tf_same
 from detcon.train import NonFiniteLossError, load_checkpoint, pretrain
 
 TINY = {
@@ -53,6 +54,30 @@ def _assert_same_state(a: dict, b: dict, atol: float = 0.0) -> None:
             torch.testing.assert_close(a[k].float(), b[k].float(), atol=atol, rtol=1e-4, msg=k)
 
 
+def test_batches_run_over_the_repeated_dataset_as_the_release():
+    """floor(E*N/B) steps over the concatenated epoch permutations: a batch may span two epochs,
+    every image is seen once per epoch, nothing is dropped; ranks split the global batch."""
+    from detcon.config import OptimConfig, total_steps
+    from detcon.data.pretrain import StepBatchSampler
+
+    n, batch, epochs = 10, 4, 3
+    steps = total_steps(OptimConfig(batch_size=batch, epochs=epochs), n)
+    assert steps == 7  # 30 // 4; the old E * (N // B) accounting gave 6 and skipped 6 images
+    items = [it for b in StepBatchSampler(n, batch, 0, 0, steps) for it in b]
+    assert len(items) == 28
+    for e in range(2):
+        epoch_items = items[e * n : (e + 1) * n]
+        assert {ep for ep, _ in epoch_items} == {e}
+        assert sorted(i for _, i in epoch_items) == list(range(n))  # a permutation per epoch
+    assert [ep for ep, _ in items[8:12]] == [0, 0, 1, 1]  # step 2 spans epochs 0 and 1
+    assert [i for _, i in items[:n]] != [i for _, i in items[n : 2 * n]]  # reshuffled
+    # a resumed sampler and two ranks see the same items
+    tail = [it for b in StepBatchSampler(n, batch, 0, 3, steps) for it in b]
+    assert tail == items[12:]
+    halves = [list(StepBatchSampler(n, batch, 0, 0, steps, rank=r, world_size=2)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*halves)] == list(StepBatchSampler(n, batch, 0, 0, steps))
+
+
 @pytest.mark.parametrize(
     "method,source,k",
     [("detcon_b", "fh", 4), ("detcon_s", "fh", 4), ("byol", "image", 1), ("simclr", "image", 1)],
@@ -65,7 +90,7 @@ def test_every_method_lowers_its_loss_on_a_fixed_batch(method, source, k):
 
     torch.manual_seed(0)
     cfg = tiny_cfg(method=method, masks={"source": source, "num_samples": k}, **NO_PHOTOMETRIC)
-    ds, _ = build_pretrain_dataset(cfg)
+    ds = build_pretrain_dataset(cfg)
     batch = collate_views([ds[(0, i)] for i in range(4)])
     from detcon.augment import normalize
 
@@ -117,6 +142,7 @@ def test_resume_gives_the_same_final_weights(tmp_path):
     second = pretrain(cfg, tmp_path / "resumed", progress=False)
     assert second.resumed_from == 3 and second.steps == 6
     assert json.loads(sidecar.read_text()) == {"step": 6, "planned_steps": 6}
+    assert not weights_need_tf_same(tmp_path / "resumed")  # the same file an import writes
     _assert_same_state(_final_state(tmp_path / "straight"), _final_state(tmp_path / "resumed"))
     steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "metrics.jsonl").open()]
     assert steps == list(range(6))
@@ -187,7 +213,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
     pretrain(tiny_cfg(train={"max_steps": 2, "threads": 1}), tmp_path, progress=False)
-    with pytest.raises(RuntimeError, match="different config"):
+    with pytest.raises(ValueError, match=r"different config \(checkpoint -> now: seed: 0 -> 1\)"):
         pretrain(tiny_cfg(seed=1, train={"max_steps": 2, "threads": 1}), tmp_path, progress=False)
 
 
@@ -232,3 +258,174 @@ def test_two_process_gloo_equals_one_process(tmp_path, method):
     two = [json.loads(x)["loss"] for x in (tmp_path / "ddp" / "metrics.jsonl").open()]
     assert one == pytest.approx(two, rel=1e-4, abs=1e-5)
     _assert_same_state(_final_state(tmp_path / "single"), _final_state(tmp_path / "ddp"), atol=1e-4)
+
+
+# ------------------------------------------------------------------ one writer, user errors
+
+TINY_ARGS = [
+    "--quiet",
+    *("--set", "data.num_images=16", "--set", "data.scene_size=32"),
+    *("--set", "masks.fh_min_size=16", "--set", "augment.crop_size=32"),
+    *("--set", "model.small_width=4", "--set", "model.head_hidden=32"),
+    *("--set", "model.head_out=16", "--set", "optim.batch_size=4", "--set", "optim.epochs=2"),
+    *("--set", "train.checkpoint_every=2", "--set", "train.threads=1"),
+    *("--set", "data.num_workers=0"),
+]
+
+
+def _cli(capsys, *argv):
+    """``detcon pretrain ...`` in this process: (exit code, stderr)."""
+    from detcon.cli import main
+
+    capsys.readouterr()
+    rc = main(["pretrain", *TINY_ARGS, *argv])
+    return rc, capsys.readouterr().err
+
+
+def _one_paragraph(err: str) -> str:
+    assert err.startswith("detcon pretrain: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_a_second_pretrain_into_a_directory_in_use_is_refused_naming_the_holder(tmp_path, capsys):
+    """Two `pretrain --out D` both exited 0 and D held only the second run."""
+    from detcon.runs import point_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with point_lock(run):  # what a running `detcon pretrain --out run` (or the launcher) holds
+        rc, err = _cli(capsys, "--set", "train.max_steps=2", "--out", str(run))
+    assert rc == 2
+    assert f"pid {os.getpid()} on host {socket.gethostname()}" in _one_paragraph(err)
+    assert not (run / "config.json").exists() and not (run / "checkpoint.pt").exists()
+
+
+def test_the_name_a_dead_holder_left_in_the_lock_file_blocks_nobody(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (run / ".lock").write_text(f"{socket.gethostname()} {dead}\n")  # killed -9 while holding
+    rc, err = _cli(capsys, "--set", "train.max_steps=2", "--out", str(run))
+    assert rc == 0, err
+    assert (run / "train_summary.json").exists()
+
+
+def test_pretrain_into_an_existing_file_is_one_paragraph(tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.write_text("not a run")
+    rc, err = _cli(capsys, "--out", str(out))
+    assert rc == 2 and f"{str(out)!r} is an existing file" in _one_paragraph(err)
+    assert out.read_text() == "not a run"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_corrupt_checkpoint_is_named_with_the_fix_and_kept(tmp_path, capsys, damage):
+    rc, err = _cli(
+        capsys, "--set", "train.max_steps=4", "--stop-after", "2", "--out", str(tmp_path)
+    )
+    assert rc == 0, err
+    ckpt = tmp_path / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00" * 64)
+    damaged = ckpt.read_bytes()
+    rc, err = _cli(capsys, "--set", "train.max_steps=4", "--out", str(tmp_path))
+    assert rc == 2
+    assert f"{ckpt} is truncated or corrupt" in _one_paragraph(err) and f"mv {ckpt}" in err
+    assert ckpt.read_bytes() == damaged
+
+
+def test_resuming_with_another_config_names_the_differing_fields(tmp_path, capsys):
+    rc, err = _cli(
+        capsys, "--set", "train.max_steps=4", "--stop-after", "2", "--out", str(tmp_path)
+    )
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    rc, err = _cli(
+        capsys,
+        "--set",
+        "train.max_steps=4",
+        "--set",
+        "seed=1",
+        "--set",
+        "optim.base_lr=0.5",
+        "--out",
+        str(tmp_path),
+    )
+    assert rc == 2
+    _one_paragraph(err)
+    assert "optim.base_lr: 1.0 -> 0.5" in err
+    assert "seed: 0 -> 1" in err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+
+
+def test_a_non_finite_loss_is_one_paragraph_and_keeps_the_checkpoint(tmp_path, capsys, monkeypatch):
+    rc, err = _cli(
+        capsys, "--set", "train.max_steps=6", "--stop-after", "2", "--out", str(tmp_path)
+    )
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    from detcon import models
+
+    real = models.PretrainModel.forward
+    monkeypatch.setattr(
+        models.PretrainModel,
+        "forward",
+        lambda self, *a, **kw: {**real(self, *a, **kw), "loss": torch.tensor(float("inf"))},
+    )
+    rc, err = _cli(capsys, "--set", "train.max_steps=6", "--out", str(tmp_path))
+    assert rc == 2 and "loss is inf at step 2" in _one_paragraph(err)
+    assert str(tmp_path / "checkpoint.pt") in err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    import errno
+
+    rc, err = _cli(
+        capsys, "--set", "train.max_steps=4", "--stop-after", "2", "--out", str(tmp_path)
+    )
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    rc, err = _cli(capsys, "--set", "train.max_steps=4", "--out", str(tmp_path))
+    assert rc == 2
+    assert (
+        f"no space left on the disk while writing {tmp_path / 'checkpoint.pt'}"
+        in _one_paragraph(err)
+    )
+    assert "free there" in err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_rerunning_a_finished_run_keeps_its_summary(tmp_path, capsys):
+    """The fix named for a damaged backbone.pt (pretrain again with the run's config.json) must
+    export it again without replacing train_summary.json by one of a run of no steps."""
+    rc, err = _cli(capsys, "--set", "train.max_steps=2", "--out", str(tmp_path))
+    summary = (tmp_path / "train_summary.json").read_text()
+    backbone = (tmp_path / "backbone.pt").read_bytes()
+    (tmp_path / "backbone.pt").write_bytes(backbone[:100])
+    from detcon.cli import main
+
+    assert (
+        main(
+            [
+                "pretrain",
+                "--quiet",
+                "--config",
+                str(tmp_path / "config.json"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "backbone.pt").read_bytes() == backbone
+    assert (tmp_path / "train_summary.json").read_text() == summary
+    assert json.loads((tmp_path / "backbone.json").read_text()) == {"step": 2, "planned_steps": 2}

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from detcon.config import PretrainConfig, steps_per_epoch
+from detcon.config import PretrainConfig
 
 __all__ = [
     "MASK_CACHE_BYTES",
@@ -103,9 +103,9 @@ class MaskCache:
 class PretrainDataset(Dataset):
     """Items are keyed by ``(epoch, index)``; each returns two views of image ``index``.
 
-    Masks are computed once per image at full resolution, before cropping (DESIGN §5.10), read
-    from a mask store when one is configured, else computed and kept in a per-process
-    :class:`MaskCache` of ``cache_bytes`` (a miss computes them again: same masks).
+    Masks are computed once per image at full resolution, before cropping (docs/design.md
+    §4.10), read from a mask store when one is configured, else computed and kept in a
+    per-process :class:`MaskCache` of ``cache_bytes`` (a miss computes them again: same masks).
     """
 
     def __init__(
@@ -126,15 +126,10 @@ class PretrainDataset(Dataset):
             single_view=aug.single_view,
         )
         self.store = None
-        if cfg.masks.store:
-            from detcon.masks.store import MaskStore
+        if cfg.masks.store:  # must hold what self.source would compute from base
+            from detcon.masks.store import open_for_training
 
-            self.store = MaskStore(cfg.masks.store)
-            if len(self.store) != len(base):
-                raise ValueError(
-                    f"mask store {cfg.masks.store!r} holds {len(self.store)} images "
-                    f"but the dataset has {len(base)}; expected the same dataset"
-                )
+            self.store = open_for_training(cfg.masks.store, self.source, base)
         self.cache = MaskCache(cache_bytes)
 
     def __len__(self) -> int:
@@ -206,16 +201,16 @@ def collate_views(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 class StepBatchSampler(Sampler):
     """Yields this process's share of the global batch for steps ``start..stop-1``.
 
-    Epoch e's order is a permutation seeded by ``(seed, e)``; step s takes the
-    ``s % steps_per_epoch``-th slice of ``global_batch`` images (the incomplete last batch is
-    dropped, as the release does); rank r takes the r-th contiguous part of it.
+    As the release (``dataset.repeat()`` before ``batch``), the data stream is the concatenation of
+    one permutation of the images per epoch, epoch e's seeded by ``(seed, e)``; step s takes
+    stream positions ``s*B .. s*B+B-1``, so a batch may span two epochs and no image is dropped.
+    Rank r takes the r-th contiguous part of the global batch. Items are ``(epoch, index)``.
     """
 
     def __init__(
         self,
         num_images: int,
         global_batch: int,
-        steps_per_epoch: int,
         seed: int,
         start: int,
         stop: int,
@@ -227,30 +222,37 @@ class StepBatchSampler(Sampler):
                 f"batch size {global_batch} is not divisible by the {world_size} "
                 "processes; expected a multiple"
             )
-        self.n, self.batch, self.spe = num_images, global_batch, steps_per_epoch
+        if not 1 <= global_batch <= num_images:
+            raise ValueError(
+                f"batch size {global_batch}: expected between 1 and the {num_images} images"
+            )
+        self.n, self.batch = num_images, global_batch
         self.seed, self.start, self.stop = seed, start, stop
         self.rank, self.world = rank, world_size
-        self._epoch, self._perm = -1, None
+        self._perms: dict[int, Tensor] = {}
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
-    def global_indices(self, step: int) -> Tensor:
-        epoch, j = divmod(step, self.spe)
-        if epoch != self._epoch:
+    def _perm(self, epoch: int) -> Tensor:
+        if epoch not in self._perms:
+            if len(self._perms) >= 2:  # a batch touches at most two epochs
+                del self._perms[min(self._perms)]
             g = torch.Generator().manual_seed(derive_seed(self.seed, "order", epoch))
-            self._perm, self._epoch = torch.randperm(self.n, generator=g), epoch
-        return self._perm[j * self.batch : (j + 1) * self.batch]
+            self._perms[epoch] = torch.randperm(self.n, generator=g)
+        return self._perms[epoch]
+
+    def global_items(self, step: int) -> list[tuple[int, int]]:
+        """The ``(epoch, index)`` items of the global batch of ``step``."""
+        positions = range(step * self.batch, (step + 1) * self.batch)
+        return [(p // self.n, int(self._perm(p // self.n)[p % self.n])) for p in positions]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         local = self.batch // self.world
         for step in range(self.start, self.stop):
-            idx = self.global_indices(step)[self.rank * local : (self.rank + 1) * local]
-            epoch = step // self.spe
-            yield [(epoch, int(i)) for i in idx]
+            yield self.global_items(step)[self.rank * local : (self.rank + 1) * local]
 
 
-def build_pretrain_dataset(cfg: PretrainConfig) -> tuple[PretrainDataset, int]:
-    """The pretraining dataset and its steps per epoch."""
-    ds = PretrainDataset(build_base_dataset(cfg), cfg)
-    return ds, steps_per_epoch(cfg.optim, len(ds))
+def build_pretrain_dataset(cfg: PretrainConfig) -> PretrainDataset:
+    """The pretraining dataset (items keyed by ``(epoch, index)``)."""
+    return PretrainDataset(build_base_dataset(cfg), cfg)

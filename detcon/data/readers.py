@@ -1,4 +1,6 @@
-"""Readers for the real datasets of the paper profile, in their native on-disk layouts (DESIGN §6).
+"""Readers for the real datasets of the paper profile, in their native on-disk layouts.
+
+The paper profile's datasets: docs/design.md §1 (pretraining) and §5 (evaluation).
 
 Nothing here downloads: each reader expects the dataset already on disk as its publisher ships it,
 checks that layout when it is built (a missing or malformed root fails at once, naming the layout it
@@ -191,7 +193,7 @@ class CocoInstances(Dataset):
 
     - ``image`` uint8 ``(3, H, W)``; ``key`` the file name (``"000000000139.jpg"``); ``image_id``
       the COCO image id (for pycocotools' ``COCOeval``).
-    - ``instances`` int64 ``(H, W)``: DetCon's ground-truth masks (DESIGN §5.10, up to 16):
+    - ``instances`` int64 ``(H, W)``: DetCon's ground-truth masks (docs/design.md §4.10, up to 16):
       0 is background, ids ``1..n`` the ``max_instances`` largest non-crowd instances by mask
       area, id 1 the largest. They are painted largest first, so where instances overlap the
       smaller one stays visible instead of being swallowed by the larger one.

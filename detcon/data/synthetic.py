@@ -1,4 +1,4 @@
-"""Procedural multi-object scenes: the cpu profile's embedded default dataset (DESIGN §7).
+"""Procedural multi-object scenes: the cpu profile's embedded default dataset (docs/design.md §6).
 
 Each scene is generated from ``(seed, split, index)`` alone, with no file to download. It stands in
 for COCO (instance masks), VOC / Cityscapes (semantic labels) and NYU-Depth v2 (depth), so every
@@ -14,9 +14,10 @@ What makes the scenes a useful test bed for DetCon's mask ablation:
   area of a disc of radius 5-20 % of the image side (log-uniform, so many are small: at 96 px the
   median visible object is ~14 x 14 px), placed at random with random rotation, drawn with a
   depth buffer (nearer objects hide farther ones, none is hidden below 30 %), over a low-contrast
-  textured background with distractor blobs that are *not* objects (label 0). DESIGN §7 reports
-  that with 2-4 large objects at 64 px a 4x4 grid was as good as ground-truth masks; here a 4x4
-  grid cell (24 px) straddles several objects, so mask quality (grid < FH < ground truth) matters.
+  textured background with distractor blobs that are *not* objects (label 0). docs/design.md §6
+  records that with 2-4 large objects at 64 px a 4x4 grid was as good as ground-truth masks; here
+  a 4x4 grid cell (24 px) straddles several objects, so mask quality (grid < FH < ground truth)
+  matters.
 - **Depth.** The background is a tilted plane (6.75-10.25 "metres", nearer at the bottom);
   each object is a fronto-parallel layer at one depth in [1.2, 5.7], correlated with its size
   (bigger objects tend to be nearer, as in perspective) but not determined by it.
@@ -118,8 +119,9 @@ class SceneSpec:
 
     # First n of the 8 shape+texture classes (fewer classes = easier semantic segmentation).
     num_object_classes: int = 8
-    # Objects per scene, drawn uniformly in [min, max]. Many and small (DESIGN §7), so a 4x4 grid
-    # cell straddles several objects. A very crowded spec may place fewer than min_objects.
+    # Objects per scene, drawn uniformly in [min, max]. Many and small (docs/design.md §6), so a
+    # 4x4 grid cell straddles several objects. A very crowded spec may place fewer than
+    # min_objects.
     min_objects: int = 5
     max_objects: int = 12
     # Object radius (of the disc with the same area) as a fraction of the image side, log-uniform.
@@ -542,8 +544,9 @@ def _sample_object(
     depth = _OBJ_DEPTH_NEAR + _OBJ_DEPTH_SPAN * (0.8 * (1 - t) + 0.2 * float(rng.random()))
     center = (size * float(rng.random()), size * float(rng.random()))
     angle = 2 * math.pi * float(rng.random())
-    # Colours drawn independently of the class (DESIGN §7: colour must not give the class away);
-    # rejected only for being too close to the background colour, which is class-independent too.
+    # Colours drawn independently of the class (docs/design.md §6: colour must not give the class
+    # away); rejected only for being too close to the background colour, which is
+    # class-independent too.
     color_a = _random_color(rng)
     for _ in range(20):
         if np.sqrt(np.sum((color_a - bg_color) ** 2)) >= spec.min_object_contrast:
@@ -646,7 +649,7 @@ _CACHE_KEYS = ("image", "instances", "semantic", "depth")
 
 
 class SyntheticScenes(Dataset):
-    """The synthetic scenes as a torch Dataset (DESIGN §7); see the module docstring.
+    """The synthetic scenes as a torch Dataset (docs/design.md §6); see the module docstring.
 
     Args:
         split: ``"train"``, ``"val"`` or ``"test"``; each split is an independent random stream.

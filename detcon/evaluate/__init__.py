@@ -1,4 +1,4 @@
-"""Downstream evaluation of pretrained encoders (DESIGN §6).
+"""Downstream evaluation of pretrained encoders (docs/design.md §5).
 
 ``evaluate_run(run_dir, ...)`` rebuilds a run's encoder (or its random-init baseline), trains
 the task heads of a profile and writes ``eval.json`` as ``{task: {metric: value}}``:

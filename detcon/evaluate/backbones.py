@@ -31,6 +31,7 @@ __all__ = [
     "BackboneStages",
     "backbone_from_run",
     "backbone_state",
+    "encoder_module",
     "load_run_config",
     "load_torchvision_resnet",
     "make_backbone",
@@ -78,7 +79,7 @@ def backbone_state(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = build_backbone(model_cfg)
-        return _inner(net).state_dict()
+        return encoder_module(net).state_dict()
     if backbone != "pretrained":
         raise ValueError(f"backbone={backbone!r}: expected 'pretrained' or 'random'")
     path = Path(run_dir) / BACKBONE_FILE
@@ -87,13 +88,27 @@ def backbone_state(
             f"{path} not found: expected the encoder weights that `detcon pretrain` exports at the "
             "end of training (or evaluate backbone='random' for the baseline)"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    return _load_weights(path)
+
+
+def _load_weights(path: Path) -> dict[str, Tensor]:
+    """An exported encoder's state dict, read safely; a damaged file is named with the fix."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for a damaged file
+        cause = " ".join(str(exc).split())[:300]
+        raise ValueError(
+            f"{path} is truncated or corrupt ({cause}): export it again from the run's "
+            f"checkpoint with `detcon pretrain --config {path.parent / 'config.json'} --out "
+            f"{path.parent}` (a finished run trains no further step), or, for an imported "
+            "official checkpoint, rerun `detcon import-official`"
+        ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict of tensors")
     return state
 
 
-def _inner(net: nn.Module) -> nn.Module:
+def encoder_module(net: nn.Module) -> nn.Module:
     """The module whose state dict is exported (``Backbone.net`` for ResNets)."""
     return net.net if isinstance(net, Backbone) else net
 
@@ -136,7 +151,7 @@ def make_backbone(
     else:
         net = build_backbone(model_cfg)
         try:
-            _inner(net).load_state_dict(state, strict=True)
+            encoder_module(net).load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ValueError(
                 f"backbone weights do not fit model.backbone={model_cfg.backbone!r}: {exc}"
@@ -182,7 +197,7 @@ def load_torchvision_resnet(
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: expected an exported backbone.pt")
-        weights = torch.load(path, map_location="cpu", weights_only=True)
+        weights = _load_weights(path)
     try:
         net = torchvision_resnet(name)
     except AttributeError as exc:
@@ -208,7 +223,7 @@ class BackboneStages(nn.Module):
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
-        net = _inner(backbone)
+        net = encoder_module(backbone)
         if isinstance(net, SmallResNet):
             first = nn.Sequential(net.stem, net.layers[0])
             rest = list(net.layers[1:])

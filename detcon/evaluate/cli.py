@@ -32,6 +32,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         quick=args.quick,
         data_root=args.data_root,
         device=args.device,
+        split=args.split,
     )
     for name, metrics in results.items():
         print(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
@@ -60,10 +61,17 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--backbone",
-        choices=["pretrained", "random"],
+        choices=["pretrained", "random", "supervised"],
         default="pretrained",
-        help="the run's backbone.pt, or a random initialisation of the same "
-        "architecture (the baseline; written to eval_random.json)",
+        help="the run's backbone.pt; a random initialisation of the same architecture (the "
+        "floor, written to eval_random.json); or that initialisation trained with the "
+        "segmentation labels (the ceiling, eval_supervised.json; cpu profile only)",
+    )
+    p.add_argument(
+        "--split",
+        default=None,
+        help="score on this split instead of the profile's (cpu: 'test', the reported "
+        "numbers; use 'val' to choose a recipe)",
     )
     p.add_argument("--seed", type=int, default=0, help="head initialisation and data order")
     p.add_argument("--out-name", default=None, help="result file name inside the run directory")

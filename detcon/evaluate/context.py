@@ -29,7 +29,7 @@ class EvalContext:
     model_cfg: ModelConfig
     state: dict[str, Tensor]
     store: DataStore
-    bank: FeatureBank
+    bank: FeatureBank | None  # None: no task reads stored frozen features (fine-tuning only)
     seed: int = 0
     device: torch.device = torch.device("cpu")
     progress: Callable[[str], None] | None = None

@@ -116,7 +116,11 @@ class DataStore:
             if n < 1:
                 raise ValueError(f"synthetic data needs num_{which} >= 1, got {n}")
             scenes = SyntheticScenes(
-                split=split, num_images=n, size=spec.image_size, seed=spec.seed
+                split=split,
+                num_images=n,
+                size=spec.image_size,
+                seed=spec.seed,
+                difficulty=spec.difficulty,
             )
             return _Materialised([scenes[i] for i in range(n)], scenes.num_classes)
         from detcon.data import readers

@@ -30,7 +30,7 @@ from detcon.evaluate.training import (
     set_lr,
 )
 
-__all__ = ["DenseTask", "bank_stages", "run_dense"]
+__all__ = ["DenseTask", "bank_stages", "fit_dense", "run_dense"]
 
 
 class DenseTask(Protocol):
@@ -68,8 +68,23 @@ def bank_stages(s: DenseSettings, strides: list[int]) -> list[int]:
 def run_dense(ctx: EvalContext, s: DenseSettings, task: DenseTask) -> dict[str, float]:
     """Train a head (and the backbone when ``s.train_backbone``) and score it on validation."""
     t0 = time.perf_counter()
+    head, backbone = fit_dense(ctx, s, task)
+    result = _score(ctx, s, task, head, backbone)
+    ctx.log(f"{s.name}: {result} in {time.perf_counter() - t0:.1f} s")
+    return result
+
+
+def fit_dense(
+    ctx: EvalContext, s: DenseSettings, task: DenseTask
+) -> tuple[nn.Module, nn.Module | None]:
+    """Train a head (and the backbone when ``s.train_backbone``) on the training split.
+
+    Returns the head and the backbone it was trained on (None when the head read stored frozen
+    features), both in eval mode.
+    """
+    t0 = time.perf_counter()
     dev = ctx.device
-    train, val = ctx.store.get(s.data, "train"), ctx.store.get(s.data, "val")
+    train = ctx.store.get(s.data, "train")
     n_classes = num_classes(train) if task.target_key == "semantic" else 1
     cached = uses_bank(s)
     backbone: nn.Module | None = None
@@ -127,6 +142,20 @@ def run_dense(ctx: EvalContext, s: DenseSettings, task: DenseTask) -> dict[str, 
     head.eval()
     if backbone is not None:
         backbone.eval()
+    return head, backbone
+
+
+def _score(
+    ctx: EvalContext,
+    s: DenseSettings,
+    task: DenseTask,
+    head: nn.Module,
+    backbone: nn.Module | None,
+) -> dict[str, float]:
+    """The task's metrics of a fitted head on the validation split."""
+    dev = ctx.device
+    val = ctx.store.get(s.data, "val")
+    cached = backbone is None
     total: Tensor | None = None
     with torch.no_grad():
         if cached:
@@ -144,9 +173,7 @@ def run_dense(ctx: EvalContext, s: DenseSettings, task: DenseTask) -> dict[str, 
                 target = item[task.target_key][None].to(dev)
                 pred = head(backbone(to_input(item["image"][None]).to(dev)), target.shape[-2:])
                 total = _add(total, task.stats(pred, target))
-    result = task.scores(total.cpu())
-    ctx.log(f"{s.name}: {result} in {time.perf_counter() - t0:.1f} s")
-    return result
+    return task.scores(total.cpu())
 
 
 def _add(total: Tensor | None, stats: Tensor) -> Tensor:

@@ -27,8 +27,8 @@ from detcon.evaluate.depth import evaluate_depth
 from detcon.evaluate.detection import evaluate_detection
 from detcon.evaluate.features import FeatureBank
 from detcon.evaluate.linear import evaluate_linear
-from detcon.evaluate.segmentation import evaluate_segmentation
-from detcon.evaluate.settings import TASKS, EvalSettings, get_settings
+from detcon.evaluate.segmentation import evaluate_segmentation, supervised_state
+from detcon.evaluate.settings import TASKS, EvalSettings, get_settings, with_eval_split
 from detcon.runs import ENCODER_RECORD, encoder_record
 
 __all__ = ["default_out_name", "evaluate_run", "resolve_device"]
@@ -75,13 +75,14 @@ def evaluate_run(
     tasks: Sequence[str] = TASKS,
     profile: str = "cpu",
     out_name: str | None = None,
-    backbone: Literal["pretrained", "random"] = "pretrained",
+    backbone: Literal["pretrained", "random", "supervised"] = "pretrained",
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     quick: bool = False,
     settings: EvalSettings | None = None,
     data_root: str | Path | None = None,
     device: str | torch.device = "cpu",
+    split: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Evaluate the encoder of ``run_dir`` and write ``run_dir/out_name`` atomically.
 
@@ -95,8 +96,10 @@ def evaluate_run(
             encoder. For ``pretrained`` it also holds ``"encoder"``: the pretraining step of
             ``backbone.pt`` (:func:`detcon.runs.encoder_record`); evaluating a run that has not
             finished pretraining warns on stderr.
-        backbone: ``pretrained`` (``backbone.pt``) or ``random`` (same architecture, random
-            initialisation from ``seed``: the baseline).
+        backbone: ``pretrained`` (``backbone.pt``), ``random`` (same architecture, random
+            initialisation from ``seed``: the floor) or ``supervised`` (that initialisation
+            trained with the profile's segmentation labels, ``settings.supervised``: the
+            ceiling).
         seed: seeds head initialisation and data order (and the random backbone); the same
             run, settings and seed give the same metrics.
         progress: called with one-line progress messages.
@@ -104,6 +107,8 @@ def evaluate_run(
         settings: explicit settings instead of ``profile``/``quick``.
         data_root: folder holding the paper profile's datasets (relative ``DataSpec.root``).
         device: ``cpu``, ``cuda[:N]`` or ``auto``.
+        split: score on this split instead of each dataset's own (cpu profile: ``test``;
+            choose recipes on ``val``).
     Returns:
         ``{name: {metric: value}}`` for the entries evaluated now, e.g.
         ``{"segmentation": {"miou": .., "pixel_acc": ..}, "depth": {"rmse": .., "delta1": ..},
@@ -117,8 +122,16 @@ def evaluate_run(
     tasks = _check_tasks(tasks)
     if settings is None:
         settings = get_settings(profile, quick)
+    if split is not None:
+        settings = with_eval_split(settings, split)
+    if backbone == "supervised" and settings.supervised is None:
+        raise ValueError(
+            f"backbone='supervised': the {settings.profile} profile has no supervised recipe "
+            "(for the paper profile, import an ImageNet-supervised checkpoint instead)"
+        )
     cfg = load_run_config(run_dir)  # fails early, before any work, on a bad run directory
-    state = backbone_state(run_dir, cfg.model, backbone=backbone, seed=seed)
+    initial = "random" if backbone == "supervised" else backbone
+    state = backbone_state(run_dir, cfg.model, backbone=initial, seed=seed)
     tf_same = weights_need_tf_same(run_dir, backbone)
     dev = resolve_device(device)
     out_path = run_dir / (out_name or default_out_name(backbone))
@@ -144,9 +157,19 @@ def evaluate_run(
     # The tasks seed torch's global RNG; the caller's RNG state is restored afterwards.
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
         try:
+            store = DataStore(data_root)
+            if backbone == "supervised":
+                t0 = time.perf_counter()
+                log(
+                    f"supervised: training the encoder on {settings.supervised.data.dataset} labels"
+                )
+                trainer = EvalContext(
+                    cfg.model, state, store, None, seed=seed, device=dev, progress=progress
+                )
+                state = supervised_state(trainer, settings.supervised)
+                log(f"supervised: done in {time.perf_counter() - t0:.1f} s")
             stages = BackboneStages(make_backbone(cfg.model, state, tf_same=tf_same)).to(dev)
             stages.eval().requires_grad_(False)
-            store = DataStore(data_root)
             ctx = EvalContext(
                 cfg.model,
                 state,

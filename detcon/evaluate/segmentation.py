@@ -12,13 +12,14 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detcon.evaluate.backbones import encoder_module
 from detcon.evaluate.context import EvalContext
 from detcon.evaluate.data import IGNORE_INDEX
-from detcon.evaluate.dense import run_dense
+from detcon.evaluate.dense import fit_dense, run_dense
 from detcon.evaluate.metrics import confusion_matrix, segmentation_scores
 from detcon.evaluate.settings import DenseSettings
 
-__all__ = ["FCNHead", "evaluate_segmentation"]
+__all__ = ["FCNHead", "evaluate_segmentation", "supervised_state"]
 
 
 class FCNHead(nn.Module):
@@ -77,3 +78,13 @@ def evaluate_segmentation(ctx: EvalContext, settings: DenseSettings) -> dict[str
     """Train an FCN head (frozen or fine-tuned backbone) and return ``miou`` and ``pixel_acc``
     on the validation split (mIoU over all classes, background included)."""
     return run_dense(ctx, settings, _Segmentation())
+
+
+def supervised_state(ctx: EvalContext, settings: DenseSettings) -> dict[str, Tensor]:
+    """The encoder trained with labels: ``ctx``'s encoder fine-tuned end to end with an FCN
+    head on the segmentation labels of ``settings.data``'s training split (the ceiling every
+    pretraining method is compared with). Returns its state dict (the head is dropped)."""
+    if not settings.train_backbone:
+        raise ValueError(f"{settings.name}: a supervised encoder needs train_backbone=True")
+    _, backbone = fit_dense(ctx, settings, _Segmentation())
+    return {k: v.detach().cpu().clone() for k, v in encoder_module(backbone).state_dict().items()}

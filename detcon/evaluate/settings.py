@@ -1,10 +1,11 @@
-"""Downstream-evaluation settings: frozen dataclasses, one per task, grouped by profile (§6).
+"""Downstream-evaluation settings: frozen dataclasses, one per task, grouped by profile.
 
-Settings are data, not code: the two profiles are two values of :class:`EvalSettings` built below,
-and a test or a user changes a setting with ``dataclasses.replace``. ``cpu`` evaluates on the
-synthetic scenes (DESIGN §7) in a few minutes on two cores; ``paper`` names the paper's datasets
-(COCO, PASCAL VOC, Cityscapes, NYU-Depth v2, ImageNet) and transfer schedules. ``quick`` shrinks
-either to a smoke size for tests (STYLE: the smoke path is the production path at a smaller size).
+The tasks and profiles are described in docs/design.md §5. Settings are data, not code: the two
+profiles are two values of :class:`EvalSettings` built below, and a test or a user changes a
+setting with ``dataclasses.replace``. ``cpu`` evaluates on the synthetic scenes (docs/design.md
+§6) in a few minutes on two cores; ``paper`` names the paper's datasets (COCO, PASCAL VOC,
+Cityscapes, NYU-Depth v2, ImageNet) and transfer schedules. ``quick`` shrinks either to a smoke
+size for tests (docs/design.md §1: the smoke path is the production path at a smaller size).
 
 Paper-profile schedules are the usual transfer protocols that BYOL (Grill et al. 2020, App. D)
 and DetCon (Hénaff et al. 2021, §4 and App.) follow, as we read them; they are not taken from a
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "DataSpec",
@@ -28,6 +29,7 @@ __all__ = [
     "cpu_settings",
     "get_settings",
     "paper_settings",
+    "with_eval_split",
 ]
 
 # Task kinds, in the order evaluate_run runs them.
@@ -57,6 +59,9 @@ class DataSpec:
     image_size: int = 96
     # Fixed, independent of the pretraining seed: every run is scored on the same scenes.
     seed: int = 0
+    # synthetic: the scene difficulty (a detcon.data.synthetic.SceneSpec; None: its defaults).
+    # evaluate_run sets it from the run's config, so runs are scored on scenes like their own.
+    difficulty: Any = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,11 @@ class EvalSettings:
     linear: tuple[LinearSettings, ...]
     detection: tuple[DetectionSettings, ...]
     threads: int = 0  # torch intra-op threads while evaluating (0: leave as is)
+    # The supervised ceiling (``backbone="supervised"``): the encoder trained from its random
+    # initialisation with an FCN head on the segmentation labels of ``data``'s training split,
+    # then evaluated frozen like any other. None: the profile has none (paper: use an
+    # ImageNet-supervised checkpoint).
+    supervised: DenseSettings | None = None
 
     def for_task(self, task: str) -> tuple:
         if task not in TASKS:
@@ -183,13 +193,13 @@ class EvalSettings:
 
 
 def cpu_settings(quick: bool = False) -> EvalSettings:
-    """The cpu profile on the synthetic scenes (DESIGN §6): frozen backbone, small heads.
+    """The cpu profile on the synthetic scenes (docs/design.md §5): frozen backbone, small heads.
 
     All tasks share one train/val scene set, so a frozen backbone's features are extracted once.
     ``quick``: 32 px scenes, a handful of images and steps (tests only; metrics are meaningless).
     Measured: 100-120 s per encoder on one thread of a shared two-core machine (load 1-3).
     """
-    data = DataSpec("synthetic", num_train=512, num_val=128, image_size=96)
+    data = DataSpec("synthetic", val_split="test", num_train=512, num_val=128, image_size=96)
     # Step counts and head widths were chosen on three encoders (random init, a 128-step DetCon-B,
     # a supervised "oracle"): at 300 steps a 64-wide FCN head could not tell the first two apart.
     dense_opt = OptimSettings(
@@ -217,6 +227,18 @@ def cpu_settings(quick: bool = False) -> EvalSettings:
         box_batch_size_per_image=32,
         roi_sampling_ratio=1,
     )
+    # The ceiling: the same encoder trained end to end on the probe's own training labels
+    # (whole scenes, flips), long enough that more steps no longer help (docs/cpu-miniature.md).
+    supervised = DenseSettings(
+        "supervised",
+        data,
+        OptimSettings(
+            steps=1500, batch_size=16, lr=2e-3, optimizer="adam", schedule="cosine", warmup_steps=20
+        ),
+        train_backbone=True,
+        head_channels=128,
+        flip=True,
+    )
     settings = EvalSettings(
         profile="cpu",
         segmentation=(DenseSettings("segmentation", data, dense_opt, head_channels=128),),
@@ -226,6 +248,7 @@ def cpu_settings(quick: bool = False) -> EvalSettings:
         # One thread: on a two-core machine shared with other work, two threads made the same
         # evaluation 2-10x *slower* (spinning OpenMP workers); an idle machine was not measured.
         threads=1,
+        supervised=supervised,
     )
     return shrink(settings) if quick else settings
 
@@ -269,6 +292,28 @@ def shrink(settings: EvalSettings) -> EvalSettings:
         ),
         detection=tuple(det(s) for s in settings.detection),
         threads=1,  # at this size thread start-up costs more than it saves
+        supervised=dense(settings.supervised) if settings.supervised else None,
+    )
+
+
+def with_eval_split(settings: EvalSettings, split: str) -> EvalSettings:
+    """``settings`` scored on ``split`` instead of each dataset's own validation split.
+
+    The cpu profile reports on the synthetic ``test`` scenes and tunes recipes on ``val``
+    (never on the scenes it reports), so a recipe is chosen on scenes its numbers do not use.
+    """
+    if not split:
+        raise ValueError("split: expected a split name such as 'val' or 'test'")
+
+    def move(s):
+        return dataclasses.replace(s, data=dataclasses.replace(s.data, val_split=split))
+
+    return dataclasses.replace(
+        settings,
+        segmentation=tuple(move(s) for s in settings.segmentation),
+        depth=tuple(move(s) for s in settings.depth),
+        linear=tuple(move(s) for s in settings.linear),
+        detection=tuple(move(s) for s in settings.detection),
     )
 
 
@@ -276,7 +321,7 @@ def shrink(settings: EvalSettings) -> EvalSettings:
 
 
 def paper_settings(quick: bool = False) -> EvalSettings:
-    """The paper's transfer tasks (DESIGN §6), fine-tuning the whole backbone.
+    """The paper's transfer tasks (docs/design.md §5), fine-tuning the whole backbone.
 
     Dataset roots are relative to ``data_root``: ``coco/`` (COCO 2017), ``VOCdevkit/VOC2012``,
     ``cityscapes/``, ``nyu/`` (``nyu_depth_v2_labeled.mat``) and ``imagenet/`` (class folders).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from dataclasses import replace
 from pathlib import Path
 
@@ -84,6 +85,23 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
     overrides = merge({"masks": {"source": args.source}}, parse_dotted(args.set or []))
     cfg = load_pretrain_config(overrides, profile=args.profile)
     dataset = build_base_dataset(cfg)
+    # Recorded in the store's manifest: what errors name to finish or repair the store.
+    command = shlex.join(
+        [
+            "detcon",
+            "masks",
+            "precompute",
+            "--profile",
+            args.profile,
+            "--source",
+            args.source,
+            *(word for item in args.set or [] for word in ("--set", item)),
+            "--out",
+            str(args.out.absolute()),
+            "--shard-size",
+            str(args.shard_size),
+        ]
+    )
     store = precompute_store(
         dataset,
         cfg.masks,
@@ -91,6 +109,7 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         workers=args.workers,
         progress=not args.quiet,
+        command=command,
     )
     print(
         f"{args.out}: {len(store)} images, {store.num_shards} shards, "

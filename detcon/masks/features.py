@@ -1,6 +1,6 @@
 """Masks on the backbone's feature grid: downsampling, sampling K ids per view, pooling.
 
-DESIGN §5.2-5.4; the release does this in ``detcon_b.py`` (``create_binary_mask``,
+docs/design.md §4.2-4.4; the release does this in ``detcon_b.py`` (``create_binary_mask``,
 ``sample_masks``, the masked mean in ``run_detcon_b_forward_on_view``).
 """
 
@@ -29,7 +29,8 @@ def mask_weights(masks: Tensor, grid: tuple[int, int], num_ids: int | None = Non
       ``M = num_ids`` (default: max id + 1 in the batch). A mask that is the majority in no cell
       is absent (all-zero row).
     - Overlapping masks, bool (B, M, H, W): a soft average pool per mask (our extension for
-      proposals that overlap, DESIGN §5.2): each cell holds the fraction of it the mask covers.
+      proposals that overlap, docs/design.md §4.2): each cell holds the fraction of it the mask
+      covers.
 
     The pooled one-hot is computed with a scatter-add of pixel counts, so no (B, M, H, W) one-hot
     is materialised.
@@ -88,7 +89,7 @@ def sample_mask_ids(weights: Tensor, uniforms: Tensor) -> Tensor:
             batch's uniforms).
 
     Returns:
-        (B, K) int64 ids, each present in its image (DESIGN §5.3: no "present in both views"
+        (B, K) int64 ids, each present in its image (docs/design.md §4.3: no "present in both views"
         filter; the other view may lack a sampled id, which then has no positive).
     """
     present = present_masks(weights)

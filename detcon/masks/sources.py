@@ -1,5 +1,5 @@
-"""Pretraining mask sources (DESIGN §5.10): grid, Felzenszwalb–Huttenlocher, MCG-style, ground
-truth, whole image, and externally computed masks.
+"""Pretraining mask sources: grid, Felzenszwalb–Huttenlocher, MCG-style, ground truth, whole
+image, and externally computed masks (docs/design.md §4.10).
 
 Masks are computed once per image at full resolution, before any cropping, as the release does
 (``generate_fh_masks_for_imagenet.py`` stores one segmentation per ImageNet image next to it).
@@ -80,7 +80,7 @@ def grid_masks(height: int, width: int, n: int) -> np.ndarray:
 def felzenszwalb_masks(
     image: np.ndarray, *, scale: float, sigma: float, min_size: int
 ) -> np.ndarray:
-    """Felzenszwalb–Huttenlocher segmentation of the full image (DESIGN §5.10).
+    """Felzenszwalb–Huttenlocher segmentation of the full image (docs/design.md §4.10).
 
     ``image``: uint8 ``(H, W, 3)``. Returns an ``int32 (H, W)`` partition with ids ``0..n-1``.
     """
@@ -131,7 +131,7 @@ def ground_truth_masks(
 
 def image_masks(height: int, width: int) -> np.ndarray:
     """One mask covering the whole image: ``int32 (H, W)`` zeros (the SimCLR/BYOL special case,
-    DESIGN §5.11)."""
+    docs/design.md §4.11)."""
     return np.zeros((height, width), dtype=np.int32)
 
 
@@ -376,7 +376,7 @@ def _external(
 
 
 def build_mask_source(cfg: MaskConfig) -> MaskSource:
-    """The mask source named by ``cfg.source``, configured from ``cfg`` (DESIGN §5.10).
+    """The mask source named by ``cfg.source``, configured from ``cfg`` (docs/design.md §4.10).
 
     ``grid``: ``cfg.grid_size`` x ``cfg.grid_size`` tiles (partition). ``fh``:
     Felzenszwalb–Huttenlocher with ``cfg.fh_scale``, ``cfg.fh_sigma``, ``cfg.fh_min_size``

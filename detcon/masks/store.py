@@ -1,11 +1,13 @@
-"""A sharded on-disk store of precomputed pretraining masks (DESIGN §5.10, §9).
+"""A sharded on-disk store of precomputed pretraining masks (docs/design.md §4.10, §7).
 
 Masks are computed once per full-resolution image, before cropping, as the release precomputes FH
 masks for ImageNet (``generate_fh_masks_for_imagenet.py``, sharded TFRecords). Layout of a store
 directory::
 
     manifest.json        source, its parameters, dataset length and fingerprint, shard size,
-                         format version; written first, checked on every reopen
+                         format version; written first, checked on every reopen and by
+                         training (:func:`open_for_training`); the size and SHA-256 of each
+                         shard written; the command that made the store, when a command did
     shard-00000.npz      masks of images [0, shard_size)
     shard-00001.npz      masks of images [shard_size, 2 * shard_size) ...
 
@@ -15,8 +17,9 @@ partitions are stored as ``uint16`` when their ids allow it (else ``int32``), ov
 bits packed along the flattened ``(M, H, W)`` stack. Shards are written atomically (a temporary
 file in the same directory, then ``os.replace``) with fixed zip timestamps, so the same inputs
 give byte-identical shards whatever the number of workers, and a shard file that exists is
-complete. A killed run is resumed by running again: complete shards are skipped, leftover
-temporary files are never read (and are removed by the next :func:`precompute_store`).
+complete. A killed run is resumed by running again: shards that match their manifest record
+are skipped, missing or damaged ones (a truncated copy, a disk error) are computed again, and
+leftover temporary files are never read (and are removed by the next :func:`precompute_store`).
 
 Three ways to fill a store: :func:`precompute_store` (serial, or a process pool with
 ``workers > 1``), or :func:`precompute_shard` as the function of a submitit job array, one shard
@@ -31,6 +34,7 @@ import json
 import multiprocessing as mp
 import os
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,11 +46,13 @@ from tqdm.auto import tqdm
 from detcon.atomic import atomic_write
 from detcon.config import MaskConfig, to_dict
 from detcon.masks.sources import MaskSource, build_mask_source
+from detcon.runs import point_lock
 
 __all__ = [
     "FORMAT_VERSION",
     "MaskStore",
     "num_shards",
+    "open_for_training",
     "precompute_shard",
     "precompute_store",
     "shard_path",
@@ -65,6 +71,8 @@ _CHECKED = (
     "shard_size",
 )
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: byte-identical shards
+# What reading a damaged shard raises (a cut zip, a bad CRC, deflate data that does not inflate).
+_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 def num_shards(dataset_length: int, shard_size: int) -> int:
@@ -161,7 +169,12 @@ def _write_shard_file(path: Path, first_index: int, masks: list[np.ndarray], kin
 
 
 def _manifest(
-    source: MaskSource, cfg: MaskConfig, dataset_length: int, fingerprint: str, shard_size: int
+    source: MaskSource,
+    cfg: MaskConfig,
+    dataset_length: int,
+    fingerprint: str,
+    shard_size: int,
+    command: str | None = None,
 ) -> dict[str, Any]:
     return json.loads(
         json.dumps(
@@ -177,6 +190,8 @@ def _manifest(
                 "mask_config": to_dict(
                     cfg
                 ),  # informational (num_samples, store do not change masks)
+                "command": command,  # informational: how to finish or repair the store
+                "shards": {},  # shard file name -> {"size", "sha256"}, added as they are written
             }
         )
     )
@@ -202,20 +217,28 @@ def _read_manifest(out_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def _write_manifest(out_dir: Path, manifest: Mapping[str, Any]) -> None:
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    atomic_write(out_dir / MANIFEST, lambda fh: fh.write(text.encode()))
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``key: store has X, asked for Y`` for each checked manifest field of ``new`` that differs."""
+    return [
+        f"{k}: store has {old[k]!r}, asked for {new[k]!r}"
+        for k in _CHECKED
+        if k in new and old[k] != new[k]
+    ]
+
+
 def _ensure_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
     """Write the manifest of a new store, or check that an existing store matches it."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / MANIFEST
-    if not path.exists():
-        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-        atomic_write(path, lambda fh: fh.write(text.encode()))
-        return
-    old = _read_manifest(out_dir)
-    diffs = [
-        f"{k}: store has {old[k]!r}, asked for {manifest[k]!r}"
-        for k in _CHECKED
-        if old[k] != manifest[k]
-    ]
+    with point_lock(out_dir, wait=True):  # array tasks may create the store at the same time
+        if not (out_dir / MANIFEST).exists():
+            _write_manifest(out_dir, manifest)
+            return
+    diffs = _differences(_read_manifest(out_dir), manifest)
     if diffs:
         raise ValueError(
             f"mask store {str(out_dir)!r} was made with other settings ("
@@ -223,6 +246,74 @@ def _ensure_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
             + "). Use another directory, or delete this one to "
             "recompute it."
         )
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    """``{"size", "sha256"}`` of a shard file, as the manifest records it."""
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def _record_shards(out_dir: Path, records: Mapping[str, Mapping[str, Any]]) -> None:
+    """Add shard records to the manifest: a read-modify-write under the store's lock, since
+    the tasks of an array job finish shards of one store at the same time."""
+    with point_lock(out_dir, wait=True):
+        manifest = _read_manifest(out_dir)
+        manifest["shards"] = {**manifest.get("shards", {}), **records}
+        _write_manifest(out_dir, manifest)
+
+
+def _shard_problem(path: Path, images: range, record: Mapping[str, Any] | None) -> str | None:
+    """Why an existing shard file cannot be trusted, or None. Against its manifest record (size,
+    then SHA-256); a shard without one (a run killed between writing and recording it, or a store
+    from before records) must open, pass every member's CRC and hold ``images``."""
+    if record is not None:
+        size = path.stat().st_size
+        if size != record["size"]:
+            return f"{size} bytes, the manifest records {record['size']}: truncated or overwritten"
+        if _file_record(path)["sha256"] != record["sha256"]:
+            return "its SHA-256 differs from the manifest's: corrupted"
+        return None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            broken = zf.testzip()
+        if broken is not None:
+            return f"member {broken} fails its CRC check"
+        with np.load(path, allow_pickle=False) as npz:
+            first, count = int(npz["first_index"]), len(npz["shapes"])
+    except _READ_ERRORS as exc:
+        return f"unreadable ({exc})"
+    if (first, count) != (images.start, len(images)):
+        return f"holds {count} images from {first}, expected {len(images)} from {images.start}"
+    return None
+
+
+def _check_shards(
+    out_dir: Path, shards: Iterable[int], shard_size: int, length: int
+) -> tuple[list[int], dict[int, str]]:
+    """``(todo, damaged)``: the shards of ``shards`` to compute (missing or damaged), and why
+    each damaged one is. Damaged files are deleted; sound shards without a record get one."""
+    recorded = _read_manifest(out_dir).get("shards", {})
+    todo, damaged, new_records = [], {}, {}
+    for s in shards:
+        path = shard_path(out_dir, s)
+        if not path.exists():
+            todo.append(s)
+            continue
+        problem = _shard_problem(path, _shard_range(s, shard_size, length), recorded.get(path.name))
+        if problem is not None:
+            damaged[s] = problem
+            path.unlink()
+            todo.append(s)
+        elif path.name not in recorded:
+            new_records[path.name] = _file_record(path)
+    if new_records:
+        _record_shards(out_dir, new_records)
+    return todo, damaged
 
 
 # --------------------------------------------------------------------------- computing shards
@@ -240,8 +331,9 @@ def _compute_shard(
     shard_index: int,
     shard_size: int,
     on_image: Callable[[], None] | None = None,
-) -> int:
-    """Compute and atomically write one shard; returns the number of images in it."""
+) -> tuple[int, str, dict[str, Any]]:
+    """Compute and atomically write one shard; returns the number of images in it, its file
+    name and its manifest record (recorded by the caller)."""
     indices = _shard_range(shard_index, shard_size, len(dataset))
     masks = []
     for i in indices:
@@ -249,8 +341,9 @@ def _compute_shard(
         masks.append(source(image, instances, key=key))
         if on_image is not None:
             on_image()
-    _write_shard_file(shard_path(out_dir, shard_index), indices.start, masks, source.kind)
-    return len(indices)
+    path = shard_path(out_dir, shard_index)
+    _write_shard_file(path, indices.start, masks, source.kind)
+    return len(indices), path.name, _file_record(path)
 
 
 _WORKER: dict[str, Any] = {}
@@ -262,7 +355,7 @@ def _init_worker(dataset: Any, source: MaskSource, out_dir: Path, shard_size: in
     _WORKER.update(dataset=dataset, source=source, out_dir=out_dir, shard_size=shard_size)
 
 
-def _worker_shard(shard_index: int) -> int:
+def _worker_shard(shard_index: int) -> tuple[int, str, dict[str, Any]]:
     return _compute_shard(
         _WORKER["dataset"],
         _WORKER["source"],
@@ -281,6 +374,8 @@ def precompute_store(
     workers: int = 1,
     shards: Iterable[int] | None = None,
     progress: bool = True,
+    command: str | None = None,
+    echo: Callable[[str], None] = print,
 ) -> MaskStore:
     """Compute the masks of every image of ``dataset`` into a sharded store at ``out_dir``.
 
@@ -294,8 +389,12 @@ def precompute_store(
         shard_size: images per shard file.
         workers: processes; ``> 1`` uses a process pool over shards ('fork' where available,
             as torch's DataLoader; else 'spawn', which needs a picklable dataset).
-        shards: compute only these shard indices (default: all); complete shards are skipped.
+        shards: compute only these shard indices (default: all); shards that match their
+            manifest record (size and SHA-256) are skipped, damaged ones computed again.
         progress: show a tqdm bar (images).
+        command: the command line that makes this store, recorded in a new store's manifest so
+            that errors can say how to finish or repair it.
+        echo: receives a line naming each damaged shard that is computed again.
 
     Returns the :class:`MaskStore` of ``out_dir``. Stale temporary files of an interrupted run
     are removed first, so do not run two ``precompute_store`` on one directory at once (use
@@ -308,7 +407,7 @@ def precompute_store(
     out_dir = Path(out_dir)
     source = build_mask_source(source_cfg)
     length = len(dataset)
-    manifest = _manifest(source, source_cfg, length, _fingerprint(dataset), shard_size)
+    manifest = _manifest(source, source_cfg, length, _fingerprint(dataset), shard_size, command)
     _ensure_manifest(out_dir, manifest)
     for pattern in (".shard-*.npz.*.tmp", f".{MANIFEST}.*.tmp"):  # left by a killed run
         for stale in out_dir.glob(pattern):
@@ -322,7 +421,10 @@ def precompute_store(
             f"shards {bad}: expected indices in [0, {total}) for {length} images "
             f"and shard_size={shard_size}"
         )
-    todo = [s for s in wanted if not shard_path(out_dir, s).exists()]
+    todo, damaged = _check_shards(out_dir, wanted, shard_size, length)
+    for s, problem in damaged.items():
+        name = shard_path(out_dir, s).name
+        echo(f"mask store {str(out_dir)!r}: {name} is {problem}; computing it again")
     num_images = sum(len(_shard_range(s, shard_size, length)) for s in todo)
     with tqdm(
         total=num_images,
@@ -332,7 +434,10 @@ def precompute_store(
     ) as bar:
         if workers == 1 or len(todo) <= 1:
             for s in todo:
-                _compute_shard(dataset, source, out_dir, s, shard_size, on_image=bar.update)
+                _, name, record = _compute_shard(
+                    dataset, source, out_dir, s, shard_size, on_image=bar.update
+                )
+                _record_shards(out_dir, {name: record})
         else:
             method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
             ctx = mp.get_context(method)
@@ -341,7 +446,8 @@ def precompute_store(
                 initializer=_init_worker,
                 initargs=(dataset, source, out_dir, shard_size),
             ) as pool:
-                for count in pool.imap_unordered(_worker_shard, todo):
+                for count, name, record in pool.imap_unordered(_worker_shard, todo):
+                    _record_shards(out_dir, {name: record})
                     bar.update(count)
     return MaskStore(out_dir)
 
@@ -358,7 +464,8 @@ def precompute_shard(
 
     ``dataset_factory()`` builds the dataset on the node (datasets need not be picklable);
     the manifest is written by the first task to get there and checked by the others. Safe to
-    run concurrently for different shards, and idempotent (a complete shard is skipped). E.g.
+    run concurrently for different shards, and idempotent (a shard that matches its manifest
+    record is skipped; a damaged one is computed again). E.g.
     ``executor.map_array(functools.partial(precompute_shard, factory, cfg, out), range(n))``.
     Returns the shard's path.
     """
@@ -373,10 +480,10 @@ def precompute_shard(
             f"shard_index={shard_index}: expected 0 <= index < {total} for "
             f"{length} images and shard_size={shard_size}"
         )
-    path = shard_path(out_dir, shard_index)
-    if not path.exists():
-        _compute_shard(dataset, source, out_dir, shard_index, shard_size)
-    return path
+    if _check_shards(out_dir, [shard_index], shard_size, length)[0]:
+        _, name, record = _compute_shard(dataset, source, out_dir, shard_index, shard_size)
+        _record_shards(out_dir, {name: record})
+    return shard_path(out_dir, shard_index)
 
 
 # --------------------------------------------------------------------------- reading
@@ -420,6 +527,31 @@ class MaskStore:
         """True when every shard is written."""
         return not self.missing_shards()
 
+    def repair_hint(self) -> str:
+        """How to compute missing or damaged shards: the command that made the store (recorded
+        by ``detcon masks precompute``), else the generic form of it."""
+        command = self.manifest.get("command")
+        if command:
+            return f"run `{command}` again"
+        return (
+            f"run `detcon masks precompute --source {self.source} --out {self.out_dir} "
+            f"--shard-size {self.shard_size}` with the --profile and --set values the store "
+            "was made with (or its precompute_store call) again"
+        )
+
+    def truncated_shards(self) -> dict[str, str]:
+        """Shards whose file size differs from their manifest record (a truncated copy), with
+        why: a check of every shard at the cost of a ``stat`` each, done when training opens
+        the store. (Same-size damage shows when the shard is read: its zip CRCs.)"""
+        problems = {}
+        for name, record in self.manifest.get("shards", {}).items():
+            path = self.out_dir / name
+            if path.exists() and path.stat().st_size != record["size"]:
+                problems[name] = (
+                    f"{path.stat().st_size} bytes, the manifest records {record['size']}"
+                )
+        return problems
+
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_open": None}  # open files do not travel
 
@@ -434,24 +566,28 @@ class MaskStore:
             raise FileNotFoundError(
                 f"mask store {str(self.out_dir)!r}: shard {path.name} (images {rng.start}.."
                 f"{rng.stop - 1}) is not computed yet; {len(self.missing_shards())} of "
-                f"{self.num_shards} shards missing (run precompute_store again to finish)"
+                f"{self.num_shards} shards missing: {self.repair_hint()} to finish it"
             )
         try:
             npz = np.load(path, allow_pickle=False)
             first, shapes = int(npz["first_index"]), npz["shapes"]
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-            raise ValueError(
-                f"mask store shard {str(path)!r} is unreadable ({exc}); delete it "
-                "and run precompute_store again"
-            ) from exc
+        except _READ_ERRORS as exc:
+            raise self._damaged(path, f"unreadable ({exc})") from exc
         if first != rng.start or len(shapes) != len(rng):
             npz.close()
-            raise ValueError(
-                f"mask store shard {str(path)!r} holds images from {first}, "
-                f"{len(shapes)} of them; expected {len(rng)} from {rng.start}"
+            raise self._damaged(
+                path,
+                f"holds images from {first}, {len(shapes)} of them; expected {len(rng)} "
+                f"from {rng.start}",
             )
         self._open = (shard_index, pid, npz, shapes)
         return npz, shapes
+
+    def _damaged(self, path: Path, problem: str) -> ValueError:
+        return ValueError(
+            f"mask store shard {str(path)!r} is {problem}: {self.repair_hint()} to compute it "
+            "again (precompute checks every shard and redoes damaged ones)"
+        )
 
     def close(self) -> None:
         """Close the open shard file (if any)."""
@@ -469,7 +605,10 @@ class MaskStore:
         index = int(index) % n
         shard_index, j = divmod(index, self.shard_size)
         npz, shapes = self._shard(shard_index)
-        data = npz[f"{j:05d}"]
+        try:
+            data = npz[f"{j:05d}"]
+        except _READ_ERRORS as exc:  # e.g. a bad CRC
+            raise self._damaged(shard_path(self.out_dir, shard_index), f"damaged ({exc})") from exc
         shape = tuple(int(s) for s in shapes[j])
         if self.kind == "partition":
             return data.astype(np.int32).reshape(shape)
@@ -481,3 +620,51 @@ class MaskStore:
             f"MaskStore({str(self.out_dir)!r}, source={self.source!r}, kind={self.kind!r}, "
             f"images={len(self)}, shards={self.num_shards}, complete={self.complete})"
         )
+
+
+def open_for_training(
+    out_dir: str | os.PathLike, source: MaskSource, dataset: Any | None = None
+) -> MaskStore:
+    """The store at ``out_dir`` for a run that would otherwise compute ``source``'s masks of
+    ``dataset`` itself: made by the same source with the same parameters from the same dataset
+    (length and fingerprint), every shard written at its recorded size. ``dataset`` None skips
+    the dataset's checks (the launcher, before submitting: reading data is the job's).
+
+    Raises:
+        ValueError: the store was made with another source, other parameters or from another
+            dataset (naming the store's and the run's), or a shard is truncated (naming it and
+            the command that repairs it).
+        FileNotFoundError: not a store, or shards are missing (with the command that finishes
+            them).
+    """
+    store = MaskStore(out_dir)
+    asked = {"source": source.name, "kind": source.kind, "params": dict(source.params)}
+    if dataset is not None:
+        asked.update(dataset_length=len(dataset), dataset_fingerprint=_fingerprint(dataset))
+    asked = json.loads(json.dumps(asked))
+    diffs = _differences(store.manifest, asked)
+    if diffs:
+        raise ValueError(
+            f"mask store {str(out_dir)!r} was made for other masks than this run's ("
+            + "; ".join(diffs)
+            + "): training on it would not train this config. Set masks.store to a store made "
+            "for this run "
+            f"(`detcon masks precompute --source {source.name} --out NEW_DIR` with the run's "
+            "--profile and --set values), or leave it empty to compute the masks on the fly"
+        )
+    missing = store.missing_shards()
+    if missing:
+        raise FileNotFoundError(
+            f"mask store {str(out_dir)!r} is incomplete: {len(missing)} of {store.num_shards} "
+            f"shards missing (first: {shard_path(out_dir, missing[0]).name}); "
+            f"{store.repair_hint()} to finish it"
+        )
+    truncated = store.truncated_shards()
+    if truncated:
+        name, problem = next(iter(truncated.items()))
+        raise ValueError(
+            f"mask store shard {str(Path(out_dir) / name)!r} is {problem}: truncated or "
+            f"overwritten ({len(truncated)} damaged shards in all); {store.repair_hint()} to "
+            "compute them again"
+        )
+    return store

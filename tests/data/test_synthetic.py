@@ -1,4 +1,5 @@
-"""The synthetic scenes (DESIGN §7): determinism, labels, depth, colour independence, cache."""
+"""The synthetic scenes (docs/design.md §6): determinism, labels, depth, colour independence,
+cache."""
 
 from __future__ import annotations
 

@@ -151,3 +151,13 @@ def test_dilation_matches_torchvision_for_bottleneck_resnets():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(ours(x), tv(x))
+
+
+def test_a_corrupt_backbone_file_names_the_file_and_the_fix(tmp_path):
+    cfg = _run_dir(tmp_path)
+    path = tmp_path / "backbone.pt"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match=rf"{path} is truncated or corrupt.*detcon pretrain"):
+        backbone_state(tmp_path, cfg.model)
+    with pytest.raises(ValueError, match=rf"{path} is truncated or corrupt"):
+        load_torchvision_resnet(path)

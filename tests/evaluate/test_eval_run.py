@@ -113,6 +113,56 @@ def test_random_backbone_is_the_baseline_in_its_own_file(full_run):
     assert json.loads((run / "eval.json").read_text())["depth"] == pytest.approx(results["depth"])
 
 
+def test_supervised_backbone_is_the_ceiling_in_its_own_file(full_run):
+    """The random initialisation trained with the segmentation labels, then probed frozen."""
+    import dataclasses
+
+    from detcon.evaluate.backbones import backbone_state, load_run_config
+    from detcon.evaluate.context import EvalContext
+    from detcon.evaluate.data import DataStore
+    from detcon.evaluate.segmentation import supervised_state
+
+    run, _, _ = full_run
+    messages = []
+    sup = evaluate_run(
+        run,
+        settings=QUICK,
+        tasks=("segmentation",),
+        backbone="supervised",
+        progress=messages.append,
+    )
+    check_ranges(sup)
+    assert json.loads((run / "eval_supervised.json").read_text()) == sup
+    assert any("supervised: done" in m for m in messages)
+    # the trained weights start from the random floor's and move
+    model_cfg = load_run_config(run).model
+    random = backbone_state(run, model_cfg, backbone="random", seed=0)
+    ctx = EvalContext(model_cfg, random, DataStore(), None)
+    trained = supervised_state(ctx, QUICK.supervised)
+    assert trained.keys() == random.keys()
+    assert any(not torch.equal(trained[k], random[k]) for k in random if "conv" in k)
+    with pytest.raises(ValueError, match="no supervised recipe"):
+        evaluate_run(
+            run,
+            settings=dataclasses.replace(QUICK, supervised=None),
+            tasks=("linear",),
+            backbone="supervised",
+        )
+
+
+def test_split_scores_other_scenes(full_run):
+    """The cpu profile reports on 'test' scenes; recipes are chosen with split='val'."""
+    from detcon.evaluate.settings import with_eval_split
+
+    run, results, _ = full_run
+    assert cpu_settings().segmentation[0].data.val_split == "test"
+    assert with_eval_split(QUICK, "val").linear[0].data.val_split == "val"
+    val = evaluate_run(run, settings=QUICK, tasks=("linear",), split="val", out_name="val.json")
+    test = evaluate_run(run, settings=QUICK, tasks=("linear",), split="test", out_name="t.json")
+    assert test == {"linear": results["linear"]}  # the profile's own split is 'test'
+    assert val != test
+
+
 def test_bad_inputs_fail_before_any_work(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         evaluate_run(tmp_path, settings=QUICK)

@@ -25,7 +25,7 @@ def test_masks_quality_writes_the_table_in_the_expected_order(tmp_path, capsys):
     assert [r["source"] for r in rows] == ["grid", "fh", "mcg", "ground_truth"]
     assert {"source", "mean_best_iou", "coverage_at_50"} <= rows[0].keys()
     iou = [float(r["mean_best_iou"]) for r in rows]
-    # DESIGN §7: the synthetic scenes are tuned so that mask quality orders the sources
+    # docs/design.md §6: the synthetic scenes are tuned so that mask quality orders the sources
     assert iou[0] < iou[1] < iou[2] < iou[3] == 1.0
     assert "wrote" in capsys.readouterr().out
 
@@ -64,3 +64,142 @@ def test_masks_precompute_builds_a_complete_store(tmp_path):
 
     store = MaskStore(out)
     assert len(store) == 8 and store.complete and store[3].shape == (32, 32)
+
+
+TINY_PRETRAIN = [
+    "--set",
+    "data.num_images=8",
+    "--set",
+    "data.scene_size=32",
+    "--set",
+    "masks.fh_min_size=16",
+    "--set",
+    "augment.crop_size=32",
+    "--set",
+    "model.small_width=4",
+    "--set",
+    "model.head_hidden=32",
+    "--set",
+    "model.head_out=16",
+    "--set",
+    "optim.batch_size=4",
+    "--set",
+    "train.max_steps=2",
+    "--set",
+    "train.threads=1",
+]
+STORE_DATA = [
+    "--set",
+    "data.num_images=8",
+    "--set",
+    "data.scene_size=32",
+    "--set",
+    "masks.fh_min_size=16",
+]
+
+
+def _precompute(source, out, *extra):
+    argv = [
+        "masks",
+        "precompute",
+        "--profile",
+        "cpu",
+        "--source",
+        source,
+        "--quiet",
+        *STORE_DATA,
+        *extra,
+        "--shard-size",
+        "4",
+        "--out",
+        str(out),
+    ]
+    return main(argv)
+
+
+def test_pretrain_refuses_a_store_of_another_source(tmp_path, capsys):
+    """`precompute --source fh` then `pretrain --set masks.source=grid --set masks.store=...`
+    used to train on the FH masks while config.json said grid."""
+    store = tmp_path / "store"
+    assert _precompute("fh", store) == 0
+    capsys.readouterr()
+    rc = main(
+        [
+            "pretrain",
+            "--quiet",
+            *TINY_PRETRAIN,
+            "--set",
+            "masks.source=grid",
+            "--set",
+            f"masks.store={store}",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "source: store has 'fh', asked for 'grid'" in err and str(store) in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_precompute_redoes_a_truncated_shard_and_pretrain_names_it(tmp_path, capsys):
+    store = tmp_path / "store"
+    assert _precompute("grid", store) == 0
+    shard = store / "shard-00001.npz"
+    good = shard.read_bytes()
+    shard.write_bytes(good[: len(good) // 2])
+    capsys.readouterr()
+    run = [
+        "pretrain",
+        "--quiet",
+        *TINY_PRETRAIN,
+        "--set",
+        "masks.source=grid",
+        "--set",
+        f"masks.store={store}",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    assert main(run) == 2
+    err = capsys.readouterr().err
+    repair = (
+        "detcon masks precompute --profile cpu --source grid --set data.num_images=8 --set "
+        f"data.scene_size=32 --set masks.fh_min_size=16 --out {store} --shard-size 4"
+    )
+    assert str(shard) in err and f"run `{repair}` again" in err and err.count("\n") == 1
+    # The named command repairs the store (it used to say "complete" and change nothing).
+    assert _precompute("grid", store) == 0
+    out = capsys.readouterr().out
+    assert "shard-00001.npz is" in out and "computing it again" in out and "complete" in out
+    assert shard.read_bytes() == good
+    assert main(run) == 0
+
+
+def test_a_damaged_shard_read_in_a_loader_worker_is_one_paragraph(tmp_path, capsys):
+    store = tmp_path / "store"
+    assert _precompute("grid", store) == 0
+    shard = store / "shard-00001.npz"
+    flipped = bytearray(shard.read_bytes())
+    at = flipped.index(b"00001.npy") + len("00001.npy") + 100  # inside a member's data
+    flipped[at] ^= 0xFF
+    shard.write_bytes(bytes(flipped))  # same size: only reading it finds the damage
+    capsys.readouterr()
+    rc = main(
+        [
+            "pretrain",
+            "--quiet",
+            *TINY_PRETRAIN,
+            "--set",
+            "data.num_workers=1",
+            "--set",
+            "masks.source=grid",
+            "--set",
+            f"masks.store={store}",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "DataLoader worker" not in err and "Traceback" not in err
+    assert f"mask store shard {str(shard)!r} is" in err and "masks precompute" in err

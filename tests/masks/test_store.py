@@ -1,6 +1,7 @@
 """The sharded mask store: round trips, restart after a kill, parallel writers, manifests."""
 
 import functools
+import json
 import pickle
 
 import numpy as np
@@ -97,9 +98,9 @@ def test_two_workers_write_the_same_bytes_as_one(tmp_path):
     one = precompute_store(dataset, FH, tmp_path / "one", shard_size=2, progress=False)
     two = precompute_store(dataset, FH, tmp_path / "two", shard_size=2, workers=2, progress=False)
     assert one.complete and two.complete
-    names = sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert names == sorted(p.name for p in (tmp_path / "two").iterdir())
-    assert len(names) == 1 + 5
+    names = sorted(p.name for p in (tmp_path / "one").iterdir() if p.name != ".lock")
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir() if p.name != ".lock")
+    assert len(names) == 1 + 5  # the manifest (with the shards' checksums) and the shards
     for name in names:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
@@ -178,3 +179,95 @@ def test_bad_dataset_items_are_rejected(tmp_path):
 
     with pytest.raises(ValueError, match=r"expected uint8 \(3, H, W\)"):
         precompute_store(Floats(n=2), GRID, tmp_path / "s", progress=False)
+
+
+def _manifest(out):
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_precompute_redoes_truncated_and_corrupted_shards(tmp_path):
+    """A rerun used to report a store with a truncated shard "complete" (the file existed)."""
+    out, dataset = tmp_path / "s", FakeScenes(n=6)
+    precompute_store(dataset, FH, out, shard_size=2, progress=False)
+    good = [shard_path(out, s).read_bytes() for s in range(3)]
+    records = _manifest(out)["shards"]
+    assert [records[shard_path(out, s).name]["size"] for s in range(3)] == [len(g) for g in good]
+    shard_path(out, 1).write_bytes(good[1][: len(good[1]) // 2])  # a copy cut short
+    flipped = bytearray(good[2])
+    flipped[len(flipped) // 2] ^= 0xFF  # one bad byte, the size unchanged
+    shard_path(out, 2).write_bytes(bytes(flipped))
+    lines = []
+    store = precompute_store(dataset, FH, out, shard_size=2, progress=False, echo=lines.append)
+    assert store.complete
+    assert [shard_path(out, s).read_bytes() for s in range(3)] == good
+    assert len(lines) == 2
+    assert "shard-00001.npz is" in lines[0] and "truncated" in lines[0]
+    assert "shard-00002.npz is" in lines[1] and "SHA-256" in lines[1]
+    # An array task checks its shard the same way.
+    shard_path(out, 0).write_bytes(good[0][:10])
+    precompute_shard(functools.partial(FakeScenes, n=6), FH, out, 0, shard_size=2)
+    assert shard_path(out, 0).read_bytes() == good[0]
+
+
+def test_shards_without_a_record_are_checked_then_recorded(tmp_path):
+    """A store written before shard records (or killed between a shard and its record)."""
+    out, dataset = tmp_path / "s", FakeScenes(n=6)
+    precompute_store(dataset, GRID, out, shard_size=2, progress=False)
+    good = [shard_path(out, s).read_bytes() for s in range(3)]
+    manifest = _manifest(out)
+    del manifest["shards"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    shard_path(out, 1).write_bytes(good[1][:-7])
+    lines = []
+    precompute_store(dataset, GRID, out, shard_size=2, progress=False, echo=lines.append)
+    assert [shard_path(out, s).read_bytes() for s in range(3)] == good
+    assert len(lines) == 1 and "shard-00001.npz is unreadable" in lines[0]
+    assert sorted(_manifest(out)["shards"]) == [shard_path(out, s).name for s in range(3)]
+
+
+def test_training_refuses_a_store_of_other_masks_naming_both(tmp_path):
+    """A store of FH masks used to train a run configured with grid masks, silently."""
+    from dataclasses import replace
+
+    from detcon.masks.store import open_for_training
+
+    out, dataset = tmp_path / "s", FakeScenes(n=6)
+    precompute_store(dataset, FH, out, shard_size=2, progress=False)
+    assert open_for_training(out, build_mask_source(FH), dataset).complete
+    with pytest.raises(ValueError, match=r"source: store has 'fh', asked for 'grid'"):
+        open_for_training(out, build_mask_source(GRID), dataset)
+    with pytest.raises(ValueError, match=r"'fh_scale': 100\.0.*asked for .*'fh_scale': 50\.0"):
+        open_for_training(out, build_mask_source(replace(FH, fh_scale=50.0)), dataset)
+    with pytest.raises(ValueError, match=r"dataset_fingerprint: store has 'sha256:"):
+        open_for_training(out, build_mask_source(FH), FakeScenes(n=6, seed=1))
+    with pytest.raises(ValueError, match=r"dataset_length: store has 6, asked for 7"):
+        open_for_training(out, build_mask_source(FH), FakeScenes(n=7))
+    # Settings that do not change the masks (num_samples) may differ.
+    assert open_for_training(out, build_mask_source(replace(FH, num_samples=2)), dataset)
+
+
+def test_training_names_a_missing_truncated_or_damaged_shard_and_the_repair(tmp_path):
+    from detcon.masks.store import open_for_training
+
+    out, dataset = tmp_path / "s", FakeScenes(n=6)
+    precompute_store(dataset, GRID, out, shard_size=2, progress=False, command="make-it")
+    source = build_mask_source(GRID)
+    good = shard_path(out, 1).read_bytes()
+    shard_path(out, 1).write_bytes(good[:-3])
+    with pytest.raises(ValueError, match=r"shard-00001\.npz' is \d+ bytes.*run `make-it` again"):
+        open_for_training(out, source, dataset)
+    shard_path(out, 1).unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of 3 shards missing.*run `make-it` again"):
+        open_for_training(out, source, dataset)
+    # Same-size damage is caught when the shard is read (its members' CRCs).
+    flipped = bytearray(good)
+    start = flipped.index(b"00001.npy") + len("00001.npy") + 100  # inside a member's data
+    flipped[start] ^= 0xFF
+    shard_path(out, 1).write_bytes(bytes(flipped))
+    store = open_for_training(out, source, dataset)
+    with pytest.raises(ValueError, match=r"shard-00001\.npz' is (damaged|unreadable).*make-it"):
+        [store[i] for i in (2, 3)]
+    # A store made through the API (no command recorded) names the command's generic form.
+    precompute_store(dataset, GRID, tmp_path / "api", shard_size=2, progress=False)
+    hint = MaskStore(tmp_path / "api").repair_hint()
+    assert f"detcon masks precompute --source grid --out {tmp_path / 'api'} --shard-size 2" in hint

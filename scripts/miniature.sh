@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Run a queue of cpu-profile experiments (docs/cpu-miniature.md): each line of QUEUE is
+#   NAME SEED [KEY=VALUE ...]
+# and becomes `detcon pretrain --profile cpu --out RUNS/NAME-sSEED --set seed=SEED --set KEY=VALUE...`
+# followed by `detcon evaluate` of the three probes. NAME "random" / "supervised" evaluates that
+# backbone instead of pretraining (the floor and the ceiling). EVAL_ARGS are appended to every
+# evaluate call (e.g. "--split val"). Finished points (an eval file exists) are skipped, so the
+# queue is resumable; WORKERS lines run at once, one thread each. Wall times go to RUNS/NAME/wall.
+set -uo pipefail
+QUEUE=${1:?usage: scripts/miniature.sh QUEUE_FILE RUNS_DIR [WORKERS]}
+RUNS=${2:?usage: scripts/miniature.sh QUEUE_FILE RUNS_DIR [WORKERS]}
+WORKERS=${3:-2}
+DETCON=${DETCON:-.venv/bin/detcon}
+EVAL_ARGS=${EVAL_ARGS:-}
+TASKS=${TASKS:-segmentation,depth,linear}
+mkdir -p "$RUNS"
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+
+run_one() {
+    local name=$1 seed=$2; shift 2
+    local dir="$RUNS/$name-s$seed" sets=(--set "seed=$seed")
+    for kv in "$@"; do sets+=(--set "$kv"); done
+    local t0=$SECONDS
+    case $name in
+        random|supervised)
+            [ -f "$dir/eval_$name.json" ] && return 0
+            "$DETCON" pretrain --profile cpu --out "$dir" "${sets[@]}" --stop-after 0 --quiet \
+                > "$dir.log" 2>&1 || mkdir -p "$dir"
+            "$DETCON" evaluate "$dir" --backbone "$name" --seed "$seed" --tasks "$TASKS" --quiet \
+                $EVAL_ARGS >> "$dir.log" 2>&1 || { echo "FAILED $name-s$seed"; return 1; }
+            ;;
+        *)
+            [ -f "$dir/eval.json" ] && return 0
+            "$DETCON" pretrain --profile cpu --out "$dir" "${sets[@]}" --quiet > "$dir.log" 2>&1 &&
+            "$DETCON" evaluate "$dir" --seed "$seed" --tasks "$TASKS" --quiet $EVAL_ARGS \
+                >> "$dir.log" 2>&1 || { echo "FAILED $name-s$seed (see $dir.log)"; return 1; }
+            ;;
+    esac
+    echo "$((SECONDS - t0))" > "$dir/wall"
+    echo "done $name-s$seed in $((SECONDS - t0)) s"
+}
+export -f run_one
+export RUNS DETCON EVAL_ARGS TASKS
+grep -v '^\s*\(#\|$\)' "$QUEUE" | xargs -P "$WORKERS" -L 1 bash -c 'run_one "$@"' _

@@ -1,0 +1,58 @@
+"""Summarise a scripts/miniature.sh runs directory as a Markdown table (docs/cpu-miniature.md).
+
+Usage: python scripts/miniature_table.py RUNS_DIR [NAME ...]
+One row per experiment name: mean ± std over its seeds of segmentation mIoU, depth delta1 and
+linear top-1 (the backbone's eval.json, or eval_random.json / eval_supervised.json for the floor
+and the ceiling), the seeds, pretraining steps and the mean wall time of a point.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+METRICS = (("segmentation", "miou"), ("depth", "delta1"), ("linear", "top1"))
+
+
+def _eval_file(run: Path, name: str) -> Path:
+    return run / (f"eval_{name}.json" if name in ("random", "supervised") else "eval.json")
+
+
+def _fmt(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def main(argv: list[str]) -> int:
+    runs, names = Path(argv[0]), argv[1:]
+    groups: dict[str, list[Path]] = defaultdict(list)
+    for run in sorted(p for p in runs.iterdir() if p.is_dir()):
+        m = re.fullmatch(r"(.+)-s(\d+)", run.name)
+        if m and _eval_file(run, m.group(1)).is_file():
+            groups[m.group(1)].append(run)
+    order = names or sorted(groups)
+    print("| run | seg mIoU | depth δ1 | linear top-1 | seeds | steps | wall (s) |")
+    print("|---|---|---|---|---|---|---|")
+    for name in order:
+        if name not in groups:
+            continue
+        evals = [json.loads(_eval_file(r, name).read_text()) for r in groups[name]]
+        cols = [_fmt([e[t][k] for e in evals]) for t, k in METRICS]
+        seeds = ",".join(r.name.rsplit("-s", 1)[1] for r in groups[name])
+        steps = ""
+        summary = groups[name][0] / "train_summary.json"
+        if summary.is_file() and name not in ("random", "supervised"):
+            steps = str(json.loads(summary.read_text()).get("steps", ""))
+        walls = [float((r / "wall").read_text()) for r in groups[name] if (r / "wall").is_file()]
+        wall = f"{statistics.mean(walls):.0f}" if walls else ""
+        print(f"| {name} | {' | '.join(cols)} | {seeds} | {steps} | {wall} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
