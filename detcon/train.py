@@ -547,6 +547,9 @@ def _pretrain(
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["torch_rng"])
         start = int(ckpt["step"])
+        # A stop before the checkpoint's step trains nothing: the checkpoint keeps its step (it
+        # was rewritten as that earlier step beside the later weights).
+        end = max(end, start)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(out, _WRITTEN)

@@ -148,6 +148,19 @@ def test_resume_gives_the_same_final_weights(tmp_path):
     assert steps == list(range(6))
 
 
+def test_stop_after_below_the_checkpoint_step_trains_nothing_and_keeps_the_step(tmp_path):
+    # `pretrain --stop-after 1` on a run at step 3 recorded step 1 beside step 3's weights: the
+    # next resume trained steps 1 and 2 again on top of them.
+    cfg = tiny_cfg(train={"max_steps": 3, "threads": 1})
+    pretrain(cfg, tmp_path, progress=False)
+    summary = (tmp_path / "train_summary.json").read_text()
+    result = pretrain(cfg, tmp_path, progress=False, stop_after=1)
+    assert result.steps == 3 and result.resumed_from == 3
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
+    assert json.loads((tmp_path / "backbone.json").read_text()) == {"step": 3, "planned_steps": 3}
+    assert (tmp_path / "train_summary.json").read_text() == summary
+
+
 def test_resume_after_a_kill_gives_the_same_final_weights(tmp_path):
     """SIGKILL a real `detcon pretrain` process after its first checkpoint, then rerun it."""
     cfg_args = [
