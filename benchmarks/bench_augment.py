@@ -179,12 +179,12 @@ def pretrain_dataset(
 ) -> PretrainDataset:
     """A ``PretrainDataset`` whose per-process mask cache already holds ``masks`` (the state
     after its first epoch, or a mask store's reads); ``None`` computes them once now."""
-    ds = PretrainDataset(base, cfg)
+    ds = PretrainDataset(base, cfg, cache_bytes=sys.maxsize)  # all stay: augmentation is timed
     for i in range(len(base)):
         if masks is None:
             ds.masks_for(i, base[i])
         else:
-            ds._cache[i] = masks[i]
+            ds.cache.put(i, masks[i])
     return ds
 
 

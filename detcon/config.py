@@ -201,6 +201,15 @@ class OptimConfig:
     )
     base_ema: float = _f(0.996, "target EMA base tau (BYOL/DetCon-B)", 0.0, 1.0)
 
+    def __post_init__(self) -> None:
+        # The range above is inclusive; 0 epochs would still train one step (a schedule has at
+        # least one), so it is refused here.
+        if self.epochs <= 0:
+            raise ConfigError(
+                f"optim.epochs={self.epochs!r}: expected a number > 0 (pretraining epochs; "
+                "for a quick look use train.max_steps or --stop-after)"
+            )
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -356,10 +356,17 @@ def load_ablation(path: str | Path) -> Ablation:
 
     Raises:
         FileNotFoundError: the file does not exist.
+        ValueError: ``path`` is a folder (the message lists its ablation files).
         ConfigError: invalid YAML, an unknown or mistyped key, a name that differs from the
             file name, an unknown profile.
     """
     path = Path(path)
+    if path.is_dir():
+        files = ", ".join(sorted(str(p) for p in path.glob("*.yaml")))
+        raise ValueError(
+            f"{str(path)!r} is a folder, not an ablation file; "
+            + (f"its ablation files: {files}" if files else "it holds no ablation file (*.yaml)")
+        )
     if not path.is_file():
         raise FileNotFoundError(f"ablation file {str(path)!r} does not exist")
     data = load_yaml(path)

@@ -2,8 +2,10 @@
 
 Flow (docs/design.md §2): expand the ablation file into grid points; validate *every* point before
 anything is written or submitted (config, evaluation task names, notebook parameters, data paths,
-cluster profile); skip points whose ``summary.json`` exists and points locked by another process;
-then run each remaining point as one job through an executor:
+cluster profile); skip points that are done (a valid ``summary.json``), points locked by another
+process and points whose run directory cannot be used (reported); rerun points whose
+``status.json`` or ``summary.json`` is corrupt; then run each remaining point as one job through
+an executor:
 
 - ``local`` (default): points one after the other in this process. Each notebook already runs in
   its own kernel process, and on a small machine running points side by side only makes them
@@ -29,6 +31,7 @@ import ast
 import datetime as _dt
 import os
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -40,7 +43,7 @@ from typing import Any
 
 import submitit
 
-from detcon.atomic import write_json, write_text
+from detcon.atomic import remove_stale_temp_files, write_json, write_text
 from detcon.config import ConfigError, from_dict, to_dict
 from detcon.grid import Ablation, GridPoint, expand, load_ablation, resolve_config
 from detcon.runs import (
@@ -52,6 +55,8 @@ from detcon.runs import (
     point_lock,
     point_state,
     read_json,
+    read_status,
+    read_summary,
     write_status,
 )
 
@@ -87,6 +92,10 @@ _LAUNCHER_PARAMETERS = {
 # (detcon.official.import_run) instead of training. Given per point as grid key
 # ``notebook.official_checkpoint``; checked to exist before anything is submitted.
 OFFICIAL_PARAMETER = "official_checkpoint"
+# Mask sources too slow to compute in every loader worker, every epoch, on a real dataset (FH ~0.14
+# s per ImageNet image, docs/performance.md §4; MCG-style more): at the paper profile they must
+# come from a precomputed store (masks.store).
+_PRECOMPUTED_SOURCES = ("fh", "mcg")
 # Would change what is trained without changing the run id: belongs in the config instead.
 _CONFIG_PARAMETERS = {"max_steps": "base: {train.max_steps: N}"}
 _PY_TYPES: dict[str, tuple[type, ...]] = {
@@ -291,6 +300,11 @@ def _execute(
         # ipykernel >= 7 warns on every start that its local TCP sockets are unencrypted: noise
         # in every point's log. Errors still show; the notebook's own output is unaffected.
         extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        # Stop the kernel at once (interrupt, then kill its process group) instead of asking it
+        # to shut down: after Ctrl-C the kernel is still running a cell, and the polite request
+        # closes its sockets under that cell's reply (a ZMQError traceback on the terminal).
+        # After the last cell every output has arrived, so nothing is lost either way.
+        shutdown_kernel="immediate",
     )
 
 
@@ -334,20 +348,46 @@ def _rank(executor: str) -> int:
     return int(os.environ.get("SLURM_PROCID", "0") or 0)
 
 
-def _stage_skipped(run_dir: Path) -> bool:
-    """Pretraining of this point already finished (a requeued job only needs evaluation)."""
+def _expected_config(spec: PointSpec) -> dict[str, Any]:
+    """The config the point's notebook must train (what its ``config.json`` must hold)."""
+    return to_dict(resolve_config(spec.parameters["overrides"], spec.point.profile))
+
+
+def _stage_skipped(spec: PointSpec) -> bool:
+    """Pretraining of this point already finished (a requeued job only needs evaluation).
+
+    ``status.json`` lists the finished stages. When it is corrupt, ``train_summary.json`` (written
+    once training finished) beside the point's own ``config.json`` says the same: rerunning the
+    notebook would resume the finished checkpoint and overwrite ``train_summary.json`` with the
+    numbers of an empty segment.
+    """
+    run_dir = spec.run_dir
+    if not (run_dir / "train_summary.json").exists():
+        return False
     try:
-        status = read_json(run_dir / "status.json") or {}
+        return "pretrain" in (read_status(run_dir) or {}).get("stages", [])
+    except ValueError:
+        pass
+    try:
+        return read_json(run_dir / "config.json") == _expected_config(spec)
     except ValueError:
         return False
-    return "pretrain" in status.get("stages", []) and (run_dir / "train_summary.json").exists()
+
+
+def _point_done(spec: PointSpec) -> bool:
+    """A valid ``summary.json`` and ``status.json``: a corrupt one makes the point run again."""
+    try:
+        read_status(spec.run_dir)
+        return read_summary(spec.run_dir, spec.run_id) is not None
+    except ValueError:
+        return False
 
 
 def _follow(spec: PointSpec) -> dict[str, Any]:
     """Ranks > 0 of a multi-process (DDP) job: join rank 0's training, write nothing else."""
     from detcon.train import pretrain
 
-    done = _stage_skipped(spec.run_dir) or (spec.run_dir / "summary.json").exists()
+    done = _stage_skipped(spec) or _point_done(spec)
     if done or spec.parameters.get(OFFICIAL_PARAMETER):  # an import trains nothing to join
         return {"run_id": spec.run_id, "state": "follower", "rank": _rank(spec.executor)}
     cfg = resolve_config(spec.parameters["overrides"], spec.point.profile)
@@ -371,7 +411,7 @@ def run_point(spec: PointSpec) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         with point_lock(run_dir):
-            if (run_dir / "summary.json").exists():
+            if _point_done(spec):
                 return {"run_id": spec.run_id, "state": "skipped"}
             return _run_locked(spec)
     except PointBusyError:
@@ -380,8 +420,9 @@ def run_point(spec: PointSpec) -> dict[str, Any]:
 
 def _run_locked(spec: PointSpec) -> dict[str, Any]:
     run_dir, point = spec.run_dir, spec.point
+    remove_stale_temp_files(run_dir)  # left by a killed job; we hold the point's lock
     job_id = job_id_from_env(spec.executor)
-    stages: list[str] = ["pretrain"] if _stage_skipped(run_dir) else []
+    stages: list[str] = ["pretrain"] if _stage_skipped(spec) else []
     write_json(
         run_dir / "point.json",
         {
@@ -401,9 +442,7 @@ def _run_locked(spec: PointSpec) -> dict[str, Any]:
                 _execute(spec.notebook, out, spec.parameters, run_dir, spec.kernel)
             finally:
                 _render_after(out)
-            trained = read_json(run_dir / "config.json")
-            expected = to_dict(resolve_config(spec.parameters["overrides"], point.profile))
-            if trained != expected:
+            if read_json(run_dir / "config.json") != _expected_config(spec):
                 raise PointFailedError(
                     f"{out.name} trained a config that differs from the point's "
                     "(config.json != the validated config); the notebook must train "
@@ -584,6 +623,57 @@ def _check_identity(point: GridPoint, run_dir: Path) -> None:
         )
 
 
+def _precompute_args(point: GridPoint) -> tuple[str, ...]:
+    """``detcon masks precompute`` arguments (but ``--out``) of the store ``point`` reads."""
+    from detcon.masks.sources import build_mask_source
+
+    cfg = point.config
+    sets = {"data.dataset": cfg.data.dataset, "data.root": cfg.data.root}
+    sets |= {f"masks.{k}": v for k, v in build_mask_source(cfg.masks).params.items()}
+    args = ["--profile", point.profile, "--source", cfg.masks.source]
+    for key, value in sets.items():
+        args += ["--set", f"{key}={value}"]
+    return tuple(args)
+
+
+def _check_mask_stores(points: Sequence[GridPoint], where: Path) -> None:
+    """At the paper profile, on a real dataset, fh and mcg masks come from a precomputed store:
+    refuse every point that would compute them on the fly, giving the commands that make the
+    stores (one per distinct source and parameters)."""
+    groups: dict[tuple[str, ...], list[GridPoint]] = {}
+    for point in points:
+        cfg = point.config
+        if (
+            point.profile == "paper"
+            and cfg.data.dataset != "synthetic"
+            and cfg.masks.source in _PRECOMPUTED_SOURCES
+            and not cfg.masks.store
+            and not point.notebook_params.get(OFFICIAL_PARAMETER)  # trains nothing
+        ):
+            groups.setdefault(_precompute_args(point), []).append(point)
+    if not groups:
+        return
+    outs: list[str] = []
+    commands = []
+    for args, group in groups.items():
+        cfg = group[0].config
+        out = f"stores/{cfg.data.dataset}-{cfg.masks.source}"
+        out += f"-{outs.count(out) + 1}" if out in outs else ""  # other parameters, same source
+        outs.append(out)
+        ids = [p.run_id for p in group]
+        shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        command = shlex.join(["detcon", "masks", "precompute", *args, "--out", out])
+        commands.append(f"`{command}` (point{'s' if len(ids) > 1 else ''} {shown})")
+    n = sum(len(group) for group in groups.values())
+    raise ValueError(
+        f"{where}: at profile 'paper' on a real dataset, fh and mcg masks come from a "
+        f"precomputed mask store, but {n} point{'s compute' if n > 1 else ' computes'} them "
+        "on the fly (masks.store is empty), in every loader worker, every epoch. Precompute "
+        f"each store once: {'; '.join(commands)}; then set masks.store of those points to its "
+        "--out folder"
+    )
+
+
 def _check_eval_data(ablation: Ablation, profile: str, data_root: Path) -> None:
     """The evaluation datasets' folder must exist when a task of ``profile`` reads real data."""
     try:
@@ -697,6 +787,8 @@ def prepare(
         specs.append(
             PointSpec(point, run_dir, main_nb, params, eval_nb, eval_params, kernel, executor)
         )
+    if check_data:
+        _check_mask_stores(points, ablation.path)
     if check_data and ablation.evaluate:
         _check_eval_data(ablation, profile, data_root)
     # Points differ in their names only through notebook.* grid keys: check each distinct set.
@@ -718,19 +810,21 @@ def prepare(
 
 @dataclass
 class LaunchResult:
-    """What a launch did. ``jobs``: submitit jobs (slurm/debug); ``failed``: run ids."""
+    """What a launch did. ``jobs``: submitit jobs (slurm/debug); the lists hold run ids;
+    ``broken``: points whose run directory cannot be used (not run, see ``detcon status``)."""
 
     plan: Plan
     done: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
     jobs: list[Any] = field(default_factory=list)
     folder: Path | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.broken
 
 
 def _varying_keys(points: Sequence[GridPoint]) -> list[str]:
@@ -811,21 +905,29 @@ def run_ablation(
         return result
     _check_writable(plan.runs_root)
     todo: list[PointSpec] = []
+    notes: list[str] = []
     for spec in plan.specs:
         state = point_state(spec.run_dir, spec.run_id)
         if state.state == "done":
             result.done.append(spec.run_id)
         elif state.state == "running":
             result.busy.append(spec.run_id)
+            notes.append(f"  {spec.run_id}: running elsewhere (its lock is held), skipped")
+        elif state.state == "broken":  # one point's problem: report it, run the others
+            result.broken.append(spec.run_id)
+            notes.append(f"  {spec.run_id}: broken ({state.error}), skipped")
         else:
             todo.append(spec)
+            if state.state == "corrupt":
+                notes.append(f"  {spec.run_id}: corrupt ({state.error}), run again")
     n = len(plan.specs)
     echo(
         f"{plan.ablation.name} (profile {profile}, executor {executor}): {n} points, "
         f"{len(result.done)} done, {len(result.busy)} running elsewhere, {len(todo)} to run"
+        + (f", {len(result.broken)} broken" if result.broken else "")
     )
-    for rid in result.busy:
-        echo(f"  {rid}: running elsewhere (its lock is held), skipped")
+    for line in notes:
+        echo(line)
     if not todo:
         return result
     if executor == "local":
@@ -990,10 +1092,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         echo=lambda line: print(line, flush=True),
     )
-    if result.failed:
+    if not result.ok:
+        n = len(result.plan.specs)
+        problems = [
+            f"{len(ids)} of {n} points {what}: {', '.join(ids)}"
+            for what, ids in (("failed", result.failed), ("broken (not run)", result.broken))
+            if ids
+        ]
         print(
-            f"{len(result.failed)} of {len(result.plan.specs)} points failed: "
-            f"{', '.join(result.failed)}; see `detcon status {args.ablation} --profile "
+            f"{'; '.join(problems)}; see `detcon status {args.ablation} --profile "
             f"{args.profile}` and the failed notebooks' HTML",
             file=sys.stderr,
         )

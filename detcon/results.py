@@ -40,7 +40,7 @@ import pandas as pd
 from detcon.config import to_dict
 from detcon.grid import NOTEBOOK_PREFIX, Ablation, GridPoint, expand, flatten, load_ablation
 from detcon.launch import OFFICIAL_PARAMETER, ablation_status
-from detcon.runs import read_json
+from detcon.runs import ENCODER_RECORD, read_json
 
 __all__ = [
     "REFERENCES",
@@ -99,6 +99,8 @@ def _is_number(value: Any) -> bool:
 def _eval_rows(data: Mapping[str, Any], backbone: str, name: str) -> list[dict[str, Any]]:
     rows = []
     for task, metrics in data.items():
+        if task == ENCODER_RECORD:  # which encoder was measured: not a metric
+            continue
         if not isinstance(metrics, Mapping):
             raise ValueError(
                 f"{name}: task {task!r} holds {metrics!r}, expected a mapping metric -> number"
@@ -207,7 +209,7 @@ def read_curves(run_dir: str | Path) -> pd.DataFrame:
     rows = []
     try:
         text = path.read_text(errors="replace")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # not started, or no run directory at all
         text = ""
     for line in text.splitlines():
         try:
@@ -250,6 +252,8 @@ def _state(launcher_state: str) -> tuple[str, str | None]:
         # status.json says running but no process holds the lock: killed, or requeued and
         # waiting. `detcon run` resumes it from its checkpoint.
         return "failed", "interrupted: status.json says running but no process holds the lock"
+    if launcher_state in ("corrupt", "broken"):  # the launcher's error says why
+        return "failed", None
     if launcher_state not in STATES:
         return "failed", f"unknown state {launcher_state!r} in status.json"
     return launcher_state, None

@@ -25,9 +25,11 @@ from typing import Any
 from detcon.atomic import write_json
 
 __all__ = [
+    "ENCODER_RECORD",
     "STATES",
     "PointBusyError",
     "PointState",
+    "encoder_record",
     "environment_record",
     "flatten_summary",
     "git_state",
@@ -36,11 +38,18 @@ __all__ = [
     "point_lock",
     "point_state",
     "read_json",
+    "read_status",
+    "read_summary",
     "write_status",
 ]
 
 # status.json `state` values (docs/run-directory.md).
 STATES = ("pending", "running", "done", "failed")
+# eval.json's entry saying which encoder its tasks measured (encoder_record): not a task.
+ENCODER_RECORD = "encoder"
+# What a summary.json holds whatever the point (detcon.runs.flatten_summary); without them it is
+# not a point's summary, whatever else it parses to.
+SUMMARY_FIELDS = ("ablation", "run_id", "profile")
 LOCK = ".lock"
 # Packages whose versions describe a run (env.json); missing ones are recorded as null.
 _PACKAGES = (
@@ -93,6 +102,41 @@ def read_json(path: str | Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any] | None:
+    """``run_dir/status.json``, or None when there is none.
+
+    Raises:
+        ValueError: it is not a JSON object with a ``state`` among :data:`STATES` (names it).
+    """
+    path = Path(run_dir) / "status.json"
+    status = read_json(path)
+    if status is not None and status.get("state") not in STATES:
+        raise ValueError(
+            f"{path}: state={status.get('state')!r}, expected one of {', '.join(STATES)}"
+        )
+    return status
+
+
+def read_summary(run_dir: str | Path, run_id: str) -> dict[str, Any] | None:
+    """``run_dir/summary.json`` (its presence means the point is done), or None when there is
+    none.
+
+    Raises:
+        ValueError: it is not a JSON object holding :data:`SUMMARY_FIELDS` with this
+            ``run_id`` (names the file and the problem).
+    """
+    path = Path(run_dir) / "summary.json"
+    summary = read_json(path)
+    if summary is None:
+        return None
+    missing = [k for k in SUMMARY_FIELDS if k not in summary]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: not a point's summary")
+    if summary["run_id"] != run_id:
+        raise ValueError(f"{path} is the summary of {summary['run_id']!r}, not of {run_id!r}")
+    return summary
 
 
 def write_status(run_dir: str | Path, state: str, **fields: Any) -> dict[str, Any]:
@@ -261,6 +305,28 @@ def environment_record(executor: str, repo: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- summary
 
 
+def encoder_record(run_dir: str | Path) -> dict[str, Any]:
+    """Which pretraining step the run's ``backbone.pt`` is from, as ``eval.json`` records it:
+    ``{"step", "planned_steps", "finished"}`` (None where unknown).
+
+    ``backbone.json`` (written with ``backbone.pt`` by :func:`detcon.train.pretrain`) gives the
+    step and the steps planned; ``train_summary.json`` (written once pretraining finished, or by
+    an official import) says finished, and gives the steps where ``backbone.json`` does not.
+
+    Raises:
+        ValueError: one of the two files is not valid JSON.
+    """
+    run_dir = Path(run_dir)
+    sidecar = read_json(run_dir / "backbone.json") or {}
+    summary = read_json(run_dir / "train_summary.json")
+    steps = None if summary is None else summary.get("steps")
+    return {
+        "step": sidecar.get("step", steps),
+        "planned_steps": sidecar.get("planned_steps", steps),
+        "finished": summary is not None,
+    }
+
+
 def flatten_summary(
     point: Mapping[str, Any],
     train_summary: Mapping[str, Any] | None,
@@ -287,6 +353,8 @@ def flatten_summary(
         ("eval_supervised", supervised_ceiling),
     ):
         for task, metrics in (results or {}).items():
+            if task == ENCODER_RECORD:  # which encoder was measured: not a metric
+                continue
             if isinstance(metrics, Mapping):
                 for metric, value in metrics.items():
                     row[f"{prefix}.{task}.{metric}"] = value
@@ -325,7 +393,10 @@ class PointState:
     ``steps``: training steps logged so far (last ``metrics.jsonl`` step + 1), ``loss`` the last
     logged loss. ``state``: ``done``, ``failed``, ``running``, ``pending`` (queued, not started),
     ``interrupted`` (status says running but no process holds the lock: killed, or requeued and
-    waiting) or ``not started``.
+    waiting), ``not started``, ``corrupt`` (an unreadable or invalid ``status.json`` or
+    ``summary.json``: ``detcon run`` reruns the point) or ``broken`` (the run directory cannot be
+    read, e.g. a file took its place: ``detcon run`` leaves it alone). ``error`` says why for
+    ``failed``, ``corrupt`` and ``broken``.
     """
 
     run_id: str
@@ -357,13 +428,33 @@ def point_state(run_dir: str | Path, run_id: str, queued_job: str | None = None)
         queued_job: the job id a launch submitted it under, when known (from the launch record).
     """
     run_dir = Path(run_dir)
-    error = None
+    if run_dir.exists() and not run_dir.is_dir():
+        reason = f"{run_dir} is a file, not a run directory; move it away to run the point"
+    else:
+        try:
+            return _read_point_state(run_dir, run_id, queued_job)
+        except OSError as exc:  # unreadable: permissions, a folder where a file belongs, ...
+            reason = f"cannot read {exc.filename or run_dir}: {exc.strerror or exc}"
+    return PointState(run_id, run_dir, "broken", queued_job, None, None, reason, None)
+
+
+def _read_point_state(run_dir: Path, run_id: str, queued_job: str | None) -> PointState:
+    problems = []
     try:
-        status = read_json(run_dir / "status.json") or {}
+        status = read_status(run_dir) or {}
     except ValueError as exc:
-        status, error = {}, str(exc)
+        status = {}
+        problems.append(str(exc))
+    try:
+        summary = read_summary(run_dir, run_id)
+    except ValueError as exc:
+        summary = None
+        problems.append(str(exc))
     metrics = last_metrics(run_dir)
-    if (run_dir / "summary.json").exists():
+    error = problems[0] if problems else None
+    if problems:
+        state = "corrupt"
+    elif summary is not None:
         state = "done"
     elif status.get("state") == "running" and not is_locked(run_dir):
         state = "interrupted"

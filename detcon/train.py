@@ -19,7 +19,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from detcon.atomic import naming_full_disk, save_torch, write_json, write_text
+from detcon.atomic import (
+    naming_full_disk,
+    remove_stale_temp_files,
+    save_torch,
+    write_json,
+    write_text,
+)
 from detcon.config import (
     PretrainConfig,
     config_differences,
@@ -56,6 +62,9 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
+# The files pretrain writes atomically: on start it removes the temp files a killed write of them
+# left (and only theirs: another program may be writing its own file of the run directory).
+_WRITTEN = (CHECKPOINT, "backbone.pt", "backbone.json", "config.json", "train_summary.json")
 CHECKPOINT_FORMAT = 1
 
 
@@ -538,8 +547,12 @@ def _pretrain(
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["torch_rng"])
         start = int(ckpt["step"])
+        # A stop before the checkpoint's step trains nothing: the checkpoint keeps its step (it
+        # was rewritten as that earlier step beside the later weights).
+        end = max(end, start)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(out, _WRITTEN)
         write_json(out / "config.json", to_dict(cfg))
         _truncate_metrics(out / "metrics.jsonl", start)
 
@@ -618,7 +631,12 @@ def _pretrain(
         resumed_from=start,
     )
     if rank == 0:
+        # backbone.json: the step backbone.pt is from (`detcon evaluate` records it, and warns
+        # when the run is unfinished). Removed first: a kill between the two writes must not
+        # leave an older step beside newer weights.
+        (out / "backbone.json").unlink(missing_ok=True)
         save_torch(out / "backbone.pt", export_backbone(model))
+        write_json(out / "backbone.json", {"step": done, "planned_steps": planned_end})
         # A rerun of a finished run trains no step: it exports backbone.pt again (the fix for a
         # damaged one) and keeps the summary of the steps that were trained.
         if done == planned_end and (losses or not (out / "train_summary.json").exists()):

@@ -1,10 +1,71 @@
-"""Atomic writes (detcon.atomic): a full disk names the file and keeps its previous version."""
+"""Atomic writes (detcon.atomic): permissions as a normal open gives them, the temp files of a
+killed writer are recognised and removed, and a full disk names the file and keeps its previous
+version."""
+
+from __future__ import annotations
 
 import errno
+import os
+import stat
+from pathlib import Path
 
 import pytest
 
-from detcon.atomic import DiskFullError, atomic_write, write_text
+from detcon.atomic import (
+    DiskFullError,
+    atomic_write,
+    remove_stale_temp_files,
+    save_torch,
+    write_json,
+    write_text,
+)
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for a test; the old one comes back afterwards."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_written_files_honour_the_umask(tmp_path, umask, mask):
+    # mkstemp creates 0600 files: collaborators on shared storage could not read the results.
+    umask(mask)
+    paths = [
+        write_json(tmp_path / "summary.json", {"a": 1}),
+        write_text(tmp_path / "index.html", "<p>"),
+        save_torch(tmp_path / "checkpoint.pt", {"step": 1}),
+    ]
+    for path in paths:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
+
+
+def _touch(path: Path) -> Path:
+    path.write_bytes(b"half")
+    return path
+
+
+def test_stale_temp_files_are_removed_and_nothing_else(tmp_path):
+    ours = [
+        _touch(tmp_path / ".checkpoint.pt.k2x_9q0a.tmp"),  # named by tempfile.mkstemp (before)
+        _touch(tmp_path / ".checkpoint.pt.0f3a9c1e.tmp"),
+        _touch(tmp_path / ".status.json.abcdefgh.tmp"),
+    ]
+    kept = [
+        _touch(tmp_path / "checkpoint.pt"),
+        _touch(tmp_path / ".notes.tmp"),  # not our pattern
+        _touch(tmp_path / "draft.json.abcdefgh.tmp"),  # no leading dot: not ours
+        _touch(tmp_path / ".checkpoint.pt.short.tmp"),
+    ]
+    assert remove_stale_temp_files(tmp_path, ["config.json"]) == []
+    assert remove_stale_temp_files(tmp_path, ["checkpoint.pt"]) == sorted(ours[:2])
+    assert ours[2].exists()
+    assert remove_stale_temp_files(tmp_path) == [ours[2]]
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in ours)
+    assert remove_stale_temp_files(tmp_path / "missing") == []
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])

@@ -49,6 +49,15 @@ def test_wrong_type_and_range_name_the_field():
         from_dict(PretrainConfig, {"optim": 3})
 
 
+def test_zero_epochs_is_refused_not_trained_for_one_step():
+    # The schedule has at least one step, so epochs=0 used to train one step silently.
+    with pytest.raises(ConfigError, match=r"optim\.epochs=0\.0: expected a number > 0"):
+        from_dict(PretrainConfig, {"optim": {"epochs": 0}})
+    with pytest.raises(ConfigError, match=r"optim\.epochs=0\.0: expected a number > 0"):
+        OptimConfig(epochs=0.0)
+    assert from_dict(PretrainConfig, {"optim": {"epochs": 0.5}}).optim.epochs == 0.5
+
+
 def test_cross_field_rules():
     with pytest.raises(ConfigError, match="masks.source='image'"):
         from_dict(PretrainConfig, {"method": "byol"})

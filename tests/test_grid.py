@@ -228,6 +228,28 @@ def test_bad_ablation_files_are_named(tmp_path, text, message):
         load_ablation(path)
 
 
+def test_a_folder_instead_of_an_ablation_file_lists_the_files_in_it(tmp_path, capsys):
+    from detcon.cli import main
+
+    write(tmp_path, "grid: {point: {}}\n", "b")
+    write(tmp_path, "grid: {point: {}}\n", "a")
+    with pytest.raises(
+        ValueError, match=r"is a folder, not an ablation file; its ablation files: "
+    ):
+        load_ablation(tmp_path)
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'a.yaml'}, {tmp_path / 'b.yaml'}$"):
+        load_ablation(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(
+        ValueError, match=r"not an ablation file; it holds no ablation file \(\*\.yaml\)"
+    ):
+        load_ablation(tmp_path / "empty")
+    assert main(["status", str(REPO / "ablations")]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder, not an ablation file" in err and "mask_type.yaml" in err
+    assert "does not exist" not in err
+
+
 def test_name_must_match_the_file(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("name: other\ndescription: t\ngrid: {point: {}}\n")

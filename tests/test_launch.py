@@ -136,17 +136,72 @@ def test_real_paper_run_fails_early_naming_the_missing_dataset(tmp_path, capsys,
     assert not (tmp_path / "runs").exists()
 
 
+def _mask_stores(path: Path, profile: str) -> None:
+    """Make the mask store each point of the ablation file names (relative to the working
+    directory), for its source and parameters, from a few tiny images: the launcher checks the
+    store's manifest and shards, not the dataset."""
+    import numpy as np
+
+    from detcon.masks.store import precompute_store
+
+    images = [{"image": np.full((3, 8, 8), i, dtype=np.uint8)} for i in range(2)]
+    for spec in launch.prepare(path, profile=profile, check_data=False).specs:
+        masks = spec.point.config.masks
+        precompute_store(images, masks, masks.store, shard_size=2, progress=False)
+
+
 def test_relative_data_paths_become_absolute_and_eval_data_is_checked(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "imagenet" / "train").mkdir(parents=True)
-    path = write_ablation(tmp_path, "grid: {point: {}}\nevaluate: [segmentation]\n")
+    path = write_ablation(
+        tmp_path, "base: {masks.store: stores/fh}\ngrid: {point: {}}\nevaluate: [segmentation]\n"
+    )
+    _mask_stores(path, "paper")
     plan = launch.prepare(path, profile="paper")  # paper.yaml: data.root data/imagenet/train
     (spec,) = plan.specs
     assert spec.parameters["overrides"]["data.root"] == str(tmp_path / "data/imagenet/train")
+    assert spec.parameters["overrides"]["masks.store"] == str(tmp_path / "stores/fh")
     assert spec.eval_parameters["data_root"] == str(tmp_path / "data")
     assert spec.point.config.data.root == "data/imagenet/train"  # the run id's config
     with pytest.raises(FileNotFoundError, match=r"reads .* from --data-root '.*nowhere'"):
         launch.prepare(path, profile="paper", data_root=tmp_path / "nowhere")
+
+
+def test_paper_points_on_real_data_need_precomputed_fh_and_mcg_masks(tmp_path, monkeypatch, capsys):
+    # FH (~0.14 s per ImageNet image) and MCG computed in every loader worker, every epoch:
+    # refused before anything runs, with the command that precomputes them.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "coco").mkdir(parents=True)
+    coco = "profiles: {paper: {overrides: {data.dataset: coco, data.root: data/coco}}}\n"
+    path = write_ablation(tmp_path, "grid: {product: {masks.source: [grid, fh, mcg]}}\n" + coco)
+    grid_id, fh_id, mcg_id = run_ids(path, "paper")
+    assert main(["run", str(path), "--profile", "paper"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "2 points compute them on the fly (masks.store is empty)" in err
+    fh = (
+        "`detcon masks precompute --profile paper --source fh --set data.dataset=coco --set "
+        "data.root=data/coco --set masks.fh_scale=1000.0 --set masks.fh_sigma=0.8 --set "
+        f"masks.fh_min_size=1000 --out stores/coco-fh` (point {fh_id})"
+    )
+    mcg = (
+        "`detcon masks precompute --profile paper --source mcg --set data.dataset=coco --set "
+        f"data.root=data/coco --set masks.mcg_num_proposals=16 --out stores/coco-mcg` (point "
+        f"{mcg_id})"
+    )
+    assert fh in err and mcg in err and grid_id not in err
+    assert not (tmp_path / "runs").exists()
+    # A dry run needs no data, the cpu profile computes its small scenes' masks on the fly, and
+    # points with stores pass.
+    launch.prepare(path, profile="paper", check_data=False)
+    launch.prepare(path, profile="cpu")
+    stored = write_ablation(
+        tmp_path,
+        "grid: {zip: {masks.source: [fh, mcg], masks.store: [stores/coco-fh, stores/coco-mcg]}}\n"
+        + coco,
+        "stored",
+    )
+    _mask_stores(stored, "paper")
+    assert len(launch.prepare(stored, profile="paper").specs) == 2
 
 
 @pytest.mark.parametrize(
@@ -309,6 +364,18 @@ def test_a_requeued_point_skips_finished_pretraining(tmp_path, fake):
     assert result.ran == [rid] and fake.calls == [(rid, "evaluate")]
 
 
+def test_a_point_removes_the_temp_files_a_killed_job_left(tmp_path, fake):
+    path = write_ablation(tmp_path, "grid: {point: {}}\n")
+    (rid,) = run_ids(path)
+    run_dir = tmp_path / "runs" / "abl" / rid
+    run_dir.mkdir(parents=True)
+    stale = [run_dir / ".status.json.abcdefgh.tmp", run_dir / ".pretrain.html.k2x_9q0a.tmp"]
+    for p in stale:
+        p.write_text("{")
+    result = launch.run_ablation(path, runs_dir=tmp_path / "runs", echo=lambda line: None)
+    assert result.ran == [rid] and not any(p.exists() for p in stale)
+
+
 def test_the_floor_and_the_ceiling_reach_summary_json(tmp_path, fake):
     """The evaluate notebook's reference parameters are accepted in an ablation file (checked
     against the notebook) and what they write is carried into summary.json."""
@@ -357,6 +424,57 @@ def test_a_locked_point_is_reported_running_elsewhere(tmp_path, fake):
     # the holder died: the lock is free but the status still says running
     state = point_state(run_dir, ids[0])
     assert state.state == "interrupted" and state.job_id == "123_0"
+
+
+def test_a_corrupt_status_or_summary_is_reported_and_rerun(tmp_path, fake, capsys):
+    path = grid3(tmp_path)
+    runs = tmp_path / "runs"
+    launch.run_ablation(path, runs_dir=runs, echo=lambda line: None)
+    ok2, bad, ok4 = run_ids(path)
+    root = runs / "abl"
+    (root / ok2 / "summary.json").write_text('{"ablation": "abl", "run_i')  # torn
+    write_json(root / ok4 / "status.json", {"stages": ["pretrain", "evaluate"]})  # no state
+    assert main(["status", str(path), "--runs-dir", str(runs)]) == 0
+    table = capsys.readouterr().out
+    assert "3 points: 2 corrupt, 1 failed" in table
+    line = next(x for x in table.splitlines() if x.startswith(ok2))
+    assert "corrupt" in line and "summary.json is not valid JSON" in line
+    line = next(x for x in table.splitlines() if x.startswith(ok4))
+    assert "corrupt" in line and "status.json: state=None" in line
+
+    fake.calls.clear()
+    result = launch.run_ablation(path, runs_dir=runs, echo=lambda line: None)
+    assert sorted(result.ran) == sorted([ok2, ok4]) and result.failed == [bad]
+    # Pretraining had finished: ok2's status says so; ok4's status is unreadable, but its
+    # train_summary.json beside the point's own config.json does (rerunning the notebook would
+    # resume a finished checkpoint and overwrite train_summary.json with an empty segment's).
+    assert sorted(fake.calls) == sorted([(ok2, "evaluate"), (bad, "pretrain"), (ok4, "evaluate")])
+    assert {point_state(root / r, r).state for r in (ok2, ok4)} == {"done"}
+
+    # A summary.json that parses but is not a point's summary is corrupt too.
+    write_json(root / ok2 / "summary.json", {"ablation": "abl", "run_id": ok4, "profile": "cpu"})
+    assert f"is the summary of '{ok4}', not of '{ok2}'" in point_state(root / ok2, ok2).error
+    write_json(root / ok2 / "summary.json", {"ablation": "abl"})
+    state = point_state(root / ok2, ok2)
+    assert state.state == "corrupt" and "lacks run_id, profile" in state.error
+
+
+def test_a_run_directory_replaced_by_a_file_breaks_that_point_only(tmp_path, fake, capsys):
+    path = write_ablation(tmp_path, "grid: {product: {masks.grid_size: [2, 4]}}\n")
+    runs = tmp_path / "runs"
+    a, b = run_ids(path)
+    (runs / "abl").mkdir(parents=True)
+    (runs / "abl" / a).write_text("not a directory")
+    assert main(["status", str(path), "--runs-dir", str(runs)]) == 0
+    table = capsys.readouterr().out
+    line = next(x for x in table.splitlines() if x.startswith(a))
+    assert "broken" in line and "is a file, not a run directory" in line
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 1
+    captured = capsys.readouterr()
+    assert fake.calls == [(b, "pretrain")]
+    assert f"{a}: broken (" in captured.out and f"{b} done" in captured.out
+    assert f"1 of 2 points broken (not run): {a}" in captured.err
+    assert (runs / "abl" / a).read_text() == "not a directory"
 
 
 def test_status_of_points_never_started_and_queued(tmp_path):
@@ -438,6 +556,56 @@ def test_end_to_end_local_run_with_real_notebooks(tmp_path, capsys):
     assert "holds no .png or .npz mask" in html
     assert main(["run", str(path), "--runs-dir", str(runs), "--only", good]) == 0
     assert "1 points, 1 done, 0 running elsewhere, 0 to run" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_run_prints_one_line_and_exits_130(tmp_path):
+    """SIGINT to `detcon run`'s process group (what Ctrl-C in a terminal does) while a point's
+    notebook runs: one line, exit code 130 (the kernel's shutdown printed a ZMQError traceback)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cells = [
+        nbformat.v4.new_code_cell(
+            'profile = "cpu"\noverrides = {}\nrun_dir = "."\nprogress = True',
+            metadata={"tags": ["parameters"]},
+        ),
+        nbformat.v4.new_code_cell(
+            "import time\nfrom pathlib import Path\n"
+            'Path(run_dir, "started").write_text("")\ntime.sleep(600)'
+        ),
+    ]
+    kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": kernelspec})
+    nbformat.write(nb, str(tmp_path / "sleep.ipynb"))
+    path = write_ablation(tmp_path, "notebook: sleep.ipynb\ngrid: {point: {}}\n")
+    (rid,) = run_ids(path)
+    started = tmp_path / "runs" / "abl" / rid / "started"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "detcon", "run", str(path), "--runs-dir", str(tmp_path / "runs")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300  # a guard, not a measurement: the kernel's start
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert started.exists(), proc.communicate()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert err.splitlines() == ["detcon run: interrupted"], err
+    assert f"[1/1] {rid} ..." in out
+    # The point resumes on the next run: nobody holds its lock and its status says running.
+    assert point_state(started.parent, rid).state == "interrupted"
 
 
 def test_summary_rows_are_flat_and_name_their_source():

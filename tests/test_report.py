@@ -87,6 +87,18 @@ def test_report_writes_tables_figures_and_an_index_linking_existing_files(tmp_pa
     assert str(f.index_html) in text and str(f.figure_pdf) in text
 
 
+def test_a_run_directory_replaced_by_a_file_fails_that_point_only(tmp_path):
+    path, runs, ids = make_fake_runs(tmp_path)
+    rid = ids["detcon_b", "fh", 1]
+    (runs / "fake" / rid).write_text("not a directory")
+    report = build_report(
+        path, runs_dir=runs, figures_dir=tmp_path / "figures", echo=lambda line: None
+    )
+    row = report.scan.status.set_index("run_id").loc[rid]
+    assert row["state"] == "failed" and "is a file, not a run directory" in row["error"]
+    assert report.scan.counts() == {"done": 4, "failed": 4}
+
+
 def test_mask_quality_figure_when_the_csv_exists(tmp_path):
     path, runs = write_ablation(tmp_path), tmp_path / "runs"
     for point in expand(load_ablation(path), "cpu"):  # every point done this time

@@ -261,6 +261,18 @@ def test_bad_metric_values_make_the_run_failed_not_a_crash(tmp_path):
     assert read_run_metrics(tmp_path)[1].startswith("corrupt eval_supervised.json")
 
 
+def test_the_encoder_record_of_eval_json_is_not_a_metric(tmp_path):
+    record = {"step": 3, "planned_steps": 6, "finished": False}
+    _write(tmp_path / "eval.json", {"segmentation": {"miou": 0.4}, "encoder": record})
+    rows, problem = read_run_metrics(tmp_path)
+    assert problem is None and [(r["task"], r["metric"]) for r in rows] == [
+        ("segmentation", "miou")
+    ]
+    point = {"ablation": "a", "run_id": "r", "profile": "cpu"}
+    evaluation = json.loads((tmp_path / "eval.json").read_text())
+    assert flatten_summary(point, None, evaluation) == point | {"eval.segmentation.miou": 0.4}
+
+
 def test_summary_rows_parse_dotted_keys():
     # eval_random.* / eval_supervised.* in summary.json are the launcher's form of the floor
     # and the ceiling (backbone=random / supervised).

@@ -14,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 from detcon.config import load_pretrain_config
+from detcon.evaluate.backbones import weights_need_tf_same
 from detcon.train import NonFiniteLossError, load_checkpoint, pretrain
 
 TINY = {
@@ -121,16 +122,43 @@ def test_metrics_checkpoint_and_summary(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
 
 
+def test_a_start_removes_the_temp_files_a_killed_write_left(tmp_path):
+    # What a kill during torch.save of the checkpoint leaves: it used to stay forever.
+    stale = tmp_path / ".checkpoint.pt.k2x_9q0a.tmp"
+    stale.write_bytes(b"\0" * 4096)
+    others = tmp_path / ".eval.json.0f3a9c1e.tmp"  # not a file pretraining writes: kept
+    others.write_bytes(b"{")
+    pretrain(tiny_cfg(train={"max_steps": 1, "threads": 1}), tmp_path, progress=False)
+    assert not stale.exists() and others.exists()
+
+
 def test_resume_gives_the_same_final_weights(tmp_path):
     cfg = tiny_cfg(train={"max_steps": 6, "checkpoint_every": 2, "threads": 1})
     pretrain(cfg, tmp_path / "straight", progress=False)
     first = pretrain(cfg, tmp_path / "resumed", progress=False, stop_after=3)
     assert first.steps == 3 and not (tmp_path / "resumed" / "train_summary.json").exists()
+    sidecar = tmp_path / "resumed" / "backbone.json"  # which step backbone.pt is from
+    assert json.loads(sidecar.read_text()) == {"step": 3, "planned_steps": 6}
     second = pretrain(cfg, tmp_path / "resumed", progress=False)
     assert second.resumed_from == 3 and second.steps == 6
+    assert json.loads(sidecar.read_text()) == {"step": 6, "planned_steps": 6}
+    assert not weights_need_tf_same(tmp_path / "resumed")  # the same file an import writes
     _assert_same_state(_final_state(tmp_path / "straight"), _final_state(tmp_path / "resumed"))
     steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "metrics.jsonl").open()]
     assert steps == list(range(6))
+
+
+def test_stop_after_below_the_checkpoint_step_trains_nothing_and_keeps_the_step(tmp_path):
+    # `pretrain --stop-after 1` on a run at step 3 recorded step 1 beside step 3's weights: the
+    # next resume trained steps 1 and 2 again on top of them.
+    cfg = tiny_cfg(train={"max_steps": 3, "threads": 1})
+    pretrain(cfg, tmp_path, progress=False)
+    summary = (tmp_path / "train_summary.json").read_text()
+    result = pretrain(cfg, tmp_path, progress=False, stop_after=1)
+    assert result.steps == 3 and result.resumed_from == 3
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
+    assert json.loads((tmp_path / "backbone.json").read_text()) == {"step": 3, "planned_steps": 3}
+    assert (tmp_path / "train_summary.json").read_text() == summary
 
 
 def test_resume_after_a_kill_gives_the_same_final_weights(tmp_path):
@@ -413,3 +441,4 @@ def test_rerunning_a_finished_run_keeps_its_summary(tmp_path, capsys):
     )
     assert (tmp_path / "backbone.pt").read_bytes() == backbone
     assert (tmp_path / "train_summary.json").read_text() == summary
+    assert json.loads((tmp_path / "backbone.json").read_text()) == {"step": 2, "planned_steps": 2}

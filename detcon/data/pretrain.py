@@ -7,6 +7,7 @@ and a run split across processes see the same views of the same images in the sa
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -18,6 +19,8 @@ from torch.utils.data import Dataset, Sampler
 from detcon.config import PretrainConfig
 
 __all__ = [
+    "MASK_CACHE_BYTES",
+    "MaskCache",
     "PretrainDataset",
     "StepBatchSampler",
     "build_base_dataset",
@@ -61,15 +64,57 @@ def build_base_dataset(cfg: PretrainConfig) -> Dataset:
     raise ValueError(f"data.dataset={data.dataset!r}: no reader")  # config already validated
 
 
+# Bytes of computed masks a PretrainDataset keeps per process (each DataLoader worker has its
+# own): all of the cpu profile's 1,024 scenes of 96 x 96 px (FH int32 id maps: 36 MiB; 16 MCG-style
+# bool masks each: 144 MiB), ~500 ImageNet FH id maps. Without a bound a real dataset filled every
+# worker's memory (~0.5 MB per image). Not a config field: it changes no result, and a new field
+# would change every run id.
+MASK_CACHE_BYTES = 256 * 2**20
+
+
+class MaskCache:
+    """Masks by image index, least recently used dropped first so they never hold more than
+    ``max_bytes`` (``ndarray.nbytes``); masks larger than the budget alone are not kept."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._items: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def keys(self) -> list[int]:
+        return list(self._items)
+
+    def get(self, index: int) -> np.ndarray | None:
+        masks = self._items.get(index)
+        if masks is not None:
+            self._items.move_to_end(index)
+        return masks
+
+    def put(self, index: int, masks: np.ndarray) -> None:
+        if index in self._items:
+            self.nbytes -= self._items.pop(index).nbytes
+        if masks.nbytes > self.max_bytes:
+            return
+        self._items[index] = masks
+        self.nbytes += masks.nbytes
+        while self.nbytes > self.max_bytes:
+            self.nbytes -= self._items.popitem(last=False)[1].nbytes
+
+
 class PretrainDataset(Dataset):
     """Items are keyed by ``(epoch, index)``; each returns two views of image ``index``.
 
     Masks are computed once per image at full resolution, before cropping (docs/design.md
     §4.10), read from a mask store when one is configured, else computed and kept in a
-    per-process cache.
+    per-process :class:`MaskCache` of ``cache_bytes`` (a miss computes them again: same masks).
     """
 
-    def __init__(self, base: Dataset, cfg: PretrainConfig) -> None:
+    def __init__(
+        self, base: Dataset, cfg: PretrainConfig, *, cache_bytes: int = MASK_CACHE_BYTES
+    ) -> None:
         from detcon.augment import TwoViewGeometry
         from detcon.masks.sources import build_mask_source
 
@@ -89,7 +134,7 @@ class PretrainDataset(Dataset):
             from detcon.masks.store import open_for_training
 
             self.store = open_for_training(cfg.masks.store, self.source, base)
-        self._cache: dict[int, np.ndarray] = {}
+        self.cache = MaskCache(cache_bytes)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -97,16 +142,18 @@ class PretrainDataset(Dataset):
     def masks_for(self, index: int, sample: Mapping[str, Any]) -> np.ndarray:
         if self.store is not None:
             return self.store[index]
-        if index not in self._cache:
+        masks = self.cache.get(index)
+        if masks is None:
             image = sample["image"].permute(1, 2, 0).numpy()
             instances = sample.get("instances")
             kwargs = {}
             if self.source.name == "external":
                 kwargs["key"] = sample.get("key")
-            self._cache[index] = self.source(
+            masks = self.source(
                 image, None if instances is None else np.asarray(instances), **kwargs
             )
-        return self._cache[index]
+            self.cache.put(index, masks)
+        return masks
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Tensor]:
         epoch, index = key

@@ -4,6 +4,7 @@ write ``eval.json`` (docs/run-directory.md)."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ from detcon.evaluate.settings import (
     with_eval_split,
     with_scene_difficulty,
 )
+from detcon.runs import ENCODER_RECORD, encoder_record
 
 __all__ = ["default_out_name", "evaluate_run", "resolve_device"]
 
@@ -96,7 +98,10 @@ def evaluate_run(
             ``detection``; a kind may hold several datasets (paper: VOC and Cityscapes).
         profile: ``cpu`` (synthetic scenes, minutes on two cores) or ``paper``.
         out_name: file written in ``run_dir``; default :func:`default_out_name`. Entries for
-            tasks not run now are kept from an existing file.
+            tasks not run now are kept from an existing file, unless it measured another
+            encoder. For ``pretrained`` it also holds ``"encoder"``: the pretraining step of
+            ``backbone.pt`` (:func:`detcon.runs.encoder_record`); evaluating a run that has not
+            finished pretraining warns on stderr.
         backbone: ``pretrained`` (``backbone.pt``), ``random`` (same architecture, random
             initialisation from ``seed``: the floor) or ``supervised`` (that initialisation
             trained with the profile's segmentation labels, ``settings.supervised``: the
@@ -141,6 +146,19 @@ def evaluate_run(
     dev = resolve_device(device)
     out_path = run_dir / (out_name or default_out_name(backbone))
     log = progress or (lambda message: None)
+    record = encoder_record(run_dir) if backbone == "pretrained" else None
+    if record is not None and not record["finished"]:
+        at = (
+            "an unknown step (no backbone.json)"
+            if record["step"] is None
+            else f"step {record['step']} of {record['planned_steps']}"
+        )
+        print(
+            f"detcon evaluate: warning: {run_dir} has not finished pretraining (no "
+            f"train_summary.json): its backbone.pt is from {at}; {out_path.name} records it",
+            file=sys.stderr,
+            flush=True,
+        )
 
     threads = torch.get_num_threads()
     if settings.threads:
@@ -189,7 +207,13 @@ def evaluate_run(
                     log(f"{s.name}: done in {time.perf_counter() - t0:.1f} s")
         finally:
             torch.set_num_threads(threads)
-    write_json(out_path, {**_existing(out_path), **results})
+    kept = _existing(out_path)
+    if record is not None and kept.get(ENCODER_RECORD, record) != record:
+        kept = {}  # measured on another encoder (an earlier step): not to be mixed with these
+    stored = {**kept, **results}
+    if record is not None:
+        stored[ENCODER_RECORD] = record
+    write_json(out_path, stored)
     return results
 
 

@@ -62,8 +62,33 @@ def test_every_task_returns_finite_metrics_in_range(full_run):
 
 def test_eval_json_is_written_atomically_with_the_results(full_run):
     run, results, _ = full_run
-    assert json.loads((run / "eval.json").read_text()) == results
+    stored = json.loads((run / "eval.json").read_text())
+    # make_run_dir writes no record of the encoder's training step: unknown, not finished.
+    assert stored.pop("encoder") == {"step": None, "planned_steps": None, "finished": False}
+    assert stored == results
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_unfinished_run_is_evaluated_with_a_warning_and_its_step_recorded(tmp_path, capsys):
+    run = make_run_dir(tmp_path / "run")
+    write_json(run / "backbone.json", {"step": 3, "planned_steps": 6})  # pretrain --stop-after 3
+    evaluate_run(run, settings=QUICK, tasks=("linear",))
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert "has not finished pretraining" in err and "from step 3 of 6" in err
+    stored = json.loads((run / "eval.json").read_text())
+    assert stored["encoder"] == {"step": 3, "planned_steps": 6, "finished": False}
+    # Finished now: no warning; the entry measured on the step-3 encoder is not kept beside it.
+    write_json(run / "backbone.json", {"step": 6, "planned_steps": 6})
+    write_json(run / "train_summary.json", {"steps": 6, "final_loss": 1.0})
+    evaluate_run(run, settings=QUICK, tasks=("depth",))
+    assert capsys.readouterr().err == ""
+    stored = json.loads((run / "eval.json").read_text())
+    assert stored["encoder"] == {"step": 6, "planned_steps": 6, "finished": True}
+    assert set(stored) == {"depth", "encoder"}
+    # The random baseline has no training step to record.
+    evaluate_run(run, settings=QUICK, tasks=("depth",), backbone="random")
+    assert "encoder" not in json.loads((run / "eval_random.json").read_text())
 
 
 def test_same_run_and_seed_give_the_same_metrics_and_other_tasks_are_kept(full_run, tmp_path):

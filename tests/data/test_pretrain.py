@@ -1,0 +1,53 @@
+"""The pretraining dataset (detcon.data.pretrain): masks computed on the fly are cached in a
+bounded number of bytes per process."""
+
+from __future__ import annotations
+
+import torch
+
+from detcon.config import load_pretrain_config
+from detcon.data.pretrain import MASK_CACHE_BYTES, PretrainDataset, build_base_dataset
+
+SIDE = 48
+ID_MAP_BYTES = SIDE * SIDE * 4  # one full-resolution int32 FH id map
+
+
+def tiny_fh_cfg():
+    overrides = {
+        "data": {"num_images": 8, "scene_size": SIDE},
+        "masks": {"source": "fh", "fh_min_size": 16},
+        "augment": {"crop_size": 32},
+    }
+    return load_pretrain_config(overrides, profile="cpu")
+
+
+def test_the_mask_cache_stays_within_its_byte_budget_and_keeps_the_recent_masks():
+    # Every full-resolution FH id map used to be kept in every loader worker, without a limit
+    # (~0.5 MB per ImageNet image: ~700 GB after one epoch at 16 workers).
+    cfg = tiny_fh_cfg()
+    budget = 3 * ID_MAP_BYTES + ID_MAP_BYTES // 2  # room for three id maps, not four
+    ds = PretrainDataset(build_base_dataset(cfg), cfg, cache_bytes=budget)
+    for epoch in range(2):
+        for index in range(8):
+            ds[(epoch, index)]
+            assert ds.cache.nbytes <= budget
+    assert len(ds.cache) == 3 and ds.cache.nbytes == 3 * ID_MAP_BYTES
+    # Least recently used goes first: reading 5 again keeps it when 0 comes in.
+    ds[(2, 5)]
+    ds[(2, 0)]
+    assert sorted(ds.cache.keys()) == [0, 5, 7]
+
+
+def test_cached_and_recomputed_masks_give_the_same_views():
+    cfg = tiny_fh_cfg()
+    cached = PretrainDataset(build_base_dataset(cfg), cfg)
+    uncached = PretrainDataset(build_base_dataset(cfg), cfg, cache_bytes=0)
+    for index in (0, 3, 0):
+        a, b = cached[(1, index)], uncached[(1, index)]
+        assert all(torch.equal(a[k], b[k]) for k in ("view1", "view2", "masks1", "masks2"))
+    assert len(uncached.cache) == 0 and len(cached.cache) == 2
+    # By default the cpu profile's masks all fit (FH int32 id maps, MCG-style bool stacks): they
+    # are computed once per scene, as before the bound.
+    cpu = load_pretrain_config({}, profile="cpu")
+    pixels = cpu.data.num_images * cpu.data.scene_size**2
+    assert pixels * max(4, cpu.masks.mcg_num_proposals) <= MASK_CACHE_BYTES
