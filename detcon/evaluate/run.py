@@ -3,6 +3,7 @@ write ``eval.json`` (docs/run-directory.md)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -13,6 +14,7 @@ from typing import Literal
 import torch
 
 from detcon.atomic import write_json
+from detcon.config import to_dict
 from detcon.evaluate import dense, detection
 from detcon.evaluate.backbones import (
     BackboneStages,
@@ -89,6 +91,7 @@ def evaluate_run(
     data_root: str | Path | None = None,
     device: str | torch.device = "cpu",
     split: str | None = None,
+    reference_cache: str | Path | None = None,
 ) -> dict[str, dict[str, float]]:
     """Evaluate the encoder of ``run_dir`` and write ``run_dir/out_name`` atomically.
 
@@ -115,6 +118,9 @@ def evaluate_run(
         device: ``cpu``, ``cuda[:N]`` or ``auto``.
         split: score on this split instead of each dataset's own (cpu profile: ``test``;
             choose recipes on ``val``).
+        reference_cache: a folder where the ``random`` and ``supervised`` references are kept,
+            keyed by everything they depend on (architecture, scenes, settings, tasks, seed):
+            the grid points of an ablation that share them compute them once.
     Returns:
         ``{name: {metric: value}}`` for the entries evaluated now, e.g.
         ``{"segmentation": {"miou": .., "pixel_acc": ..}, "depth": {"rmse": .., "delta1": ..},
@@ -159,6 +165,24 @@ def evaluate_run(
             file=sys.stderr,
             flush=True,
         )
+
+    cached_path = None
+    if reference_cache is not None and backbone != "pretrained":
+        key = {
+            "backbone": backbone,
+            "model": to_dict(cfg.model),
+            "settings": repr(settings),  # dataclass reprs: every value, scenes included
+            "tasks": tasks,
+            "seed": seed,
+            "device": dev.type,
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        cached_path = Path(reference_cache) / f"{backbone}-{digest}.json"
+        if cached_path.is_file():
+            results = json.loads(cached_path.read_text())
+            log(f"{backbone} reference: reused {cached_path}")
+            write_json(out_path, {**_existing(out_path), **results})
+            return results
 
     threads = torch.get_num_threads()
     if settings.threads:
@@ -214,6 +238,8 @@ def evaluate_run(
     if record is not None:
         stored[ENCODER_RECORD] = record
     write_json(out_path, stored)
+    if cached_path is not None:
+        write_json(cached_path, results)
     return results
 
 

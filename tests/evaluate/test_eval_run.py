@@ -229,3 +229,27 @@ def test_runs_are_scored_on_scenes_made_like_their_own(tmp_path, monkeypatch):
     write_json(run / "config.json", to_dict(cfg))
     evaluate_run(run, settings=QUICK, tasks=("segmentation",), backbone="random")
     assert used == [spec]
+
+
+def test_references_are_computed_once_per_architecture_scenes_and_seed(tmp_path):
+    """Grid points that share an architecture, scenes, settings and seed reuse the floor."""
+    a, b = make_run_dir(tmp_path / "a", seed=1), make_run_dir(tmp_path / "b", seed=2)
+    cache = tmp_path / "refs"
+    logs: list[str] = []
+    first = evaluate_run(
+        a, settings=QUICK, tasks=("linear",), backbone="random", reference_cache=cache
+    )
+    again = evaluate_run(
+        b,
+        settings=QUICK,
+        tasks=("linear",),
+        backbone="random",
+        reference_cache=cache,
+        progress=logs.append,
+    )
+    assert again == first and any("reused" in m for m in logs)
+    assert json.loads((b / "eval_random.json").read_text()) == first
+    evaluate_run(
+        b, settings=QUICK, tasks=("linear",), backbone="random", seed=5, reference_cache=cache
+    )
+    assert len(list(cache.iterdir())) == 2  # another seed is another reference
