@@ -39,8 +39,7 @@ import pandas as pd
 
 from detcon.config import to_dict
 from detcon.grid import NOTEBOOK_PREFIX, Ablation, GridPoint, expand, flatten, load_ablation
-from detcon.launch import OFFICIAL_PARAMETER, ablation_status
-from detcon.runs import ENCODER_RECORD, read_json
+from detcon.runs import ENCODER_RECORD, OFFICIAL_PARAMETER, ablation_status, read_json
 
 __all__ = [
     "REFERENCES",

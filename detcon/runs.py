@@ -3,6 +3,8 @@
 The launcher writes ``point.json``, ``env.json``, ``status.json`` and ``summary.json``; training
 and evaluation write the rest. Every write is atomic (:mod:`detcon.atomic`). Readers here are
 tolerant of files that are missing (not started yet) and say so instead of failing.
+:func:`ablation_status` reads the state of every point of an ablation (``detcon status``,
+``detcon report``) without importing the launcher.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from detcon.atomic import write_json
+from detcon.grid import expand, load_ablation
 
 __all__ = [
     "ENCODER_RECORD",
+    "OFFICIAL_PARAMETER",
     "STATES",
     "PointBusyError",
     "PointState",
+    "ablation_status",
     "encoder_record",
     "environment_record",
     "flatten_summary",
@@ -51,6 +56,10 @@ ENCODER_RECORD = "encoder"
 # not a point's summary, whatever else it parses to.
 SUMMARY_FIELDS = ("ablation", "run_id", "profile")
 LOCK = ".lock"
+# Pretrain-notebook parameter of evaluation-only points: import this official checkpoint
+# (detcon.official.import_run) instead of training. Given per point as grid key
+# ``notebook.official_checkpoint``; checked to exist before anything is submitted.
+OFFICIAL_PARAMETER = "official_checkpoint"
 # Packages whose versions describe a run (env.json); missing ones are recorded as null.
 _PACKAGES = (
     "detcon",
@@ -475,3 +484,31 @@ def _read_point_state(run_dir: Path, run_id: str, queued_job: str | None) -> Poi
         error=error,
         notebook=_rendered_notebook(run_dir, status),
     )
+
+
+def _queued_jobs(runs_root: Path, profile: str) -> dict[str, str]:
+    """run id -> job id of the most recent SLURM launch of each point at ``profile``."""
+    jobs: dict[str, str] = {}
+    for record in sorted((runs_root / ".submitit").glob("*/launch.json")):
+        try:
+            data = read_json(record) or {}
+        except ValueError:
+            continue
+        if data.get("profile") == profile:
+            jobs.update(data.get("jobs", {}))
+    return jobs
+
+
+def ablation_status(
+    ablation_path: str | Path,
+    *,
+    profile: str = "cpu",
+    runs_dir: str | Path = "runs",
+    only: str | None = None,
+) -> list[PointState]:
+    """The state of every point of the ablation at ``profile`` (nothing is written)."""
+    ablation = load_ablation(ablation_path)
+    points = [p for p in expand(ablation, profile) if not only or only in p.run_id]
+    runs_root = Path(runs_dir) / ablation.name
+    queued = _queued_jobs(runs_root, profile)
+    return [point_state(runs_root / p.run_id, p.run_id, queued.get(p.run_id)) for p in points]

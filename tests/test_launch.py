@@ -1,9 +1,9 @@
 """The launcher (detcon.launch, detcon.runs): validation before anything runs, the local and
 debug executors, skipping and resuming, failure isolation and ``detcon status``.
 
-Most tests replace the papermill execution (``detcon.launch._execute``) with a fake that writes
-what the notebooks would write, so they exercise the launcher's bookkeeping in milliseconds; one
-``slow`` test runs the real notebooks end to end on a tiny grid.
+Most tests replace the papermill execution (``detcon.launch.point._execute``) with a fake that
+writes what the notebooks would write, so they exercise the launcher's bookkeeping in
+milliseconds; one ``slow`` test runs the real notebooks end to end on a tiny grid.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from detcon.atomic import write_json
 from detcon.cli import main
 from detcon.config import ConfigError, to_dict
 from detcon.grid import resolve_config
+from detcon.launch import executors as launch_executors
+from detcon.launch import point as launch_point
 from detcon.runs import flatten_summary, point_lock, point_state, write_status
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,7 +93,7 @@ class FakeNotebooks:
 @pytest.fixture
 def fake(monkeypatch) -> FakeNotebooks:
     fake = FakeNotebooks()
-    monkeypatch.setattr(launch, "_execute", fake)
+    monkeypatch.setattr(launch_point, "_execute", fake)
     return fake
 
 
@@ -230,7 +232,7 @@ def test_paper_points_on_real_data_need_precomputed_fh_and_mcg_masks(tmp_path, m
 def test_bad_inputs_are_rejected_before_anything_runs(
     tmp_path, capsys, monkeypatch, extra, message
 ):
-    monkeypatch.setattr(launch, "run_point", lambda spec: pytest.fail("a point ran"))
+    monkeypatch.setattr(launch_executors, "run_point", lambda spec: pytest.fail("a point ran"))
     path = write_ablation(tmp_path, f"grid: {{product: {{masks.source: [grid]}}}}\n{extra}\n")
     rc = main(["run", str(path), "--runs-dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +29,7 @@ grid:
   product: {method: [detcon_s, detcon_b], masks.source: [grid, fh]}
 evaluate: [segmentation, depth]
 """
+ROOT = Path(__file__).resolve().parents[1]
 TRAIN_KEYS = ["final_loss", "images_per_s", "steps", "wall_s"]  # numeric train_summary fields
 
 
@@ -365,3 +368,17 @@ def test_pending_and_corrupt_status(fake):
     assert st.at[ids["detcon_b", "fh", 1], "state"] == "pending"
     assert st.at[ids["detcon_s", "grid", 0], "state"] == "failed"
     assert st.at[ids["detcon_s", "grid", 0], "error"].startswith("corrupt status.json")
+
+
+def test_reading_results_does_not_import_the_launcher():
+    """``detcon report`` reads run directories: the point states come from the run-directory
+    code (detcon.runs), not from the launcher and what it pulls in (submitit, the executors)."""
+    code = (
+        "import sys, detcon.results; "
+        "print(sorted(m for m in sys.modules if m.split('.')[:2] == ['detcon', 'launch']))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip() == "[]", f"detcon.results imports the launcher: {proc.stdout}"

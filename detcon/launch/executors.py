@@ -1,0 +1,215 @@
+"""Running a validated :class:`~detcon.launch.plan.Plan` (:func:`run_ablation`): each point not
+yet done becomes one job (:class:`~detcon.launch.point.PointJob`) through an executor:
+
+- ``local`` (default): points one after the other in this process. Each notebook already runs in
+  its own kernel process, and on a small machine running points side by side only makes them
+  compete for the same cores; in-process also gives live ``[i/n]`` progress and the error text
+  at once. (``submitit.LocalExecutor`` would add a process per point and log files to chase.)
+- ``slurm``: one SLURM job array through submitit (``AutoExecutor(cluster="slurm")``), resources
+  and array parallelism from a cluster profile (``ablations/clusters/<name>.yaml``), a fresh
+  submitit folder per launch. Jobs are ``submitit.helpers.Checkpointable``: on USR2 (preemption,
+  time limit) submitit requeues them and the point resumes from its training checkpoint.
+- ``debug``: ``submitit.DebugExecutor``, in-process, dropping into pdb on a failure.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from detcon.atomic import write_json
+from detcon.launch.plan import Plan, describe_plan, prepare
+from detcon.launch.point import PointFailedError, PointJob, PointSpec, run_point
+from detcon.runs import point_state
+
+
+@dataclass
+class LaunchResult:
+    """What a launch did. ``jobs``: submitit jobs (slurm/debug); the lists hold run ids;
+    ``broken``: points whose run directory cannot be used (not run, see ``detcon status``)."""
+
+    plan: Plan
+    done: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+    jobs: list[Any] = field(default_factory=list)
+    folder: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.broken
+
+
+def _check_writable(runs_root: Path) -> None:
+    try:
+        runs_root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=runs_root)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise PermissionError(
+            f"runs directory {str(runs_root)!r} is not writable ({exc.strerror or exc}); "
+            "choose another with --runs-dir"
+        ) from None
+
+
+def _launch_folder(runs_root: Path) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return runs_root / ".submitit" / f"{stamp}-{os.getpid()}"
+
+
+def run_ablation(
+    ablation_path: str | Path,
+    *,
+    profile: str = "cpu",
+    executor: str = "local",
+    runs_dir: str | Path = "runs",
+    dry_run: bool = False,
+    only: str | None = None,
+    cluster: str | None = None,
+    data_root: str | Path = "data",
+    echo: Callable[[str], None] = print,
+) -> LaunchResult:
+    """Validate every point of an ablation, then run (local, debug) or submit (slurm) the points
+    not yet done. See the module docstring; ``echo`` receives the progress lines."""
+    plan = prepare(
+        ablation_path,
+        profile=profile,
+        runs_dir=runs_dir,
+        only=only,
+        executor=executor,
+        cluster=cluster,
+        check_data=not dry_run,
+        data_root=data_root,
+    )
+    result = LaunchResult(plan)
+    if dry_run:
+        echo(describe_plan(plan))
+        echo("dry run: nothing was written or submitted")
+        return result
+    _check_writable(plan.runs_root)
+    todo: list[PointSpec] = []
+    notes: list[str] = []
+    for spec in plan.specs:
+        state = point_state(spec.run_dir, spec.run_id)
+        if state.state == "done":
+            result.done.append(spec.run_id)
+        elif state.state == "running":
+            result.busy.append(spec.run_id)
+            notes.append(f"  {spec.run_id}: running elsewhere (its lock is held), skipped")
+        elif state.state == "broken":  # one point's problem: report it, run the others
+            result.broken.append(spec.run_id)
+            notes.append(f"  {spec.run_id}: broken ({state.error}), skipped")
+        else:
+            todo.append(spec)
+            if state.state == "corrupt":
+                notes.append(f"  {spec.run_id}: corrupt ({state.error}), run again")
+    n = len(plan.specs)
+    echo(
+        f"{plan.ablation.name} (profile {profile}, executor {executor}): {n} points, "
+        f"{len(result.done)} done, {len(result.busy)} running elsewhere, {len(todo)} to run"
+        + (f", {len(result.broken)} broken" if result.broken else "")
+    )
+    for line in notes:
+        echo(line)
+    if not todo:
+        return result
+    if executor == "local":
+        _run_local(todo, result, echo)
+    elif executor == "debug":
+        _run_debug(todo, result, echo)
+    else:
+        _submit_slurm(todo, result, echo)
+    return result
+
+
+def _finish(spec: PointSpec, outcome: dict[str, Any], result: LaunchResult) -> str:
+    state = outcome.get("state")
+    if state == "busy":
+        result.busy.append(spec.run_id)
+        return "running elsewhere (its lock is held), skipped"
+    if state == "skipped":
+        result.done.append(spec.run_id)
+        return "already done"
+    result.ran.append(spec.run_id)
+    return "done"
+
+
+def _failed_line(spec: PointSpec, exc: BaseException, result: LaunchResult) -> str:
+    result.failed.append(spec.run_id)
+    html = point_state(spec.run_dir, spec.run_id).notebook
+    return f"FAILED: {exc}" + (f" (see {html})" if html else "")
+
+
+def _run_local(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable) -> None:
+    for i, spec in enumerate(todo, 1):
+        tag = f"[{i}/{len(todo)}] {spec.run_id}"
+        echo(f"{tag} ...")
+        t0 = time.perf_counter()
+        try:
+            msg = _finish(spec, run_point(spec), result)
+        except PointFailedError as exc:
+            msg = _failed_line(spec, exc, result)
+        echo(f"{tag} {msg} ({time.perf_counter() - t0:.0f} s)")
+
+
+def _run_debug(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable) -> None:
+    folder = _launch_folder(result.plan.runs_root)
+    ex = submitit.DebugExecutor(folder=folder)
+    result.folder = folder
+    for i, spec in enumerate(todo, 1):
+        tag = f"[{i}/{len(todo)}] {spec.run_id}"
+        echo(f"{tag} ... (debug executor: pdb on failure)")
+        job = ex.submit(PointJob(spec))
+        result.jobs.append(job)
+        try:
+            msg = _finish(spec, job.result(), result)
+        except Exception as exc:  # noqa: BLE001 - after pdb, go on with the next point
+            msg = _failed_line(spec, exc, result)
+        echo(f"{tag} {msg}")
+
+
+def _submit_slurm(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable) -> None:
+    plan = result.plan
+    if shutil.which("sbatch") is None:
+        raise FileNotFoundError(
+            "--executor slurm needs SLURM's sbatch on PATH (none found); run on a login node, "
+            "start the local cluster with `make slurm-up`, or use --executor local"
+        )
+    folder = _launch_folder(plan.runs_root)
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    assert plan.cluster is not None  # prepare() requires one for slurm
+    ex.update_parameters(name=f"detcon-{plan.ablation.name}", **plan.cluster.submitit_parameters())
+    with ex.batch():
+        jobs = [ex.submit(PointJob(spec)) for spec in todo]
+    result.jobs, result.folder = jobs, folder
+    record = {
+        "ablation": plan.ablation.name,
+        "profile": plan.profile,
+        "cluster": plan.cluster_name,
+        "submitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "jobs": {spec.run_id: job.job_id for spec, job in zip(todo, jobs)},
+    }
+    write_json(folder / "launch.json", record)
+    array = jobs[0].job_id.split("_")[0] if jobs else "?"
+    echo(
+        f"submitted {len(jobs)} points as SLURM array {array} "
+        f"(parallelism {plan.cluster.array_parallelism}); submitit folder {folder}"
+    )
+    for spec, job in zip(todo, jobs):
+        echo(f"  {job.job_id}  {spec.run_id}")
+    echo(
+        f"follow with: detcon status {plan.ablation.path} --profile {plan.profile} "
+        f"--runs-dir {plan.runs_root.parent}"
+    )

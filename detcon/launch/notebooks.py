@@ -1,0 +1,113 @@
+"""The notebooks a launch runs: where they are, their ``parameters`` cell (checked against what
+a point passes, since papermill only warns about an unknown parameter), the kernel and rendering
+to HTML."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from detcon.atomic import write_text
+
+# The checkout: notebooks/, ablations/clusters/ and the git state a point's env.json records.
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOK_DIR = REPO / "notebooks"
+EVALUATE_NOTEBOOK = "evaluate"
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "dict": (dict,),
+    "list": (list,),
+}
+
+
+def notebook_path(name: str, relative_to: Path | None = None) -> Path:
+    """``pretrain`` -> ``<repo>/notebooks/pretrain.ipynb``; a name ending in ``.ipynb`` is a path
+    (relative to ``relative_to``, the ablation file's folder)."""
+    if name.endswith(".ipynb"):
+        path = Path(name)
+        return path if path.is_absolute() or relative_to is None else relative_to / path
+    return NOTEBOOK_DIR / f"{name}.ipynb"
+
+
+def notebook_parameters(path: Path) -> dict[str, dict[str, Any]]:
+    """The parameters of the notebook's ``parameters`` cell (papermill's inspection).
+
+    Raises:
+        FileNotFoundError: no such notebook.
+        ValueError: the notebook has no cell tagged ``parameters``.
+    """
+    import nbformat
+    import papermill
+
+    if not path.is_file():
+        raise FileNotFoundError(f"notebook {str(path)!r} does not exist")
+    nb = nbformat.read(path, as_version=4)
+    if not any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb.cells):
+        raise ValueError(
+            f"notebook {path} has no cell tagged 'parameters': papermill needs one to inject a "
+            "point's values (tag the cell that assigns the defaults)"
+        )
+    return dict(papermill.inspect_notebook(str(path)))
+
+
+def _declared_type(param: Mapping[str, Any]) -> str | None:
+    """Type name of a notebook parameter: its annotation, else its default's literal type."""
+    name = str(param.get("inferred_type_name"))
+    if name in _PY_TYPES:
+        return name
+    try:
+        value = ast.literal_eval(str(param.get("default")))
+    except (ValueError, SyntaxError):
+        return None
+    name = type(value).__name__
+    return name if name in _PY_TYPES else None
+
+
+def check_parameters(path: Path, given: Mapping[str, Any]) -> None:
+    """Reject parameters ``path`` does not declare (papermill only warns) or of the wrong type.
+
+    Raises:
+        ValueError: naming the parameter and the notebook's parameters.
+    """
+    declared = notebook_parameters(path)
+    types = {n: _declared_type(p) for n, p in declared.items()}
+    listing = ", ".join(f"{n} ({types[n] or 'any'})" for n in declared)
+    for name, value in given.items():
+        if name not in declared:
+            import difflib
+
+            hint = difflib.get_close_matches(name, list(declared), n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(
+                f"notebook {path.name} has no parameter {name!r}{extra}; its parameters: "
+                f"{listing or 'none'}"
+            )
+        expected = types[name]
+        if expected is None:
+            continue
+        allowed = _PY_TYPES[expected]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise ValueError(
+                f"notebook {path.name}: parameter {name}={value!r} has type "
+                f"{type(value).__name__}, expected {expected} (the type of its default)"
+            )
+
+
+def kernel_name() -> str:
+    """``detcon-venv`` (installed by ``make install``) when present, else ``python3``."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return "detcon-venv" if "detcon-venv" in KernelSpecManager().find_kernel_specs() else "python3"
+
+
+def render_html(notebook: Path) -> Path:
+    """Render an executed notebook to ``<notebook>.html`` next to it (atomic)."""
+    import nbconvert
+
+    body, _ = nbconvert.HTMLExporter().from_filename(str(notebook))
+    return write_text(notebook.with_suffix(".html"), body)

@@ -1,0 +1,443 @@
+"""Planning a launch: expand an ablation and validate every point (:func:`prepare`) before
+anything is written or submitted, into a :class:`Plan`; the cluster profiles a plan runs with."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from detcon.config import ConfigError, from_dict
+from detcon.grid import Ablation, GridPoint, expand, load_ablation
+from detcon.launch.notebooks import (
+    EVALUATE_NOTEBOOK,
+    REPO,
+    check_parameters,
+    kernel_name,
+    notebook_path,
+)
+from detcon.launch.point import PointSpec
+from detcon.runs import OFFICIAL_PARAMETER, read_json
+
+CLUSTER_DIR = REPO / "ablations" / "clusters"
+EXECUTORS = ("local", "slurm", "debug")
+# Evaluation tasks when detcon.evaluate cannot be imported (docs/design.md §5); its TASKS wins
+# otherwise.
+_DESIGN_TASKS = ("segmentation", "depth", "linear", "detection")
+# Parameters the launcher sets itself, per stage; an ablation file may not set them.
+_LAUNCHER_PARAMETERS = {
+    "pretrain": ("profile", "overrides", "run_dir", "progress"),
+    "evaluate": ("run_dir", "tasks", "profile", "data_root"),
+}
+# Mask sources too slow to compute in every loader worker, every epoch, on a real dataset (FH ~0.14
+# s per ImageNet image, docs/performance.md §4; MCG-style more): at the paper profile they must
+# come from a precomputed store (masks.store).
+_PRECOMPUTED_SOURCES = ("fh", "mcg")
+# Would change what is trained without changing the run id: belongs in the config instead.
+_CONFIG_PARAMETERS = {"max_steps": "base: {train.max_steps: N}"}
+
+
+# --------------------------------------------------------------------------- cluster profiles
+
+
+def _cf(default: Any, help: str, lo: float | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "range": (lo, None)})
+
+
+@dataclass(frozen=True)
+class ClusterProfile:
+    """Resources of one job (= one grid point) on a SLURM cluster (``ablations/clusters/``).
+
+    Never inside an ablation file: the same ablation runs on any cluster.
+    """
+
+    description: str = _cf("", "what machine this describes")
+    partition: str = _cf("", "SLURM partition (empty: the cluster's default)")
+    nodes: int = _cf(1, "nodes per point", 1)
+    gpus_per_node: int = _cf(0, "GPUs per node (0: CPU job)", 0)
+    tasks_per_node: int = _cf(1, "processes per node; one per GPU for DDP", 1)
+    cpus_per_task: int = _cf(1, "CPU cores per process (data loading workers + 1)", 1)
+    mem_gb: float = _cf(4.0, "memory per node in GB", 0.0)
+    timeout_min: int = _cf(60, "time limit per job; longer points are requeued and resume", 1)
+    array_parallelism: int = _cf(8, "grid points running at the same time", 1)
+    account: str = _cf("", "SLURM account (empty: none)")
+    qos: str = _cf("", "SLURM QOS (empty: none)")
+    constraint: str = _cf("", "SLURM node constraint (empty: none)")
+    setup: str = _cf("", "shell lines run before the job starts (module load, conda activate)")
+
+    def submitit_parameters(self) -> dict[str, Any]:
+        """Keyword arguments for ``AutoExecutor.update_parameters``."""
+        params: dict[str, Any] = {
+            "nodes": self.nodes,
+            "tasks_per_node": self.tasks_per_node,
+            "cpus_per_task": self.cpus_per_task,
+            "mem_gb": self.mem_gb,
+            "timeout_min": self.timeout_min,
+            "slurm_array_parallelism": self.array_parallelism,
+        }
+        if self.gpus_per_node:
+            params["gpus_per_node"] = self.gpus_per_node
+        optional = {
+            "slurm_partition": self.partition,
+            "slurm_account": self.account,
+            "slurm_qos": self.qos,
+            "slurm_constraint": self.constraint,
+        }
+        params.update({k: v for k, v in optional.items() if v})
+        if self.setup.strip():
+            params["slurm_setup"] = [line for line in self.setup.splitlines() if line.strip()]
+        return params
+
+
+def load_cluster_profile(name: str, directory: str | Path = CLUSTER_DIR) -> ClusterProfile:
+    """``<directory>/<name>.yaml`` (or ``name`` itself when it is a ``.yaml`` path) parsed
+    strictly (unknown keys, wrong types: ConfigError)."""
+    from detcon.config import load_yaml
+
+    path = Path(name) if name.endswith(".yaml") else Path(directory) / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in Path(directory).glob("*.yaml"))
+        raise ConfigError(
+            f"cluster profile {name!r} not found: expected {path} (known: "
+            f"{', '.join(known) or 'none'})"
+        )
+    try:
+        return from_dict(ClusterProfile, load_yaml(path))
+    except ConfigError as exc:
+        raise ConfigError(f"cluster profile {path}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated launch: the points and how to run them."""
+
+    ablation: Ablation
+    profile: str
+    runs_root: Path
+    points: tuple[GridPoint, ...]
+    specs: tuple[PointSpec, ...]
+    cluster_name: str | None
+    cluster: ClusterProfile | None
+
+
+def _known_tasks() -> tuple[str, ...]:
+    try:
+        from detcon.evaluate import TASKS
+    except ImportError:
+        return _DESIGN_TASKS
+    return tuple(TASKS)
+
+
+def _check_tasks(ablation: Ablation) -> None:
+    known = _known_tasks()
+    for task in ablation.evaluate:
+        if task not in known:
+            import difflib
+
+            hint = difflib.get_close_matches(task, known, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(
+                f"{ablation.path}: evaluate names the unknown task {task!r}{extra}; expected "
+                f"tasks among {', '.join(known)}"
+            )
+
+
+def _absolute(path: str) -> str:
+    return path if not path or os.path.isabs(path) else os.path.abspath(path)
+
+
+def _job_overrides(point: GridPoint) -> dict[str, Any]:
+    overrides = dict(point.overrides)
+    cfg = point.config
+    if cfg.data.dataset != "synthetic" and cfg.data.root:
+        overrides["data.root"] = _absolute(cfg.data.root)
+    for key in ("store", "external_dir"):
+        if getattr(cfg.masks, key):
+            overrides[f"masks.{key}"] = _absolute(getattr(cfg.masks, key))
+    return overrides
+
+
+def _notebook_params(point: GridPoint) -> dict[str, Any]:
+    params = dict(point.notebook_params)
+    if isinstance(params.get(OFFICIAL_PARAMETER), str):
+        params[OFFICIAL_PARAMETER] = _absolute(params[OFFICIAL_PARAMETER])
+    return params
+
+
+def _check_data(point: GridPoint, overrides: Mapping[str, Any], where: Path) -> None:
+    cfg = point.config
+    official = point.notebook_params.get(OFFICIAL_PARAMETER)
+    if official:  # nothing is trained: only the checkpoint has to be there
+        if not Path(_absolute(str(official))).is_file():
+            raise FileNotFoundError(
+                f"{where}: point {point.run_id} imports the official checkpoint "
+                f"{official!r} (resolved to {_absolute(str(official))}), which does not exist; "
+                "download the release's .npy files (README, 'Official checkpoints') and set "
+                "notebook.official_checkpoint to their path"
+            )
+        return
+    checks = []
+    if cfg.data.dataset != "synthetic":
+        checks.append(("data.root", cfg.data.root, overrides.get("data.root", "")))
+    if cfg.masks.store:
+        checks.append(("masks.store", cfg.masks.store, overrides["masks.store"]))
+    if cfg.masks.source == "external":
+        checks.append(
+            ("masks.external_dir", cfg.masks.external_dir, overrides.get("masks.external_dir", ""))
+        )
+    for key, given, resolved in checks:
+        if not given or not Path(resolved).exists():
+            shown = (
+                f"is {given!r} (resolved to {resolved}), which does not exist"
+                if given
+                else "is empty"
+            )
+            raise FileNotFoundError(
+                f"{where}: point {point.run_id} (profile {point.profile!r}) needs {key} but it "
+                f"{shown}; set {key} under profiles.{point.profile}.overrides (or base) to the "
+                "directory"
+            )
+    if cfg.masks.store:  # its source, parameters and shards; training checks the dataset too
+        from detcon.masks.sources import build_mask_source
+        from detcon.masks.store import open_for_training
+
+        try:
+            open_for_training(overrides["masks.store"], build_mask_source(cfg.masks))
+        except (ValueError, FileNotFoundError) as exc:
+            raise type(exc)(f"{where}: point {point.run_id}: {exc}") from None
+
+
+def _check_identity(point: GridPoint, run_dir: Path) -> None:
+    """A run directory is reused (resumed, or skipped as done) only by the point that made it:
+    the run id shows a prefix of the config digest, ``point.json`` records all of it. (Older
+    ``point.json`` files without it are taken as the point's.)"""
+    path = run_dir / "point.json"
+    if not path.is_file():
+        return
+    try:
+        recorded = (read_json(path) or {}).get("config_digest")
+    except (OSError, ValueError):
+        return  # unreadable: reported by `detcon status`, rewritten when the point runs
+    if recorded and recorded != point.digest:
+        raise ValueError(
+            f"run directory {run_dir} (run id {point.run_id}) holds another grid point: its "
+            f"point.json has config digest {recorded}, this point's is {point.digest} (their "
+            "first digits coincide); move that directory away to run this point"
+        )
+
+
+def _precompute_args(point: GridPoint) -> tuple[str, ...]:
+    """``detcon masks precompute`` arguments (but ``--out``) of the store ``point`` reads."""
+    from detcon.masks.sources import build_mask_source
+
+    cfg = point.config
+    sets = {"data.dataset": cfg.data.dataset, "data.root": cfg.data.root}
+    sets |= {f"masks.{k}": v for k, v in build_mask_source(cfg.masks).params.items()}
+    args = ["--profile", point.profile, "--source", cfg.masks.source]
+    for key, value in sets.items():
+        args += ["--set", f"{key}={value}"]
+    return tuple(args)
+
+
+def _check_mask_stores(points: Sequence[GridPoint], where: Path) -> None:
+    """At the paper profile, on a real dataset, fh and mcg masks come from a precomputed store:
+    refuse every point that would compute them on the fly, giving the commands that make the
+    stores (one per distinct source and parameters)."""
+    groups: dict[tuple[str, ...], list[GridPoint]] = {}
+    for point in points:
+        cfg = point.config
+        if (
+            point.profile == "paper"
+            and cfg.data.dataset != "synthetic"
+            and cfg.masks.source in _PRECOMPUTED_SOURCES
+            and not cfg.masks.store
+            and not point.notebook_params.get(OFFICIAL_PARAMETER)  # trains nothing
+        ):
+            groups.setdefault(_precompute_args(point), []).append(point)
+    if not groups:
+        return
+    outs: list[str] = []
+    commands = []
+    for args, group in groups.items():
+        cfg = group[0].config
+        out = f"stores/{cfg.data.dataset}-{cfg.masks.source}"
+        out += f"-{outs.count(out) + 1}" if out in outs else ""  # other parameters, same source
+        outs.append(out)
+        ids = [p.run_id for p in group]
+        shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        command = shlex.join(["detcon", "masks", "precompute", *args, "--out", out])
+        commands.append(f"`{command}` (point{'s' if len(ids) > 1 else ''} {shown})")
+    n = sum(len(group) for group in groups.values())
+    raise ValueError(
+        f"{where}: at profile 'paper' on a real dataset, fh and mcg masks come from a "
+        f"precomputed mask store, but {n} point{'s compute' if n > 1 else ' computes'} them "
+        "on the fly (masks.store is empty), in every loader worker, every epoch. Precompute "
+        f"each store once: {'; '.join(commands)}; then set masks.store of those points to its "
+        "--out folder"
+    )
+
+
+def _check_eval_data(ablation: Ablation, profile: str, data_root: Path) -> None:
+    """The evaluation datasets' folder must exist when a task of ``profile`` reads real data."""
+    try:
+        from detcon.evaluate import get_settings
+    except ImportError:
+        return
+    settings = get_settings(profile)
+    real = sorted(
+        {s.data.dataset for t in ablation.evaluate for s in settings.for_task(t)} - {"synthetic"}
+    )
+    if real and not data_root.is_dir():
+        raise FileNotFoundError(
+            f"{ablation.path}: evaluation at profile {profile!r} reads {', '.join(real)} from "
+            f"--data-root {str(data_root)!r}, which does not exist; pass the folder holding "
+            "the evaluation datasets"
+        )
+
+
+def prepare(
+    ablation_path: str | Path,
+    *,
+    profile: str = "cpu",
+    runs_dir: str | Path = "runs",
+    only: str | None = None,
+    executor: str = "local",
+    cluster: str | None = None,
+    check_data: bool = True,
+    data_root: str | Path = "data",
+) -> Plan:
+    """Expand and validate every point; nothing is written.
+
+    Raises:
+        ConfigError / ValueError / FileNotFoundError: the first problem, naming the file, the
+            point and what is expected.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor={executor!r}: expected one of {', '.join(EXECUTORS)}")
+    ablation = load_ablation(ablation_path)
+    points = expand(ablation, profile)
+    if only:
+        chosen = [p for p in points if only in p.run_id]
+        if not chosen:
+            raise ValueError(
+                f"--only {only!r} matches no run id of {ablation.name} at profile {profile!r}; "
+                f"ids: {', '.join(p.run_id for p in points[:8])}"
+                + (", ..." if len(points) > 8 else "")
+            )
+        points = chosen
+    _check_tasks(ablation)
+    base_dir = ablation.path.resolve().parent
+    main_nb = notebook_path(ablation.notebook, base_dir)
+    eval_nb = notebook_path(EVALUATE_NOTEBOOK)
+    for name in sorted({name for p in points for name in p.notebook_params}):
+        if name in _LAUNCHER_PARAMETERS["pretrain"]:
+            raise ValueError(
+                f"{ablation.path}: grid key notebook.{name} is a parameter the launcher sets for "
+                "every point; remove it"
+            )
+    for stage, params in ablation.parameters.items():
+        for name in params:
+            if name in _LAUNCHER_PARAMETERS[stage]:
+                raise ValueError(
+                    f"{ablation.path}: parameters.{stage}.{name} is set by the launcher for "
+                    "every point; remove it"
+                )
+            if stage == "pretrain" and name in _CONFIG_PARAMETERS:
+                raise ValueError(
+                    f"{ablation.path}: parameters.pretrain.{name} would change what is trained "
+                    f"without changing the run id; use {_CONFIG_PARAMETERS[name]}"
+                )
+    if ablation.parameters.get("evaluate") and not ablation.evaluate:
+        raise ValueError(
+            f"{ablation.path}: parameters.evaluate is set but 'evaluate:' lists no task, so the "
+            "evaluate notebook never runs; add tasks or remove the parameters"
+        )
+    cluster_name = cluster or ablation.cluster_for(profile)
+    cluster_profile = load_cluster_profile(cluster_name) if cluster_name else None
+    if executor == "slurm" and cluster_profile is None:
+        raise ValueError(
+            f"{ablation.path}: --executor slurm needs a cluster profile: name one with "
+            f"'cluster:' (or profiles.{profile}.cluster) or --cluster (files in {CLUSTER_DIR})"
+        )
+    kernel = kernel_name()
+    data_root = Path(data_root).absolute()
+    runs_root = Path(runs_dir) / ablation.name
+    specs = []
+    for point in points:
+        overrides = _job_overrides(point)
+        if check_data:
+            _check_data(point, overrides, ablation.path)
+        run_dir = (runs_root / point.run_id).absolute()
+        _check_identity(point, run_dir)
+        params = {
+            "profile": profile,
+            "overrides": overrides,
+            "run_dir": str(run_dir),
+            # A widget bar renders as "0%" in the offline HTML; `detcon status` shows progress.
+            "progress": False,
+            **ablation.parameters.get("pretrain", {}),
+            **_notebook_params(point),
+        }
+        eval_params = None
+        if ablation.evaluate:
+            eval_params = {
+                "run_dir": str(run_dir),
+                "tasks": list(ablation.evaluate),
+                "profile": profile,
+                "data_root": str(data_root),
+                **ablation.parameters.get("evaluate", {}),
+            }
+        specs.append(
+            PointSpec(point, run_dir, main_nb, params, eval_nb, eval_params, kernel, executor)
+        )
+    if check_data:
+        _check_mask_stores(points, ablation.path)
+    if check_data and ablation.evaluate:
+        _check_eval_data(ablation, profile, data_root)
+    # Points differ in their names only through notebook.* grid keys: check each distinct set.
+    checked: set[tuple[str, ...]] = set()
+    for spec in specs:
+        names = tuple(sorted(spec.parameters))
+        if names not in checked:
+            checked.add(names)
+            check_parameters(main_nb, spec.parameters)
+    if specs and specs[0].eval_parameters is not None:
+        check_parameters(eval_nb, specs[0].eval_parameters)
+    return Plan(
+        ablation, profile, runs_root, tuple(points), tuple(specs), cluster_name, cluster_profile
+    )
+
+
+def _varying_keys(points: Sequence[GridPoint]) -> list[str]:
+    keys: dict[str, None] = {}
+    for p in points:
+        keys.update(dict.fromkeys(k for k in p.params if k != "seed"))
+    return [*keys, "seed"]
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def describe_plan(plan: Plan) -> str:
+    """The dry-run listing: one line per point with its run id and parameters."""
+    ab = plan.ablation
+    keys = _varying_keys(plan.points)
+    rows = [[p.run_id, *(p.params.get(k, "") for k in keys)] for p in plan.points]
+    stages = [plan.specs[0].notebook.name] if plan.specs else []
+    if ab.evaluate:
+        stages.append(f"evaluate.ipynb [{', '.join(ab.evaluate)}]")
+    head = (
+        f"{ab.name} (profile {plan.profile}): {len(plan.points)} points; notebooks "
+        f"{' -> '.join(stages)}; runs in {plan.runs_root}/"
+        + (f"; cluster profile {plan.cluster_name}" if plan.cluster_name else "")
+    )
+    return head + "\n" + _table(rows, ["run id", *keys])

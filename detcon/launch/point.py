@@ -1,0 +1,267 @@
+"""One grid point's job: the body of every executor's job (:func:`run_point`).
+
+A point's job holds ``run_dir/.lock``, writes ``point.json``, ``env.json`` and ``status.json``,
+executes ``notebooks/<notebook>.ipynb`` and then ``notebooks/evaluate.ipynb`` with papermill
+(``cwd=run_dir``), renders each to HTML with nbconvert, and writes ``summary.json``
+(docs/run-directory.md). A failing point records ``failed`` with its error and keeps the HTML of
+the failed notebook; it never stops the other points.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from detcon.atomic import remove_stale_temp_files, write_json
+from detcon.config import to_dict
+from detcon.grid import GridPoint, resolve_config
+from detcon.launch.notebooks import EVALUATE_NOTEBOOK, REPO, render_html
+from detcon.runs import (
+    OFFICIAL_PARAMETER,
+    PointBusyError,
+    environment_record,
+    flatten_summary,
+    job_id_from_env,
+    point_lock,
+    read_json,
+    read_status,
+    read_summary,
+    write_status,
+)
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class PointFailedError(RuntimeError):
+    """A grid point's notebook (or its bookkeeping) failed; ``status.json`` says why."""
+
+
+def _render_after(notebook: Path) -> None:
+    """Render what was executed, also after a failure; a rendering problem must not hide the
+    notebook's own error, so it is only reported."""
+    if not notebook.exists():
+        return
+    try:
+        render_html(notebook)
+    except Exception as exc:  # noqa: BLE001 - reported, the point's outcome stands
+        print(f"detcon: could not render {notebook} to HTML: {exc}", file=sys.stderr)
+
+
+def _execute(
+    spec_nb: Path, out_nb: Path, parameters: Mapping[str, Any], cwd: Path, kernel: str
+) -> None:
+    import papermill
+
+    papermill.execute_notebook(
+        str(spec_nb),
+        str(out_nb),
+        parameters=dict(parameters),
+        kernel_name=kernel,
+        progress_bar=False,
+        cwd=str(cwd),
+        # ipykernel >= 7 warns on every start that its local TCP sockets are unencrypted: noise
+        # in every point's log. Errors still show; the notebook's own output is unaffected.
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        # Stop the kernel at once (interrupt, then kill its process group) instead of asking it
+        # to shut down: after Ctrl-C the kernel is still running a cell, and the polite request
+        # closes its sockets under that cell's reply (a ZMQError traceback on the terminal).
+        # After the last cell every output has arrived, so nothing is lost either way.
+        shutdown_kernel="immediate",
+    )
+
+
+def _error_text(exc: BaseException) -> tuple[str, str]:
+    """(one line, detail) for status.json; papermill errors give the cell's exception."""
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    line = f"{ename}: {evalue}" if ename else f"{type(exc).__name__}: {exc}"
+    return _ANSI.sub("", line).strip().splitlines()[0][:500], _ANSI.sub("", str(exc))[-20000:]
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    """Everything a job needs to run one point (pickled to the cluster node).
+
+    ``parameters`` / ``eval_parameters``: papermill parameters of the main / evaluate notebook
+    (``eval_parameters`` None: no evaluation). ``overrides`` are the point's overrides with
+    relative data paths made absolute (the notebook runs with ``cwd=run_dir``).
+    """
+
+    point: GridPoint
+    run_dir: Path
+    notebook: Path
+    parameters: Mapping[str, Any]
+    evaluate_notebook: Path
+    eval_parameters: Mapping[str, Any] | None
+    kernel: str
+    executor: str
+
+    @property
+    def run_id(self) -> str:
+        return self.point.run_id
+
+
+def _rank(executor: str) -> int:
+    """This process's rank in a multi-process SLURM job (0 outside SLURM jobs)."""
+    if executor != "slurm":
+        return 0
+    return int(os.environ.get("SLURM_PROCID", "0") or 0)
+
+
+def _expected_config(spec: PointSpec) -> dict[str, Any]:
+    """The config the point's notebook must train (what its ``config.json`` must hold)."""
+    return to_dict(resolve_config(spec.parameters["overrides"], spec.point.profile))
+
+
+def _stage_skipped(spec: PointSpec) -> bool:
+    """Pretraining of this point already finished (a requeued job only needs evaluation).
+
+    ``status.json`` lists the finished stages. When it is corrupt, ``train_summary.json`` (written
+    once training finished) beside the point's own ``config.json`` says the same: rerunning the
+    notebook would resume the finished checkpoint and overwrite ``train_summary.json`` with the
+    numbers of an empty segment.
+    """
+    run_dir = spec.run_dir
+    if not (run_dir / "train_summary.json").exists():
+        return False
+    try:
+        return "pretrain" in (read_status(run_dir) or {}).get("stages", [])
+    except ValueError:
+        pass
+    try:
+        return read_json(run_dir / "config.json") == _expected_config(spec)
+    except ValueError:
+        return False
+
+
+def _point_done(spec: PointSpec) -> bool:
+    """A valid ``summary.json`` and ``status.json``: a corrupt one makes the point run again."""
+    try:
+        read_status(spec.run_dir)
+        return read_summary(spec.run_dir, spec.run_id) is not None
+    except ValueError:
+        return False
+
+
+def _follow(spec: PointSpec) -> dict[str, Any]:
+    """Ranks > 0 of a multi-process (DDP) job: join rank 0's training, write nothing else."""
+    from detcon.train import pretrain
+
+    done = _stage_skipped(spec) or _point_done(spec)
+    if done or spec.parameters.get(OFFICIAL_PARAMETER):  # an import trains nothing to join
+        return {"run_id": spec.run_id, "state": "follower", "rank": _rank(spec.executor)}
+    cfg = resolve_config(spec.parameters["overrides"], spec.point.profile)
+    pretrain(cfg, spec.run_dir, progress=False)
+    return {"run_id": spec.run_id, "state": "follower", "rank": _rank(spec.executor)}
+
+
+def run_point(spec: PointSpec) -> dict[str, Any]:
+    """Run one grid point in ``spec.run_dir`` (the body of every executor's job).
+
+    Returns:
+        ``{"run_id", "state"}`` with state ``done``, ``skipped`` (already done) or ``busy``
+        (another process holds the lock).
+    Raises:
+        PointFailedError: a notebook or a bookkeeping step failed; ``status.json`` says
+            ``failed`` with the error and the failed notebook's HTML is kept.
+    """
+    if _rank(spec.executor) > 0:
+        return _follow(spec)
+    run_dir = spec.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with point_lock(run_dir):
+            if _point_done(spec):
+                return {"run_id": spec.run_id, "state": "skipped"}
+            return _run_locked(spec)
+    except PointBusyError:
+        return {"run_id": spec.run_id, "state": "busy"}
+
+
+def _run_locked(spec: PointSpec) -> dict[str, Any]:
+    run_dir, point = spec.run_dir, spec.point
+    remove_stale_temp_files(run_dir)  # left by a killed job; we hold the point's lock
+    job_id = job_id_from_env(spec.executor)
+    stages: list[str] = ["pretrain"] if _stage_skipped(spec) else []
+    write_json(
+        run_dir / "point.json",
+        {
+            **point.to_json(),
+            "notebook": spec.notebook.name,
+            "parameters": dict(spec.parameters),
+            "eval_parameters": None if spec.eval_parameters is None else dict(spec.eval_parameters),
+        },
+    )
+    write_json(run_dir / "env.json", environment_record(spec.executor, REPO))
+    write_status(run_dir, "running", job_id=job_id, stages=stages)
+    current = spec.notebook.name
+    try:
+        if "pretrain" not in stages:
+            out = run_dir / spec.notebook.name
+            try:
+                _execute(spec.notebook, out, spec.parameters, run_dir, spec.kernel)
+            finally:
+                _render_after(out)
+            if read_json(run_dir / "config.json") != _expected_config(spec):
+                raise PointFailedError(
+                    f"{out.name} trained a config that differs from the point's "
+                    "(config.json != the validated config); the notebook must train "
+                    "resolve_config(overrides, profile) unchanged"
+                )
+            if not (run_dir / "train_summary.json").exists():
+                raise PointFailedError(f"{out.name} finished without train_summary.json")
+            stages.append("pretrain")
+            write_status(run_dir, "running", job_id=job_id, stages=stages)
+        evaluation = None
+        if spec.eval_parameters is not None:
+            current = f"{EVALUATE_NOTEBOOK}.ipynb"
+            out = run_dir / current
+            try:
+                _execute(spec.evaluate_notebook, out, spec.eval_parameters, run_dir, spec.kernel)
+            finally:
+                _render_after(out)
+            evaluation = read_json(run_dir / "eval.json")
+            if evaluation is None:
+                raise PointFailedError(f"{current} finished without eval.json")
+            stages.append("evaluate")
+        summary = flatten_summary(
+            point.to_json(),
+            read_json(run_dir / "train_summary.json"),
+            evaluation,
+            read_json(run_dir / "eval_random.json") if evaluation is not None else None,
+            read_json(run_dir / "eval_supervised.json") if evaluation is not None else None,
+        )
+        write_json(run_dir / "summary.json", summary)
+        notebook = Path(current).with_suffix(".html").name
+        write_status(run_dir, "done", job_id=job_id, stages=stages, notebook=notebook)
+        return {"run_id": spec.run_id, "state": "done"}
+    except Exception as exc:  # noqa: BLE001 - recorded, then re-raised for the executor
+        line, detail = _error_text(exc)
+        write_status(
+            run_dir,
+            "failed",
+            job_id=job_id,
+            stages=stages,
+            error=line,
+            error_detail=detail,
+            notebook=Path(current).with_suffix(".html").name,
+        )
+        raise PointFailedError(f"{spec.run_id}: {line}") from exc
+
+
+class PointJob(submitit.helpers.Checkpointable):
+    """A point as a submitit job. ``Checkpointable``: on USR2 (preemption or the time limit)
+    submitit pickles this object and requeues the job, which then calls it again; the point
+    resumes from ``checkpoint.pt`` (``detcon.train.pretrain``) and finished stages are skipped."""
+
+    def __init__(self, spec: PointSpec) -> None:
+        self.spec = spec
+
+    def __call__(self) -> dict[str, Any]:
+        return run_point(self.spec)

@@ -1,0 +1,257 @@
+"""The entry points: import a release checkpoint to a state dict file (:func:`import_official`)
+or to an evaluation-only run directory (:func:`import_run`), and load one as a torchvision ResNet
+or an evaluation encoder, with TF-SAME padding."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from detcon.atomic import atomic_write, write_json
+from detcon.config import PretrainConfig, load_pretrain_config, merge, to_dict
+from detcon.official.convert import _state_from_release
+from detcon.official.padding import use_tf_same_padding
+from detcon.official.release import RELEASE_URL, _is_release_file, load_release_file
+from detcon.official.resnet import (
+    HaikuResNet,
+    backbone_name,
+    check_backbone,
+    describe_resnet,
+    resnet_from_state_dict,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportSummary:
+    """What :func:`import_official` read and wrote."""
+
+    architecture: str  # e.g. "resnet50", "resnet200 (width x2)"
+    network: str  # where in the file the encoder was found, e.g. "params/res_net50"
+    tensors: int  # entries of the written state dict
+    classifier: bool  # whether the file had a classifier (written only with_classifier)
+    ignored: tuple[str, ...]  # other top-level Haiku modules (projector, predictor, ...)
+    out: Path
+
+
+def _read_state(path: Path, network: str | None) -> dict[str, Tensor]:
+    """torchvision keys -> tensors from a release ``.npy`` or an imported ``.pt``."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: expected an official checkpoint ({RELEASE_URL}...npy) or the "
+            "model.pt that `detcon import-official` wrote"
+        )
+    if _is_release_file(path):
+        return _state_from_release(path, network)[0]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a non-checkpoint file
+        raise ValueError(f"{path}: neither a release .npy nor a torch state dict ({exc})") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def official_resnet(
+    path: str | Path, *, network: str | None = None, tf_same: bool = True
+) -> HaikuResNet:
+    """The official checkpoint as a torchvision ResNet in eval mode, TF-SAME padded.
+
+    Args:
+        path: a release ``.npy`` file, or the ``.pt`` state dict ``detcon import-official``
+            wrote from one.
+        network: which network of a file holding several (a substring of the label the error
+            lists, e.g. ``"online"``); default: the only one, else the online network.
+        tf_same: install TF "SAME" padding (:func:`use_tf_same_padding`). Leave True for
+            official weights; False is the stock-torchvision negative control.
+
+    Returns:
+        A :class:`HaikuResNet` (``isinstance(net, torchvision.models.ResNet)``), float32; ``fc``
+        is the release's classifier when present, else the identity.
+    """
+    net = resnet_from_state_dict(_read_state(Path(path), network))
+    return use_tf_same_padding(net) if tf_same else net
+
+
+def backbone_from_state(state: Mapping[str, Tensor]) -> nn.Module:
+    """An evaluation encoder from imported (Haiku-trained) torchvision-keyed weights.
+
+    Returns :class:`detcon.models.Backbone` (eval mode) around :func:`resnet_from_state_dict`
+    with TF-SAME padding and without ``fc``: ``forward`` maps (B, 3, H, W) float ImageNet-
+    normalised images to the final feature map (B, C, ceil(H/32), ceil(W/32)); attributes
+    ``out_channels`` (2048 for the ResNet-50) and ``stride`` (32); ``.net`` is the torchvision
+    ResNet (for FPN stages). Evaluation code may then trade layer4's stride for dilation, as for
+    our encoders: the padding hooks follow the new stride. ``.train()`` it for fine-tuning.
+    """
+    from detcon.models import Backbone
+
+    net = use_tf_same_padding(resnet_from_state_dict(state))
+    return Backbone(net, net.out_channels, 32).eval()
+
+
+def load_official_backbone(path: str | Path, *, network: str | None = None) -> nn.Module:
+    """An official checkpoint (release ``.npy`` or imported ``.pt``) as an evaluation encoder,
+    like our own run's backbone: :func:`backbone_from_state` of its weights."""
+    return backbone_from_state(_read_state(Path(path), network))
+
+
+def needs_tf_same_padding(path: str | Path) -> bool:
+    """Whether the weights file holds Haiku-trained weights that need :func:`use_tf_same_padding`:
+    a release ``.npy``, or a state dict whose ``.json`` sidecar (written by
+    :func:`import_official`) says ``"padding": "tf_same"``. False for our own ``backbone.pt``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: expected a weights file")
+    return _is_release_file(path) or _tf_same_sidecar(path) is not None
+
+
+def _tf_same_sidecar(path: Path) -> dict[str, Any] | None:
+    """The ``.json`` sidecar :func:`import_official` wrote beside ``path`` when it says
+    ``"padding": "tf_same"``; None when there is no such sidecar."""
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return None
+    try:
+        meta = json.loads(sidecar.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{sidecar} is not valid JSON: {exc}") from exc
+    return meta if isinstance(meta, dict) and meta.get("padding") == "tf_same" else None
+
+
+def _release_source(path: Path) -> dict[str, str]:
+    """Which release file imported weights came from: its name and sha256."""
+    return {"source": path.name, "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def _weights_meta(source: Mapping[str, str], network: str, arch: str, **extra: Any) -> dict:
+    """The ``.json`` sidecar of imported weights: where they came from and that they need
+    TF-SAME padding (:func:`needs_tf_same_padding` reads it)."""
+    return {
+        **source,
+        "network": network,
+        "architecture": arch,
+        "padding": "tf_same",
+        "note": "Haiku weights: load with detcon.official.load_official_backbone (or apply "
+        "detcon.official.use_tf_same_padding to a torchvision ResNet) for exact features",
+        **extra,
+    }
+
+
+def _write_weights(out: Path, state: Mapping[str, Tensor], meta: Mapping[str, Any]) -> None:
+    """``out`` (torch state dict) and its ``.json`` sidecar, each atomically; the sidecar, which
+    marks the weights as needing TF-SAME padding, is written first, so a crash between the two
+    never leaves Haiku weights that look like our own."""
+    write_json(out.with_suffix(".json"), dict(meta))
+    atomic_write(out, lambda f: torch.save(dict(state), f))
+
+
+def import_official(
+    path: str | Path, out: str | Path, *, network: str | None = None, with_classifier: bool = False
+) -> ImportSummary:
+    """Convert a release ``.npy`` checkpoint to a torchvision state dict file, atomically.
+
+    Writes ``out`` (``torch.save`` of a dict of tensors with plain torchvision ResNet keys, like
+    ``backbone.pt`` of our runs: no ``fc`` unless ``with_classifier``) and ``out`` with suffix
+    ``.json`` (architecture, source file and its sha256, ``"padding": "tf_same"``: the weights
+    need :func:`use_tf_same_padding`, which :func:`load_official_backbone` applies).
+    """
+    path, out = Path(path), Path(out)
+    if not path.is_file():
+        load_release_file(path)  # raises the FileNotFoundError with the download hint
+    state, chosen, ignored = _state_from_release(path, network)
+    net = resnet_from_state_dict(state)  # validates the whole state before anything is written
+    has_fc = "fc.weight" in state
+    if not with_classifier:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    arch = describe_resnet(net)
+    meta = _weights_meta(
+        _release_source(path),
+        chosen.label,
+        arch,
+        classifier=has_fc and with_classifier,
+        ignored_modules=ignored,
+    )
+    _write_weights(out, state, meta)
+    return ImportSummary(arch, chosen.label, len(state), has_fc, tuple(ignored), out)
+
+
+def import_run(
+    path: str | Path,
+    run_dir: str | Path,
+    cfg: PretrainConfig | None = None,
+    *,
+    network: str | None = None,
+    profile: str = "paper",
+    overrides: Mapping[str, Any] | None = None,
+) -> PretrainConfig:
+    """Make ``run_dir`` a run directory holding an official checkpoint, evaluated like ours.
+
+    Writes what ``detcon evaluate`` and the launcher read from a pretraining run
+    (docs/run-directory.md): ``backbone.pt`` (torchvision keys, no ``fc``) with its
+    ``backbone.json`` sidecar (``"padding": "tf_same"``: evaluation then builds the encoder with
+    TF-SAME padding), ``config.json`` and ``train_summary.json`` (``"official": true``, the
+    release file, its sha256 and the architecture; no training happened).
+
+    Args:
+        path: a release ``.npy`` file, or the ``.pt`` that :func:`import_official` wrote from
+            one (its ``.json`` sidecar must say ``"padding": "tf_same"``: a state dict of
+            stock-padded weights, e.g. one of our ``backbone.pt``, is refused).
+        run_dir: created if needed.
+        cfg: the config that describes the checkpoint (what the release trained: method, data,
+            ``model.backbone``); its ``model.backbone`` must be the weights' depth.
+        network: as for :func:`import_official`.
+        profile, overrides: without ``cfg``: the profile's defaults, then the (nested) overrides;
+            ``model.backbone`` is read from the weights unless the overrides set it.
+
+    Returns:
+        The config written to ``config.json``.
+
+    Raises:
+        FileNotFoundError: no such file (with where the release's files are).
+        ValueError: an unknown layout, a ``.pt`` without the TF-SAME sidecar, or weights whose
+            depth is not ``model.backbone``.
+    """
+    path, run_dir = Path(path), Path(run_dir)
+    if path.is_file() and _is_release_file(path):
+        state, chosen, _ = _state_from_release(path, network)
+        source = _release_source(path)
+        label = chosen.label
+    else:
+        state = _read_state(path, network)  # FileNotFoundError / not a checkpoint
+        meta = _tf_same_sidecar(path)
+        if meta is None:
+            raise ValueError(
+                f"{path} is a state dict without a sidecar {path.with_suffix('.json').name} saying "
+                '"padding": "tf_same": expected a release .npy file or the .pt that `detcon '
+                "import-official --out` wrote from one (our own backbone.pt needs no import)"
+            )
+        label = meta.get("network", "state dict")
+        source = {k: meta.get(k, "") for k in ("source", "source_sha256")}
+    net = resnet_from_state_dict(state)
+    if cfg is None:
+        default = {"model": {"backbone": backbone_name(net, path)}}
+        cfg = load_pretrain_config(merge(default, overrides or {}), profile=profile)
+    check_backbone(net, cfg.model.backbone, path)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", to_dict(cfg))
+    arch = describe_resnet(net)
+    _write_weights(run_dir / "backbone.pt", state, _weights_meta(source, label, arch))
+    write_json(
+        run_dir / "train_summary.json",
+        {
+            "official": True,
+            **source,
+            "architecture": arch,
+            "steps": 0,
+            "method": cfg.method,
+            "mask_source": cfg.masks.source,
+        },
+    )
+    return cfg
