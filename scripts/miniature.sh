@@ -2,8 +2,8 @@
 # Run a queue of cpu-profile experiments (docs/cpu-miniature.md): each line of QUEUE is
 #   NAME SEED [KEY=VALUE ...]
 # and becomes `detcon pretrain --profile cpu --out RUNS/NAME-sSEED --set seed=SEED --set KEY=VALUE...`
-# followed by `detcon evaluate` of the three probes. NAME "random" / "supervised" evaluates that
-# backbone instead of pretraining (the floor and the ceiling). EVAL_ARGS are appended to every
+# followed by `detcon evaluate` of the three probes. A NAME starting with "random" or "supervised"
+# (e.g. random_cls4) evaluates that backbone instead of pretraining (the floor and the ceiling). EVAL_ARGS are appended to every
 # evaluate call (e.g. "--split val"). Finished points (an eval file exists) are skipped, so the
 # queue is resumable; WORKERS lines run at once, one thread each. Wall times go to RUNS/NAME/wall.
 set -uo pipefail
@@ -22,11 +22,12 @@ run_one() {
     for kv in "$@"; do sets+=(--set "$kv"); done
     local t0=$SECONDS
     case $name in
-        random|supervised)
-            [ -f "$dir/eval_$name.json" ] && return 0
+        random*|supervised*)
+            local backbone=${name%%_*}
+            [ -f "$dir/eval_$backbone.json" ] && return 0
             "$DETCON" pretrain --profile cpu --out "$dir" "${sets[@]}" --stop-after 0 --quiet \
                 > "$dir.log" 2>&1 || mkdir -p "$dir"
-            "$DETCON" evaluate "$dir" --backbone "$name" --seed "$seed" --tasks "$TASKS" --quiet \
+            "$DETCON" evaluate "$dir" --backbone "$backbone" --seed "$seed" --tasks "$TASKS" --quiet \
                 $EVAL_ARGS >> "$dir.log" 2>&1 || { echo "FAILED $name-s$seed"; return 1; }
             ;;
         *)

@@ -18,8 +18,15 @@ from pathlib import Path
 METRICS = (("segmentation", "miou"), ("depth", "delta1"), ("linear", "top1"))
 
 
+def _reference(name: str) -> str | None:
+    """``random`` / ``supervised`` for the floor and ceiling rows (``random_cls4`` ...)."""
+    head = name.split("_", 1)[0]
+    return head if head in ("random", "supervised") else None
+
+
 def _eval_file(run: Path, name: str) -> Path:
-    return run / (f"eval_{name}.json" if name in ("random", "supervised") else "eval.json")
+    ref = _reference(name)
+    return run / (f"eval_{ref}.json" if ref else "eval.json")
 
 
 def _fmt(values: list[float]) -> str:
@@ -46,7 +53,7 @@ def main(argv: list[str]) -> int:
         seeds = ",".join(r.name.rsplit("-s", 1)[1] for r in groups[name])
         steps = ""
         summary = groups[name][0] / "train_summary.json"
-        if summary.is_file() and name not in ("random", "supervised"):
+        if summary.is_file() and not _reference(name):
             steps = str(json.loads(summary.read_text()).get("steps", ""))
         walls = [float((r / "wall").read_text()) for r in groups[name] if (r / "wall").is_file()]
         wall = f"{statistics.mean(walls):.0f}" if walls else ""
