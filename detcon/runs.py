@@ -184,6 +184,26 @@ def _lock_holder(path: Path) -> str:
     return f"pid {pid} on host {host}"
 
 
+# Descriptors of the run-directory locks this process holds. A flock belongs to the open file,
+# so a forked child (a DataLoader worker, a process pool) that kept its copy of the descriptor
+# would keep the lock alive after its parent was killed: the resumed run would find the
+# directory "in use" until the orphaned worker noticed and exited. Children close their copies
+# at the fork; that leaves the parent's lock as it is (only LOCK_UN or the last close drops it).
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _HELD_LOCKS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 @contextmanager
 def point_lock(run_dir: str | Path, *, wait: bool = False) -> Iterator[Path]:
     """Hold an exclusive ``flock`` on ``run_dir/.lock`` for the block; the file names the holder
@@ -202,9 +222,12 @@ def point_lock(run_dir: str | Path, *, wait: bool = False) -> Iterator[Path]:
     """
     path = Path(run_dir) / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    acquired = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            acquired = True
+            _HELD_LOCKS.add(fd)
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise PointBusyError(
@@ -217,7 +240,11 @@ def point_lock(run_dir: str | Path, *, wait: bool = False) -> Iterator[Path]:
         os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
         yield path
     finally:
-        os.close(fd)  # closing releases the flock
+        # Closing releases the flock. A forked child whose copy of this block unwinds does not
+        # own the descriptor any more (_close_inherited_locks closed it at the fork).
+        if fd in _HELD_LOCKS or not acquired:
+            _HELD_LOCKS.discard(fd)
+            os.close(fd)
 
 
 def is_locked(run_dir: str | Path) -> bool:

@@ -442,3 +442,33 @@ def test_rerunning_a_finished_run_keeps_its_summary(tmp_path, capsys):
     assert (tmp_path / "backbone.pt").read_bytes() == backbone
     assert (tmp_path / "train_summary.json").read_text() == summary
     assert json.loads((tmp_path / "backbone.json").read_text()) == {"step": 2, "planned_steps": 2}
+
+
+def test_a_killed_writer_leaves_no_lock_behind_in_its_forked_workers(tmp_path):
+    """A forked child (a DataLoader worker) must not keep its killed parent's run-directory lock:
+    the resumed run found the directory 'in use' until the orphaned worker exited (seen in CI)."""
+    from detcon.runs import point_lock
+
+    script = f"""
+import os, time
+from detcon.runs import point_lock
+with point_lock({str(tmp_path)!r}):
+    child = os.fork()
+    if child == 0:  # a worker that outlives its parent for a while
+        time.sleep(30)
+        os._exit(0)
+    open({str(tmp_path / "ready")!r}, "w").write(str(child))
+    time.sleep(60)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 60
+    while not (tmp_path / "ready").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    child = int((tmp_path / "ready").read_text())
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with point_lock(tmp_path):  # the worker is still alive: it must not hold the lock
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
