@@ -66,28 +66,27 @@ def test_masks_precompute_builds_a_complete_store(tmp_path):
     assert len(store) == 8 and store.complete and store[3].shape == (32, 32)
 
 
-TINY_PRETRAIN = [
-    "--set",
-    "data.num_images=8",
-    "--set",
-    "data.scene_size=32",
-    "--set",
-    "masks.fh_min_size=16",
-    "--set",
-    "augment.crop_size=32",
-    "--set",
-    "model.small_width=4",
-    "--set",
-    "model.head_hidden=32",
-    "--set",
-    "model.head_out=16",
-    "--set",
-    "optim.batch_size=4",
-    "--set",
-    "train.max_steps=2",
-    "--set",
-    "train.threads=1",
-]
+TINY_SETTINGS = {
+    "data.num_images": 8,
+    "data.scene_size": 32,
+    "masks.fh_min_size": 16,
+    "augment.crop_size": 32,
+    "model.small_width": 4,
+    "model.head_hidden": 32,
+    "model.head_out": 16,
+    "optim.batch_size": 4,
+    "train.max_steps": 2,
+    "train.threads": 1,
+}
+
+
+def _pretrain(store, out, **extra) -> int:
+    """`detcon pretrain` of a tiny config from the mask store ``store`` into ``out``."""
+    settings = {**TINY_SETTINGS, "masks.source": "grid", "masks.store": store, **extra}
+    sets = [arg for k, v in settings.items() for arg in ("--set", f"{k}={v}")]
+    return main(["pretrain", "--quiet", *sets, "--out", str(out)])
+
+
 STORE_DATA = [
     "--set",
     "data.num_images=8",
@@ -123,19 +122,7 @@ def test_pretrain_refuses_a_store_of_another_source(tmp_path, capsys):
     store = tmp_path / "store"
     assert _precompute("fh", store) == 0
     capsys.readouterr()
-    rc = main(
-        [
-            "pretrain",
-            "--quiet",
-            *TINY_PRETRAIN,
-            "--set",
-            "masks.source=grid",
-            "--set",
-            f"masks.store={store}",
-            "--out",
-            str(tmp_path / "run"),
-        ]
-    )
+    rc = _pretrain(store, tmp_path / "run")
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1
     assert "source: store has 'fh', asked for 'grid'" in err and str(store) in err
@@ -149,18 +136,7 @@ def test_precompute_redoes_a_truncated_shard_and_pretrain_names_it(tmp_path, cap
     good = shard.read_bytes()
     shard.write_bytes(good[: len(good) // 2])
     capsys.readouterr()
-    run = [
-        "pretrain",
-        "--quiet",
-        *TINY_PRETRAIN,
-        "--set",
-        "masks.source=grid",
-        "--set",
-        f"masks.store={store}",
-        "--out",
-        str(tmp_path / "run"),
-    ]
-    assert main(run) == 2
+    assert _pretrain(store, tmp_path / "run") == 2
     err = capsys.readouterr().err
     repair = (
         "detcon masks precompute --profile cpu --source grid --set data.num_images=8 --set "
@@ -172,7 +148,7 @@ def test_precompute_redoes_a_truncated_shard_and_pretrain_names_it(tmp_path, cap
     out = capsys.readouterr().out
     assert "shard-00001.npz is" in out and "computing it again" in out and "complete" in out
     assert shard.read_bytes() == good
-    assert main(run) == 0
+    assert _pretrain(store, tmp_path / "run") == 0
 
 
 def test_a_damaged_shard_read_in_a_loader_worker_is_one_paragraph(tmp_path, capsys):
@@ -184,21 +160,7 @@ def test_a_damaged_shard_read_in_a_loader_worker_is_one_paragraph(tmp_path, caps
     flipped[at] ^= 0xFF
     shard.write_bytes(bytes(flipped))  # same size: only reading it finds the damage
     capsys.readouterr()
-    rc = main(
-        [
-            "pretrain",
-            "--quiet",
-            *TINY_PRETRAIN,
-            "--set",
-            "data.num_workers=1",
-            "--set",
-            "masks.source=grid",
-            "--set",
-            f"masks.store={store}",
-            "--out",
-            str(tmp_path / "run"),
-        ]
-    )
+    rc = _pretrain(store, tmp_path / "run", **{"data.num_workers": 1})
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1, err
     assert "DataLoader worker" not in err and "Traceback" not in err
