@@ -6,6 +6,7 @@ step), ``checkpoint.pt`` (atomic), ``backbone.pt`` (exported encoder) and ``trai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -495,10 +496,10 @@ def pretrain(
             "that does not exist yet); choose another --out"
         )
     rank, _ = init_distributed()
-    if not lock or rank > 0:
-        return _pretrain(cfg, out, progress=progress, stop_after=stop_after, speed=speed)
-    out.mkdir(parents=True, exist_ok=True)
-    with point_lock(out):
+    held = lock and rank == 0
+    if held:
+        out.mkdir(parents=True, exist_ok=True)
+    with point_lock(out) if held else contextlib.nullcontext():
         return _pretrain(cfg, out, progress=progress, stop_after=stop_after, speed=speed)
 
 
