@@ -83,6 +83,13 @@ class DataConfig:
         0.01,
         0.5,
     )
+    scene_texture_contrast: tuple[float, float] = _f(
+        (0.12, 0.3),
+        "synthetic: RGB distance between an object's two texture colours, uniform in [lo, hi] "
+        "(how visible the class-defining texture is)",
+        0.0,
+        1.0,
+    )
     num_workers: int = _f(0, "DataLoader worker processes (0 = in the training process)", 0, 256)
 
 
@@ -270,7 +277,10 @@ class PretrainConfig:
             )
         pairs = [(f"augment.{n}", getattr(self.augment, n)) for n in ("crop_scale", "crop_ratio")]
         pairs += [("augment.blur_sigma", self.augment.blur_sigma)]
-        pairs += [(f"data.{n}", getattr(self.data, n)) for n in ("scene_objects", "scene_radius")]
+        pairs += [
+            (f"data.{n}", getattr(self.data, n))
+            for n in ("scene_objects", "scene_radius", "scene_texture_contrast")
+        ]
         for name, (lo, hi) in pairs:
             if lo > hi:
                 raise ConfigError(f"{name}=({lo}, {hi}): the first value must be <= the second")

@@ -164,13 +164,24 @@ def test_scene_difficulty_is_configuration():
     from detcon.data.synthetic import SceneSpec
 
     cfg = load_pretrain_config(
-        {"data": {"scene_classes": 4, "scene_objects": [2, 6], "scene_radius": [0.1, 0.3]}},
+        {
+            "data": {
+                "scene_classes": 4,
+                "scene_objects": [2, 6],
+                "scene_radius": [0.1, 0.3],
+                "scene_texture_contrast": [0.5, 0.9],
+            }
+        },
         profile="cpu",
     )
     spec = SceneSpec.from_config(cfg.data)
     assert (spec.num_object_classes, spec.min_objects, spec.max_objects) == (4, 2, 6)
     assert spec.radius_range == (0.1, 0.3)
+    assert spec.texture_contrast == (0.5, 0.9)
+    assert SceneSpec.from_config(load_pretrain_config({}, profile="cpu").data) == SceneSpec()
     with pytest.raises(ConfigError, match=r"data.scene_objects=\(6, 2\)"):
         load_pretrain_config({"data": {"scene_objects": [6, 2]}}, profile="cpu")
+    with pytest.raises(ConfigError, match=r"data.scene_texture_contrast=\(0.9, 0.5\)"):
+        load_pretrain_config({"data": {"scene_texture_contrast": [0.9, 0.5]}}, profile="cpu")
     with pytest.raises(ConfigError, match="scene_classes"):
         load_pretrain_config({"data": {"scene_classes": 9}}, profile="cpu")

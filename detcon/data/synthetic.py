@@ -212,6 +212,7 @@ class SceneSpec:
             min_objects=data.scene_objects[0],
             max_objects=data.scene_objects[1],
             radius_range=tuple(data.scene_radius),
+            texture_contrast=tuple(data.scene_texture_contrast),
         )
 
     def digest(self) -> str:
