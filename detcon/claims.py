@@ -153,6 +153,9 @@ class Nth:
 
 
 Cell = Mapping[str, Any]  # grid parameter -> value or Nth: one point of an ablation (all seeds)
+# Maps the compared points' means, (points, B), to the statistic, (B,). Each measure below says
+# which points it compares (``cells``) and gives its statistic for them (``statistic``).
+Statistic = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -185,14 +188,19 @@ class Difference:
     second: Cell
     minus: tuple[Cell, Cell] | None = None
     in_metric_units = True
+    kind = "Δ"
 
     def cells(self, rows: pd.DataFrame, quality: pd.DataFrame | None) -> list[dict[str, str]]:
         both = (self.first, self.second, *(self.minus or ()))
         return [_resolve(c, rows) for c in both]
 
-    def statistic(self, means: np.ndarray) -> np.ndarray:
-        d = means[0] - means[1]
-        return d - (means[2] - means[3]) if self.minus else d
+    def parameters(self) -> set[str]:
+        return {k for c in (self.first, self.second, *(self.minus or ())) for k in c}
+
+    def statistic(self, cells: Any, quality: Any) -> Statistic:
+        if self.minus:
+            return lambda m: (m[0] - m[1]) - (m[2] - m[3])
+        return lambda m: m[0] - m[1]
 
     def describe(self, labels: Sequence[str], metric: str) -> str:
         a, b, *rest = labels
@@ -211,12 +219,16 @@ class Ordered:
     levels: tuple[str, ...]
     fixed: Cell = field(default_factory=dict)
     in_metric_units = True
+    kind = "smallest gap"
 
     def cells(self, rows: pd.DataFrame, quality: pd.DataFrame | None) -> list[dict[str, str]]:
         return [_resolve({**self.fixed, self.key: level}, rows) for level in self.levels]
 
-    def statistic(self, means: np.ndarray) -> np.ndarray:
-        return np.min(means[:-1] - means[1:], axis=0)
+    def parameters(self) -> set[str]:
+        return {self.key, *self.fixed}
+
+    def statistic(self, cells: Any, quality: Any) -> Statistic:
+        return lambda m: np.min(m[:-1] - m[1:], axis=0)
 
     def describe(self, labels: Sequence[str], metric: str) -> str:
         order = " > ".join(_norm(v) for v in self.levels)
@@ -232,6 +244,7 @@ class RankCorrelation:
     key: str = "masks.source"
     fixed: Cell = field(default_factory=dict)
     in_metric_units = False
+    kind = "Spearman ρ"
 
     def _sources(self, rows: pd.DataFrame, quality: pd.DataFrame | None) -> list[str]:
         if quality is None:
@@ -249,11 +262,15 @@ class RankCorrelation:
         fixed = _resolve(self.fixed, rows)
         return [{**fixed, self.key: s} for s in self._sources(rows, quality)]
 
-    def bind(self, cells: Sequence[Mapping[str, str]], quality: pd.DataFrame) -> np.ndarray:
+    def parameters(self) -> set[str]:
+        return {self.key, *self.fixed}
+
+    def statistic(self, cells: Sequence[Mapping[str, str]], quality: pd.DataFrame) -> Statistic:
         by_source = {
             _norm(s): float(q) for s, q in zip(quality["source"], quality[MASK_QUALITY_KEY])
         }
-        return np.array([by_source[c[self.key]] for c in cells])
+        x = np.array([by_source[c[self.key]] for c in cells])
+        return lambda m: spearman(x, m)
 
     def describe(self, labels: Sequence[str], metric: str) -> str:
         return f"Spearman ρ(mask quality, {metric}) over {len(labels)} sources"
@@ -271,6 +288,7 @@ class Efficiency:
     key: str = "optim.epochs"
     method_key: str = "method"
     in_metric_units = False
+    kind = "pretraining ratio"
 
     def _lengths(self, rows: pd.DataFrame) -> list[str]:
         sub = rows[rows[self.method_key] == _norm(self.method)]
@@ -289,8 +307,12 @@ class Efficiency:
         m, b = self.method_key, _norm(self.baseline)
         return [{m: _norm(self.method), self.key: x} for x in lengths] + [{m: b, self.key: longest}]
 
-    def bind(self, cells: Sequence[Mapping[str, str]], quality: Any) -> np.ndarray:
-        return np.array([float(c[self.key]) for c in cells])
+    def parameters(self) -> set[str]:
+        return {self.key, self.method_key}
+
+    def statistic(self, cells: Sequence[Mapping[str, str]], quality: Any) -> Statistic:
+        lengths = np.array([float(c[self.key]) for c in cells])
+        return lambda m: _efficiency(lengths, m)
 
     def describe(self, labels: Sequence[str], metric: str) -> str:
         return (
@@ -326,12 +348,7 @@ class ClaimSpec:
 
     def parameters(self) -> set[str]:
         """The grid-parameter columns the spec reads."""
-        m = self.measure
-        if isinstance(m, Difference):
-            return {k for c in (m.first, m.second, *(m.minus or ())) for k in c}
-        if isinstance(m, Efficiency):
-            return {m.key, m.method_key}
-        return {m.key, *m.fixed}
+        return self.measure.parameters()
 
 
 _DENSE = (("segmentation", "miou"), ("depth", "delta1"), ("detection", "ap_bb"))
@@ -368,7 +385,7 @@ CLAIMS: tuple[ClaimSpec, ...] = (
         ClaimSpec(
             key=f"2{letter}",
             statement=f"{name} reaches {base_name}'s longest-schedule segmentation with at most "
-            "1/5 of its pretraining (paper: 5-10x less)",
+            "1/5 of its pretraining; paper: 5-10x less",
             where="paper abstract, Fig. 1",
             ablation="sample_efficiency",
             measure=Efficiency(method, base),
@@ -579,9 +596,9 @@ def _check_table(table: pd.DataFrame, where: str, params: Iterable[str]) -> pd.D
     for col, bad, what in checks:
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ValueError(
-                f"{where}: row {i + 1} has {col}={out[col].iloc[i]!r}, expected {what}"
-            )
+            row = out.index[i]  # the row of the file (data rows from 1), or of the table given
+            row = row + 1 if isinstance(row, (int, np.integer)) else row
+            raise ValueError(f"{where}: row {row} has {col}={out[col].iloc[i]!r}, expected {what}")
     out["value"] = value.astype(float)
     out["seed"] = seed.astype(int)
     for col in out.columns:
@@ -686,7 +703,7 @@ def _efficiency(lengths: np.ndarray, means: np.ndarray) -> np.ndarray:
 
 def bootstrap(
     cells: Sequence[pd.Series],
-    statistic: Callable[[np.ndarray], np.ndarray],
+    statistic: Statistic,
     *,
     samples: int = BOOTSTRAP_SAMPLES,
     seed: int = BOOTSTRAP_SEED,
@@ -822,15 +839,7 @@ def _measure(spec: ClaimSpec, table: pd.DataFrame, task: str, metric: str, quali
     missing = [_point(c) for c, s in zip(cells, per_seed) if s.empty]
     if missing:
         raise _NotRun(f"no {task} {metric} rows for {'; '.join(missing)}")
-    if isinstance(m, RankCorrelation):
-        x = m.bind(cells, quality)
-        statistic = lambda means: spearman(x, means)  # noqa: E731
-    elif isinstance(m, Efficiency):
-        lengths = m.bind(cells, quality)
-        statistic = lambda means: _efficiency(lengths, means)  # noqa: E731
-    else:
-        statistic = m.statistic
-    estimate, ci, paired = bootstrap(per_seed, statistic)
+    estimate, ci, paired = bootstrap(per_seed, m.statistic(cells, quality))
     sizes = [len(s) for s in per_seed]
     detail = ""
     if isinstance(m, Efficiency):
@@ -1050,7 +1059,7 @@ def render_claims_markdown(
         cells = [
             f"{r.spec.key} ({r.task} {metric})" if len(r.spec.tasks) > 1 else r.spec.key,
             f"{r.spec.statement} ({r.spec.where})",
-            r.test_text or "—",
+            r.test_text or f"{r.spec.measure.kind} {r.spec.test}",
             _measured(r),
             f"**{r.verdict}**",
             _context(r),
