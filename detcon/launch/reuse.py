@@ -6,7 +6,8 @@ resolved config, seed included, and of its ``notebook.*`` grid parameters), whic
 ``point.json`` records. Pretraining depends on nothing else the launcher passes: the notebook
 parameters that could change what is trained are refused in ablation files (``max_steps``) or
 part of the digest (``notebook.official_checkpoint``); the rest must be equal too (below), or
-only change what a notebook shows (``num_examples``).
+only change what a notebook shows (``num_examples``). (Nor does the digest cover the code's
+version: skipping a point that is done already assumes the same.)
 
 **Finding a source: a scan, not an index.** Every run id ends with at least the first 6 digits
 of its digest, so ``<runs>/*/*<6 digits>*`` lists the candidates from directory names alone and
