@@ -890,3 +890,36 @@ def test_every_process_of_a_multi_process_job_agrees_on_reuse(tmp_path, fake, mo
     assert launch.run_point(spec)["state"] == "done"
     assert fake.calls == [(spec.run_id, "pretrain"), (spec.run_id, "evaluate")]
     assert "reused_from" not in json.loads((spec.run_dir / "status.json").read_text())
+
+
+@pytest.mark.slow
+def test_end_to_end_a_shared_point_is_evaluated_from_the_run_it_reuses(tmp_path, monkeypatch):
+    """Real notebooks: the second file's evaluate notebook runs on the taken-over run directory
+    (hard-linked backbone.pt) and its pretraining notebook never runs."""
+    real, executed = launch_point._execute, []
+
+    def spy(spec_nb, out_nb, parameters, cwd, kernel):
+        executed.append((Path(cwd).name, Path(spec_nb).stem))
+        real(spec_nb, out_nb, parameters, cwd, kernel)
+
+    monkeypatch.setattr(launch_point, "_execute", spy)
+    quick = "parameters: {evaluate: {quick: true, device: cpu}}\n"
+    first = write_ablation(
+        tmp_path, TINY_BASE + "grid: {point: {}}\nevaluate: [linear]\n" + quick, "first"
+    )
+    second = write_ablation(
+        tmp_path, TINY_BASE + "grid: {point: {}}\nevaluate: [depth]\n" + quick, "second"
+    )
+    runs = tmp_path / "runs"
+    assert main(["run", str(first), "--runs-dir", str(runs)]) == 0
+    ((a,), (b,)) = run_ids(first), run_ids(second)
+    executed.clear()
+    assert main(["run", str(second), "--runs-dir", str(runs)]) == 0
+    assert executed == [(b, "evaluate")]
+    d = runs / "second" / b
+    assert (d / "backbone.pt").samefile(runs / "first" / a / "backbone.pt")
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["pretrain.steps"] == 2 and "eval.depth.rmse" in summary
+    assert "eval.linear.top1" not in summary
+    encoder = json.loads((d / "eval.json").read_text())["encoder"]
+    assert encoder == {"step": 2, "planned_steps": 2, "finished": True}
