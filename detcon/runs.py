@@ -432,7 +432,9 @@ class PointState:
     waiting), ``not started``, ``corrupt`` (an unreadable or invalid ``status.json`` or
     ``summary.json``: ``detcon run`` reruns the point) or ``broken`` (the run directory cannot be
     read, e.g. a file took its place: ``detcon run`` leaves it alone). ``error`` says why for
-    ``failed``, ``corrupt`` and ``broken``.
+    ``failed``, ``corrupt`` and ``broken``. ``reused_from``: ``<ablation>/<run id>`` of the
+    finished run of the same config whose results the point took instead of training
+    (``status.json``; docs/design.md §2.2).
     """
 
     run_id: str
@@ -443,6 +445,7 @@ class PointState:
     loss: float | None
     error: str | None
     notebook: Path | None
+    reused_from: str | None = None
 
 
 def _rendered_notebook(run_dir: Path, status: Mapping[str, Any]) -> Path | None:
@@ -510,6 +513,7 @@ def _read_point_state(run_dir: Path, run_id: str, queued_job: str | None) -> Poi
         loss=None if metrics is None or metrics.get("loss") is None else float(metrics["loss"]),
         error=error,
         notebook=_rendered_notebook(run_dir, status),
+        reused_from=status.get("reused_from"),
     )
 
 

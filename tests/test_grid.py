@@ -30,6 +30,7 @@ EXPECTED_POINTS = {
     "negatives": 2 * 2 * 2 * 3,
     "official_checkpoints": 3 * 1,
     "resolution": 3 * 3 * 3,
+    "sample_efficiency": 4 * 4 * 3,
     "single_view": 4 * 2 * 3,
 }
 RUN_ID = re.compile(r"^[A-Za-z0-9_.-]+-[0-9a-f]{6}$")
@@ -79,6 +80,52 @@ def test_baselines_image_level_methods_use_one_whole_image_mask():
             assert p.config.masks.source == "image" and p.config.masks.num_samples == 1
         else:
             assert p.config.masks.source == "fh"
+
+
+def test_sample_efficiency_runs_each_length_with_its_own_schedule_and_shares_the_baselines():
+    """DetCon-B vs BYOL and DetCon-S vs SimCLR at >= 4 pretraining lengths; a length is its own
+    run (the config differs in optim.epochs only, so warmup, decay and EMA span that length),
+    the cpu lengths keep the paper's fractions of the longest, and the longest points are the
+    baselines file's points (taken over by `detcon run`, docs/design.md §2.2)."""
+    import dataclasses
+
+    from detcon.config import load_pretrain_config, total_steps, warmup_steps
+
+    ablation = load_ablation(REPO / "ablations" / "sample_efficiency.yaml")
+    fractions = {}
+    for profile in ("cpu", "paper"):
+        points = expand(ablation, profile)
+        lengths = sorted({p.config.optim.epochs for p in points})
+        assert len(lengths) >= 4
+        fractions[profile] = [round(e / lengths[-1], 6) for e in lengths]
+        for method in ("simclr", "byol", "detcon_s", "detcon_b"):
+            own = [p for p in points if p.config.method == method and p.params["seed"] == 0]
+            assert sorted(p.config.optim.epochs for p in own) == lengths
+            configs = [to_dict(p.config) for p in own]
+            for c in configs:
+                c["optim"].pop("epochs")
+            assert all(c == configs[0] for c in configs)  # only the length differs
+            n = 1_281_167 if profile == "paper" else own[0].config.data.num_images  # images
+            steps = [total_steps(p.config.optim, n) for p in own]
+            assert steps == sorted(steps) and len(set(steps)) == len(steps)
+            for p in own:  # the default warmup follows each run's own length (epochs // 100)
+                optim = p.config.optim
+                assert optim.warmup_epochs == -1
+                assert warmup_steps(optim, n) == int(optim.epochs // 100) * n // optim.batch_size
+        # The longest points are the baselines' points once epochs is the profile's own
+        # (at the paper profile it is: 1000; the cpu values assume cpu.yaml's epochs: 24).
+        baselines = expand(load_ablation(REPO / "ablations" / "baselines.yaml"), profile)
+        own_epochs = load_pretrain_config({}, profile=profile).optim.epochs
+        longest = set()
+        for p in points:
+            if p.config.optim.epochs == lengths[-1]:
+                optim = dataclasses.replace(p.config.optim, epochs=own_epochs)
+                longest.add(config_digest(dataclasses.replace(p.config, optim=optim)))
+        assert longest == {p.digest for p in baselines}
+        if profile == "paper":
+            assert lengths[-1] == own_epochs
+            assert {p.digest for p in points if p.config.optim.epochs == lengths[-1]} == longest
+    assert fractions["cpu"] == fractions["paper"]
 
 
 def test_run_ids_are_readable_stable_and_differ_between_profiles(tmp_path):

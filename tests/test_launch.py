@@ -8,6 +8,7 @@ milliseconds; one ``slow`` test runs the real notebooks end to end on a tiny gri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import textwrap
 from pathlib import Path
@@ -58,6 +59,7 @@ class FakeNotebooks:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.trained = 0
         self.fail_eval = False
         self.wrong_config = False
 
@@ -87,7 +89,13 @@ class FakeNotebooks:
         (run_dir / "metrics.jsonl").write_text(
             '{"step": 0, "loss": 5.0}\n{"step": 1, "loss": 4.5}\n'
         )
-        write_json(run_dir / "train_summary.json", {"steps": 2, "final_loss": 4.5})
+        self.trained += 1  # each training gives its own wall_s: tells copies from retraining
+        (run_dir / "checkpoint.pt").write_bytes(b"checkpoint %d" % self.trained)
+        (run_dir / "backbone.pt").write_bytes(b"weights %d" % self.trained)
+        write_json(
+            run_dir / "train_summary.json",
+            {"steps": 2, "final_loss": 4.5, "wall_s": float(self.trained)},
+        )
 
 
 @pytest.fixture
@@ -672,3 +680,246 @@ def test_a_mask_store_of_other_masks_is_refused_before_anything_runs(tmp_path, f
     ):
         launch.prepare(path, runs_dir=tmp_path / "runs")
     assert fake.calls == []
+
+
+# --------------------------------------------------------------------------- reuse across files
+
+
+def two_files(tmp_path: Path, second: str = "evaluate: [linear]\n") -> tuple[Path, Path]:
+    """Two ablation files sharing one point (masks.grid_size 4): ``first`` with [2, 4],
+    ``second`` with [4, 5] and ``second`` as its evaluation lines."""
+    first = write_ablation(
+        tmp_path, "grid: {product: {masks.grid_size: [2, 4]}}\nevaluate: [linear]\n", "first"
+    )
+    other = write_ablation(
+        tmp_path, "grid: {product: {masks.grid_size: [4, 5]}}\n" + second, "second"
+    )
+    return first, other
+
+
+def pretrain_metrics(scan, run_id: str) -> dict[str, float]:
+    rows = scan.tidy[(scan.tidy.run_id == run_id) & (scan.tidy.task == "pretrain")]
+    return dict(zip(rows.metric, rows.value))
+
+
+@pytest.mark.parametrize(
+    ("second", "evaluated"),
+    [
+        ("evaluate: [linear]\n", False),  # equal evaluation settings: taken over too
+        ("evaluate: [linear, depth]\n", True),  # other tasks: its own evaluation
+        ("evaluate: [linear]\nparameters: {evaluate: {random_baseline: true}}\n", True),
+    ],
+    ids=["same-evaluation", "other-tasks", "other-evaluate-parameters"],
+)
+def test_a_point_finished_in_another_ablation_file_is_not_trained_again(
+    tmp_path, fake, capsys, second, evaluated
+):
+    from detcon.results import scan_ablation
+
+    first, other = two_files(tmp_path, second)
+    runs = tmp_path / "runs"
+    assert main(["run", str(first), "--runs-dir", str(runs)]) == 0
+    _, a4 = run_ids(first)
+    b4, b5 = run_ids(other)
+    shared = launch.prepare(other, check_data=False).points[0]
+    assert shared.digest == launch.prepare(first, check_data=False).points[1].digest
+    capsys.readouterr()
+
+    # The dry run says so already.
+    assert main(["run", str(other), "--runs-dir", str(runs), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 points (1 reused from finished runs)" in out
+    assert f"first/{a4}" in next(x for x in out.splitlines() if x.startswith(b4))
+
+    fake.calls.clear()
+    assert main(["run", str(other), "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "2 to run (1 reused from finished runs)" in out
+    what = "pretraining" if evaluated else "pretraining and evaluation"
+    assert f"{b4}: reuses the {what} of first/{a4}" in out
+    assert f"{b4} done (reused first/{a4})" in out
+    # b4 is not trained again; only b5 is.
+    assert fake.calls == [
+        *([(b4, "evaluate")] if evaluated else []),
+        (b5, "pretrain"),
+        (b5, "evaluate"),
+    ]
+    src, dst = runs / "first" / a4, runs / "second" / b4
+    for name in ("backbone.pt", "checkpoint.pt"):  # hard links: no space taken
+        assert (dst / name).samefile(src / name)
+    for name in ("config.json", "metrics.jsonl", "train_summary.json", "pretrain.ipynb"):
+        assert (dst / name).read_bytes() == (src / name).read_bytes(), name
+    assert (dst / "pretrain.html").exists() and (dst / "evaluate.html").exists()
+    status = json.loads((dst / "status.json").read_text())
+    assert status["state"] == "done" and status["reused_from"] == f"first/{a4}"
+    assert status["stages"] == ["pretrain", "evaluate"]
+    summary = json.loads((dst / "summary.json").read_text())
+    assert summary["run_id"] == b4 and summary["ablation"] == "second"
+
+    # Each ablation's report lists the point as done, with the metrics of the one training.
+    first_scan = scan_ablation(first, runs_dir=runs)
+    second_scan = scan_ablation(other, runs_dir=runs)
+    assert dict(zip(second_scan.status.run_id, second_scan.status.state)) == {
+        b4: "done",
+        b5: "done",
+    }
+    assert pretrain_metrics(second_scan, b4) == pretrain_metrics(first_scan, a4)
+    assert (
+        pretrain_metrics(second_scan, b4)["wall_s"] != pretrain_metrics(second_scan, b5)["wall_s"]
+    )
+    assert len(second_scan.curves[second_scan.curves.run_id == b4]) == 2
+    if not evaluated:
+        a_eval = first_scan.tidy[
+            (first_scan.tidy.run_id == a4) & (first_scan.tidy.task != "pretrain")
+        ]
+        b_eval = second_scan.tidy[
+            (second_scan.tidy.run_id == b4) & (second_scan.tidy.task != "pretrain")
+        ]
+        assert list(b_eval.value) == list(a_eval.value) and len(b_eval)
+
+    # `detcon status` names the source; a rerun finds everything done.
+    assert main(["status", str(other), "--runs-dir", str(runs)]) == 0
+    table = capsys.readouterr().out
+    assert "2 points: 2 done (1 reused from finished runs)" in table
+    assert f"first/{a4}" in next(x for x in table.splitlines() if x.startswith(b4))
+    fake.calls.clear()
+    assert main(["run", str(other), "--runs-dir", str(runs)]) == 0
+    assert "2 points, 2 done, 0 running elsewhere, 0 to run" in capsys.readouterr().out
+    assert fake.calls == []
+
+
+def _failed(run_dir: Path) -> None:  # pretraining finished, evaluation failed
+    (run_dir / "summary.json").unlink()
+    write_status(run_dir, "failed", stages=["pretrain"], error="RuntimeError: boom")
+
+
+def _unfinished(run_dir: Path) -> None:  # killed while pretraining
+    for name in ("summary.json", "train_summary.json"):
+        (run_dir / name).unlink()
+    write_status(run_dir, "running", stages=[])
+
+
+def _corrupt(run_dir: Path) -> None:
+    (run_dir / "summary.json").write_text('{"ablation": "first", "run_i')
+
+
+def _other_config(run_dir: Path) -> None:  # e.g. another absolute data path: not this config
+    config = json.loads((run_dir / "config.json").read_text())
+    config["optim"]["epochs"] = 99
+    write_json(run_dir / "config.json", config)
+
+
+def _no_backbone(run_dir: Path) -> None:
+    (run_dir / "backbone.pt").unlink()
+
+
+def _running(run_dir: Path) -> None:  # rerun elsewhere: status says running, summary gone
+    (run_dir / "summary.json").unlink()
+    write_status(run_dir, "running", stages=["pretrain"])
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_failed, _unfinished, _corrupt, _other_config, _no_backbone, _running],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_a_point_whose_shared_run_is_not_finished_and_sound_is_trained(tmp_path, fake, damage):
+    first, other = two_files(tmp_path)
+    runs = tmp_path / "runs"
+    launch.run_ablation(first, runs_dir=runs, echo=lambda line: None)
+    _, a4 = run_ids(first)
+    b4, b5 = run_ids(other)
+    src = runs / "first" / a4
+    damage(src)
+    fake.calls.clear()
+    with point_lock(src) if damage is _running else contextlib.nullcontext():
+        result = launch.run_ablation(other, runs_dir=runs, echo=lambda line: None)
+    assert result.ok and result.reused == {} and sorted(result.ran) == sorted([b4, b5])
+    assert (b4, "pretrain") in fake.calls
+    status = json.loads((runs / "second" / b4 / "status.json").read_text())
+    assert status["state"] == "done" and "reused_from" not in status
+    if (src / "backbone.pt").exists():
+        assert not (runs / "second" / b4 / "backbone.pt").samefile(src / "backbone.pt")
+
+
+def test_a_point_copies_the_shared_run_where_hard_links_fail(tmp_path, fake, monkeypatch):
+    import errno
+    import os
+
+    def no_links(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+    first, other = two_files(tmp_path)
+    runs = tmp_path / "runs"
+    launch.run_ablation(first, runs_dir=runs, echo=lambda line: None)
+    fake.calls.clear()
+    result = launch.run_ablation(other, runs_dir=runs, echo=lambda line: None)
+    _, a4 = run_ids(first)
+    b4, _ = run_ids(other)
+    assert result.reused == {b4: f"first/{a4}"} and (b4, "pretrain") not in fake.calls
+    src, dst = runs / "first" / a4, runs / "second" / b4
+    for name in ("backbone.pt", "checkpoint.pt"):
+        assert not (dst / name).samefile(src / name)
+        assert (dst / name).read_bytes() == (src / name).read_bytes()
+    assert not list(dst.glob(".*.tmp"))
+
+
+def test_every_process_of_a_multi_process_job_agrees_on_reuse(tmp_path, fake, monkeypatch):
+    """In a DDP job the ranks > 0 join rank 0's training: they must skip it exactly when rank 0
+    takes a finished run. All check only the source named when the launch was planned."""
+    import dataclasses
+
+    import detcon.train
+
+    first, other = two_files(tmp_path)
+    runs = tmp_path / "runs"
+    launch.run_ablation(first, runs_dir=runs, echo=lambda line: None)
+    spec = launch.prepare(other, runs_dir=runs, check_data=False).specs[0]
+    spec = dataclasses.replace(spec, executor="slurm")
+    planned = dataclasses.replace(spec, reuse=runs / "first" / run_ids(first)[1])
+    joined: list[Path] = []
+    monkeypatch.setattr(detcon.train, "pretrain", lambda cfg, run_dir, **kw: joined.append(run_dir))
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert launch.run_point(planned)["state"] == "follower" and joined == []
+    assert launch.run_point(spec)["state"] == "follower" and joined == [spec.run_dir]
+    # rank 0 of the job planned without a source trains, as its followers do
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    fake.calls.clear()
+    assert launch.run_point(spec)["state"] == "done"
+    assert fake.calls == [(spec.run_id, "pretrain"), (spec.run_id, "evaluate")]
+    assert "reused_from" not in json.loads((spec.run_dir / "status.json").read_text())
+
+
+@pytest.mark.slow
+def test_end_to_end_a_shared_point_is_evaluated_from_the_run_it_reuses(tmp_path, monkeypatch):
+    """Real notebooks: the second file's evaluate notebook runs on the taken-over run directory
+    (hard-linked backbone.pt) and its pretraining notebook never runs."""
+    real, executed = launch_point._execute, []
+
+    def spy(spec_nb, out_nb, parameters, cwd, kernel):
+        executed.append((Path(cwd).name, Path(spec_nb).stem))
+        real(spec_nb, out_nb, parameters, cwd, kernel)
+
+    monkeypatch.setattr(launch_point, "_execute", spy)
+    quick = "parameters: {evaluate: {quick: true, device: cpu}}\n"
+    first = write_ablation(
+        tmp_path, TINY_BASE + "grid: {point: {}}\nevaluate: [linear]\n" + quick, "first"
+    )
+    second = write_ablation(
+        tmp_path, TINY_BASE + "grid: {point: {}}\nevaluate: [depth]\n" + quick, "second"
+    )
+    runs = tmp_path / "runs"
+    assert main(["run", str(first), "--runs-dir", str(runs)]) == 0
+    ((a,), (b,)) = run_ids(first), run_ids(second)
+    executed.clear()
+    assert main(["run", str(second), "--runs-dir", str(runs)]) == 0
+    assert executed == [(b, "evaluate")]
+    d = runs / "second" / b
+    assert (d / "backbone.pt").samefile(runs / "first" / a / "backbone.pt")
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["pretrain.steps"] == 2 and "eval.depth.rmse" in summary
+    assert "eval.linear.top1" not in summary
+    encoder = json.loads((d / "eval.json").read_text())["encoder"]
+    assert encoder == {"step": 2, "planned_steps": 2, "finished": True}

@@ -5,7 +5,8 @@ anything is written or submitted (config, evaluation task names, notebook parame
 cluster profile); skip points that are done (a valid ``summary.json``), points locked by another
 process and points whose run directory cannot be used (reported); rerun points whose
 ``status.json`` or ``summary.json`` is corrupt; then run each remaining point as one job through
-an executor (``local``, ``slurm`` or ``debug``).
+an executor (``local``, ``slurm`` or ``debug``), which takes over a finished run of the same
+config instead of training when there is one.
 
 The modules, in the order a launch uses them:
 
@@ -13,6 +14,8 @@ The modules, in the order a launch uses them:
   rendering to HTML;
 - :mod:`detcon.launch.plan`: cluster profiles, and :func:`prepare`, which validates every point
   into a :class:`Plan` before anything is written;
+- :mod:`detcon.launch.reuse`: finding a finished run of a point's config (any ablation file
+  under the same runs folder) and taking over its results instead of training again;
 - :mod:`detcon.launch.point`: :func:`run_point`, the job that runs one point's notebooks through
   papermill in its run directory;
 - :mod:`detcon.launch.executors`: :func:`run_ablation` and the local, slurm and debug executors;

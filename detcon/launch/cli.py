@@ -21,6 +21,7 @@ def format_status(states: Sequence[PointState], *, title: str = "") -> str:
         + f"{len(states)} points: "
         + ", ".join(f"{v} {k}" for k, v in counts.items())
     )
+    header = ["run id", "state", "job", "steps", "loss", "notebook", "error"]
     rows = [
         [
             s.run_id,
@@ -33,9 +34,12 @@ def format_status(states: Sequence[PointState], *, title: str = "") -> str:
         ]
         for s in states
     ]
-    return (
-        head + "\n" + _table(rows, ["run id", "state", "job", "steps", "loss", "notebook", "error"])
-    )
+    reused = sum(1 for s in states if s.reused_from)
+    if reused:  # results taken from a finished run of the same config (docs/design.md §2.2)
+        head += f" ({reused} reused from finished runs)"
+        header.insert(-1, "reused from")
+        rows = [[*row[:-1], s.reused_from or "", row[-1]] for row, s in zip(rows, states)]
+    return head + "\n" + _table(rows, header)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -10,6 +10,11 @@ yet done becomes one job (:class:`~detcon.launch.point.PointJob`) through an exe
   submitit folder per launch. Jobs are ``submitit.helpers.Checkpointable``: on USR2 (preemption,
   time limit) submitit requeues them and the point resumes from its training checkpoint.
 - ``debug``: ``submitit.DebugExecutor``, in-process, dropping into pdb on a failure.
+
+Before running, each point not yet done is looked up among the finished runs under the same runs
+folder (any ablation file): one of the same config is taken over instead of trained again
+(:mod:`detcon.launch.reuse`); the source is named in the point's job (:class:`PointSpec`
+``reuse``) and in the launch's summary lines.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +34,19 @@ import submitit
 from detcon.atomic import write_json
 from detcon.launch.plan import Plan, describe_plan, prepare
 from detcon.launch.point import PointFailedError, PointJob, PointSpec, run_point
+from detcon.launch.reuse import Source, find_source
 from detcon.runs import point_state
 
 
 @dataclass
 class LaunchResult:
     """What a launch did. ``jobs``: submitit jobs (slurm/debug); the lists hold run ids;
-    ``broken``: points whose run directory cannot be used (not run, see ``detcon status``)."""
+    ``broken``: points whose run directory cannot be used (not run, see ``detcon status``);
+    ``reused``: run id -> ``<ablation>/<run id>`` of the finished run whose results a point to
+    run takes instead of training (as found when the launch was planned)."""
 
     plan: Plan
+    reused: dict[str, str] = field(default_factory=dict)
     done: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
@@ -95,7 +104,13 @@ def run_ablation(
     )
     result = LaunchResult(plan)
     if dry_run:
-        echo(describe_plan(plan))
+        sources = {
+            spec.run_id: source.name
+            for spec in plan.specs
+            if point_state(spec.run_dir, spec.run_id).state != "done"
+            and (source := find_source(spec)) is not None
+        }
+        echo(describe_plan(plan, sources))
         echo("dry run: nothing was written or submitted")
         return result
     _check_writable(plan.runs_root)
@@ -112,13 +127,19 @@ def run_ablation(
             result.broken.append(spec.run_id)
             notes.append(f"  {spec.run_id}: broken ({state.error}), skipped")
         else:
-            todo.append(spec)
+            source = find_source(spec)
+            todo.append(spec if source is None else replace(spec, reuse=source.run_dir))
             if state.state == "corrupt":
                 notes.append(f"  {spec.run_id}: corrupt ({state.error}), run again")
+            if source is not None:
+                result.reused[spec.run_id] = source.name
+                notes.append(f"  {spec.run_id}: reuses {_taken(source)}")
     n = len(plan.specs)
+    reused = f" ({len(result.reused)} reused from finished runs)" if result.reused else ""
     echo(
         f"{plan.ablation.name} (profile {profile}, executor {executor}): {n} points, "
         f"{len(result.done)} done, {len(result.busy)} running elsewhere, {len(todo)} to run"
+        + reused
         + (f", {len(result.broken)} broken" if result.broken else "")
     )
     for line in notes:
@@ -134,6 +155,11 @@ def run_ablation(
     return result
 
 
+def _taken(source: Source) -> str:
+    what = "pretraining and evaluation" if source.evaluation else "pretraining"
+    return f"the {what} of {source.name}"
+
+
 def _finish(spec: PointSpec, outcome: dict[str, Any], result: LaunchResult) -> str:
     state = outcome.get("state")
     if state == "busy":
@@ -143,7 +169,7 @@ def _finish(spec: PointSpec, outcome: dict[str, Any], result: LaunchResult) -> s
         result.done.append(spec.run_id)
         return "already done"
     result.ran.append(spec.run_id)
-    return "done"
+    return f"done (reused {outcome['reused_from']})" if outcome.get("reused_from") else "done"
 
 
 def _failed_line(spec: PointSpec, exc: BaseException, result: LaunchResult) -> str:

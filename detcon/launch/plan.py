@@ -427,17 +427,27 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 
 
-def describe_plan(plan: Plan) -> str:
-    """The dry-run listing: one line per point with its run id and parameters."""
+def describe_plan(plan: Plan, reused: Mapping[str, str] | None = None) -> str:
+    """The dry-run listing: one line per point with its run id and parameters.
+
+    ``reused``: run id -> ``<ablation>/<run id>`` of the finished run of the same config whose
+    results the point would take instead of training (a ``reuses`` column and count).
+    """
     ab = plan.ablation
+    reused = dict(reused or {})
     keys = _varying_keys(plan.points)
     rows = [[p.run_id, *(p.params.get(k, "") for k in keys)] for p in plan.points]
+    header = ["run id", *keys]
+    if reused:
+        rows = [[*row, reused.get(p.run_id, "")] for row, p in zip(rows, plan.points)]
+        header.append("reuses")
     stages = [plan.specs[0].notebook.name] if plan.specs else []
     if ab.evaluate:
         stages.append(f"evaluate.ipynb [{', '.join(ab.evaluate)}]")
     head = (
-        f"{ab.name} (profile {plan.profile}): {len(plan.points)} points; notebooks "
-        f"{' -> '.join(stages)}; runs in {plan.runs_root}/"
+        f"{ab.name} (profile {plan.profile}): {len(plan.points)} points"
+        + (f" ({len(reused)} reused from finished runs)" if reused else "")
+        + f"; notebooks {' -> '.join(stages)}; runs in {plan.runs_root}/"
         + (f"; cluster profile {plan.cluster_name}" if plan.cluster_name else "")
     )
-    return head + "\n" + _table(rows, ["run id", *keys])
+    return head + "\n" + _table(rows, header)

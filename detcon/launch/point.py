@@ -3,8 +3,11 @@
 A point's job holds ``run_dir/.lock``, writes ``point.json``, ``env.json`` and ``status.json``,
 executes ``notebooks/<notebook>.ipynb`` and then ``notebooks/evaluate.ipynb`` with papermill
 (``cwd=run_dir``), renders each to HTML with nbconvert, and writes ``summary.json``
-(docs/run-directory.md). A failing point records ``failed`` with its error and keeps the HTML of
-the failed notebook; it never stops the other points.
+(docs/run-directory.md). When a run of the same config already finished (in any ablation under
+the same runs folder), its results are taken instead of training again, and its evaluation too
+when the evaluation settings are equal (:mod:`detcon.launch.reuse`). A failing point records
+``failed`` with its error and keeps the HTML of the failed notebook; it never stops the other
+points.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from typing import Any
 import submitit
 
 from detcon.atomic import remove_stale_temp_files, write_json
-from detcon.config import to_dict
 from detcon.grid import GridPoint, resolve_config
 from detcon.launch.notebooks import EVALUATE_NOTEBOOK, REPO, render_html
+from detcon.launch.reuse import Source, adopt, check_source, expected_config, find_source
 from detcon.runs import (
     OFFICIAL_PARAMETER,
     PointBusyError,
@@ -90,7 +93,10 @@ class PointSpec:
 
     ``parameters`` / ``eval_parameters``: papermill parameters of the main / evaluate notebook
     (``eval_parameters`` None: no evaluation). ``overrides`` are the point's overrides with
-    relative data paths made absolute (the notebook runs with ``cwd=run_dir``).
+    relative data paths made absolute (the notebook runs with ``cwd=run_dir``). ``reuse``: the
+    run directory of a finished run of the same config found when the launch was planned
+    (:func:`detcon.launch.reuse.find_source`), whose results the point takes if it is still
+    usable when the job starts.
     """
 
     point: GridPoint
@@ -101,6 +107,7 @@ class PointSpec:
     eval_parameters: Mapping[str, Any] | None
     kernel: str
     executor: str
+    reuse: Path | None = None
 
     @property
     def run_id(self) -> str:
@@ -114,9 +121,37 @@ def _rank(executor: str) -> int:
     return int(os.environ.get("SLURM_PROCID", "0") or 0)
 
 
-def _expected_config(spec: PointSpec) -> dict[str, Any]:
-    """The config the point's notebook must train (what its ``config.json`` must hold)."""
-    return to_dict(resolve_config(spec.parameters["overrides"], spec.point.profile))
+def _processes(executor: str) -> int:
+    """Processes of this job: SLURM's task count in a SLURM job, else 1."""
+    if executor != "slurm":
+        return 1
+    return int(os.environ.get("SLURM_NTASKS", "1") or 1)
+
+
+def _reuse_source(spec: PointSpec) -> Source | None:
+    """The finished run whose results the point takes instead of pretraining, if any.
+
+    Every process of a multi-process (DDP) job must come to the same answer, or rank 0 would
+    skip the training the others wait to join: they all check only the source named when the
+    launch was planned (a finished run stays finished). A job of one process also looks for a
+    source that finished since (e.g. in a job array of another ablation file submitted at the
+    same time).
+    """
+    if spec.reuse is not None:
+        source = check_source(spec, spec.reuse)
+        if source is not None:
+            return source
+    return find_source(spec) if _processes(spec.executor) == 1 else None
+
+
+def _reused_before(run_dir: Path) -> dict[str, Any]:
+    """``{"reused_from": ...}`` when an earlier job of the point took its pretraining from
+    another run (kept in ``status.json`` across requeues), else ``{}``."""
+    try:
+        name = (read_status(run_dir) or {}).get("reused_from")
+    except ValueError:
+        return {}
+    return {"reused_from": name} if name else {}
 
 
 def _stage_skipped(spec: PointSpec) -> bool:
@@ -135,7 +170,7 @@ def _stage_skipped(spec: PointSpec) -> bool:
     except ValueError:
         pass
     try:
-        return read_json(run_dir / "config.json") == _expected_config(spec)
+        return read_json(run_dir / "config.json") == expected_config(spec)
     except ValueError:
         return False
 
@@ -153,7 +188,7 @@ def _follow(spec: PointSpec) -> dict[str, Any]:
     """Ranks > 0 of a multi-process (DDP) job: join rank 0's training, write nothing else."""
     from detcon.train import pretrain
 
-    done = _stage_skipped(spec) or _point_done(spec)
+    done = _stage_skipped(spec) or _point_done(spec) or _reuse_source(spec) is not None
     if done or spec.parameters.get(OFFICIAL_PARAMETER):  # an import trains nothing to join
         return {"run_id": spec.run_id, "state": "follower", "rank": _rank(spec.executor)}
     cfg = resolve_config(spec.parameters["overrides"], spec.point.profile)
@@ -189,6 +224,8 @@ def _run_locked(spec: PointSpec) -> dict[str, Any]:
     remove_stale_temp_files(run_dir)  # left by a killed job; we hold the point's lock
     job_id = job_id_from_env(spec.executor)
     stages: list[str] = ["pretrain"] if _stage_skipped(spec) else []
+    # Recorded in every status.json the job writes: which run the results came from.
+    reused = _reused_before(run_dir) if stages else {}
     write_json(
         run_dir / "point.json",
         {
@@ -199,16 +236,21 @@ def _run_locked(spec: PointSpec) -> dict[str, Any]:
         },
     )
     write_json(run_dir / "env.json", environment_record(spec.executor, REPO))
-    write_status(run_dir, "running", job_id=job_id, stages=stages)
+    write_status(run_dir, "running", job_id=job_id, stages=stages, **reused)
     current = spec.notebook.name
     try:
+        source = None if "pretrain" in stages else _reuse_source(spec)
+        if source is not None:
+            stages = adopt(spec, source)
+            reused = {"reused_from": source.name}
+            write_status(run_dir, "running", job_id=job_id, stages=stages, **reused)
         if "pretrain" not in stages:
             out = run_dir / spec.notebook.name
             try:
                 _execute(spec.notebook, out, spec.parameters, run_dir, spec.kernel)
             finally:
                 _render_after(out)
-            if read_json(run_dir / "config.json") != _expected_config(spec):
+            if read_json(run_dir / "config.json") != expected_config(spec):
                 raise PointFailedError(
                     f"{out.name} trained a config that differs from the point's "
                     "(config.json != the validated config); the notebook must train "
@@ -221,15 +263,19 @@ def _run_locked(spec: PointSpec) -> dict[str, Any]:
         evaluation = None
         if spec.eval_parameters is not None:
             current = f"{EVALUATE_NOTEBOOK}.ipynb"
-            out = run_dir / current
-            try:
-                _execute(spec.evaluate_notebook, out, spec.eval_parameters, run_dir, spec.kernel)
-            finally:
-                _render_after(out)
+            if "evaluate" not in stages:  # else taken over with the pretraining
+                out = run_dir / current
+                try:
+                    _execute(
+                        spec.evaluate_notebook, out, spec.eval_parameters, run_dir, spec.kernel
+                    )
+                finally:
+                    _render_after(out)
             evaluation = read_json(run_dir / "eval.json")
             if evaluation is None:
                 raise PointFailedError(f"{current} finished without eval.json")
-            stages.append("evaluate")
+            if "evaluate" not in stages:
+                stages.append("evaluate")
         summary = flatten_summary(
             point.to_json(),
             read_json(run_dir / "train_summary.json"),
@@ -239,8 +285,8 @@ def _run_locked(spec: PointSpec) -> dict[str, Any]:
         )
         write_json(run_dir / "summary.json", summary)
         notebook = Path(current).with_suffix(".html").name
-        write_status(run_dir, "done", job_id=job_id, stages=stages, notebook=notebook)
-        return {"run_id": spec.run_id, "state": "done"}
+        write_status(run_dir, "done", job_id=job_id, stages=stages, notebook=notebook, **reused)
+        return {"run_id": spec.run_id, "state": "done", **reused}
     except Exception as exc:  # noqa: BLE001 - recorded, then re-raised for the executor
         line, detail = _error_text(exc)
         write_status(
@@ -251,6 +297,7 @@ def _run_locked(spec: PointSpec) -> dict[str, Any]:
             error=line,
             error_detail=detail,
             notebook=Path(current).with_suffix(".html").name,
+            **reused,
         )
         raise PointFailedError(f"{spec.run_id}: {line}") from exc
 
