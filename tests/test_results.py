@@ -357,6 +357,20 @@ def test_mask_quality_csv(tmp_path):
         load_mask_quality(tmp_path / "q.csv")
 
 
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_scanning_writes_nothing_into_the_run_directories(fake):
+    """Reading a point that says running (status.json) without a .lock file must not create one:
+    results are also read from exported, committed copies (detcon export) and read-only mounts."""
+    path, runs, ids = fake
+    before = _listing(runs)
+    scan = scan_ablation(path, profile="cpu", runs_dir=runs)
+    assert scan.status.set_index("run_id").at[ids["detcon_s", "fh", 1], "state"] == "failed"
+    assert _listing(runs) == before
+
+
 def test_pending_and_corrupt_status(fake):
     path, runs, ids = fake
     pending = runs / "fake" / ids["detcon_b", "fh", 1]
