@@ -128,6 +128,7 @@ def _load_extra_commands() -> None:
     for name in (
         "detcon.launch",
         "detcon.report",
+        "detcon.export",
         "detcon.masks.cli",
         "detcon.evaluate.cli",
         "detcon.official",
