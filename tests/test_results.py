@@ -396,3 +396,14 @@ def test_reading_results_does_not_import_the_launcher():
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip() == "[]", f"detcon.results imports the launcher: {proc.stdout}"
+
+
+def test_reading_results_does_not_import_torch():
+    """``detcon report``, ``detcon figures`` and ``detcon export`` read JSON and draw figures:
+    importing torch would cost them seconds each (``detcon.atomic`` imports it only to save)."""
+    code = "import sys, detcon.report, detcon.export; print('torch' in sys.modules)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip() == "False"
