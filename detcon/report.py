@@ -406,7 +406,8 @@ def report_notebook(
     Returns:
         The executed notebook.
     Raises:
-        papermill.PapermillExecutionError: a cell failed (nothing is left in ``runs_dir``).
+        FileNotFoundError: :func:`build_report`'s (no point of the ablation under ``runs_dir``).
+        papermill.PapermillExecutionError: another cell failed (nothing is left in ``runs_dir``).
     """
     from detcon.launch.notebooks import execute_notebook, kernel_name, notebook_path, render_html
 
@@ -426,6 +427,10 @@ def report_notebook(
             notebook_path(REPORT_NOTEBOOK), tmp, parameters, cwd=Path.cwd(), kernel=kernel_name()
         )
         os.replace(tmp, out)
+    except Exception as exc:
+        if getattr(exc, "ename", None) == "FileNotFoundError":  # build_report's: nothing to read
+            raise FileNotFoundError(exc.evalue) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     render_html(out)

@@ -44,6 +44,17 @@ def study(tmp_path, monkeypatch) -> Path:
     return root
 
 
+def _add_changed_ablation(study: Path) -> None:
+    """A second ablation whose exported folder holds none of its points (its config changed)."""
+    (study / "ablations" / "changed.yaml").write_text(
+        (study / "ablations" / "tiny.yaml")
+        .read_text()
+        .replace("name: tiny", "name: changed")
+        .replace("train.max_steps: 2", "train.max_steps: 3")
+    )
+    shutil.copytree(study / "results" / "tiny", study / "results" / "changed")
+
+
 def test_the_fixture_is_a_small_export():
     files = [p for p in FIXTURE.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 300_000
@@ -92,14 +103,7 @@ def test_figures_come_from_the_results_tree_alone(study, capsys):
 
 
 def test_an_export_of_another_config_is_named_after_the_others_are_drawn(study, capsys):
-    # A second ablation whose exported folder holds none of its points (its config changed).
-    (study / "ablations" / "changed.yaml").write_text(
-        (study / "ablations" / "tiny.yaml")
-        .read_text()
-        .replace("name: tiny", "name: changed")
-        .replace("train.max_steps: 2", "train.max_steps: 3")
-    )
-    shutil.copytree(study / "results" / "tiny", study / "results" / "changed")
+    _add_changed_ablation(study)
     code = cli.main(["figures"])
     captured = capsys.readouterr()
     assert code == 2 and (study / "figures" / "tiny.png").is_file()
@@ -121,7 +125,13 @@ def test_no_exported_ablation_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_the_report_notebook_per_ablation(study):
     """``--notebooks``: notebooks/report.ipynb executed per ablation (papermill, seconds)."""
-    assert build_figures(notebooks=True, echo=lambda line: None) == ["tiny"]
+    _add_changed_ablation(study)
+    lines: list[str] = []
+    with pytest.raises(FileNotFoundError, match="no exported point of changed is a point"):
+        build_figures(notebooks=True, echo=lines.append)
+    assert any(line.startswith("[1/2] changed FAILED: no run of ablation") for line in lines)
+    assert any(line.startswith("[2/2] tiny done") for line in lines)
+    assert not (study / "results" / "changed" / "report.ipynb").exists()
     folder = study / "results" / "tiny"
     assert (folder / "report.ipynb").is_file() and (folder / "report.html").is_file()
     assert "4 points: 4 done" in (folder / "report.html").read_text()
