@@ -6,7 +6,7 @@ CONSTRAINTS ?= constraints.txt
 STAMP := $(VENV)/.installed
 LINT_PATHS := $(wildcard detcon tests scripts benchmarks)
 
-.PHONY: install test lint format demo bench bench-gpu slurm-up slurm-down clean-venv
+.PHONY: install test lint format demo figures bench bench-gpu slurm-up slurm-down clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +32,18 @@ test: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# The demo writes only under runs/ (ignored): its figures go to runs/demo/figures/, its index page
+# is runs/demo/index.html, so a fresh clone stays clean.
+DEMO_FIGURES := runs/demo/figures
 demo: $(STAMP)
-	$(BIN)/detcon masks quality --profile cpu --quiet
+	$(BIN)/detcon masks quality --profile cpu --quiet --out $(DEMO_FIGURES)/mask_quality.csv
 	$(BIN)/detcon run ablations/demo.yaml --profile cpu --executor local
-	$(BIN)/detcon report ablations/demo.yaml --profile cpu
+	$(BIN)/detcon report ablations/demo.yaml --profile cpu --figures-dir $(DEMO_FIGURES)
+
+# Figures of the committed study: every ablation exported to results/ (`detcon export`), drawn
+# from results/ alone into figures/, index pages in results/<ablation>/.
+figures: $(STAMP)
+	$(BIN)/detcon figures
 
 # Benchmarks print their figures (docs/performance.md); the bench extra adds lightly, the loss
 # benchmark's peer (benchmark-only, never a runtime dependency).

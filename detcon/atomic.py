@@ -19,8 +19,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 __all__ = [
     "DiskFullError",
     "atomic_write",
@@ -157,4 +155,6 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 
 def save_torch(path: str | Path, obj: Any) -> Path:
+    import torch  # here: readers of results (report, status, export) need no torch (seconds)
+
     return atomic_write(path, lambda f: torch.save(obj, f))

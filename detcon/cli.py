@@ -129,6 +129,7 @@ def _load_extra_commands() -> None:
         "detcon.launch",
         "detcon.report",
         "detcon.claims",
+        "detcon.export",
         "detcon.masks.cli",
         "detcon.evaluate.cli",
         "detcon.official",

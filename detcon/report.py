@@ -19,14 +19,24 @@ each file atomically (:mod:`detcon.atomic`):
 
 Missing or failed points are reported, never fatal; an ablation without a single run directory
 is an error (nothing to report).
+
+``detcon figures`` (:func:`build_figures`, ``make figures``) writes the report of every ablation
+file whose finished points were exported to ``results/<ablation>/`` (:mod:`detcon.export`),
+from that tree alone: figures and CSVs in ``figures/``, the index page in
+``results/<ablation>/``; with ``--notebooks`` it executes ``notebooks/report.ipynb`` per
+ablation instead (:func:`report_notebook`), keeping the executed copy and its HTML beside the
+index page.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import html
 import os
+import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +46,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from detcon.atomic import atomic_write, write_text
+from detcon.grid import load_ablation
 from detcon.plotting import ablation_figure, mask_quality_figure, training_curves
 from detcon.results import (
     REFERENCES,
@@ -48,7 +59,15 @@ from detcon.results import (
     scan_ablation,
 )
 
-__all__ = ["Report", "ReportFiles", "build_report", "figure_rows", "register_cli"]
+__all__ = [
+    "Report",
+    "ReportFiles",
+    "build_figures",
+    "build_report",
+    "figure_rows",
+    "register_cli",
+    "report_notebook",
+]
 
 # The grid parameter the mask-quality analysis (paper: "better masks, better transfer") needs.
 MASK_SOURCE_KEY = "masks.source"
@@ -368,6 +387,167 @@ def _echo_summary(scan: AblationScan, files: ReportFiles, echo: Callable[[str], 
         echo(f"  {path}")
 
 
+# --------------------------------------------------------------------------- every ablation
+
+REPORT_NOTEBOOK = "report"
+
+
+def report_notebook(
+    ablation_path: str | Path,
+    *,
+    profile: str = "cpu",
+    runs_dir: str | Path = "runs",
+    figures_dir: str | Path = "figures",
+) -> Path:
+    """Execute ``notebooks/report.ipynb`` for an ablation (it calls :func:`build_report`, so it
+    writes everything ``detcon report`` writes) into ``<runs_dir>/<ablation>/report.ipynb``, and
+    render it to ``report.html`` beside it. Relative paths are taken from the current directory.
+
+    Returns:
+        The executed notebook.
+    Raises:
+        FileNotFoundError: :func:`build_report`'s (no point of the ablation under ``runs_dir``).
+        papermill.PapermillExecutionError: another cell failed (nothing is left in ``runs_dir``).
+    """
+    from detcon.launch.notebooks import execute_notebook, kernel_name, notebook_path, render_html
+
+    name = load_ablation(ablation_path).name
+    out = Path(runs_dir) / name / f"{REPORT_NOTEBOOK}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # papermill saves the notebook after every cell: execute beside it, then rename it into place.
+    tmp = out.with_name(f".{out.stem}.{secrets.token_hex(4)}.tmp{out.suffix}")
+    parameters = {
+        "ablation": str(ablation_path),
+        "profile": profile,
+        "runs_dir": str(runs_dir),
+        "figures_dir": str(figures_dir),
+    }
+    try:
+        execute_notebook(
+            notebook_path(REPORT_NOTEBOOK), tmp, parameters, cwd=Path.cwd(), kernel=kernel_name()
+        )
+        os.replace(tmp, out)
+    except Exception as exc:
+        if getattr(exc, "ename", None) == "FileNotFoundError":  # build_report's: nothing to read
+            raise FileNotFoundError(exc.evalue) from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+    render_html(out)
+    return out
+
+
+def _report_job(
+    job: tuple[Path, str, str, str | Path, str | Path, bool],
+) -> tuple[list[str], float, str | None]:
+    """One ablation of :func:`build_figures`: (its output lines, seconds, error or None)."""
+    path, name, profile, results_dir, figures_dir, notebooks = job
+    began = time.perf_counter()
+    lines: list[str] = []
+    try:
+        if notebooks:
+            out = report_notebook(
+                path, profile=profile, runs_dir=results_dir, figures_dir=figures_dir
+            )
+            lines.append(f"wrote {out} and {out.with_suffix('.html')}")
+        else:
+            build_report(
+                path,
+                profile=profile,
+                runs_dir=results_dir,
+                figures_dir=figures_dir,
+                echo=lines.append,
+            )
+    except FileNotFoundError as exc:  # no exported point is a point of the file any more
+        return lines, time.perf_counter() - began, str(exc)
+    return lines, time.perf_counter() - began, None
+
+
+def default_jobs() -> int:
+    """Reports drawn side by side by :func:`build_figures`: the CPUs usable, at most 2."""
+    return max(1, min(2, len(os.sched_getaffinity(0))))
+
+
+def build_figures(
+    *,
+    ablations_dir: str | Path = "ablations",
+    results_dir: str | Path = "results",
+    figures_dir: str | Path = "figures",
+    profile: str = "cpu",
+    notebooks: bool = False,
+    jobs: int | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[str]:
+    """The report of every ablation file of ``ablations_dir`` whose results were exported to
+    ``<results_dir>/<name>/`` (``detcon export``), read from that tree alone.
+
+    Args:
+        notebooks: also execute ``notebooks/report.ipynb`` per ablation into
+            ``<results_dir>/<name>/report.ipynb`` and ``.html`` (:func:`report_notebook`; it
+            writes the report itself: a kernel start per ablation, seconds each).
+        jobs: ablations drawn side by side, in forked processes (default
+            :func:`default_jobs`; 1: one after the other in this process). Drawing is CPU-bound:
+            two processes on two cores halve the time of a study.
+        echo: receives the progress lines and each report's summary, ablation by ablation.
+    Returns:
+        The names of the ablations reported, in file order.
+    Raises:
+        FileNotFoundError: no ablation file, or none with a results folder, or (after the others
+            were reported) a results folder without any point of its ablation file.
+        ValueError: ``jobs`` < 1.
+    """
+    start = time.perf_counter()
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"--jobs {jobs}: expected the number of processes, 1 or more")
+    files = sorted(Path(ablations_dir).glob("*.yaml"))
+    if not files:
+        raise FileNotFoundError(f"no ablation file (*.yaml) in {str(ablations_dir)!r}")
+    todo = [(path, load_ablation(path).name) for path in files]
+    todo = [(path, name) for path, name in todo if (Path(results_dir) / name).is_dir()]
+    if not todo:
+        raise FileNotFoundError(
+            f"no exported results: none of the {len(files)} ablations of {ablations_dir} has a "
+            f"folder in {results_dir}; export finished runs first with `detcon export "
+            f"ABLATION.yaml --profile {profile} --to {results_dir}`"
+        )
+    jobs = min(default_jobs() if jobs is None else jobs, len(todo))
+    echo(f"{len(todo)} exported ablations in {results_dir}, {jobs} at a time")
+    work = [(path, name, profile, results_dir, figures_dir, notebooks) for path, name in todo]
+    with contextlib.ExitStack() as stack:
+        if jobs > 1:
+            import multiprocessing
+
+            import seaborn  # noqa: F401  (imported once, before the workers fork)
+
+            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(jobs))
+            results = pool.imap(_report_job, work)
+        else:
+            results = map(_report_job, work)
+        reported, unreadable = [], []
+        for i, ((_, name), (lines, seconds, error)) in enumerate(zip(todo, results), 1):
+            for line in lines:
+                echo(f"  {line}")
+            if error is None:
+                reported.append(name)
+                echo(f"[{i}/{len(todo)}] {name} done ({seconds:.1f} s)")
+            else:
+                unreadable.append(name)
+                echo(f"[{i}/{len(todo)}] {name} FAILED: {error}")
+    echo(
+        f"{len(reported)} reports from {results_dir} in {time.perf_counter() - start:.1f} s: "
+        f"figures in {figures_dir}, index pages {results_dir}/<ablation>/index.html"
+    )
+    if unreadable:
+        raise FileNotFoundError(
+            f"no exported point of {', '.join(unreadable)} is a point of its ablation file at "
+            f"profile {profile!r}: a run id ends with the digest of the resolved config, so an "
+            "export no longer matches once the ablation or a default changed; re-export runs of "
+            "this code, or check out the commit that produced them (git_commit in "
+            f"{results_dir}/<ablation>.csv)"
+        )
+    return reported
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     build_report(
         args.ablation,
@@ -379,8 +559,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_figures(args: argparse.Namespace) -> int:
+    build_figures(
+        ablations_dir=args.ablations_dir,
+        results_dir=args.results_dir,
+        figures_dir=args.figures_dir,
+        profile=args.profile,
+        notebooks=args.notebooks,
+        jobs=args.jobs,
+        echo=lambda line: print(line, flush=True),
+    )
+    return 0
+
+
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``detcon report`` (called by :mod:`detcon.cli`)."""
+    """Add ``detcon report`` and ``detcon figures`` (called by :mod:`detcon.cli`)."""
     from detcon.config import available_profiles
 
     p = subparsers.add_parser(
@@ -411,3 +604,49 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         help="where figures and CSVs go; mask_quality.csv is read from here (default: figures)",
     )
     p.set_defaults(func=_cmd_report)
+
+    p = subparsers.add_parser(
+        "figures",
+        help="the reports of every exported ablation, from results/ alone (make figures)",
+        description="For every ablation file in ABLATIONS_DIR whose results were exported to "
+        "RESULTS_DIR/<ablation>/ (`detcon export`), write what `detcon report --runs-dir "
+        "RESULTS_DIR` writes: figures and CSVs in FIGURES_DIR, RESULTS_DIR/<ablation>/index.html. "
+        "Needs no run directory.",
+    )
+    p.add_argument(
+        "--profile",
+        choices=available_profiles(),
+        default="cpu",
+        help="the profile the exported points ran at (default: cpu)",
+    )
+    p.add_argument(
+        "--ablations-dir",
+        type=Path,
+        default=Path("ablations"),
+        help="the ablation files (default: ablations)",
+    )
+    p.add_argument(
+        "--results-dir",
+        type=Path,
+        default=Path("results"),
+        help="the tree `detcon export` wrote (default: results)",
+    )
+    p.add_argument(
+        "--figures-dir",
+        type=Path,
+        default=Path("figures"),
+        help="where figures and CSVs go; mask_quality.csv is read from here (default: figures)",
+    )
+    p.add_argument(
+        "--notebooks",
+        action="store_true",
+        help="also execute notebooks/report.ipynb per ablation into "
+        "RESULTS_DIR/<ablation>/report.ipynb and .html (a kernel start each: slower)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="ablations drawn side by side (default: the CPUs usable, at most 2)",
+    )
+    p.set_defaults(func=_cmd_figures)

@@ -248,8 +248,13 @@ def point_lock(run_dir: str | Path, *, wait: bool = False) -> Iterator[Path]:
 
 
 def is_locked(run_dir: str | Path) -> bool:
-    """Whether a process holds ``run_dir/.lock`` now (False when there is no run directory)."""
-    if not Path(run_dir).is_dir():
+    """Whether a process holds ``run_dir/.lock`` now (False when there is no run directory).
+
+    Reading never creates the lock file: without one nobody holds it (a holder creates it before
+    taking the lock), and a folder that is only read (an exported copy under ``results/``, a
+    read-only mount) must stay as it is.
+    """
+    if not (Path(run_dir) / LOCK).is_file():
         return False
     try:
         with point_lock(run_dir):

@@ -357,6 +357,20 @@ def test_mask_quality_csv(tmp_path):
         load_mask_quality(tmp_path / "q.csv")
 
 
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_scanning_writes_nothing_into_the_run_directories(fake):
+    """Reading a point that says running (status.json) without a .lock file must not create one:
+    results are also read from exported, committed copies (detcon export) and read-only mounts."""
+    path, runs, ids = fake
+    before = _listing(runs)
+    scan = scan_ablation(path, profile="cpu", runs_dir=runs)
+    assert scan.status.set_index("run_id").at[ids["detcon_s", "fh", 1], "state"] == "failed"
+    assert _listing(runs) == before
+
+
 def test_pending_and_corrupt_status(fake):
     path, runs, ids = fake
     pending = runs / "fake" / ids["detcon_b", "fh", 1]
@@ -382,3 +396,14 @@ def test_reading_results_does_not_import_the_launcher():
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip() == "[]", f"detcon.results imports the launcher: {proc.stdout}"
+
+
+def test_reading_results_does_not_import_torch():
+    """``detcon report``, ``detcon figures`` and ``detcon export`` read JSON and draw figures:
+    importing torch would cost them seconds each (``detcon.atomic`` imports it only to save)."""
+    code = "import sys, detcon.report, detcon.export; print('torch' in sys.modules)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip() == "False"

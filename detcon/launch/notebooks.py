@@ -105,6 +105,35 @@ def kernel_name() -> str:
     return "detcon-venv" if "detcon-venv" in KernelSpecManager().find_kernel_specs() else "python3"
 
 
+def execute_notebook(
+    notebook: Path, output: Path, parameters: Mapping[str, Any], *, cwd: Path, kernel: str
+) -> None:
+    """Execute ``notebook`` with papermill into ``output``, ``parameters`` injected after its
+    ``parameters`` cell, in ``cwd``.
+
+    Raises:
+        papermill.PapermillExecutionError: a cell failed (``output`` holds the notebook so far).
+    """
+    import papermill
+
+    papermill.execute_notebook(
+        str(notebook),
+        str(output),
+        parameters=dict(parameters),
+        kernel_name=kernel,
+        progress_bar=False,
+        cwd=str(cwd),
+        # ipykernel >= 7 warns on every start that its local TCP sockets are unencrypted: noise
+        # in every point's log. Errors still show; the notebook's own output is unaffected.
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        # Stop the kernel at once (interrupt, then kill its process group) instead of asking it
+        # to shut down: after Ctrl-C the kernel is still running a cell, and the polite request
+        # closes its sockets under that cell's reply (a ZMQError traceback on the terminal).
+        # After the last cell every output has arrived, so nothing is lost either way.
+        shutdown_kernel="immediate",
+    )
+
+
 def render_html(notebook: Path) -> Path:
     """Render an executed notebook to ``<notebook>.html`` next to it (atomic)."""
     import nbconvert

@@ -24,7 +24,7 @@ import submitit
 
 from detcon.atomic import remove_stale_temp_files, write_json
 from detcon.grid import GridPoint, resolve_config
-from detcon.launch.notebooks import EVALUATE_NOTEBOOK, REPO, render_html
+from detcon.launch.notebooks import EVALUATE_NOTEBOOK, REPO, execute_notebook, render_html
 from detcon.launch.reuse import Source, adopt, check_source, expected_config, find_source
 from detcon.runs import (
     OFFICIAL_PARAMETER,
@@ -60,24 +60,8 @@ def _render_after(notebook: Path) -> None:
 def _execute(
     spec_nb: Path, out_nb: Path, parameters: Mapping[str, Any], cwd: Path, kernel: str
 ) -> None:
-    import papermill
-
-    papermill.execute_notebook(
-        str(spec_nb),
-        str(out_nb),
-        parameters=dict(parameters),
-        kernel_name=kernel,
-        progress_bar=False,
-        cwd=str(cwd),
-        # ipykernel >= 7 warns on every start that its local TCP sockets are unencrypted: noise
-        # in every point's log. Errors still show; the notebook's own output is unaffected.
-        extra_arguments=["--IPKernelApp.log_level=ERROR"],
-        # Stop the kernel at once (interrupt, then kill its process group) instead of asking it
-        # to shut down: after Ctrl-C the kernel is still running a cell, and the polite request
-        # closes its sockets under that cell's reply (a ZMQError traceback on the terminal).
-        # After the last cell every output has arrived, so nothing is lost either way.
-        shutdown_kernel="immediate",
-    )
+    # One indirection, so that tests can stand in for papermill at the point's level.
+    execute_notebook(spec_nb, out_nb, parameters, cwd=cwd, kernel=kernel)
 
 
 def _error_text(exc: BaseException) -> tuple[str, str]:

@@ -1,0 +1,383 @@
+"""``detcon export ABLATION.yaml``: an ablation's finished points as a small results tree to commit.
+
+Run directories hold checkpoints and weights (megabytes to gigabytes per point) and live under the
+ignored ``runs/``. What a reader and the reporter need is a few kilobytes per point. For every
+point of the ablation that is done (a valid ``summary.json``: :func:`detcon.results.scan_ablation`)
+:func:`export_ablation` copies into ``<to>/<ablation>/<run_id>/``:
+
+- the point's small files, :data:`POINT_FILES`, whichever exist (docs/run-directory.md);
+- for points whose seed is one of ``notebook_seeds``, its executed notebooks (``*.ipynb``) and
+  their HTML;
+
+never ``checkpoint.pt``, ``backbone.pt``, mask stores, scene caches or the lock. It then writes
+``<to>/<ablation>.csv`` (:func:`results_table`): one row per exported point x backbone x task x
+metric, with the point's seed and grid parameters, the SHA-256 of its resolved config
+(``config_digest``, as the launcher computes it) and the git commit of the code that ran it (from
+its ``env.json``). Points not done are listed and left out; a folder exported earlier is kept.
+
+``detcon report --runs-dir <to>`` reads the tree as it reads run directories, so figures
+regenerate from it alone (``detcon figures``, ``make figures``).
+
+Nothing is half-written: every file goes through :mod:`detcon.atomic`, and a point's folder is
+built in a hidden sibling (``.<run_id>.<8 hex>.tmp``) and renamed into place; a folder it replaces
+is first renamed aside (``.<run_id>.<8 hex>.old``), then deleted. An interrupted export leaves
+the old folder, no folder (the point reads as missing) or the new one, never a partial one that
+would read as done; the next export removes the hidden leftovers. One export of an ablation at a
+time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import shutil
+import sys
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from detcon.atomic import atomic_write, write_text
+from detcon.grid import GridPoint, expand, load_ablation
+from detcon.results import AblationScan, scan_ablation
+from detcon.runs import read_json
+
+__all__ = [
+    "POINT_FILES",
+    "RESULT_COLUMNS",
+    "ExportResult",
+    "copy_point",
+    "export_ablation",
+    "point_files",
+    "register_cli",
+    "results_table",
+]
+
+# The small files of a finished point that a reader and the reporter use (docs/run-directory.md).
+POINT_FILES = (
+    "config.json",
+    "point.json",
+    "status.json",
+    "summary.json",
+    "train_summary.json",
+    "eval.json",
+    "eval_random.json",
+    "eval_supervised.json",
+    "backbone.json",
+    "env.json",
+    "metrics.jsonl",
+)
+NOTEBOOK_SUFFIXES = (".ipynb", ".html")
+# Columns of <to>/<ablation>.csv around the grid parameters (which go after "seed").
+ID_COLUMNS = ("ablation", "run_id", "seed")
+RESULT_COLUMNS = ("config_digest", "git_commit", "git_dirty", "backbone", "task", "metric", "value")
+# Above this the results tree gets heavy for a git repository: say so.
+SIZE_WARNING_BYTES = 40 * 10**6
+# Hidden folders a killed export leaves: a point being built (.tmp) or replaced (.old).
+_LEFTOVER = re.compile(r"\..+\.[0-9a-f]{8}\.(?:tmp|old)")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_ablation` did. ``exported``: run ids copied; ``not_done``: ``(run_id,
+    state)`` of the points left out; ``kept``: those of them with a folder from an earlier export;
+    ``bytes_written``: the files copied and the table; ``total_bytes``: the whole results tree."""
+
+    ablation: str
+    folder: Path
+    table_csv: Path
+    exported: list[str]
+    not_done: list[tuple[str, str]]
+    kept: list[str]
+    bytes_written: int
+    total_bytes: int
+
+
+# --------------------------------------------------------------------------- one point
+
+
+def point_files(run_dir: str | Path, *, notebooks: bool) -> list[Path]:
+    """The files of ``run_dir`` to export: :data:`POINT_FILES` that exist, then (``notebooks``)
+    its executed notebooks and their HTML, by name."""
+    run_dir = Path(run_dir)
+    files = [run_dir / name for name in POINT_FILES if (run_dir / name).is_file()]
+    if notebooks:
+        files += sorted(
+            p
+            for p in run_dir.iterdir()
+            if p.suffix in NOTEBOOK_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        )
+    return files
+
+
+def _aside(dest: Path, kind: str) -> Path:
+    return dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.{kind}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def copy_point(files: Sequence[Path], dest: str | Path) -> int:
+    """Make ``dest`` a folder holding exactly ``files`` (copies), replacing what was there.
+
+    The copies are written into a hidden sibling folder, which is renamed to ``dest`` once
+    complete (an existing ``dest`` is renamed aside first, and deleted last): a reader never
+    finds a partial ``dest``.
+
+    Returns:
+        The bytes copied.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _aside(dest, "tmp")
+    tmp.mkdir()
+    old = None
+    try:
+        size = 0
+        for src in files:
+            with src.open("rb") as source:
+                atomic_write(tmp / src.name, lambda f, s=source: shutil.copyfileobj(s, f))
+            size += (tmp / src.name).stat().st_size
+        if dest.exists() or dest.is_symlink():
+            old = _aside(dest, "old")
+            os.rename(dest, old)
+        os.rename(tmp, dest)
+    except BaseException:
+        if old is not None and not dest.exists():
+            os.rename(old, dest)  # put the earlier export back
+            old = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        _remove(old)
+    return size
+
+
+def remove_leftovers(folder: str | Path) -> list[Path]:
+    """Remove the hidden ``.tmp`` / ``.old`` folders an interrupted export left in ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = sorted(p for p in folder.iterdir() if _LEFTOVER.fullmatch(p.name))
+    for path in found:
+        _remove(path)
+    return found
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _git(run_dir: Path) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the code that ran the point, from its ``env.json`` (None: unknown)."""
+    try:
+        env = read_json(run_dir / "env.json") or {}
+    except ValueError:
+        return None, None
+    git = env.get("git") if isinstance(env.get("git"), dict) else {}
+    return git.get("sha"), git.get("dirty")
+
+
+def results_table(scan: AblationScan, points: Sequence[GridPoint]) -> pd.DataFrame:
+    """The tidy table of the ``done`` points of ``scan``: one row per point x backbone x task x
+    metric, columns ``ablation, run_id, seed, <grid parameters>, config_digest, git_commit,
+    git_dirty, backbone, task, metric, value``.
+
+    Args:
+        scan: the scan of an exported tree (or of run directories).
+        points: the ablation's grid points at the scan's profile (for their config digests).
+    """
+    digests = {p.run_id: p.digest for p in points}
+    done = scan.status[scan.status["state"] == "done"]
+    git = {row["run_id"]: _git(Path(row["run_dir"])) for row in done.to_dict("records")}
+    tidy = scan.tidy[scan.tidy["state"] == "done"].drop(columns="state")
+    table = tidy.assign(
+        config_digest=tidy["run_id"].map(digests),
+        git_commit=tidy["run_id"].map(lambda r: git[r][0]),
+        git_dirty=tidy["run_id"].map(lambda r: git[r][1]),
+    )
+    columns = [*ID_COLUMNS, *scan.param_keys, *RESULT_COLUMNS]
+    return table[columns].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- the ablation
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 10**5 else f"{n / 1e3:.0f} KB"
+
+
+def tree_size(folder: str | Path) -> int:
+    """Bytes of the files under ``folder`` (0 when it does not exist)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def _stale_folders(folder: Path, run_ids: Collection[str], profile: str) -> list[str]:
+    """Exported folders of this profile that are no point of the ablation any more (its grid or
+    a default changed, so the config digest and the run id did)."""
+    stale = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if not path.is_dir() or path.name.startswith(".") or path.name in run_ids:
+            continue
+        try:
+            point = read_json(path / "point.json") or {}
+        except ValueError:
+            point = {}
+        if point.get("profile", profile) == profile:
+            stale.append(path.name)
+    return stale
+
+
+def export_ablation(
+    ablation_path: str | Path,
+    *,
+    profile: str = "cpu",
+    runs_dir: str | Path = "runs",
+    to: str | Path = "results",
+    notebook_seeds: Collection[int] = (0,),
+    echo: Callable[[str], None] = print,
+    warn: Callable[[str], None] = print,
+) -> ExportResult:
+    """Copy the finished points of an ablation into ``<to>/<name>/`` and write ``<to>/<name>.csv``.
+
+    Args:
+        ablation_path: the ablation file.
+        profile: the profile its points ran at.
+        runs_dir: the ``--runs-dir`` of ``detcon run``.
+        to: the results tree (``results``, committed).
+        notebook_seeds: points of these seeds bring their executed notebooks and HTML.
+        echo: progress and the summary; ``warn``: points left out, stale folders, the size warning.
+    Returns:
+        The :class:`ExportResult`.
+    Raises:
+        FileNotFoundError: no point of the ablation is done under ``runs_dir``.
+        ValueError: ``to`` is ``runs_dir`` (the export would replace the run directories).
+    """
+    ablation = load_ablation(ablation_path)
+    name = ablation.name
+    source, folder = Path(runs_dir) / name, Path(to) / name
+    if folder.resolve() == source.resolve():
+        raise ValueError(
+            f"--to {str(to)!r} is the --runs-dir: exporting would replace the run directories "
+            f"under {source} with their small files; export to another folder (e.g. results)"
+        )
+    scan = scan_ablation(ablation_path, profile=profile, runs_dir=runs_dir)
+    status = scan.status
+    done = status[status["state"] == "done"]
+    if done.empty:
+        counts = ", ".join(f"{n} {s}" for s, n in scan.counts().items())
+        raise FileNotFoundError(
+            f"nothing to export: none of the {len(status)} points of ablation {name!r} at profile "
+            f"{profile!r} is done under {source} ({counts}); run `detcon run {ablation_path} "
+            f"--profile {profile} --runs-dir {runs_dir}` first (or pass the --runs-dir and "
+            "--profile it was run with)"
+        )
+    for path in remove_leftovers(folder):
+        warn(f"removed {path}, left by an interrupted export")
+
+    seeds = set(notebook_seeds)
+    written = 0
+    echo(f"{name} (profile {profile}): exporting {len(done)} of {len(status)} points to {folder}")
+    for i, row in enumerate(done.to_dict("records"), 1):
+        files = point_files(row["run_dir"], notebooks=row["seed"] in seeds)
+        size = copy_point(files, folder / row["run_id"])
+        written += size
+        echo(f"  [{i}/{len(done)}] {row['run_id']}: {len(files)} files, {_size(size)}")
+
+    others = status[status["state"] != "done"]
+    not_done = list(zip(others["run_id"], others["state"]))
+    kept = [rid for rid, _ in not_done if (folder / rid / "summary.json").is_file()]
+    if not_done:
+        listing = ", ".join(f"{rid} ({state})" for rid, state in not_done)
+        also = f"; kept from an earlier export: {', '.join(kept)}" if kept else ""
+        warn(f"{len(not_done)} of {len(status)} points not done, left out: {listing}{also}")
+    points = expand(ablation, profile)
+    stale = _stale_folders(folder, {p.run_id for p in points}, profile)
+    if stale:
+        warn(
+            f"{len(stale)} folder(s) in {folder} are no point of {name} at profile {profile} any "
+            f"more (its grid or defaults changed), left as they are: {', '.join(stale)}"
+        )
+
+    table = results_table(scan_ablation(ablation_path, profile=profile, runs_dir=to), points)
+    table_csv = write_text(Path(to) / f"{name}.csv", table.to_csv(index=False))
+    written += table_csv.stat().st_size
+    total = tree_size(to)
+    echo(
+        f"wrote {_size(written)}: {len(done)} points in {folder}, {len(table)} rows in "
+        f"{table_csv}; {to} holds {_size(total)}"
+    )
+    if total > SIZE_WARNING_BYTES:
+        warn(
+            f"{to} holds {_size(total)}, more than {_size(SIZE_WARNING_BYTES)}: heavy for a git "
+            "repository; export the notebooks of fewer seeds (--notebook-seeds)"
+        )
+    return ExportResult(
+        name, folder, table_csv, list(done["run_id"]), not_done, kept, written, total
+    )
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    export_ablation(
+        args.ablation,
+        profile=args.profile,
+        runs_dir=args.runs_dir,
+        to=args.to,
+        notebook_seeds=args.notebook_seeds,
+        echo=lambda line: print(line, flush=True),
+        warn=lambda line: print(f"detcon export: {line}", file=sys.stderr, flush=True),
+    )
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``detcon export`` (called by :mod:`detcon.cli`)."""
+    from detcon.config import available_profiles
+
+    p = subparsers.add_parser(
+        "export",
+        help="copy an ablation's finished points (small files only) into results/ to commit",
+        description="Copy the small files of every finished point of ABLATION (config, point, "
+        "status, summaries, evaluations, environment, metrics.jsonl; never checkpoints or "
+        "weights) into TO/<ablation>/<run id>/, with the executed notebooks of the points of "
+        "--notebook-seeds, and write the tidy table TO/<ablation>.csv. `detcon report "
+        "--runs-dir TO` and `detcon figures` read that tree alone.",
+    )
+    p.add_argument("ablation", type=Path, help="ablation file, e.g. ablations/mask_type.yaml")
+    p.add_argument(
+        "--profile",
+        choices=available_profiles(),
+        default="cpu",
+        help="the profile the points ran at (run ids depend on it; default: cpu)",
+    )
+    p.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=Path("runs"),
+        help="the --runs-dir of `detcon run` (default: runs)",
+    )
+    p.add_argument(
+        "--to",
+        type=Path,
+        default=Path("results"),
+        help="the results tree to write (default: results)",
+    )
+    p.add_argument(
+        "--notebook-seeds",
+        type=int,
+        nargs="*",
+        default=[0],
+        metavar="SEED",
+        help="export the executed notebooks (.ipynb and .html) of the points of these seeds "
+        "(default: 0; the option alone: none)",
+    )
+    p.set_defaults(func=_cmd_export)

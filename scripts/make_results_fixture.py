@@ -1,0 +1,47 @@
+"""Regenerate ``tests/fixtures/results_study/``: a tiny study, run for real and exported.
+
+    PYTHONPATH=. python scripts/make_results_fixture.py     # about a minute on two cores
+
+The fixture is what ``results/`` holds after ``detcon run`` and ``detcon export``: its
+``ablations/tiny.yaml`` (four points: grid vs FH masks, two seeds, trained for 2 steps and probed at
+smoke-test sizes, with the floor and the ceiling) is run through the local executor and the real
+notebooks in a temporary runs folder, then exported into ``results/`` without notebooks (their
+HTML is a few hundred kilobytes a point; the fixture stays tens of kilobytes).
+``ablations/unexported.yaml`` is never run. ``tests/test_figures.py`` regenerates the figures from
+the fixture alone.
+
+Run ids end with the digest of the resolved config, so a change to a cpu-profile default (a new
+config field) orphans the exported points; the test then says to run this script again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from detcon.cli import main as detcon
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "fixtures" / "results_study"
+ABLATION = FIXTURE / "ablations" / "tiny.yaml"
+
+
+def main() -> int:
+    results = FIXTURE / "results"
+    with tempfile.TemporaryDirectory(prefix="results-fixture-") as tmp:
+        runs = Path(tmp) / "runs"
+        common = [str(ABLATION), "--profile", "cpu", "--runs-dir", str(runs)]
+        if detcon(["run", *common, "--executor", "local"]) != 0:
+            return 1
+        shutil.rmtree(results, ignore_errors=True)
+        if detcon(["export", *common, "--to", str(results), "--notebook-seeds"]) != 0:
+            return 1
+    size = sum(p.stat().st_size for p in FIXTURE.rglob("*") if p.is_file())
+    print(f"{FIXTURE.relative_to(REPO)}: {size / 1e3:.0f} KB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

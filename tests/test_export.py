@@ -1,0 +1,232 @@
+"""detcon export: finished points -> a small results tree that the reporter reads alone."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_results import make_fake_runs
+
+from detcon import cli, export
+from detcon.export import POINT_FILES, copy_point, export_ablation, remove_leftovers
+from detcon.grid import expand, load_ablation
+from detcon.report import build_report
+from detcon.results import scan_ablation
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.fixture()
+def fake(tmp_path):
+    """make_fake_runs (4 done, 3 failed, 1 missing) plus what a real point also holds: weights,
+    a checkpoint, the lock, a mask cache, the git state in env.json."""
+    path, runs, ids = make_fake_runs(tmp_path)
+    for rid in ids.values():
+        run = runs / "fake" / rid
+        if run.is_dir():
+            (run / "checkpoint.pt").write_bytes(b"\0" * 1000)
+            (run / "backbone.pt").write_bytes(b"\0" * 100)
+            (run / ".lock").write_text("host 1\n")
+            (run / "masks").mkdir()
+            (run / "masks" / "shard-0.npz").write_bytes(b"\0" * 10)
+            (run / "env.json").write_text(json.dumps({"git": {"sha": SHA, "dirty": False}}))
+            (run / "config.json").write_text("{}")
+    return path, runs, ids
+
+
+def _export(path, runs, to, **kwargs):
+    lines, warnings = [], []
+    result = export_ablation(
+        path, runs_dir=runs, to=to, echo=lines.append, warn=warnings.append, **kwargs
+    )
+    return result, "\n".join(lines), "\n".join(warnings)
+
+
+def test_export_copies_the_small_files_of_done_points_only(fake, tmp_path):
+    path, runs, ids = fake
+    to = tmp_path / "results"
+    result, out, err = _export(path, runs, to)
+    done = [ids[k] for k in (("detcon_s", "grid", 0), ("detcon_b", "grid", 0))]  # seed 0
+    done += [ids[k] for k in (("detcon_s", "grid", 1), ("detcon_b", "grid", 1))]
+    assert sorted(result.exported) == sorted(done)
+    assert sorted(p.name for p in (to / "fake").iterdir()) == sorted(done)
+    for rid in done:
+        names = sorted(p.name for p in (to / "fake" / rid).iterdir())
+        seed0 = "-s0-" in rid
+        small = [n for n in POINT_FILES if (runs / "fake" / rid / n).exists()]
+        assert names == sorted(small + (["evaluate.html", "pretrain.html"] if seed0 else []))
+        assert (to / "fake" / rid / "summary.json").read_bytes() == (
+            runs / "fake" / rid / "summary.json"
+        ).read_bytes()
+    # the failed, interrupted, corrupt and missing points are named on stderr
+    assert re.search(r"^4 of 8 points not done, left out: ", err, re.M)
+    for key in [("detcon_s", "fh", 0), ("detcon_s", "fh", 1), ("detcon_b", "fh", 0)]:
+        assert f"{ids[key]} (failed)" in err
+    assert f"{ids['detcon_b', 'fh', 1]} (missing)" in err
+    assert "[4/4]" in out and f"4 points in {to / 'fake'}" in out
+    assert not list(to.rglob(".*"))  # no temp folder, no lock
+
+
+def test_the_table_has_one_row_per_point_backbone_task_metric(fake, tmp_path):
+    path, runs, ids = fake
+    to = tmp_path / "results"
+    result, _, _ = _export(path, runs, to)
+    table = pd.read_csv(result.table_csv)
+    assert result.table_csv == to / "fake.csv"
+    assert list(table.columns) == [
+        "ablation",
+        "run_id",
+        "seed",
+        "method",
+        "masks.source",
+        "config_digest",
+        "git_commit",
+        "git_dirty",
+        "backbone",
+        "task",
+        "metric",
+        "value",
+    ]
+    digests = {p.run_id: p.digest for p in expand(load_ablation(path), "cpu")}
+    assert set(table["run_id"]) == set(result.exported)
+    assert (table["config_digest"] == table["run_id"].map(digests)).all()
+    assert table["config_digest"].str.fullmatch(r"[0-9a-f]{64}").all()
+    assert (table["git_commit"] == SHA).all() and not table["git_dirty"].any()
+    # the same numbers as the run directories, and one row per key
+    tidy = scan_ablation(path, runs_dir=runs).tidy
+    tidy = tidy[tidy["state"] == "done"]
+    keys = ["run_id", "backbone", "task", "metric"]
+    assert not table.duplicated(keys).any() and len(table) == len(tidy)
+    merged = table.merge(tidy, on=keys, suffixes=("", "_runs"))
+    assert len(merged) == len(table) and (merged["value"] == merged["value_runs"]).all()
+    reference = ids["detcon_b", "grid", 0]  # the point with the floor and the ceiling
+    assert set(table.loc[table["run_id"] == reference, "backbone"]) == {
+        "pretrained",
+        "random",
+        "supervised",
+    }
+
+
+def test_the_report_reads_an_exported_tree_alone(fake, tmp_path):
+    path, runs, ids = fake
+    to = tmp_path / "results"
+    _export(path, runs, to, notebook_seeds=[0, 1])
+    before = _listing(to)
+    figures = tmp_path / "figures"
+    report = build_report(path, runs_dir=to, figures_dir=figures, echo=lambda line: None)
+    assert report.scan.counts() == {"done": 4, "missing": 4}
+    assert _listing(to) == sorted([*before, "fake/index.html"])  # no lock, nothing else
+    page = report.files.index_html.read_text()
+    links = re.findall(r'(?:href|src)="([^"]+)"', page)
+    assert all((to / "fake" / link).is_file() for link in links), links
+    for key in [("detcon_s", "grid", 0), ("detcon_b", "grid", 1)]:
+        assert f"{ids[key]}/evaluate.html" in links and f"{ids[key]}/pretrain.html" in links
+    tidy = pd.read_csv(report.files.table_csv)
+    assert set(tidy["state"]) == {"done"}
+
+
+def test_a_re_export_replaces_each_folder_and_keeps_earlier_ones(fake, tmp_path):
+    path, runs, ids = fake
+    to = tmp_path / "results"
+    _export(path, runs, to)
+    kept = ids["detcon_s", "grid", 1]
+    replaced = ids["detcon_s", "grid", 0]
+    (to / "fake" / replaced / "stale.txt").write_text("from an older export")
+    (to / "fake" / ".x.0123abcd.tmp").mkdir()  # left by an export killed mid-copy
+    (to / "fake" / ".x.0123abcd.tmp" / "summary.json").write_text("{}")
+    # the kept point's run directory is gone (another machine's runs): its export stays
+    shutil.rmtree(runs / "fake" / kept)
+    result, _, err = _export(path, runs, to)
+    assert not (to / "fake" / replaced / "stale.txt").exists()
+    assert (to / "fake" / kept / "summary.json").is_file() and result.kept == [kept]
+    assert f"kept from an earlier export: {kept}" in err
+    assert "left by an interrupted export" in err and not (to / "fake" / ".x.0123abcd.tmp").exists()
+    assert kept in set(pd.read_csv(result.table_csv)["run_id"])
+
+
+def test_an_export_that_fails_mid_point_leaves_the_earlier_folder_whole(
+    fake, tmp_path, monkeypatch
+):
+    path, runs, ids = fake
+    to = tmp_path / "results"
+    _export(path, runs, to)
+    rid = ids["detcon_s", "grid", 0]
+    (runs / "fake" / rid / "eval.json").write_text(json.dumps({"segmentation": {"miou": 0.99}}))
+    before = {p: p.read_bytes() for p in (to / "fake" / rid).iterdir()}
+    real = export.atomic_write
+
+    def failing(target, write):
+        if Path(target).name == "eval.json":
+            raise OSError("disk trouble")
+        return real(target, write)
+
+    monkeypatch.setattr(export, "atomic_write", failing)
+    with pytest.raises(OSError, match="disk trouble"):
+        _export(path, runs, to)
+    assert {p: p.read_bytes() for p in (to / "fake" / rid).iterdir()} == before
+    assert not [p for p in (to / "fake").iterdir() if p.name.startswith(".")]
+
+
+def test_copy_point_puts_the_earlier_folder_back_when_the_rename_fails(tmp_path, monkeypatch):
+    src = tmp_path / "a.json"
+    src.write_text("{}")
+    dest = tmp_path / "out" / "point"
+    copy_point([src], dest)
+    (dest / "a.json").write_text('{"old": 1}')
+    renames = []
+    real = export.os.rename
+
+    def rename(a, b):
+        renames.append((Path(a).name, Path(b).name))
+        if len(renames) == 2:  # the new folder into place
+            raise OSError("interrupted")
+        return real(a, b)
+
+    monkeypatch.setattr(export.os, "rename", rename)
+    with pytest.raises(OSError, match="interrupted"):
+        copy_point([src], dest)
+    assert (dest / "a.json").read_text() == '{"old": 1}'
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["point"]
+    assert remove_leftovers(dest.parent) == []
+
+
+def test_no_done_point_is_one_paragraph_and_exit_2(tmp_path, capsys):
+    path, runs, _ = make_fake_runs(tmp_path)
+    for run in (runs / "fake").iterdir():  # every point's job died before it finished
+        (run / "summary.json").unlink(missing_ok=True)
+        (run / "status.json").write_text(json.dumps({"state": "running"}))
+    code = cli.main(["export", str(path), "--runs-dir", str(runs), "--to", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("detcon export: error: nothing to export: none of the 8 points")
+    assert not (tmp_path / "r").exists()
+
+
+def test_exporting_into_the_runs_dir_is_refused(fake, capsys):
+    path, runs, _ = fake
+    code = cli.main(["export", str(path), "--runs-dir", str(runs), "--to", str(runs)])
+    assert code == 2 and "would replace the run directories" in capsys.readouterr().err
+    assert list((runs / "fake").glob("*/checkpoint.pt"))
+
+
+def test_cli_export_options_and_the_size_warning(fake, tmp_path, capsys, monkeypatch):
+    path, runs, ids = fake
+    monkeypatch.setattr(export, "SIZE_WARNING_BYTES", 1000)
+    to = tmp_path / "results"
+    args = ["export", str(path), "--runs-dir", str(runs), "--to", str(to), "--notebook-seeds"]
+    assert cli.main(args) == 0
+    captured = capsys.readouterr()
+    assert "wrote " in captured.out and f"{to} holds " in captured.out
+    assert "more than 1 KB" in captured.err and "--notebook-seeds" in captured.err
+    assert not list(to.rglob("*.html"))  # --notebook-seeds alone: no notebook
+    assert cli.main([*args, "1"]) == 0
+    html = sorted(p.parent.name for p in to.rglob("evaluate.html"))
+    assert html == sorted(ids[k] for k in (("detcon_s", "grid", 1), ("detcon_b", "grid", 1)))
