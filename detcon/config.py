@@ -204,7 +204,11 @@ class OptimConfig:
     momentum: float = _f(0.9, "LARS momentum", 0.0, 1.0)
     trust_coefficient: float = _f(1e-3, "LARS eta", 0.0, 1.0)
     warmup_epochs: float = _f(
-        -1.0, "linear warmup epochs; -1 means epochs // 100 as the release", -1.0, 100_000.0
+        -1.0,
+        "linear warmup epochs; -1 means int(epochs // 100) as the release (resolved to that "
+        "number when the config is made, so equal schedules have equal configs)",
+        -1.0,
+        100_000.0,
     )
     base_ema: float = _f(0.996, "target EMA base tau (BYOL/DetCon-B)", 0.0, 1.0)
 
@@ -216,6 +220,8 @@ class OptimConfig:
                 f"optim.epochs={self.epochs!r}: expected a number > 0 (pretraining epochs; "
                 "for a quick look use train.max_steps or --stop-after)"
             )
+        if self.warmup_epochs < 0:
+            object.__setattr__(self, "warmup_epochs", float(int(self.epochs // 100)))
 
 
 @dataclass(frozen=True)
@@ -315,9 +321,8 @@ def total_steps(optim: OptimConfig, num_images: int) -> int:
 
 def warmup_steps(optim: OptimConfig, num_images: int) -> int:
     """Warmup length in steps, counted like :func:`total_steps`; the release warms up for
-    ``int(epochs // 100)`` epochs by default."""
-    epochs = optim.warmup_epochs if optim.warmup_epochs >= 0 else float(int(optim.epochs // 100))
-    return _epochs_to_steps(epochs, optim, num_images)
+    ``int(epochs // 100)`` epochs by default (``warmup_epochs=-1``, resolved by the config)."""
+    return _epochs_to_steps(optim.warmup_epochs, optim, num_images)
 
 
 # --------------------------------------------------------------------------- strict parsing

@@ -2,6 +2,7 @@ import pytest
 
 from detcon.config import (
     ConfigError,
+    DataConfig,
     OptimConfig,
     PretrainConfig,
     available_profiles,
@@ -101,6 +102,13 @@ def test_derived_values_are_computed_not_stored():
     assert total_steps(optim, n) == 312_784
     assert warmup_steps(optim, n) == 10 * n // 4096 == 3127  # epochs // 100 warmup epochs
     assert warmup_steps(OptimConfig(batch_size=4096, epochs=1000, warmup_epochs=0), n) == 0
+    # The release's default is resolved when the config is made: a run that spells it out is
+    # the same config (same digest, so `detcon run` reuses one for the other).
+    assert optim.warmup_epochs == 10.0
+    assert OptimConfig(batch_size=4096, epochs=1000, warmup_epochs=10) == optim
+    assert (
+        load_pretrain_config({"optim": {"epochs": 250}}, profile="paper").optim.warmup_epochs == 2
+    )
     assert total_steps(OptimConfig(batch_size=32, epochs=4), 1000) == 125  # 4000 // 32
     assert total_steps(OptimConfig(batch_size=32, epochs=0.01), 1000) == 1  # at least one
     with pytest.raises(ConfigError, match="larger than the dataset"):
@@ -178,7 +186,7 @@ def test_scene_difficulty_is_configuration():
     assert (spec.num_object_classes, spec.min_objects, spec.max_objects) == (4, 2, 6)
     assert spec.radius_range == (0.1, 0.3)
     assert spec.texture_contrast == (0.5, 0.9)
-    assert SceneSpec.from_config(load_pretrain_config({}, profile="cpu").data) == SceneSpec()
+    assert SceneSpec.from_config(DataConfig()) == SceneSpec()  # the defaults agree
     with pytest.raises(ConfigError, match=r"data.scene_objects=\(6, 2\)"):
         load_pretrain_config({"data": {"scene_objects": [6, 2]}}, profile="cpu")
     with pytest.raises(ConfigError, match=r"data.scene_texture_contrast=\(0.9, 0.5\)"):

@@ -104,22 +104,30 @@ def test_sample_efficiency_runs_each_length_with_its_own_schedule_and_shares_the
             configs = [to_dict(p.config) for p in own]
             for c in configs:
                 c["optim"].pop("epochs")
-            assert all(c == configs[0] for c in configs)  # only the length differs
+                c["optim"].pop("warmup_epochs")
+            assert all(c == configs[0] for c in configs)  # only the length (and warmup) differ
             n = 1_281_167 if profile == "paper" else own[0].config.data.num_images  # images
             steps = [total_steps(p.config.optim, n) for p in own]
             assert steps == sorted(steps) and len(set(steps)) == len(steps)
-            for p in own:  # the default warmup follows each run's own length (epochs // 100)
-                optim = p.config.optim
-                assert optim.warmup_epochs == -1
-                assert warmup_steps(optim, n) == int(optim.epochs // 100) * n // optim.batch_size
+            # the warmup is the same fraction of every length (paper: the release's 1%)
+            warmups = [p.config.optim.warmup_epochs / p.config.optim.epochs for p in own]
+            assert max(warmups) - min(warmups) < 1e-9 and warmups[0] > 0
+            expected = 0.01 if profile == "paper" else 2 / 24
+            assert warmups[0] == pytest.approx(expected)
+            assert [warmup_steps(p.config.optim, n) for p in own] == sorted(
+                int(p.config.optim.warmup_epochs * n // p.config.optim.batch_size) for p in own
+            )
         # The longest points are the baselines' points once epochs is the profile's own
         # (at the paper profile it is: 1000; the cpu values assume cpu.yaml's epochs: 24).
         baselines = expand(load_ablation(REPO / "ablations" / "baselines.yaml"), profile)
-        own_epochs = load_pretrain_config({}, profile=profile).optim.epochs
+        own = load_pretrain_config({}, profile=profile).optim
+        own_epochs, own_warmup = own.epochs, own.warmup_epochs
         longest = set()
         for p in points:
             if p.config.optim.epochs == lengths[-1]:
-                optim = dataclasses.replace(p.config.optim, epochs=own_epochs)
+                optim = dataclasses.replace(
+                    p.config.optim, epochs=own_epochs, warmup_epochs=own_warmup
+                )
                 longest.add(config_digest(dataclasses.replace(p.config, optim=optim)))
         assert longest == {p.digest for p in baselines}
         if profile == "paper":
