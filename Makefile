@@ -41,9 +41,11 @@ demo: $(STAMP)
 	$(BIN)/detcon report ablations/demo.yaml --profile cpu --figures-dir $(DEMO_FIGURES)
 
 # Figures of the committed study: every ablation exported to results/ (`detcon export`), drawn
-# from results/ alone into figures/, index pages in results/<ablation>/.
+# from results/ alone into figures/, index pages in results/<ablation>/; then the claims table
+# of RESULTS.md from results/<ablation>.csv.
 figures: $(STAMP)
 	$(BIN)/detcon figures
+	$(BIN)/detcon claims
 
 # Benchmarks print their figures (docs/performance.md); the bench extra adds lightly, the loss
 # benchmark's peer (benchmark-only, never a runtime dependency).

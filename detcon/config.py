@@ -222,6 +222,12 @@ class OptimConfig:
             )
         if self.warmup_epochs < 0:
             object.__setattr__(self, "warmup_epochs", float(int(self.epochs // 100)))
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(
+                f"optim.warmup_epochs={self.warmup_epochs:g} is longer than "
+                f"optim.epochs={self.epochs:g}: expected a warmup within the run (set both; the "
+                "cpu profile warms up for 2 of its 24 epochs)"
+            )
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ import pandas as pd
 from detcon.atomic import atomic_write, write_text
 from detcon.grid import GridPoint, expand, load_ablation
 from detcon.results import AblationScan, scan_ablation
-from detcon.runs import read_json
+from detcon.runs import PRETRAIN_ENV, read_json
 
 __all__ = [
     "POINT_FILES",
@@ -68,6 +68,7 @@ POINT_FILES = (
     "eval_supervised.json",
     "backbone.json",
     "env.json",
+    PRETRAIN_ENV,
     "metrics.jsonl",
 )
 NOTEBOOK_SUFFIXES = (".ipynb", ".html")
@@ -175,9 +176,12 @@ def remove_leftovers(folder: str | Path) -> list[Path]:
 
 
 def _git(run_dir: Path) -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the code that ran the point, from its ``env.json`` (None: unknown)."""
+    """(commit, dirty) of the code that ran the point, from its ``env.json`` (None: unknown); for
+    a point taken over from another run (docs/design.md §2.2), the code that trained it
+    (``pretrain_env.json``, its source's ``env.json``)."""
+    name = PRETRAIN_ENV if (run_dir / PRETRAIN_ENV).is_file() else "env.json"
     try:
-        env = read_json(run_dir / "env.json") or {}
+        env = read_json(run_dir / name) or {}
     except ValueError:
         return None, None
     git = env.get("git") if isinstance(env.get("git"), dict) else {}

@@ -30,6 +30,7 @@ from detcon.grid import expand, load_ablation
 __all__ = [
     "ENCODER_RECORD",
     "OFFICIAL_PARAMETER",
+    "PRETRAIN_ENV",
     "STATES",
     "PointBusyError",
     "PointState",
@@ -47,6 +48,10 @@ __all__ = [
     "read_summary",
     "write_status",
 ]
+
+# A taken-over point's copy of its source's env.json (detcon.launch.reuse): the git state of the
+# code that trained it.
+PRETRAIN_ENV = "pretrain_env.json"
 
 # status.json `state` values (docs/run-directory.md).
 STATES = ("pending", "running", "done", "failed")

@@ -750,6 +750,8 @@ def test_a_point_finished_in_another_ablation_file_is_not_trained_again(
     for name in ("config.json", "metrics.jsonl", "train_summary.json", "pretrain.ipynb"):
         assert (dst / name).read_bytes() == (src / name).read_bytes(), name
     assert (dst / "pretrain.html").exists() and (dst / "evaluate.html").exists()
+    # The git state of the code that trained it travels with it (export's git_commit).
+    assert (dst / "pretrain_env.json").read_bytes() == (src / "env.json").read_bytes()
     status = json.loads((dst / "status.json").read_text())
     assert status["state"] == "done" and status["reused_from"] == f"first/{a4}"
     assert status["stages"] == ["pretrain", "evaluate"]
@@ -863,6 +865,48 @@ def test_a_point_copies_the_shared_run_where_hard_links_fail(tmp_path, fake, mon
         assert not (dst / name).samefile(src / name)
         assert (dst / name).read_bytes() == (src / name).read_bytes()
     assert not list(dst.glob(".*.tmp"))
+
+
+def test_a_takeover_that_fails_halfway_leaves_nothing_and_the_point_trains(
+    tmp_path, fake, monkeypatch
+):
+    """A takeover interrupted after the checkpoint was placed must not leave a finished
+    checkpoint that the next job would resume as if trained; the point then trains itself, and a
+    point whose own pretraining finished is never announced as reused."""
+    from detcon.launch import reuse
+
+    first, other = two_files(tmp_path)
+    runs = tmp_path / "runs"
+    launch.run_ablation(first, runs_dir=runs, echo=lambda line: None)
+    b4, _ = run_ids(other)
+    place = reuse._place
+
+    def fail_after_checkpoint(src, dst, *, link):
+        place(src, dst, link=link)
+        if dst.name == "checkpoint.pt":
+            raise OSError("the source vanished")
+
+    monkeypatch.setattr(reuse, "_place", fail_after_checkpoint)
+    result = launch.run_ablation(other, runs_dir=runs, echo=lambda line: None)
+    dst = runs / "second" / b4
+    assert b4 in result.failed
+    assert not [p.name for p in dst.iterdir() if p.name.endswith((".pt", "_env.json"))]
+    assert not (dst / "train_summary.json").exists()
+
+    monkeypatch.setattr(reuse, "_place", place)
+    (runs / "first").rename(tmp_path / "gone")  # no source any more: b4 trains itself
+    fake.calls.clear()
+    result = launch.run_ablation(other, runs_dir=runs, echo=lambda line: None)
+    assert (b4, "pretrain") in fake.calls and not result.reused
+    # Its pretraining finished but evaluation is to be redone: with a source back, still not
+    # announced (nor counted) as reused.
+    (tmp_path / "gone").rename(runs / "first")
+    status = json.loads((dst / "status.json").read_text())
+    (dst / "status.json").write_text(json.dumps({**status, "state": "failed"}))
+    (dst / "summary.json").unlink()
+    fake.calls.clear()
+    result = launch.run_ablation(other, runs_dir=runs, echo=lambda line: None)
+    assert not result.reused and b4 in result.ran and (b4, "pretrain") not in fake.calls
 
 
 def test_every_process_of_a_multi_process_job_agrees_on_reuse(tmp_path, fake, monkeypatch):

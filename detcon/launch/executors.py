@@ -33,8 +33,8 @@ import submitit
 
 from detcon.atomic import write_json
 from detcon.launch.plan import Plan, describe_plan, prepare
-from detcon.launch.point import PointFailedError, PointJob, PointSpec, run_point
-from detcon.launch.reuse import Source, find_source
+from detcon.launch.point import PointFailedError, PointJob, PointSpec, planned_source, run_point
+from detcon.launch.reuse import Source
 from detcon.runs import point_state
 
 
@@ -108,7 +108,7 @@ def run_ablation(
             spec.run_id: source.name
             for spec in plan.specs
             if point_state(spec.run_dir, spec.run_id).state != "done"
-            and (source := find_source(spec)) is not None
+            and (source := planned_source(spec)) is not None
         }
         echo(describe_plan(plan, sources))
         echo("dry run: nothing was written or submitted")
@@ -127,7 +127,7 @@ def run_ablation(
             result.broken.append(spec.run_id)
             notes.append(f"  {spec.run_id}: broken ({state.error}), skipped")
         else:
-            source = find_source(spec)
+            source = planned_source(spec)
             todo.append(spec if source is None else replace(spec, reuse=source.run_dir))
             if state.state == "corrupt":
                 notes.append(f"  {spec.run_id}: corrupt ({state.error}), run again")

@@ -128,6 +128,12 @@ def _reuse_source(spec: PointSpec) -> Source | None:
     return find_source(spec) if _processes(spec.executor) == 1 else None
 
 
+def planned_source(spec: PointSpec) -> Source | None:
+    """The finished run the launcher plans to take ``spec``'s results from: None when the
+    point's own pretraining already finished (its job only evaluates) or no run is usable."""
+    return None if _stage_skipped(spec) else find_source(spec)
+
+
 def _reused_before(run_dir: Path) -> dict[str, Any]:
     """``{"reused_from": ...}`` when an earlier job of the point took its pretraining from
     another run (kept in ``status.json`` across requeues), else ``{}``."""

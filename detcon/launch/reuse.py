@@ -51,7 +51,7 @@ from detcon.atomic import atomic_write
 from detcon.config import to_dict
 from detcon.grid import resolve_config
 from detcon.launch.notebooks import EVALUATE_NOTEBOOK
-from detcon.runs import point_state, read_json, read_status
+from detcon.runs import PRETRAIN_ENV, point_state, read_json, read_status
 
 if TYPE_CHECKING:
     from detcon.launch.point import PointSpec
@@ -181,10 +181,21 @@ def adopt(spec: PointSpec, source: Source) -> list[str]:
     run_dir = spec.run_dir
     (run_dir / _LAST).unlink(missing_ok=True)  # says "finished": only once all else is there
     html = Path(spec.notebook.name).with_suffix(".html").name
-    _take(source.run_dir, run_dir, (*_LINKED, *_COPIED, spec.notebook.name, html, _LAST))
+    names = [*_LINKED, *_COPIED, spec.notebook.name, html, _LAST]
     stages = ["pretrain"]
     if source.evaluation:
-        notebooks = (f"{EVALUATE_NOTEBOOK}.ipynb", f"{EVALUATE_NOTEBOOK}.html")
-        _take(source.run_dir, run_dir, (*_EVAL_FILES, *notebooks))
+        names += [*_EVAL_FILES, f"{EVALUATE_NOTEBOOK}.ipynb", f"{EVALUATE_NOTEBOOK}.html"]
         stages.append("evaluate")
+    try:
+        # The git state of the code that trained it (export's git_commit), beside the point's
+        # own env.json (the job that took it over).
+        if (source.run_dir / "env.json").is_file():
+            _place(source.run_dir / "env.json", run_dir / PRETRAIN_ENV, link=False)
+        _take(source.run_dir, run_dir, tuple(names))
+    except BaseException:
+        # Half a takeover must not look like a finished checkpoint to the next job, which
+        # trains the point itself when no source is usable: remove what was placed.
+        for name in (*names, PRETRAIN_ENV):
+            (run_dir / name).unlink(missing_ok=True)
+        raise
     return stages
