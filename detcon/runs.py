@@ -210,7 +210,7 @@ os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 @contextmanager
-def point_lock(run_dir: str | Path, *, wait: bool = False) -> Iterator[Path]:
+def point_lock(run_dir: str | Path, *, wait: bool = False, name: str = LOCK) -> Iterator[Path]:
     """Hold an exclusive ``flock`` on ``run_dir/.lock`` for the block; the file names the holder
     (``<host> <pid>``).
 
@@ -221,11 +221,13 @@ def point_lock(run_dir: str | Path, *, wait: bool = False) -> Iterator[Path]:
     Args:
         wait: block until the holder lets go instead of raising (for short critical sections,
             e.g. updating a mask store's manifest).
+        name: the lock file's name in ``run_dir`` (another name: a lock of its own, e.g. one
+            per cached reference evaluation).
 
     Raises:
         PointBusyError: another process holds it (not with ``wait``); the message names it.
     """
-    path = Path(run_dir) / LOCK
+    path = Path(run_dir) / name
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     acquired = False
     try:

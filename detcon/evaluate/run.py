@@ -3,6 +3,7 @@ write ``eval.json`` (docs/run-directory.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -37,7 +38,7 @@ from detcon.evaluate.settings import (
     with_eval_split,
     with_scene_difficulty,
 )
-from detcon.runs import ENCODER_RECORD, encoder_record
+from detcon.runs import ENCODER_RECORD, encoder_record, point_lock
 
 __all__ = ["default_out_name", "evaluate_run", "resolve_device"]
 
@@ -166,81 +167,85 @@ def evaluate_run(
             flush=True,
         )
 
-    cached_path = None
-    if reference_cache is not None and backbone != "pretrained":
-        key = {
-            "backbone": backbone,
-            "model": to_dict(cfg.model),
-            "settings": repr(settings),  # dataclass reprs: every value, scenes included
-            "tasks": tasks,
-            "seed": seed,
-            "device": dev.type,
-        }
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-        cached_path = Path(reference_cache) / f"{backbone}-{digest}.json"
-        if cached_path.is_file():
-            results = json.loads(cached_path.read_text())
-            log(f"{backbone} reference: reused {cached_path}")
-            write_json(out_path, {**_existing(out_path), **results})
-            return results
+    with contextlib.ExitStack() as hold:
+        cached_path = None
+        if reference_cache is not None and backbone != "pretrained":
+            key = {
+                "backbone": backbone,
+                "model": to_dict(cfg.model),
+                "settings": repr(settings),  # dataclass reprs: every value, scenes included
+                "tasks": tasks,
+                "seed": seed,
+                "device": dev.type,
+            }
+            digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+            cached_path = Path(reference_cache) / f"{backbone}-{digest}.json"
+            cached_path.parent.mkdir(parents=True, exist_ok=True)
+            # Two points of one seed evaluated side by side (two lanes, a job array) would both
+            # train the same ceiling: the second waits for the first and reuses its result.
+            hold.enter_context(point_lock(cached_path.parent, wait=True, name=f".{digest}.lock"))
+            if cached_path.is_file():
+                results = json.loads(cached_path.read_text())
+                log(f"{backbone} reference: reused {cached_path}")
+                write_json(out_path, {**_existing(out_path), **results})
+                return results
 
-    threads = torch.get_num_threads()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    results: dict[str, dict[str, float]] = {}
-    # The tasks seed torch's global RNG; the caller's RNG state is restored afterwards.
-    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
-        try:
-            store = DataStore(data_root)
-            if backbone == "supervised":
-                t0 = time.perf_counter()
-                log(
-                    f"supervised: training the encoder on {settings.supervised.data.dataset} labels"
-                )
-                trainer = EvalContext(
-                    cfg.model, state, store, None, seed=seed, device=dev, progress=progress
-                )
-                state = supervised_state(trainer, settings.supervised)
-                log(f"supervised: done in {time.perf_counter() - t0:.1f} s")
-            stages = BackboneStages(make_backbone(cfg.model, state, tf_same=tf_same)).to(dev)
-            stages.eval().requires_grad_(False)
-            ctx = EvalContext(
-                cfg.model,
-                state,
-                store,
-                FeatureBank(stages, store),
-                seed=seed,
-                device=dev,
-                progress=progress,
-                tf_same=tf_same,
-            )
-            # Reserve every frozen stage any task reads, so one pass extracts them all.
-            for kind, module in (
-                ("segmentation", dense),
-                ("depth", dense),
-                ("detection", detection),
-            ):
-                if kind in tasks:
-                    for s in settings.for_task(kind):
-                        ctx.bank.reserve(s.data, module.bank_stages(s, stages.strides))
-            for kind in tasks:
-                for s in settings.for_task(kind):
+        threads = torch.get_num_threads()
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        results: dict[str, dict[str, float]] = {}
+        # The tasks seed torch's global RNG; the caller's RNG state is restored afterwards.
+        with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+            try:
+                store = DataStore(data_root)
+                if backbone == "supervised":
                     t0 = time.perf_counter()
-                    log(f"{s.name}: start ({backbone} backbone, {settings.profile} profile)")
-                    results[s.name] = _RUNNERS[kind](ctx, s)
-                    log(f"{s.name}: done in {time.perf_counter() - t0:.1f} s")
-        finally:
-            torch.set_num_threads(threads)
-    kept = _existing(out_path)
-    if record is not None and kept.get(ENCODER_RECORD, record) != record:
-        kept = {}  # measured on another encoder (an earlier step): not to be mixed with these
-    stored = {**kept, **results}
-    if record is not None:
-        stored[ENCODER_RECORD] = record
-    write_json(out_path, stored)
-    if cached_path is not None:
-        write_json(cached_path, results)
-    return results
+                    labels = settings.supervised.data.dataset
+                    log(f"supervised: training the encoder on {labels} labels")
+                    trainer = EvalContext(
+                        cfg.model, state, store, None, seed=seed, device=dev, progress=progress
+                    )
+                    state = supervised_state(trainer, settings.supervised)
+                    log(f"supervised: done in {time.perf_counter() - t0:.1f} s")
+                stages = BackboneStages(make_backbone(cfg.model, state, tf_same=tf_same)).to(dev)
+                stages.eval().requires_grad_(False)
+                ctx = EvalContext(
+                    cfg.model,
+                    state,
+                    store,
+                    FeatureBank(stages, store),
+                    seed=seed,
+                    device=dev,
+                    progress=progress,
+                    tf_same=tf_same,
+                )
+                # Reserve every frozen stage any task reads, so one pass extracts them all.
+                for kind, module in (
+                    ("segmentation", dense),
+                    ("depth", dense),
+                    ("detection", detection),
+                ):
+                    if kind in tasks:
+                        for s in settings.for_task(kind):
+                            ctx.bank.reserve(s.data, module.bank_stages(s, stages.strides))
+                for kind in tasks:
+                    for s in settings.for_task(kind):
+                        t0 = time.perf_counter()
+                        log(f"{s.name}: start ({backbone} backbone, {settings.profile} profile)")
+                        results[s.name] = _RUNNERS[kind](ctx, s)
+                        log(f"{s.name}: done in {time.perf_counter() - t0:.1f} s")
+            finally:
+                torch.set_num_threads(threads)
+        kept = _existing(out_path)
+        if record is not None and kept.get(ENCODER_RECORD, record) != record:
+            kept = {}  # measured on another encoder (an earlier step): not to be mixed with these
+        stored = {**kept, **results}
+        if record is not None:
+            stored[ENCODER_RECORD] = record
+        write_json(out_path, stored)
+        if cached_path is not None:
+            write_json(cached_path, results)
+        return results
 
 
 def _existing(path: Path) -> dict[str, dict[str, float]]:

@@ -212,7 +212,7 @@ def test_runs_are_scored_on_scenes_made_like_their_own(tmp_path, monkeypatch):
     from detcon.data.synthetic import SceneSpec
     from detcon.evaluate.settings import with_scene_difficulty
 
-    spec = SceneSpec(num_object_classes=3)
+    spec = SceneSpec(num_object_classes=3, texture_contrast=(0.5, 0.9))  # the cpu profile's
     moved = with_scene_difficulty(QUICK, spec)
     assert all(s.data.difficulty == spec for s in (*moved.segmentation, *moved.linear))
     assert moved.supervised.data.difficulty == spec
@@ -252,4 +252,35 @@ def test_references_are_computed_once_per_architecture_scenes_and_seed(tmp_path)
     evaluate_run(
         b, settings=QUICK, tasks=("linear",), backbone="random", seed=5, reference_cache=cache
     )
-    assert len(list(cache.iterdir())) == 2  # another seed is another reference
+    assert len(list(cache.glob("*.json"))) == 2  # another seed is another reference
+
+
+def test_a_reference_asked_for_twice_at_once_is_computed_once(tmp_path, monkeypatch):
+    """Two points of one seed evaluated side by side (two lanes, a job array): the second waits
+    for the first's reference instead of training the same ceiling again."""
+    import threading
+    import time
+
+    from detcon.evaluate import run as run_module
+
+    a, b = make_run_dir(tmp_path / "a", seed=1), make_run_dir(tmp_path / "b", seed=2)
+    cache = tmp_path / "refs"
+    calls = []
+    real = run_module._RUNNERS["linear"]
+
+    def slow(ctx, settings):
+        calls.append(settings.name)
+        time.sleep(1.0)  # the other evaluation starts while this one computes
+        return real(ctx, settings)
+
+    monkeypatch.setitem(run_module._RUNNERS, "linear", slow)
+    kwargs = dict(settings=QUICK, tasks=("linear",), backbone="random", reference_cache=cache)
+    threads = [threading.Thread(target=evaluate_run, args=(d,), kwargs=kwargs) for d in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert json.loads((a / "eval_random.json").read_text()) == json.loads(
+        (b / "eval_random.json").read_text()
+    )
