@@ -920,7 +920,7 @@ def _number(x: float, spec: ClaimSpec) -> str:
 
 def _seeds_text(r: ClaimResult) -> str:
     lo, hi = r.seeds
-    n = f"{lo} seeds" if lo == hi else f"{lo}–{hi} seeds"
+    n = (f"{lo} seed" + "s" * (lo != 1)) if lo == hi else f"{lo}–{hi} seeds"
     return f"{n}, paired" if r.paired and lo > 1 else n
 
 

@@ -194,6 +194,7 @@ def ablation_figure(
     hue_order: Sequence[str] | None = None,
     references: pd.DataFrame | None = None,
     title: str = "",
+    expected: Sequence[str] = (),
     panel_inches: float = 2.8,
 ) -> Figure:
     """One panel per (task, metric): mean over seeds with a 95% bootstrap CI, and every seed,
@@ -210,6 +211,8 @@ def ablation_figure(
             line per backbone at their mean, in its own style, and a y axis spanning the lines
             and the points.
         title: figure title.
+        expected: what the paper reports for this comparison, one line each (e.g. "DetCon-B
+            transfers better than BYOL"), printed under the title: the direction to look for.
         panel_inches: width of one panel.
     Returns:
         The figure; panels in the order (task, metric) first appear in ``data``. Error bars are
@@ -235,13 +238,14 @@ def ablation_figure(
     # Put the mean on its seeds: stripplot(dodge=True) spreads hue levels over 0.8 of a
     # category, with centres (n-1)/n * 0.8 apart end to end; pointplot's dodge is that span.
     dodge: float | bool = 0.8 * (n_hue - 1) / n_hue if n_hue > 1 else False
-    rotate = max(len(str(o)) for o in order) > 8
+    # Long or many labels would run into each other under a 2.8-inch panel.
+    rotate = max(len(str(o)) for o in order) > 8 or sum(len(str(o)) + 2 for o in order) > 30
     with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
         fig, axes = _panel_grid(
             len(panels),
             width=max(panel_inches, 0.45 * len(order) * max(n_hue, 2) ** 0.5),
             height=2.5 + (0.5 if rotate else 0.0),
-            extra_height=0.5 + (0.35 if title else 0.0),
+            extra_height=0.5 + 0.2 * (bool(title) + len(expected)) + (0.15 if title else 0.0),
         )
         palette = sns.color_palette(n_colors=n_hue) if hue is not None else None
         legend: tuple[list[Any], list[str]] = ([], [])
@@ -305,7 +309,9 @@ def ablation_figure(
             "diamonds: mean over seeds with 95% bootstrap CI; dots: individual seeds; "
             "↑/↓: higher/lower is better"
         )
-        fig.suptitle(f"{title}\n{note}" if title else note, fontsize=9)
+        head = [title] if title else []
+        head += [f"paper: {line}" for line in expected]
+        fig.suptitle("\n".join([*head, note]), fontsize=9)
     return fig
 
 

@@ -282,6 +282,16 @@ alt="{esc(ab.name)} figure"></a></p>
 # --------------------------------------------------------------------------- the report
 
 
+def paper_expectations(ablation: str) -> list[str]:
+    """The paper's statements this ablation tests (:data:`detcon.claims.CLAIMS`), one line
+    each, for the figure: the direction a reader looks for."""
+    from detcon.claims import CLAIMS
+
+    return list(
+        dict.fromkeys(f"{c.statement} ({c.where})" for c in CLAIMS if c.ablation == ablation)
+    )
+
+
 def build_report(
     ablation_path: str | Path,
     *,
@@ -337,6 +347,7 @@ def build_report(
             hue_order=layout.hue_order,
             references=references if len(references) else None,
             title=title,
+            expected=paper_expectations(name),
         )
     png, pdf = _save(fig, figures / f"{name}.png"), _save(fig, figures / f"{name}.pdf")
     table_csv = write_text(figures / f"{name}.csv", scan.tidy.to_csv(index=False))

@@ -199,6 +199,14 @@ def test_figures_draw_one_panel_per_metric_and_leave_pyplot_alone():
     ax = next(ax for ax in bare.axes if ax.get_visible())
     assert not [ln for ln in ax.lines if ln.get_linestyle() in ("--", "-.")]
     assert 0.3 < ax.get_ylim()[0] < 0.4 and 0.44 < ax.get_ylim()[1] < 0.5
+    # The paper's expected direction is printed under the title; report takes it from the claims.
+    from detcon.report import paper_expectations
+
+    expected = paper_expectations("baselines")
+    assert len(expected) == 2 and all("transfers better than" in e for e in expected)
+    assert paper_expectations("demo") == []
+    marked = ablation_figure(data, x="src", order=["grid", "fh"], title="t", expected=expected)
+    assert f"paper: {expected[1]}" in marked._suptitle.get_text().splitlines()
 
     curves = pd.DataFrame(
         {
