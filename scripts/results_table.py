@@ -38,7 +38,7 @@ NOT_PARAMS = {
 def _cell(values: pd.Series) -> str:
     if values.empty:
         return "–"
-    if len(values) == 1:
+    if values.nunique() == 1:  # one value (a reference is the same for every run's seed)
         return f"{values.iloc[0]:.3f}"
     return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
@@ -47,7 +47,9 @@ def table(tidy: pd.DataFrame, params: list[str]) -> str:
     metrics = [m for m in METRICS if ((tidy.task == m[0]) & (tidy.metric == m[1])).any()]
     per_seed = (
         tidy[tidy.task.isin([m[0] for m in metrics])]
-        .pivot_table(index=["backbone", *params, "seed"], columns=["task", "metric"], values="value")
+        .pivot_table(
+            index=["backbone", *params, "seed"], columns=["task", "metric"], values="value"
+        )
         .reset_index()
         .sort_index(axis=1)
     )
