@@ -256,6 +256,10 @@ def ablation_figure(
             if hue is not None:
                 common |= {"hue": hue, "hue_order": list(hue_order or []), "palette": palette}
             seeds_color = None if hue is not None else "0.55"
+            # seaborn jitters the seeds' dots with NumPy's global RNG: seed it (and restore it)
+            # so the same results draw the same figure.
+            rng_state = np.random.get_state()  # noqa: NPY002 (seaborn draws from it)
+            np.random.seed(i)  # noqa: NPY002
             sns.stripplot(
                 **common,
                 ax=ax,
@@ -266,6 +270,7 @@ def ablation_figure(
                 color=seeds_color,
                 legend=False,
             )
+            np.random.set_state(rng_state)  # noqa: NPY002
             sns.pointplot(
                 **common,
                 ax=ax,

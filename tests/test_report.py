@@ -207,6 +207,25 @@ def test_figures_draw_one_panel_per_metric_and_leave_pyplot_alone():
     assert paper_expectations("demo") == []
     marked = ablation_figure(data, x="src", order=["grid", "fh"], title="t", expected=expected)
     assert f"paper: {expected[1]}" in marked._suptitle.get_text().splitlines()
+    # The same results draw the same bytes (committed figures: `make figures` changes nothing),
+    # and NumPy's global RNG is left as it was.
+    import io
+
+    import numpy as np
+
+    def png_and_pdf(fig):
+        out = []
+        for fmt, meta in (("png", None), ("pdf", {"CreationDate": None})):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, metadata=meta)
+            out.append(buf.getvalue())
+        return out
+
+    state = np.random.get_state()[1].copy()  # noqa: NPY002
+    first = png_and_pdf(ablation_figure(data, x="src", order=["grid", "fh"]))
+    assert (np.random.get_state()[1] == state).all()  # noqa: NPY002
+    np.random.seed(123)  # noqa: NPY002
+    assert png_and_pdf(ablation_figure(data, x="src", order=["grid", "fh"])) == first
 
     curves = pd.DataFrame(
         {
