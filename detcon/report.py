@@ -461,14 +461,15 @@ def _report_job(
                 path, profile=profile, runs_dir=results_dir, figures_dir=figures_dir
             )
             lines.append(f"wrote {out} and {out.with_suffix('.html')}")
-        else:
-            build_report(
-                path,
-                profile=profile,
-                runs_dir=results_dir,
-                figures_dir=figures_dir,
-                echo=lines.append,
-            )
+        # Also after the notebook, whose kernel writes the same files with the paths it was
+        # given: the committed figures and index page are then the same bytes either way.
+        build_report(
+            path,
+            profile=profile,
+            runs_dir=results_dir,
+            figures_dir=figures_dir,
+            echo=lines.append,
+        )
     except FileNotFoundError as exc:  # no exported point is a point of the file any more
         return lines, time.perf_counter() - began, str(exc)
     return lines, time.perf_counter() - began, None
