@@ -255,6 +255,8 @@ def render_index(scan: AblationScan, files: ReportFiles, *, command: str) -> str
         (files.curves_png, "training curves"),
         (files.status_csv, "completeness (CSV)"),
         (files.mask_quality_png, "mask quality vs. transfer"),
+        # the executed report notebook (`detcon figures --notebooks`), when there is one
+        (here / "report.html" if (here / "report.html").is_file() else None, "report notebook"),
     ]
     link_html = " · ".join(
         f'<a href="{_href(p, here)}">{esc(label)}</a>' for p, label in links if p is not None
