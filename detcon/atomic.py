@@ -27,6 +27,7 @@ __all__ = [
     "write_json",
     "write_text",
     "save_torch",
+    "temp_name",
 ]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -34,6 +35,12 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 # Temp file names: ".<target name>.<8 random characters>.tmp" (tempfile.mkstemp's alphabet, which
 # named them before, includes "_"; ours are hex).
 _TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def temp_name(path: Path) -> Path:
+    """A fresh temp name next to ``path`` (``.<name>.<8 hex>.tmp``): what
+    :func:`remove_stale_temp_files` recognises as left by a killed writer."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
 
 def _create_temp(path: Path) -> tuple[int, Path]:
@@ -44,7 +51,7 @@ def _create_temp(path: Path) -> tuple[int, Path]:
     to collaborators on shared storage.
     """
     for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = temp_name(path)
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
         except FileExistsError:

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from detcon.cli import main as detcon
+from detcon.export import tree_size
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "results_study"
@@ -38,7 +39,7 @@ def main() -> int:
         shutil.rmtree(results, ignore_errors=True)
         if detcon(["export", *common, "--to", str(results), "--notebook-seeds"]) != 0:
             return 1
-    size = sum(p.stat().st_size for p in FIXTURE.rglob("*") if p.is_file())
+    size = tree_size(FIXTURE)
     print(f"{FIXTURE.relative_to(REPO)}: {size / 1e3:.0f} KB")
     return 0
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_results import make_fake_runs
+from test_results import _listing, make_fake_runs
 
 from detcon import cli, export
 from detcon.export import POINT_FILES, copy_point, export_ablation, remove_leftovers
@@ -18,10 +18,6 @@ from detcon.report import build_report
 from detcon.results import scan_ablation
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
-
-
-def _listing(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 @pytest.fixture()

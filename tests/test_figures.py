@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_results import _listing
 
 from detcon import cli
 from detcon.export import POINT_FILES, results_table
@@ -25,10 +26,6 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "results_study"
 REGENERATE = "run `PYTHONPATH=. python scripts/make_results_fixture.py` to regenerate it"
 FIGURES = ["tiny.csv", "tiny.pdf", "tiny.png", "tiny_curves.png", "tiny_status.csv"]
-
-
-def _listing(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 @pytest.fixture()

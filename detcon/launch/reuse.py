@@ -40,14 +40,13 @@ copy that fails (the source deleted meanwhile) fails the point, which the next l
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from detcon.atomic import atomic_write
+from detcon.atomic import atomic_write, temp_name
 from detcon.config import to_dict
 from detcon.grid import resolve_config
 from detcon.launch.notebooks import EVALUATE_NOTEBOOK
@@ -151,7 +150,7 @@ def _place(src: Path, dst: Path, *, link: bool) -> None:
     system allows it, else a copy. The temp file is named as :mod:`detcon.atomic` names its own,
     so a killed takeover leaves nothing that the point's next job does not remove."""
     if link:
-        tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.tmp")
+        tmp = temp_name(dst)
         try:
             os.link(src, tmp)
         except OSError:  # another file system, or no hard links there: copy instead
