@@ -5,9 +5,14 @@ ignored ``runs/``. What a reader and the reporter need is a few kilobytes per po
 point of the ablation that is done (a valid ``summary.json``: :func:`detcon.results.scan_ablation`)
 :func:`export_ablation` copies into ``<to>/<ablation>/<run_id>/``:
 
-- the point's small files, :data:`POINT_FILES`, whichever exist (docs/run-directory.md);
-- for points whose seed is one of ``notebook_seeds``, its executed notebooks (``*.ipynb``) and
-  their HTML;
+- the point's small files, :data:`POINT_FILES`, whichever exist (docs/run-directory.md), with
+  ``metrics.jsonl`` thinned (:func:`thin_metrics`: at most :data:`CURVE_ROWS` evenly spaced steps
+  and the last one, numbers to 5 significant digits, what the training-curves figure draws);
+- for points whose seed is one of ``notebook_seeds``, its executed notebooks (``*.ipynb``; their
+  HTML stays in the run directory: it repeats the notebook's images and adds ~0.3 MB of styles),
+  except a notebook that a point reused from another ablation (``reused_from`` in its
+  ``status.json``) shares byte for byte with its source's exported copy: the index page links
+  the source's (:func:`shared_notebooks`);
 
 never ``checkpoint.pt``, ``backbone.pt``, mask stores, scene caches or the lock. It then writes
 ``<to>/<ablation>.csv`` (:func:`results_table`): one row per exported point x backbone x task x
@@ -29,12 +34,14 @@ time.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import re
 import secrets
 import shutil
 import sys
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +59,8 @@ __all__ = [
     "copy_point",
     "export_ablation",
     "point_files",
+    "shared_notebooks",
+    "thin_metrics",
     "register_cli",
     "results_table",
 ]
@@ -71,7 +80,12 @@ POINT_FILES = (
     PRETRAIN_ENV,
     "metrics.jsonl",
 )
-NOTEBOOK_SUFFIXES = (".ipynb", ".html")
+NOTEBOOK_SUFFIXES = (".ipynb",)
+# The exported metrics.jsonl: at most this many steps (evenly spaced; the last is always kept) with
+# numbers to this many significant digits. A 768-step run's full log is ~165 KB, the thinned one
+# ~25 KB; the run directory keeps the full log.
+CURVE_ROWS = 192
+CURVE_DIGITS = 5
 # Columns of <to>/<ablation>.csv around the grid parameters (which go after "seed").
 ID_COLUMNS = ("ablation", "run_id", "seed")
 RESULT_COLUMNS = ("config_digest", "git_commit", "git_dirty", "backbone", "task", "metric", "value")
@@ -100,16 +114,74 @@ class ExportResult:
 # --------------------------------------------------------------------------- one point
 
 
-def point_files(run_dir: str | Path, *, notebooks: bool) -> list[Path]:
+def _rounded(value: object) -> object:
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{CURVE_DIGITS}g}")
+    return value
+
+
+def thin_metrics(text: str, *, rows: int = CURVE_ROWS) -> str:
+    """``metrics.jsonl`` text reduced for the results tree: every ``ceil(n / rows)``-th of its
+    ``n`` step records from the first, plus the last; floats rounded to :data:`CURVE_DIGITS`
+    significant digits. Torn or non-JSON lines (a job killed mid-write) are dropped."""
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    stride = max(1, math.ceil(len(records) / rows))
+    keep = [r for i, r in enumerate(records) if i % stride == 0 or i == len(records) - 1]
+    return "".join(json.dumps({k: _rounded(v) for k, v in r.items()}) + "\n" for r in keep)
+
+
+def _thin_metrics_file(data: bytes) -> bytes:
+    return thin_metrics(data.decode(errors="replace")).encode()
+
+
+# Files rewritten on the way into the results tree (name -> bytes of the run directory's copy ->
+# bytes to write).
+_TRANSFORMS: dict[str, Callable[[bytes], bytes]] = {"metrics.jsonl": _thin_metrics_file}
+
+
+def shared_notebooks(run_dir: str | Path, to: str | Path) -> set[str]:
+    """Names of the notebooks of ``run_dir`` that a reused point shares with its source: its
+    ``status.json`` names ``reused_from: <ablation>/<run id>`` and ``<to>/<ablation>/<run id>/``
+    holds a byte-identical copy (an earlier export of the source)."""
+    run_dir = Path(run_dir)
+    try:
+        source = (read_json(run_dir / "status.json") or {}).get("reused_from")
+    except ValueError:
+        return set()
+    if not isinstance(source, str) or not source:
+        return set()
+    exported = Path(to) / source
+    return {
+        p.name
+        for p in run_dir.iterdir()
+        if p.suffix in NOTEBOOK_SUFFIXES
+        and (exported / p.name).is_file()
+        and (exported / p.name).read_bytes() == p.read_bytes()
+    }
+
+
+def point_files(run_dir: str | Path, *, notebooks: bool, skip: Collection[str] = ()) -> list[Path]:
     """The files of ``run_dir`` to export: :data:`POINT_FILES` that exist, then (``notebooks``)
-    its executed notebooks and their HTML, by name."""
+    its executed notebooks (:data:`NOTEBOOK_SUFFIXES`) but those named in ``skip``, by name."""
     run_dir = Path(run_dir)
     files = [run_dir / name for name in POINT_FILES if (run_dir / name).is_file()]
     if notebooks:
         files += sorted(
             p
             for p in run_dir.iterdir()
-            if p.suffix in NOTEBOOK_SUFFIXES and not p.name.startswith(".") and p.is_file()
+            if p.suffix in NOTEBOOK_SUFFIXES
+            and not p.name.startswith(".")
+            and p.name not in skip
+            and p.is_file()
         )
     return files
 
@@ -125,8 +197,14 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def copy_point(files: Sequence[Path], dest: str | Path) -> int:
-    """Make ``dest`` a folder holding exactly ``files`` (copies), replacing what was there.
+def copy_point(
+    files: Sequence[Path],
+    dest: str | Path,
+    *,
+    transforms: Mapping[str, Callable[[bytes], bytes]] | None = None,
+) -> int:
+    """Make ``dest`` a folder holding exactly ``files`` (copies), replacing what was there. A file
+    whose name is in ``transforms`` is written as that function makes of its bytes.
 
     The copies are written into a hidden sibling folder, which is renamed to ``dest`` once
     complete (an existing ``dest`` is renamed aside first, and deleted last): a reader never
@@ -143,6 +221,11 @@ def copy_point(files: Sequence[Path], dest: str | Path) -> int:
     try:
         size = 0
         for src in files:
+            rewrite = (transforms or {}).get(src.name)
+            if rewrite is not None:
+                data = rewrite(src.read_bytes())
+                atomic_write(tmp / src.name, lambda f, d=data: f.write(d))
+                continue
             with src.open("rb") as source:
                 atomic_write(tmp / src.name, lambda f, s=source: shutil.copyfileobj(s, f))
             size += (tmp / src.name).stat().st_size
@@ -255,7 +338,7 @@ def export_ablation(
         profile: the profile its points ran at.
         runs_dir: the ``--runs-dir`` of ``detcon run``.
         to: the results tree (``results``, committed).
-        notebook_seeds: points of these seeds bring their executed notebooks and HTML.
+        notebook_seeds: points of these seeds bring their executed notebooks.
         echo: progress and the summary; ``warn``: points left out, stale folders, the size warning.
     Returns:
         The :class:`ExportResult`.
@@ -289,8 +372,10 @@ def export_ablation(
     written = 0
     echo(f"{name} (profile {profile}): exporting {len(done)} of {len(status)} points to {folder}")
     for i, row in enumerate(done.to_dict("records"), 1):
-        files = point_files(row["run_dir"], notebooks=row["seed"] in seeds)
-        size = copy_point(files, folder / row["run_id"])
+        notebooks = row["seed"] in seeds
+        skip = shared_notebooks(row["run_dir"], to) if notebooks else set()
+        files = point_files(row["run_dir"], notebooks=notebooks, skip=skip)
+        size = copy_point(files, folder / row["run_id"], transforms=_TRANSFORMS)
         written += size
         echo(f"  [{i}/{len(done)}] {row['run_id']}: {len(files)} files, {_size(size)}")
 
@@ -351,8 +436,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "export",
         help="copy an ablation's finished points (small files only) into results/ to commit",
         description="Copy the small files of every finished point of ABLATION (config, point, "
-        "status, summaries, evaluations, environment, metrics.jsonl; never checkpoints or "
-        "weights) into TO/<ablation>/<run id>/, with the executed notebooks of the points of "
+        "status, summaries, evaluations, environment, a thinned metrics.jsonl; never checkpoints "
+        "or weights) into TO/<ablation>/<run id>/, with the executed notebooks of the points of "
         "--notebook-seeds, and write the tidy table TO/<ablation>.csv. `detcon report "
         "--runs-dir TO` and `detcon figures` read that tree alone.",
     )
@@ -381,7 +466,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         nargs="*",
         default=[0],
         metavar="SEED",
-        help="export the executed notebooks (.ipynb and .html) of the points of these seeds "
+        help="export the executed notebooks (.ipynb) of the points of these seeds "
         "(default: 0; the option alone: none)",
     )
     p.set_defaults(func=_cmd_export)

@@ -57,6 +57,7 @@ from detcon.results import (
     load_mask_quality,
     scan_ablation,
 )
+from detcon.runs import read_json
 
 __all__ = [
     "Report",
@@ -72,8 +73,8 @@ __all__ = [
 MASK_SOURCE_KEY = "masks.source"
 MASK_QUALITY_FILE = "mask_quality.csv"
 _DPI = 150
-# Notebooks listed first on the index page (the launcher's two stages), then any other HTML.
-_NOTEBOOK_ORDER = ("pretrain.html", "evaluate.html")
+# Notebooks listed first on the index page (the launcher's two stages), then any other.
+_NOTEBOOK_ORDER = ("pretrain", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -204,16 +205,32 @@ def _href(target: Path, start: Path) -> str:
     return quote(Path(os.path.relpath(target.resolve(), start.resolve())).as_posix())
 
 
-def _notebook_links(run_dir: Path, run_id: str) -> str:
+def _notebooks(run_dir: Path) -> dict[str, Path]:
+    """stem -> the notebook to read in ``run_dir``: its HTML, else the ``.ipynb`` (an exported
+    tree keeps only those)."""
+    found = {}
+    for path in sorted(run_dir.glob("*.ipynb")) + sorted(run_dir.glob("*.html")):
+        found[path.stem] = path  # the HTML wins
+    return found
+
+
+def _notebook_links(run_dir: Path, here: Path) -> str:
+    """Links (relative to ``here``) to the executed notebooks of a point: its own, and for a
+    point that reused another ablation's run (``reused_from``) those it shares with the source
+    and that were not copied (``detcon.export.shared_notebooks``)."""
     if not run_dir.is_dir():
         return ""
-    found = sorted(p.name for p in run_dir.glob("*.html"))
-    names = [n for n in _NOTEBOOK_ORDER if n in found] + [
-        n for n in found if n not in _NOTEBOOK_ORDER
-    ]
-    return " ".join(
-        f'<a href="{quote(run_id)}/{quote(n)}">{html.escape(Path(n).stem)}</a>' for n in names
+    found = _notebooks(run_dir)
+    try:
+        source = (read_json(run_dir / "status.json") or {}).get("reused_from")
+    except ValueError:
+        source = None
+    if isinstance(source, str) and source and (run_dir.parent.parent / source).is_dir():
+        found = _notebooks(run_dir.parent.parent / source) | found
+    stems = [s for s in _NOTEBOOK_ORDER if s in found] + sorted(
+        s for s in found if s not in _NOTEBOOK_ORDER
     )
+    return " ".join(f'<a href="{_href(found[s], here)}">{html.escape(s)}</a>' for s in stems)
 
 
 def _key_metrics(scan: AblationScan) -> pd.DataFrame:
@@ -245,7 +262,7 @@ def render_index(scan: AblationScan, files: ReportFiles, *, command: str) -> str
             value = metrics.at[run_id, col] if run_id in metrics.index else None
             shown = "" if value is None or pd.isna(value) else f"{value:.4g}"
             cells.append(f'<td class="num">{shown}</td>')
-        cells.append(f"<td>{_notebook_links(Path(row['run_dir']), run_id)}</td>")
+        cells.append(f"<td>{_notebook_links(Path(row['run_dir']), here)}</td>")
         cells.append(f'<td class="error">{_text(row["error"])}</td>')
         body.append(f'<tr class="{esc(state)}">{"".join(cells)}</tr>')
     links = [

@@ -461,10 +461,12 @@ class PointState:
 
 
 def _rendered_notebook(run_dir: Path, status: Mapping[str, Any]) -> Path | None:
+    """The notebook to read: the HTML ``status.json`` names, else the last stage's HTML, else (an
+    exported folder keeps no HTML: docs/run-directory.md) the executed ``.ipynb`` of the same."""
     named = status.get("notebook")
-    if named and (run_dir / named).exists():
-        return run_dir / named
-    for name in ("evaluate.html", "pretrain.html"):
+    names = [named] if isinstance(named, str) and named else []
+    names += ["evaluate.html", "pretrain.html"]
+    for name in [*names, *(str(Path(n).with_suffix(".ipynb")) for n in names)]:
         if (run_dir / name).exists():
             return run_dir / name
     return None

@@ -12,7 +12,13 @@ import pytest
 from test_results import _listing, make_fake_runs
 
 from detcon import cli, export
-from detcon.export import POINT_FILES, copy_point, export_ablation, remove_leftovers
+from detcon.export import (
+    POINT_FILES,
+    copy_point,
+    export_ablation,
+    remove_leftovers,
+    thin_metrics,
+)
 from detcon.grid import expand, load_ablation
 from detcon.report import build_report
 from detcon.results import scan_ablation
@@ -58,10 +64,13 @@ def test_export_copies_the_small_files_of_done_points_only(fake, tmp_path):
         names = sorted(p.name for p in (to / "fake" / rid).iterdir())
         seed0 = "-s0-" in rid
         small = [n for n in POINT_FILES if (runs / "fake" / rid / n).exists()]
-        assert names == sorted(small + (["evaluate.html", "pretrain.html"] if seed0 else []))
-        assert (to / "fake" / rid / "summary.json").read_bytes() == (
-            runs / "fake" / rid / "summary.json"
-        ).read_bytes()
+        # the notebooks (not their HTML) of seed 0
+        assert names == sorted(small + (["evaluate.ipynb", "pretrain.ipynb"] if seed0 else []))
+        for name in ["summary.json", "eval.json"] + (["pretrain.ipynb"] if seed0 else []):
+            copied = (to / "fake" / rid / name).read_bytes()
+            assert copied == (runs / "fake" / rid / name).read_bytes()
+        metrics = (runs / "fake" / rid / "metrics.jsonl").read_text()
+        assert (to / "fake" / rid / "metrics.jsonl").read_text() == thin_metrics(metrics)
     # the failed, interrupted, corrupt and missing points are named on stderr
     assert re.search(r"^4 of 8 points not done, left out: ", err, re.M)
     for key in [("detcon_s", "fh", 0), ("detcon_s", "fh", 1), ("detcon_b", "fh", 0)]:
@@ -123,10 +132,13 @@ def test_the_report_reads_an_exported_tree_alone(fake, tmp_path):
     page = report.files.index_html.read_text()
     links = re.findall(r'(?:href|src)="([^"]+)"', page)
     assert all((to / "fake" / link).is_file() for link in links), links
-    for key in [("detcon_s", "grid", 0), ("detcon_b", "grid", 1)]:
-        assert f"{ids[key]}/evaluate.html" in links and f"{ids[key]}/pretrain.html" in links
+    for key in [("detcon_s", "grid", 0), ("detcon_b", "grid", 1)]:  # the notebooks, no HTML
+        assert f"{ids[key]}/evaluate.ipynb" in links and f"{ids[key]}/pretrain.ipynb" in links
     tidy = pd.read_csv(report.files.table_csv)
     assert set(tidy["state"]) == {"done"}
+    # the notebook to read of an exported point: its .ipynb (no HTML there)
+    done = report.scan.status[report.scan.status["state"] == "done"]
+    assert all(Path(n).name == "evaluate.ipynb" and Path(n).is_file() for n in done["notebook"])
 
 
 def test_a_re_export_replaces_each_folder_and_keeps_earlier_ones(fake, tmp_path):
@@ -222,7 +234,46 @@ def test_cli_export_options_and_the_size_warning(fake, tmp_path, capsys, monkeyp
     captured = capsys.readouterr()
     assert "wrote " in captured.out and f"{to} holds " in captured.out
     assert "more than 1 KB" in captured.err and "--notebook-seeds" in captured.err
-    assert not list(to.rglob("*.html"))  # --notebook-seeds alone: no notebook
+    assert not list(to.rglob("*.ipynb"))  # --notebook-seeds alone: no notebook
     assert cli.main([*args, "1"]) == 0
-    html = sorted(p.parent.name for p in to.rglob("evaluate.html"))
-    assert html == sorted(ids[k] for k in (("detcon_s", "grid", 1), ("detcon_b", "grid", 1)))
+    found = sorted(p.parent.name for p in to.rglob("evaluate.ipynb"))
+    assert found == sorted(ids[k] for k in (("detcon_s", "grid", 1), ("detcon_b", "grid", 1)))
+    assert not list(to.rglob("*.html"))
+
+
+def test_thin_metrics_keeps_evenly_spaced_steps_the_last_and_5_digits():
+    lines = [json.dumps({"step": s, "loss": 1 / 3 + s, "lr": s, "note": "x"}) for s in range(10)]
+    text = "\n".join(lines) + '\nnot json\n{"step": 10, "lo'  # garbage and a torn last line
+    thinned = [json.loads(line) for line in thin_metrics(text, rows=4).splitlines()]
+    assert [r["step"] for r in thinned] == [0, 3, 6, 9]  # stride ceil(10 / 4) = 3, and the last
+    assert thinned[1] == {"step": 3, "loss": 3.3333, "lr": 3, "note": "x"}
+    short = thin_metrics("\n".join(lines[:3]), rows=4)
+    assert [json.loads(line)["step"] for line in short.splitlines()] == [0, 1, 2]
+    assert thin_metrics("") == ""
+    with pytest.raises(ValueError, match="rows must be >= 1, got 0"):
+        thin_metrics(text, rows=0)
+
+
+def test_a_reused_point_links_the_notebooks_it_shares_with_its_source(fake, tmp_path):
+    """A point that took another ablation's finished run (status.json ``reused_from``) has the
+    same pretrain notebook as its source: the export does not copy it twice, the index links the
+    source's copy; a notebook that differs (evaluated again) is copied."""
+    path, runs, ids = fake
+    to = tmp_path / "results"
+    rid = ids["detcon_s", "grid", 0]
+    source = to / "baselines" / "detcon_s-s0-abc123"
+    source.mkdir(parents=True)
+    shutil.copy(runs / "fake" / rid / "pretrain.ipynb", source / "pretrain.ipynb")
+    (source / "evaluate.ipynb").write_text('{"cells": [], "metadata": {"other": 1}}')
+    status = json.loads((runs / "fake" / rid / "status.json").read_text())
+    status["reused_from"] = "baselines/detcon_s-s0-abc123"
+    (runs / "fake" / rid / "status.json").write_text(json.dumps(status))
+    _export(path, runs, to)
+    assert not (to / "fake" / rid / "pretrain.ipynb").exists()
+    assert (to / "fake" / rid / "evaluate.ipynb").is_file()
+    assert (to / "fake" / ids["detcon_b", "grid", 0] / "pretrain.ipynb").is_file()  # not reused
+    report = build_report(path, runs_dir=to, figures_dir=tmp_path / "f", echo=lambda line: None)
+    links = re.findall(r'href="([^"]+)"', report.files.index_html.read_text())
+    assert "../baselines/detcon_s-s0-abc123/pretrain.ipynb" in links
+    assert f"{rid}/evaluate.ipynb" in links
+    assert all((to / "fake" / link).resolve().is_file() for link in links), links

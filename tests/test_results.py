@@ -64,6 +64,7 @@ def write_run(
         for s in range(3)
     ]
     (run / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 3, "lo')  # torn last line
+    (run / "pretrain.ipynb").write_text('{"cells": [], "metadata": {"stage": "pretrain"}}')
     (run / "pretrain.html").write_text("<html>pretrain</html>")
     if state == "failed":
         _write(
@@ -86,6 +87,7 @@ def write_run(
     if supervised:
         ceiling = {"segmentation": {"miou": 0.8}, "depth": {"rmse": 0.2}}
         _write(run / "eval_supervised.json", ceiling)
+    (run / "evaluate.ipynb").write_text(f'{{"cells": [], "metadata": {{"seed": {seed}}}}}')
     (run / "evaluate.html").write_text("<html>evaluate</html>")
     _write(run / "summary.json", flatten_summary(point.to_json(), train, evaluation))
     _write(run / "status.json", {"state": "done", "notebook": "evaluate.html"})
