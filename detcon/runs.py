@@ -261,13 +261,22 @@ def is_locked(run_dir: str | Path) -> bool:
     taking the lock), and a folder that is only read (an exported copy under ``results/``, a
     read-only mount) must stay as it is.
     """
-    if not (Path(run_dir) / LOCK).is_file():
+    path = Path(run_dir) / LOCK
+    if not path.is_file():
+        return False
+    try:  # probe on a read-only descriptor: the holder's name in the file stays as it is
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # its holder's run directory was replaced meanwhile
         return False
     try:
-        with point_lock(run_dir):
-            return False
-    except PointBusyError:
-        return True
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return True
+        raise
+    finally:
+        os.close(fd)  # also releases the probe's lock
+    return False
 
 
 # --------------------------------------------------------------------------- env.json

@@ -19,7 +19,7 @@ from detcon.results import (
     read_run_metrics,
     scan_ablation,
 )
-from detcon.runs import flatten_summary, point_lock
+from detcon.runs import flatten_summary, is_locked, point_lock
 
 ABLATION = """\
 name: fake
@@ -173,6 +173,20 @@ def test_a_point_whose_lock_is_held_is_running(fake):
         scan = scan_ablation(path, profile="cpu", runs_dir=runs)
     row = scan.status.set_index("run_id").loc[ids["detcon_s", "fh", 1]]
     assert row["state"] == "running" and pd.isna(row["error"])
+
+
+def test_reading_a_lock_leaves_its_holder_name_as_it_is(tmp_path):
+    """is_locked probes the lock without writing: the name in .lock stays the last holder's
+    (what a stale-lock message shows), held or not."""
+    run = tmp_path / "run"
+    run.mkdir()
+    assert not is_locked(run) and not (run / ".lock").exists()  # reading creates nothing
+    (run / ".lock").write_text("otherhost 42\n")
+    assert not is_locked(run)
+    assert (run / ".lock").read_text() == "otherhost 42\n"
+    with point_lock(run):
+        held = (run / ".lock").read_text()
+        assert is_locked(run) and (run / ".lock").read_text() == held
 
 
 def test_tidy_table_has_one_row_per_run_backbone_metric(fake):
