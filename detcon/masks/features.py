@@ -82,6 +82,11 @@ def present_masks(weights: Tensor) -> Tensor:
 def sample_mask_ids(weights: Tensor, uniforms: Tensor) -> Tensor:
     """Draw K mask ids per image uniformly with replacement among the present ones.
 
+    An image with no mask present on the grid (possible only with overlapping masks: a crop
+    that no proposal reaches) draws uniformly among all M ids, as the release does: its
+    categorical over ``log(present + 1e-11)`` is uniform when nothing is present
+    (``detcon_b.py``, ``sample_masks``). Those ids pool to zero vectors (:func:`pool_masks`).
+
     Args:
         weights: (B, M, h*w) from :func:`mask_weights`.
         uniforms: (B, K) float in [0, 1): the randomness, passed in so the draw for an image does
@@ -89,20 +94,25 @@ def sample_mask_ids(weights: Tensor, uniforms: Tensor) -> Tensor:
             batch's uniforms).
 
     Returns:
-        (B, K) int64 ids, each present in its image (docs/design.md §4.3: no "present in both views"
-        filter; the other view may lack a sampled id, which then has no positive).
+        (B, K) int64 ids, each present in its image when one is (docs/design.md §4.3: no
+        "present in both views" filter; the other view may lack a sampled id, which then has no
+        positive).
+
+    Raises:
+        ValueError: ``weights`` has no mask at all (M = 0).
     """
+    if weights.shape[1] == 0:
+        raise ValueError(
+            f"sample_mask_ids: weights of shape {tuple(weights.shape)} hold no mask (M = 0); "
+            "expected (B, M >= 1, h*w)"
+        )
     present = present_masks(weights)
     n_present = present.sum(-1)  # (B,)
-    if bool((n_present == 0).any()):
-        bad = int(torch.nonzero(n_present == 0)[0, 0])
-        raise ValueError(
-            f"sample_mask_ids: image {bad} of the batch has no mask on the feature "
-            "grid; expected at least one non-empty mask per view"
-        )
-    # Present ids first, in increasing id order (stable sort of "absent" flags).
+    # Present ids first, in increasing id order (stable sort of "absent" flags); with none
+    # present that is every id, 0..M-1, each drawn alike.
     order = torch.sort((~present).to(torch.uint8), dim=1, stable=True).indices  # (B, M)
-    rank = (uniforms * n_present[:, None]).long().clamp_max(n_present[:, None] - 1)
+    n_draw = torch.where(n_present == 0, present.shape[1], n_present)[:, None]
+    rank = (uniforms * n_draw).long().clamp_max(n_draw - 1)
     return order.gather(1, rank)
 
 

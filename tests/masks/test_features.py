@@ -55,11 +55,21 @@ def test_sampling_depends_only_on_each_images_uniforms():
     assert torch.equal(full, halves)
 
 
-def test_sampling_rejects_an_image_without_masks():
-    with pytest.raises(ValueError, match="image 1 of the batch has no mask"):
-        sample_mask_ids(
-            torch.ones(2, 2, 4) * torch.tensor([1.0, 0.0])[:, None, None], torch.rand(2, 3)
-        )
+def test_an_image_without_masks_draws_among_all_ids_as_the_release():
+    """The release samples from log(present + 1e-11): uniform over all M ids when none is
+    present (a crop no proposal reaches); the other images keep their present ids."""
+    w = torch.zeros(2, 4, 4)
+    w[0, 2, 0] = 1  # image 0: only id 2; image 1: nothing on the grid
+    u = torch.rand(2, 4000, generator=torch.Generator().manual_seed(0))
+    ids = sample_mask_ids(w, u)
+    assert set(ids[0].tolist()) == {2}
+    counts = torch.bincount(ids[1], minlength=4).float() / 4000
+    assert torch.allclose(counts, torch.full((4,), 0.25), atol=0.03)
+    # its pooled vectors are zero (the release divides by max(area, 1))
+    pooled = pool_masks(torch.ones(2, 3, 2, 2), w, ids[:, :5])
+    assert torch.equal(pooled[1], torch.zeros(5, 3)) and torch.equal(pooled[0], torch.ones(5, 3))
+    with pytest.raises(ValueError, match=r"hold no mask \(M = 0\)"):
+        sample_mask_ids(torch.zeros(2, 0, 4), torch.rand(2, 3))
 
 
 def test_pool_is_the_mean_over_the_mask_cells():
