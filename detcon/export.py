@@ -225,9 +225,9 @@ def copy_point(
             if rewrite is not None:
                 data = rewrite(src.read_bytes())
                 atomic_write(tmp / src.name, lambda f, d=data: f.write(d))
-                continue
-            with src.open("rb") as source:
-                atomic_write(tmp / src.name, lambda f, s=source: shutil.copyfileobj(s, f))
+            else:
+                with src.open("rb") as source:
+                    atomic_write(tmp / src.name, lambda f, s=source: shutil.copyfileobj(s, f))
             size += (tmp / src.name).stat().st_size
         if dest.exists() or dest.is_symlink():
             old = _aside(dest, "old")

@@ -71,6 +71,8 @@ def test_export_copies_the_small_files_of_done_points_only(fake, tmp_path):
             assert copied == (runs / "fake" / rid / name).read_bytes()
         metrics = (runs / "fake" / rid / "metrics.jsonl").read_text()
         assert (to / "fake" / rid / "metrics.jsonl").read_text() == thin_metrics(metrics)
+    copied = sum(p.stat().st_size for p in (to / "fake").rglob("*") if p.is_file())
+    assert result.bytes_written == copied + result.table_csv.stat().st_size
     # the failed, interrupted, corrupt and missing points are named on stderr
     assert re.search(r"^4 of 8 points not done, left out: ", err, re.M)
     for key in [("detcon_s", "fh", 0), ("detcon_s", "fh", 1), ("detcon_b", "fh", 0)]:
