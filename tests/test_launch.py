@@ -790,6 +790,30 @@ def test_a_point_finished_in_another_ablation_file_is_not_trained_again(
     assert fake.calls == []
 
 
+def test_the_cpu_evaluation_is_reused_across_checkouts_at_other_paths(tmp_path, fake):
+    """The cpu profile's probes read generated scenes, not the data root: a launch from another
+    checkout (another absolute --data-root) takes the evaluation over too; where the tasks read
+    the data root (paper profile), it must agree."""
+    from detcon.launch.reuse import _eval_settings
+
+    first, other = two_files(tmp_path)
+    runs = tmp_path / "runs"
+    launch.run_ablation(first, runs_dir=runs, data_root=tmp_path / "a", echo=lambda line: None)
+    fake.calls.clear()
+    result = launch.run_ablation(
+        other, runs_dir=runs, data_root=tmp_path / "b", echo=lambda line: None
+    )
+    b4, b5 = run_ids(other)
+    assert b4 in result.reused and fake.calls == [(b5, "pretrain"), (b5, "evaluate")]
+
+    cpu = {"profile": "cpu", "tasks": ["linear"], "data_root": "/a", "run_dir": "/r"}
+    assert _eval_settings(cpu) == {"profile": "cpu", "tasks": ["linear"]}
+    paper = {"profile": "paper", "tasks": ["segmentation"], "data_root": "/a", "run_dir": "/r"}
+    assert _eval_settings(paper) == {k: v for k, v in paper.items() if k != "run_dir"}
+    odd = {"profile": "nope", "tasks": ["linear"], "data_root": "/a"}
+    assert _eval_settings(odd) == odd
+
+
 def _failed(run_dir: Path) -> None:  # pretraining finished, evaluation failed
     (run_dir / "summary.json").unlink()
     write_status(run_dir, "failed", stages=["pretrain"], error="RuntimeError: boom")

@@ -15,6 +15,7 @@ released config (the DetCon release has no downstream code), so check them befor
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -188,6 +189,11 @@ class EvalSettings:
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
         return getattr(self, task)
+
+    def datasets_on_disk(self, tasks: Sequence[str]) -> list[str]:
+        """The datasets ``tasks`` read from the data root, sorted (the generated synthetic
+        scenes are read from nowhere: an empty list means the data root is not used)."""
+        return sorted({s.data.dataset for t in tasks for s in self.for_task(t)} - {"synthetic"})
 
 
 # ------------------------------------------------------------------------------------- cpu profile

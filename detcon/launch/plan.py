@@ -289,10 +289,7 @@ def _check_eval_data(ablation: Ablation, profile: str, data_root: Path) -> None:
         from detcon.evaluate import get_settings
     except ImportError:
         return
-    settings = get_settings(profile)
-    real = sorted(
-        {s.data.dataset for t in ablation.evaluate for s in settings.for_task(t)} - {"synthetic"}
-    )
+    real = get_settings(profile).datasets_on_disk(ablation.evaluate)
     if real and not data_root.is_dir():
         raise FileNotFoundError(
             f"{ablation.path}: evaluation at profile {profile!r} reads {', '.join(real)} from "

@@ -22,7 +22,8 @@ digest, pretraining notebook and pretraining parameters (but those that only sho
 ``config.json`` equals the config this point must train (so absolute data paths must agree as
 well) and which has ``backbone.pt`` and ``train_summary.json``. Its evaluation is taken too when
 its ``eval_parameters`` equal this point's (the same tasks, profile, data root and evaluate
-parameters; only ``run_dir`` differs); otherwise this point's own evaluation runs.
+parameters; only ``run_dir`` differs, and the data root too when the tasks read nothing from it,
+as the cpu profile's generated scenes); otherwise this point's own evaluation runs.
 
 **Taking it over.** The source's files are placed in the point's own run directory, so every
 reader (the evaluate stage, ``detcon status``, ``detcon report``, a user's script) finds a run
@@ -93,7 +94,21 @@ def _training_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _eval_settings(parameters: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    return None if parameters is None else {k: v for k, v in parameters.items() if k != "run_dir"}
+    """The evaluate parameters that make two evaluations the same: all but ``run_dir``, and but
+    ``data_root`` when the tasks read nothing from it (the cpu profile's generated scenes: two
+    checkouts at different paths evaluate alike)."""
+    if parameters is None:
+        return None
+    settings = {k: v for k, v in parameters.items() if k != "run_dir"}
+    try:
+        from detcon.evaluate import get_settings
+
+        on_disk = get_settings(settings.get("profile")).datasets_on_disk(settings.get("tasks"))
+    except (ImportError, ValueError, TypeError):  # unknown profile or task: compare everything
+        on_disk = True
+    if not on_disk:
+        settings.pop("data_root", None)
+    return settings
 
 
 def check_source(spec: PointSpec, run_dir: str | Path) -> Source | None:
