@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The cpu-profile study on one machine (RESULTS.md): for each ablation file given (default: the
+# six of the study, the cheapest first), LANES `detcon run` processes side by side, one thread
+# each. They share the work through the points' locks: a lane skips a point another lane holds
+# ("running elsewhere") and takes the next, so LANES points run at a time. When an ablation's
+# lanes end, its finished points are exported into RESULTS_DIR (`detcon export`); at the end
+# `detcon figures` and `detcon claims` regenerate figures/, the index pages and RESULTS.md.
+#
+# Resumable: run it again and finished points are skipped, interrupted ones resume from their
+# checkpoints. Commit what it exported as it goes (run directories are not meant to be kept):
+#   git add results figures RESULTS.md && git commit -m "study: ..."
+#
+# Usage:  nohup scripts/study.sh RUNS_DIR [ABLATION.yaml ...] > study.log 2>&1 &
+# Env:    LANES (default 2), DETCON (default .venv/bin/detcon), RESULTS_DIR (default results),
+#         STAGGER (seconds between starting two lanes, default 5).
+# Launch every ablation of one study from the same runs folder: the random-init floor and the
+# supervised ceiling are computed once in RUNS_DIR/.references, and a point of one ablation that
+# equals a finished one of another is taken over instead of trained again (docs/design.md §2.2).
+set -uo pipefail
+RUNS=${1:?usage: scripts/study.sh RUNS_DIR [ABLATION.yaml ...]}
+shift
+if [ $# -eq 0 ]; then
+    set -- ablations/baselines.yaml ablations/mask_type.yaml ablations/negatives.yaml \
+        ablations/single_view.yaml ablations/sample_efficiency.yaml ablations/resolution.yaml
+fi
+LANES=${LANES:-2}
+STAGGER=${STAGGER:-5}
+DETCON=${DETCON:-.venv/bin/detcon}
+RESULTS_DIR=${RESULTS_DIR:-results}
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+for ablation in "$@"; do
+    [ -f "$ablation" ] || { echo "study: no ablation file $ablation" >&2; exit 2; }
+done
+mkdir -p "$RUNS"
+
+status=0
+for ablation in "$@"; do
+    name=$(basename "$ablation" .yaml)
+    echo "== $name: $LANES lanes, logs in $RUNS/$name.lane<N>.log ($(date -u +%FT%TZ))"
+    pids=()
+    for lane in $(seq 1 "$LANES"); do
+        "$DETCON" run "$ablation" --profile cpu --runs-dir "$RUNS" > "$RUNS/$name.lane$lane.log" 2>&1 &
+        pids+=($!)
+        sleep "$STAGGER"  # the first lane takes its first point's lock before the next one plans
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" || status=1  # a failed point: named in the lane's log, the others go on
+    done
+    grep -h "FAILED" "$RUNS/$name".lane*.log || true
+    "$DETCON" export "$ablation" --profile cpu --runs-dir "$RUNS" --to "$RESULTS_DIR" || status=1
+done
+"$DETCON" figures --results-dir "$RESULTS_DIR" --notebooks && "$DETCON" claims --results "$RESULTS_DIR" || status=1
+echo "== study: finished with status $status ($(date -u +%FT%TZ))"
+exit $status

@@ -1,0 +1,82 @@
+"""scripts/study.sh: lanes of `detcon run` per ablation, then its export; figures at the end.
+
+The script's `detcon` is a stub that logs its arguments: what is tested is the orchestration
+(the lanes sharing points through their locks is tested with the launcher, tests/test_launch.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "study.sh"
+
+
+def _stub(tmp_path: Path, fail_run: bool = False) -> tuple[Path, Path]:
+    log = tmp_path / "calls.log"
+    stub = tmp_path / "detcon"
+    exit_run = "exit 1" if fail_run else "echo '[1/1] p done (1 s)'"
+    stub.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$* OMP=$OMP_NUM_THREADS" >> {log}\n'
+        f'if [ "$1" = run ]; then sleep 0.2; {exit_run}; fi\n'
+    )
+    stub.chmod(0o755)
+    return stub, log
+
+
+def _run(tmp_path, stub, *args, lanes="2"):
+    env = {**os.environ, "DETCON": str(stub), "LANES": lanes, "STAGGER": "0"}
+    env["RESULTS_DIR"] = str(tmp_path / "r")
+    return subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "runs"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_each_ablation_runs_in_lanes_then_is_exported_and_the_figures_follow(tmp_path):
+    stub, log = _stub(tmp_path)
+    proc = _run(tmp_path, stub, "ablations/negatives.yaml", "ablations/single_view.yaml")
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines()
+    runs, results = tmp_path / "runs", tmp_path / "r"
+    run = f"--profile cpu --runs-dir {runs} OMP=1"
+    assert calls == [
+        f"run ablations/negatives.yaml {run}",
+        f"run ablations/negatives.yaml {run}",
+        f"export ablations/negatives.yaml {run.replace(' OMP', f' --to {results} OMP')}",
+        f"run ablations/single_view.yaml {run}",
+        f"run ablations/single_view.yaml {run}",
+        f"export ablations/single_view.yaml {run.replace(' OMP', f' --to {results} OMP')}",
+        f"figures --results-dir {results} --notebooks OMP=1",
+        f"claims --results {results} OMP=1",
+    ]
+    assert (runs / "negatives.lane1.log").read_text() == "[1/1] p done (1 s)\n"
+    assert (runs / "single_view.lane2.log").is_file()
+    assert "== study: finished with status 0" in proc.stdout
+
+
+def test_a_failed_lane_is_reported_and_the_study_goes_on(tmp_path):
+    stub, log = _stub(tmp_path, fail_run=True)
+    proc = _run(tmp_path, stub, "ablations/negatives.yaml", lanes="1")
+    assert proc.returncode == 1
+    assert [c.split()[0] for c in log.read_text().splitlines()] == [
+        "run",
+        "export",
+        "figures",
+        "claims",
+    ]
+    assert "finished with status 1" in proc.stdout
+
+
+def test_a_missing_ablation_file_stops_before_anything_runs(tmp_path):
+    stub, log = _stub(tmp_path)
+    proc = _run(tmp_path, stub, "ablations/negatives.yaml", "ablations/nope.yaml")
+    assert proc.returncode == 2 and "no ablation file ablations/nope.yaml" in proc.stderr
+    assert not log.exists()
