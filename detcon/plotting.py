@@ -6,6 +6,7 @@ global state (safe in notebooks, tests and headless cluster jobs); the caller sa
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -316,7 +317,10 @@ def ablation_figure(
         )
         head = [title] if title else []
         head += [f"paper: {line}" for line in expected]
-        fig.suptitle("\n".join([*head, note]), fontsize=9)
+        # Long lines wrapped to the figure's width (about 13 characters per inch at 9 pt).
+        width = max(40, int(fig.get_figwidth() * 13))
+        lines = [textwrap.fill(line, width, subsequent_indent="  ") for line in [*head, note]]
+        fig.suptitle("\n".join(lines), fontsize=9)
     return fig
 
 

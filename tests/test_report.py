@@ -206,7 +206,10 @@ def test_figures_draw_one_panel_per_metric_and_leave_pyplot_alone():
     assert len(expected) == 2 and all("transfers better than" in e for e in expected)
     assert paper_expectations("demo") == []
     marked = ablation_figure(data, x="src", order=["grid", "fh"], title="t", expected=expected)
-    assert f"paper: {expected[1]}" in marked._suptitle.get_text().splitlines()
+    heading = marked._suptitle.get_text()
+    assert f"paper: {expected[1]}" in " ".join(heading.split())
+    # wrapped to the figure's width: no line longer than ~13 characters per inch
+    assert max(map(len, heading.splitlines())) <= int(marked.get_figwidth() * 13)
     # The same results draw the same bytes (committed figures: `make figures` changes nothing),
     # and NumPy's global RNG is left as it was.
     import io
