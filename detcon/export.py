@@ -50,7 +50,7 @@ import pandas as pd
 from detcon.atomic import atomic_write, write_text
 from detcon.grid import GridPoint, expand, load_ablation
 from detcon.results import AblationScan, scan_ablation
-from detcon.runs import PRETRAIN_ENV, read_json
+from detcon.runs import PRETRAIN_ENV, metric_records, read_json, reused_source
 
 __all__ = [
     "POINT_FILES",
@@ -83,7 +83,7 @@ POINT_FILES = (
 NOTEBOOK_SUFFIXES = (".ipynb",)
 # The exported metrics.jsonl: at most this many steps (evenly spaced; the last is always kept) with
 # numbers to this many significant digits. A 768-step run's full log is ~165 KB, the thinned one
-# ~25 KB; the run directory keeps the full log.
+# ~30 KB; the run directory keeps the full log.
 CURVE_ROWS = 192
 CURVE_DIGITS = 5
 # Columns of <to>/<ablation>.csv around the grid parameters (which go after "seed").
@@ -126,14 +126,7 @@ def thin_metrics(text: str, *, rows: int = CURVE_ROWS) -> str:
     significant digits. Torn or non-JSON lines (a job killed mid-write) are dropped."""
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
-    records = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
+    records = metric_records(text)
     stride = max(1, math.ceil(len(records) / rows))
     keep = [r for i, r in enumerate(records) if i % stride == 0 or i == len(records) - 1]
     return "".join(json.dumps({k: _rounded(v) for k, v in r.items()}) + "\n" for r in keep)
@@ -153,11 +146,8 @@ def shared_notebooks(run_dir: str | Path, to: str | Path) -> set[str]:
     ``status.json`` names ``reused_from: <ablation>/<run id>`` and ``<to>/<ablation>/<run id>/``
     holds a byte-identical copy (an earlier export of the source)."""
     run_dir = Path(run_dir)
-    try:
-        source = (read_json(run_dir / "status.json") or {}).get("reused_from")
-    except ValueError:
-        return set()
-    if not isinstance(source, str) or not source:
+    source = reused_source(run_dir)
+    if source is None:
         return set()
     exported = Path(to) / source
     return {

@@ -57,7 +57,7 @@ from detcon.results import (
     load_mask_quality,
     scan_ablation,
 )
-from detcon.runs import read_json
+from detcon.runs import reused_source
 
 __all__ = [
     "Report",
@@ -221,11 +221,8 @@ def _notebook_links(run_dir: Path, here: Path) -> str:
     if not run_dir.is_dir():
         return ""
     found = _notebooks(run_dir)
-    try:
-        source = (read_json(run_dir / "status.json") or {}).get("reused_from")
-    except ValueError:
-        source = None
-    if isinstance(source, str) and source and (run_dir.parent.parent / source).is_dir():
+    source = reused_source(run_dir)
+    if source is not None and (run_dir.parent.parent / source).is_dir():
         found = _notebooks(run_dir.parent.parent / source) | found
     stems = [s for s in _NOTEBOOK_ORDER if s in found] + sorted(
         s for s in found if s not in _NOTEBOOK_ORDER

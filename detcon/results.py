@@ -28,7 +28,6 @@ Three tables come out of :func:`scan_ablation`:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +38,13 @@ import pandas as pd
 
 from detcon.config import to_dict
 from detcon.grid import NOTEBOOK_PREFIX, Ablation, GridPoint, expand, flatten, load_ablation
-from detcon.runs import ENCODER_RECORD, OFFICIAL_PARAMETER, ablation_status, read_json
+from detcon.runs import (
+    ENCODER_RECORD,
+    OFFICIAL_PARAMETER,
+    ablation_status,
+    metric_records,
+    read_json,
+)
 
 __all__ = [
     "REFERENCES",
@@ -210,12 +215,8 @@ def read_curves(run_dir: str | Path) -> pd.DataFrame:
         text = path.read_text(errors="replace")
     except (FileNotFoundError, NotADirectoryError):  # not started, or no run directory at all
         text = ""
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and _is_number(row.get("step")):
+    for row in metric_records(text):
+        if _is_number(row.get("step")):
             rows.append(
                 {"step": int(row["step"])}
                 | {c: float(row[c]) if _is_number(row.get(c)) else math.nan for c in CURVE_COLUMNS}

@@ -41,11 +41,13 @@ __all__ = [
     "git_state",
     "job_id_from_env",
     "last_metrics",
+    "metric_records",
     "point_lock",
     "point_state",
     "read_json",
     "read_status",
     "read_summary",
+    "reused_source",
     "write_status",
 ]
 
@@ -133,6 +135,17 @@ def read_status(run_dir: str | Path) -> dict[str, Any] | None:
     return status
 
 
+def reused_source(run_dir: str | Path) -> str | None:
+    """``<ablation>/<run id>`` of the finished run whose results the point took over
+    (``reused_from`` in its ``status.json``); None when it trained itself or the file is missing
+    or unreadable."""
+    try:
+        name = (read_status(run_dir) or {}).get("reused_from")
+    except ValueError:
+        return None
+    return name if isinstance(name, str) and name else None
+
+
 def read_summary(run_dir: str | Path, run_id: str) -> dict[str, Any] | None:
     """``run_dir/summary.json`` (its presence means the point is done), or None when there is
     none.
@@ -209,6 +222,10 @@ def _close_inherited_locks() -> None:
 os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
+# errno of a non-blocking flock on a lock another open file holds.
+_BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+
+
 @contextmanager
 def point_lock(run_dir: str | Path, *, wait: bool = False, name: str = LOCK) -> Iterator[Path]:
     """Hold an exclusive ``flock`` on ``run_dir/.lock`` for the block; the file names the holder
@@ -236,7 +253,7 @@ def point_lock(run_dir: str | Path, *, wait: bool = False, name: str = LOCK) -> 
             acquired = True
             _HELD_LOCKS.add(fd)
         except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            if exc.errno in _BUSY:
                 raise PointBusyError(
                     f"{run_dir} is in use by another process ({_lock_holder(path)}, which holds "
                     f"{path}): one directory, one writer; wait for it to finish, or use another "
@@ -271,7 +288,7 @@ def is_locked(run_dir: str | Path) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
-        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        if exc.errno in _BUSY:
             return True
         raise
     finally:
@@ -421,6 +438,20 @@ def flatten_summary(
 
 
 # --------------------------------------------------------------------------- scanning
+
+
+def metric_records(text: str) -> list[dict[str, Any]]:
+    """The JSON objects of ``metrics.jsonl`` text, in order; torn or non-JSON lines (a job
+    killed mid-write) are skipped."""
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def last_metrics(run_dir: str | Path) -> dict[str, Any] | None:

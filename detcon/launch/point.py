@@ -36,6 +36,7 @@ from detcon.runs import (
     read_json,
     read_status,
     read_summary,
+    reused_source,
     write_status,
 )
 
@@ -137,10 +138,7 @@ def planned_source(spec: PointSpec) -> Source | None:
 def _reused_before(run_dir: Path) -> dict[str, Any]:
     """``{"reused_from": ...}`` when an earlier job of the point took its pretraining from
     another run (kept in ``status.json`` across requeues), else ``{}``."""
-    try:
-        name = (read_status(run_dir) or {}).get("reused_from")
-    except ValueError:
-        return {}
+    name = reused_source(run_dir)
     return {"reused_from": name} if name else {}
 
 
