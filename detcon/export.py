@@ -20,6 +20,14 @@ metric, with the point's seed and grid parameters, the SHA-256 of its resolved c
 (``config_digest``, as the launcher computes it) and the git commit of the code that ran it (from
 its ``env.json``). Points not done are listed and left out; a folder exported earlier is kept.
 
+A point not done under the runs folder whose config finished in another ablation already
+exported to ``<to>`` (the same full config digest and an equal evaluation: what the launcher
+requires to take a run over, docs/design.md §2.2) is exported from that folder instead
+(:func:`stand_in`), with its own ``point.json``, ``summary.json`` and a ``status.json`` naming
+``reused_from``. Run directories are not kept between sessions; exports are: a study run over
+several sessions need not train again the points its ablation files share (``detcon run
+--only`` the new ones, then export).
+
 ``detcon report --runs-dir <to>`` reads the tree as it reads run directories, so figures
 regenerate from it alone (``detcon figures``, ``make figures``).
 
@@ -44,13 +52,24 @@ import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from detcon.atomic import atomic_write, write_text
 from detcon.grid import GridPoint, expand, load_ablation
 from detcon.results import AblationScan, scan_ablation
-from detcon.runs import PRETRAIN_ENV, metric_records, read_json, reused_source
+from detcon.runs import (
+    PRETRAIN_ENV,
+    flatten_summary,
+    metric_records,
+    now,
+    read_json,
+    reused_source,
+)
+
+if TYPE_CHECKING:
+    from detcon.launch.point import PointSpec
 
 __all__ = [
     "POINT_FILES",
@@ -60,6 +79,7 @@ __all__ = [
     "export_ablation",
     "point_files",
     "shared_notebooks",
+    "stand_in",
     "thin_metrics",
     "register_cli",
     "results_table",
@@ -99,7 +119,9 @@ _LEFTOVER = re.compile(r"\..+\.[0-9a-f]{8}\.(?:tmp|old)")
 class ExportResult:
     """What :func:`export_ablation` did. ``exported``: run ids copied; ``not_done``: ``(run_id,
     state)`` of the points left out; ``kept``: those of them with a folder from an earlier export;
-    ``bytes_written``: the files copied and the table; ``total_bytes``: the whole results tree."""
+    ``reused``: ``(run_id, <ablation>/<run id>)`` of the points not done under the runs folder that
+    an exported point of another ablation stood in for (:func:`stand_in`); ``bytes_written``:
+    the files copied and the table; ``total_bytes``: the whole results tree."""
 
     ablation: str
     folder: Path
@@ -107,6 +129,7 @@ class ExportResult:
     exported: list[str]
     not_done: list[tuple[str, str]]
     kept: list[str]
+    reused: list[tuple[str, str]]
     bytes_written: int
     total_bytes: int
 
@@ -192,9 +215,11 @@ def copy_point(
     dest: str | Path,
     *,
     transforms: Mapping[str, Callable[[bytes], bytes]] | None = None,
+    written: Mapping[str, bytes] | None = None,
 ) -> int:
-    """Make ``dest`` a folder holding exactly ``files`` (copies), replacing what was there. A file
-    whose name is in ``transforms`` is written as that function makes of its bytes.
+    """Make ``dest`` a folder holding exactly ``files`` (copies) and ``written`` (name -> bytes),
+    replacing what was there. A file whose name is in ``transforms`` is written as that function
+    makes of its bytes.
 
     The copies are written into a hidden sibling folder, which is renamed to ``dest`` once
     complete (an existing ``dest`` is renamed aside first, and deleted last): a reader never
@@ -219,6 +244,9 @@ def copy_point(
                 with src.open("rb") as source:
                     atomic_write(tmp / src.name, lambda f, s=source: shutil.copyfileobj(s, f))
             size += (tmp / src.name).stat().st_size
+        for name, data in (written or {}).items():
+            atomic_write(tmp / name, lambda f, d=data: f.write(d))
+            size += len(data)
         if dest.exists() or dest.is_symlink():
             old = _aside(dest, "old")
             os.rename(dest, old)
@@ -232,6 +260,79 @@ def copy_point(
     if old is not None:
         _remove(old)
     return size
+
+
+def _first_source(to: Path, name: str) -> str:
+    """Follow ``reused_from`` within ``to`` from ``<ablation>/<run id>`` to the exported point
+    that trained (the one whose notebooks the index page links)."""
+    seen = {name}
+    while (nxt := reused_source(to / name)) is not None and (to / nxt).is_dir():
+        if nxt in seen:
+            break
+        seen.add(name := nxt)
+    return name
+
+
+def stand_in(spec: PointSpec, to: str | Path) -> tuple[str, dict[str, bytes], list[Path]] | None:
+    """An exported point of another ablation in ``to`` that stands in for ``spec`` (not done under
+    the runs folder): the same full config digest, pretraining parameters and resolved config
+    and an equal evaluation, as the launcher requires of a run it takes over (docs/design.md
+    §2.2; :func:`detcon.launch.reuse.check_source` without the weights, which an export lacks).
+    None when there is none, or when ``spec`` evaluates and the exported point's evaluation
+    differs (an export cannot evaluate).
+
+    Returns:
+        ``(source, written, files)``: ``<ablation>/<run id>`` of the exported point that trained
+        (``reused_from`` followed within ``to``); the files written for this point
+        (``point.json``, ``status.json`` and ``summary.json`` of its own, and the source's
+        ``env.json`` as ``pretrain_env.json`` when the source has none); the source's other
+        small files to copy. Its notebooks are not copied: the index page links the source's.
+    """
+    from detcon.launch.reuse import find_source
+
+    to = Path(to)
+    source = find_source(spec, to, weights=False)
+    if source is None or (spec.eval_parameters is not None and not source.evaluation):
+        return None
+    src = source.run_dir
+    name = _first_source(to, source.name)
+    evaluates = spec.eval_parameters is not None
+    own = {"point.json", "status.json", "summary.json"}
+    if not evaluates:
+        own |= {"eval.json", "eval_random.json", "eval_supervised.json"}
+    files = [f for f in point_files(src, notebooks=False) if f.name not in own]
+    status = read_json(src / "status.json") or {}
+    stages = ["pretrain", "evaluate"] if evaluates else ["pretrain"]
+    evaluation = read_json(src / "eval.json") if evaluates else None
+    summary = flatten_summary(
+        spec.point.to_json(),
+        read_json(src / "train_summary.json"),
+        evaluation,
+        read_json(src / "eval_random.json") if evaluates else None,
+        read_json(src / "eval_supervised.json") if evaluates else None,
+    )
+    point = {
+        **spec.point.to_json(),
+        "notebook": spec.notebook.name,
+        "parameters": dict(spec.parameters),
+        "eval_parameters": None if spec.eval_parameters is None else dict(spec.eval_parameters),
+    }
+    state = {
+        "state": "done",
+        "stages": stages,
+        "notebook": status.get("notebook"),
+        "reused_from": name,
+        # no job ran this point: the export took the exported source over
+        "reused_by": "detcon export",
+        "updated": now(),
+    }
+    written = {
+        n: (json.dumps(d, indent=2, sort_keys=True, default=str) + "\n").encode()
+        for n, d in (("point.json", point), ("status.json", state), ("summary.json", summary))
+    }
+    if not (src / PRETRAIN_ENV).is_file() and (src / "env.json").is_file():
+        written[PRETRAIN_ENV] = (src / "env.json").read_bytes()
+    return name, written, files
 
 
 def remove_leftovers(folder: str | Path) -> list[Path]:
@@ -311,6 +412,18 @@ def _stale_folders(folder: Path, run_ids: Collection[str], profile: str) -> list
     return stale
 
 
+def _stand_ins(
+    ablation_path: str | Path, profile: str, runs_dir: str | Path, to: str | Path, run_ids: list
+) -> dict[str, tuple[str, dict[str, bytes], list[Path]]]:
+    """:func:`stand_in` of each of ``run_ids`` that has one."""
+    from detcon.launch.plan import prepare
+
+    plan = prepare(ablation_path, profile=profile, runs_dir=runs_dir, check_data=False)
+    specs = {spec.run_id: spec for spec in plan.specs}
+    found = {rid: stand_in(specs[rid], to) for rid in run_ids}
+    return {rid: value for rid, value in found.items() if value is not None}
+
+
 def export_ablation(
     ablation_path: str | Path,
     *,
@@ -347,7 +460,11 @@ def export_ablation(
     scan = scan_ablation(ablation_path, profile=profile, runs_dir=runs_dir)
     status = scan.status
     done = status[status["state"] == "done"]
-    if done.empty:
+    others = status[status["state"] != "done"]
+    # Not done here and never exported: another ablation's export may stand in (stand_in).
+    absent = [rid for rid in others["run_id"] if not (folder / rid / "summary.json").is_file()]
+    stand_ins = _stand_ins(ablation_path, profile, runs_dir, to, absent) if absent else {}
+    if done.empty and not stand_ins:
         counts = ", ".join(f"{n} {s}" for s, n in scan.counts().items())
         raise FileNotFoundError(
             f"nothing to export: none of the {len(status)} points of ablation {name!r} at profile "
@@ -368,9 +485,13 @@ def export_ablation(
         size = copy_point(files, folder / row["run_id"], transforms=_TRANSFORMS)
         written += size
         echo(f"  [{i}/{len(done)}] {row['run_id']}: {len(files)} files, {_size(size)}")
+    reused = []
+    for rid, (src, extra, files) in stand_ins.items():
+        written += copy_point(files, folder / rid, transforms=_TRANSFORMS, written=extra)
+        reused.append((rid, src))
+        echo(f"  {rid}: not under {source}; taken from the exported {src} (the same config)")
 
-    others = status[status["state"] != "done"]
-    not_done = list(zip(others["run_id"], others["state"]))
+    not_done = [(r, s) for r, s in zip(others["run_id"], others["state"]) if r not in stand_ins]
     kept = [rid for rid, _ in not_done if (folder / rid / "summary.json").is_file()]
     if not_done:
         listing = ", ".join(f"{rid} ({state})" for rid, state in not_done)
@@ -388,8 +509,9 @@ def export_ablation(
     table_csv = write_text(Path(to) / f"{name}.csv", table.to_csv(index=False))
     written += table_csv.stat().st_size
     total = tree_size(to)
+    taken = f" (and {len(reused)} taken from other ablations' exports)" if reused else ""
     echo(
-        f"wrote {_size(written)}: {len(done)} points in {folder}, {len(table)} rows in "
+        f"wrote {_size(written)}: {len(done)} points{taken} in {folder}, {len(table)} rows in "
         f"{table_csv}; {to} holds {_size(total)}"
     )
     if total > SIZE_WARNING_BYTES:
@@ -398,7 +520,7 @@ def export_ablation(
             "repository; export the notebooks of fewer seeds (--notebook-seeds)"
         )
     return ExportResult(
-        name, folder, table_csv, list(done["run_id"]), not_done, kept, written, total
+        name, folder, table_csv, list(done["run_id"]), not_done, kept, reused, written, total
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -991,3 +992,76 @@ def test_end_to_end_a_shared_point_is_evaluated_from_the_run_it_reuses(tmp_path,
     assert "eval.linear.top1" not in summary
     encoder = json.loads((d / "eval.json").read_text())["encoder"]
     assert encoder == {"step": 2, "planned_steps": 2, "finished": True}
+
+
+@pytest.mark.parametrize(
+    ("second", "stands_in"),
+    [("evaluate: [linear]\n", True), ("evaluate: [linear, depth]\n", False)],
+    ids=["same-evaluation", "other-tasks"],
+)
+def test_an_export_takes_a_point_over_from_another_ablations_export(
+    tmp_path, fake, capsys, second, stands_in
+):
+    """Run directories are gone (another session), the first file's export is committed: the
+    second file runs only its new point, and its export takes the shared one from the first's
+    export, as the launcher would have taken the run over, or leaves it out when the
+    evaluation differs (an export cannot evaluate)."""
+    import pandas as pd
+
+    from detcon.export import export_ablation
+
+    first, other = two_files(tmp_path, second)
+    results = tmp_path / "results"
+    _, a4 = run_ids(first)
+    b4, b5 = run_ids(other)
+    assert main(["run", str(first), "--runs-dir", str(tmp_path / "runs1")]) == 0
+    export_ablation(first, runs_dir=tmp_path / "runs1", to=results, echo=print, warn=print)
+    (results / "first" / a4 / "status.json").write_text(  # a reused point: follow to its source
+        json.dumps(
+            {
+                **json.loads((results / "first" / a4 / "status.json").read_text()),
+                "reused_from": "zero/trained-abcdef",
+            }
+        )
+    )
+    (results / "zero" / "trained-abcdef").mkdir(parents=True)
+    runs = tmp_path / "runs2"
+    if stands_in:  # nothing of the second file ran yet: the stand-in alone is exported
+        alone = export_ablation(other, runs_dir=runs, to=results, echo=print, warn=print)
+        assert alone.exported == [] and [r for r, _ in alone.reused] == [b4]
+        shutil.rmtree(results / "second")
+    assert main(["run", str(other), "--runs-dir", str(runs), "--only", b5]) == 0
+    assert not (runs / "second" / b4).exists()
+    capsys.readouterr()
+    result = export_ablation(other, runs_dir=runs, to=results, echo=print, warn=print)
+    out = capsys.readouterr().out
+    dst, src = results / "second" / b4, results / "first" / a4
+    table = pd.read_csv(result.table_csv)
+    if not stands_in:
+        assert result.reused == [] and result.not_done == [(b4, "missing")]
+        assert not dst.exists() and set(table.run_id) == {b5}
+        return
+    assert result.reused == [(b4, "zero/trained-abcdef")] and result.not_done == []
+    assert f"{b4}: not under {runs / 'second'}; taken from the exported zero/trained-abcdef" in out
+    for name in ("config.json", "train_summary.json", "eval.json", "metrics.jsonl"):
+        assert (dst / name).read_bytes() == (src / name).read_bytes(), name
+    assert not list(dst.glob("*.ipynb"))  # the index page links the source's notebooks
+    status = json.loads((dst / "status.json").read_text())
+    assert status["state"] == "done" and status["reused_from"] == "zero/trained-abcdef"
+    point = json.loads((dst / "point.json").read_text())
+    assert (point["ablation"], point["run_id"]) == ("second", b4)
+    summary = json.loads((dst / "summary.json").read_text())
+    assert (summary["ablation"], summary["run_id"]) == ("second", b4)
+    assert {k: v for k, v in summary.items() if k.startswith(("eval", "pretrain"))} == {
+        k: v
+        for k, v in json.loads((src / "summary.json").read_text()).items()
+        if k.startswith(("eval", "pretrain"))
+    }
+    # the table has the point, with the numbers of the one training and the code that ran it
+    ours = table[table.run_id == b4].drop(columns=["ablation", "run_id", "masks.grid_size"])
+    theirs = pd.read_csv(results / "first.csv")
+    theirs = theirs[theirs.run_id == a4].drop(columns=["ablation", "run_id", "masks.grid_size"])
+    assert len(ours) and ours.reset_index(drop=True).equals(theirs.reset_index(drop=True))
+    # a second export keeps the folder (it is an earlier export now)
+    again = export_ablation(other, runs_dir=runs, to=results, echo=print, warn=print)
+    assert again.reused == [] and again.kept == [b4]

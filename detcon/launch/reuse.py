@@ -111,9 +111,11 @@ def _eval_settings(parameters: Mapping[str, Any] | None) -> dict[str, Any] | Non
     return settings
 
 
-def check_source(spec: PointSpec, run_dir: str | Path) -> Source | None:
+def check_source(spec: PointSpec, run_dir: str | Path, *, weights: bool = True) -> Source | None:
     """``run_dir`` as a source of ``spec``'s results, or None when it is not usable (see the
-    module docstring; any unreadable file makes it unusable)."""
+    module docstring; any unreadable file makes it unusable). ``weights=False`` accepts a source
+    without ``backbone.pt``: an exported point (``detcon export``), which the export takes over
+    only with its evaluation."""
     run_dir = Path(run_dir)
     try:
         if not run_dir.is_dir() or run_dir.resolve() == spec.run_dir.resolve():
@@ -131,7 +133,7 @@ def check_source(spec: PointSpec, run_dir: str | Path) -> Source | None:
         stages = (read_status(run_dir) or {}).get("stages") or []
         if (
             "pretrain" not in stages
-            or not (run_dir / "backbone.pt").is_file()
+            or (weights and not (run_dir / "backbone.pt").is_file())
             or read_json(run_dir / _LAST) is None
             or read_json(run_dir / "config.json") != expected_config(spec)
         ):
@@ -147,14 +149,17 @@ def check_source(spec: PointSpec, run_dir: str | Path) -> Source | None:
     return Source(run_dir, f"{run_dir.parent.name}/{run_dir.name}", evaluation)
 
 
-def find_source(spec: PointSpec) -> Source | None:
-    """A finished run of ``spec``'s config under the same runs folder (any ablation), or None.
+def find_source(
+    spec: PointSpec, root: str | Path | None = None, *, weights: bool = True
+) -> Source | None:
+    """A finished run of ``spec``'s config under ``root`` (any ablation; default: the point's own
+    runs folder), or None. ``weights``: as :func:`check_source`.
 
     Candidates are read in path order; the first usable one wins.
     """
-    runs_dir = spec.run_dir.parent.parent
+    runs_dir = spec.run_dir.parent.parent if root is None else Path(root)
     for candidate in sorted(runs_dir.glob(f"*/*{spec.point.digest[:_PREFIX]}*")):
-        source = check_source(spec, candidate)
+        source = check_source(spec, candidate, weights=weights)
         if source is not None:
             return source
     return None
