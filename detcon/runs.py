@@ -14,6 +14,7 @@ import errno
 import fcntl
 import json
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -350,7 +351,26 @@ def _device() -> dict[str, Any]:
             "name": torch.cuda.get_device_name(0),
             "cuda": torch.version.cuda,
         }
-    return {"type": "cpu", "count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    # The CPU and the kernels torch picks for it: float results differ between CPUs (e.g. the
+    # cpu profile's references moved by 0.0005-0.007 mIoU from one machine to another).
+    return {
+        "type": "cpu",
+        "count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "name": _cpu_name(),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+def _cpu_name() -> str | None:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def environment_record(executor: str, repo: str | Path) -> dict[str, Any]:
