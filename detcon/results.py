@@ -39,6 +39,7 @@ import pandas as pd
 from detcon.config import to_dict
 from detcon.grid import NOTEBOOK_PREFIX, Ablation, GridPoint, expand, flatten, load_ablation
 from detcon.runs import (
+    DIVERGED,
     ENCODER_RECORD,
     OFFICIAL_PARAMETER,
     ablation_status,
@@ -110,7 +111,7 @@ def _eval_rows(data: Mapping[str, Any], backbone: str, name: str) -> list[dict[s
                 f"{name}: task {task!r} holds {metrics!r}, expected a mapping metric -> number"
             )
         for metric, value in metrics.items():
-            if value is None:
+            if value is None or metric == DIVERGED:
                 continue  # a metric the task could not compute (e.g. no object in a split)
             if not _is_number(value):
                 raise ValueError(f"{name}: {task}.{metric}={value!r} is not a number")

@@ -60,6 +60,9 @@ PRETRAIN_ENV = "pretrain_env.json"
 STATES = ("pending", "running", "done", "failed")
 # eval.json's entry saying which encoder its tasks measured (encoder_record): not a task.
 ENCODER_RECORD = "encoder"
+# The entry of a task in eval.json whose head diverged (a non-finite loss) on that encoder's
+# features: its message, in place of the metrics (detcon.evaluate.evaluate_run); not a metric.
+DIVERGED = "diverged"
 # What a summary.json holds whatever the point (detcon.runs.flatten_summary); without them it is
 # not a point's summary, whatever else it parses to.
 SUMMARY_FIELDS = ("ablation", "run_id", "profile")

@@ -38,7 +38,7 @@ from detcon.evaluate.settings import (
     with_eval_split,
     with_scene_difficulty,
 )
-from detcon.runs import ENCODER_RECORD, encoder_record, point_lock
+from detcon.runs import DIVERGED, ENCODER_RECORD, encoder_record, point_lock
 
 __all__ = ["default_out_name", "evaluate_run", "resolve_device"]
 
@@ -126,7 +126,9 @@ def evaluate_run(
         ``{name: {metric: value}}`` for the entries evaluated now, e.g.
         ``{"segmentation": {"miou": .., "pixel_acc": ..}, "depth": {"rmse": .., "delta1": ..},
         "linear": {"top1": .., "presence_map": ..}, "detection": {"ap_bb": .., "ap_mk": ..,
-        "ap50_bb": .., "ap50_mk": ..}}``.
+        "ap50_bb": .., "ap50_mk": ..}}``. A task whose head's loss became non-finite holds
+        ``{"diverged": <message>}`` instead of metrics (a warning on stderr; the other tasks
+        still run).
     Raises:
         FileNotFoundError: no run directory, ``config.json`` or ``backbone.pt``.
         ValueError: unknown task, profile, backbone or device.
@@ -232,7 +234,21 @@ def evaluate_run(
                     for s in settings.for_task(kind):
                         t0 = time.perf_counter()
                         log(f"{s.name}: start ({backbone} backbone, {settings.profile} profile)")
-                        results[s.name] = _RUNNERS[kind](ctx, s)
+                        try:
+                            results[s.name] = _RUNNERS[kind](ctx, s)
+                        except FloatingPointError as exc:
+                            # The head's training diverged on these features (e.g. the large
+                            # activations of a briefly pretrained encoder): a property of the
+                            # encoder under this probe, recorded as such; the other tasks go on.
+                            results[s.name] = {DIVERGED: str(exc)}
+                            print(
+                                f"detcon evaluate: warning: {exc}: the {s.name} probe diverged "
+                                f"on the {backbone} backbone of {run_dir}; recorded as "
+                                f"{s.name}.{DIVERGED} in {out_path.name}, no metrics",
+                                file=sys.stderr,
+                                flush=True,
+                            )
+                            continue
                         log(f"{s.name}: done in {time.perf_counter() - t0:.1f} s")
             finally:
                 torch.set_num_threads(threads)

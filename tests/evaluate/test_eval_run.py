@@ -284,3 +284,35 @@ def test_a_reference_asked_for_twice_at_once_is_computed_once(tmp_path, monkeypa
     assert json.loads((a / "eval_random.json").read_text()) == json.loads(
         (b / "eval_random.json").read_text()
     )
+
+
+def test_a_probe_that_diverges_is_recorded_and_the_other_tasks_go_on(tmp_path, monkeypatch, capsys):
+    """A head whose loss turns non-finite on an encoder's features (seen on briefly pretrained
+    SimCLR encoders in detection) is a result about that encoder, not a failure of the point:
+    eval.json says so in place of the task's metrics, the other tasks are measured, and the
+    readers of eval.json skip it."""
+    from detcon.evaluate import run as run_module
+    from detcon.evaluate.training import optimizer_step
+    from detcon.results import _eval_rows
+
+    def diverging(ctx, settings):
+        weight = torch.nn.Parameter(torch.ones(1))
+        loss = weight * float("nan")
+        optimizer = torch.optim.SGD([weight], lr=0.1)
+        optimizer_step(optimizer, loss, name=settings.name, step=3, steps=10, log=ctx.log)
+
+    monkeypatch.setitem(run_module._RUNNERS, "detection", diverging)
+    run = make_run_dir(tmp_path / "run")
+    results = evaluate_run(run, settings=QUICK, tasks=("linear", "detection"))
+    message = "detection: non-finite loss nan at step 3"
+    assert results["detection"] == {"diverged": message}
+    assert set(results["linear"]) == EXPECTED["linear"]
+    stored = json.loads((run / "eval.json").read_text())
+    assert stored["detection"] == {"diverged": message} and stored["linear"] == results["linear"]
+    err = capsys.readouterr().err
+    assert f"warning: {message}: the detection probe diverged" in err
+    rows = _eval_rows(stored, "pretrained", "eval.json")
+    assert {(r["task"], r["metric"]) for r in rows} == {
+        ("linear", "top1"),
+        ("linear", "presence_map"),
+    }
