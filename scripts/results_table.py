@@ -3,10 +3,11 @@
 Usage: python scripts/results_table.py results/<ablation>.csv [PARAM ...]
 
 One Markdown row per configuration (the grid parameters PARAM, default: every grid column of the
-table) and one for each reference backbone (``random``: the floor, ``supervised``: the ceiling),
+table) and one for each reference backbone (``random``: the floor, ``supervised``: the ceiling;
+one value, or the mean and range when the points' references differ, e.g. computed on two CPUs),
 with segmentation mIoU, depth δ1, linear top-1 and detection AP^bb (those the table has); for the
-pretrained rows also the gain over the floor of the same seeds and the share of the
-floor-to-ceiling gap it closes (segmentation). RESULTS.md and docs/cpu-miniature.md quote it.
+pretrained rows also the gain over the floor each point was evaluated with and the share of
+the floor-to-ceiling gap it closes (segmentation). RESULTS.md and docs/cpu-miniature.md quote it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ METRICS = (
     ("linear", "top1", "linear top-1"),
     ("detection", "ap_bb", "det AP^bb"),
 )
+REFERENCES = {"random": "random init (floor)", "supervised": "supervised (ceiling)"}
 NOT_PARAMS = {
     "ablation",
     "run_id",
@@ -43,39 +45,54 @@ def _cell(values: pd.Series) -> str:
     return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
 
+def _reference_cell(values: pd.Series) -> str:
+    """A reference over the table's points: one value, or (points whose references were
+    computed on different machines, whose float results differ) the mean and the range."""
+    if values.empty:
+        return "–"
+    low, high = f"{values.min():.3f}", f"{values.max():.3f}"
+    if low == high:
+        return low
+    return f"{values.mean():.3f} ({low}–{high})"
+
+
 def table(tidy: pd.DataFrame, params: list[str]) -> str:
     metrics = [m for m in METRICS if ((tidy.task == m[0]) & (tidy.metric == m[1])).any()]
-    per_seed = (
+    per_run = (
         tidy[tidy.task.isin([m[0] for m in metrics])]
         .pivot_table(
-            index=["backbone", *params, "seed"], columns=["task", "metric"], values="value"
+            index=["backbone", "run_id", *params, "seed"],
+            columns=["task", "metric"],
+            values="value",
         )
         .reset_index()
         .sort_index(axis=1)
     )
-    refs = per_seed[per_seed.backbone != "pretrained"].groupby(["backbone", "seed"]).first()
+    refs = {b: per_run[per_run.backbone == b].set_index("run_id") for b in REFERENCES}
     head = ["configuration", *[m[2] for m in metrics], "Δ seg vs floor", "share of gap", "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for backbone in ("random", "supervised"):
-        if backbone in refs.index.get_level_values(0):
-            sub = refs.loc[backbone]
-            cells = [_cell(sub[(t, m)].dropna()) for t, m, _ in metrics]
-            name = "random init (floor)" if backbone == "random" else "supervised (ceiling)"
-            seeds = ",".join(str(s) for s in sub.index)
+    for backbone, name in REFERENCES.items():
+        sub = refs[backbone]
+        if len(sub):
+            cells = [_reference_cell(sub[(t, m)].dropna()) for t, m, _ in metrics]
+            seeds = ",".join(str(s) for s in sorted(sub["seed"].unique()))
             lines.append(f"| {name} | " + " | ".join(cells) + f" | – | – | {seeds} |")
-    pretrained = per_seed[per_seed.backbone == "pretrained"]
+    pretrained = per_run[per_run.backbone == "pretrained"]
+    seg = ("segmentation", "miou")
     for key, sub in pretrained.groupby(params, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         cells = [_cell(sub[(t, m)].dropna()) for t, m, _ in metrics]
         gain = gap = "–"
-        seg = ("segmentation", "miou")
-        if "random" in refs.index.get_level_values(0) and seg in sub:
-            floor = refs.loc["random"][seg]
-            deltas = sub.set_index("seed")[seg] - floor.reindex(sub["seed"]).to_numpy()
-            gain = _cell(deltas.dropna())
-            if "supervised" in refs.index.get_level_values(0):
-                ceiling = refs.loc["supervised"][seg].mean()
-                gap = f"{deltas.mean() / (ceiling - floor.mean()):+.0%}"
+        floor = refs["random"]
+        if len(floor) and seg in sub:
+            # each point against the floor it was evaluated with (its own run's references)
+            own = floor[seg].reindex(sub["run_id"]).to_numpy()
+            deltas = (sub.set_index("seed")[seg] - own).dropna()
+            gain = _cell(deltas)
+            ceiling = refs["supervised"]
+            if len(ceiling) and len(deltas):
+                span = ceiling[seg].reindex(sub["run_id"]) - floor[seg].reindex(sub["run_id"])
+                gap = f"{deltas.mean() / span.mean():+.0%}"
         seeds = ",".join(str(s) for s in sorted(sub["seed"]))
         label = ", ".join(str(k) for k in key)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {gain} | {gap} | {seeds} |")
