@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import html
+import json
 import os
 import secrets
 import time
@@ -419,6 +420,34 @@ def _echo_summary(scan: AblationScan, files: ReportFiles, echo: Callable[[str], 
 REPORT_NOTEBOOK = "report"
 
 
+# What papermill and the kernel write into an executed notebook that changes with every
+# execution, not with the results: timings, a random id for the injected parameters cell and the
+# temporary path it was executed to.
+_VOLATILE = ("start_time", "end_time", "duration")
+_INJECTED = "injected-parameters"
+
+
+def settle_notebook(path: Path, final: Path) -> None:
+    """Rewrite the executed notebook ``path`` without what changes between two executions on the
+    same results (:data:`_VOLATILE` timings, the kernel's execution timestamps, the injected
+    cell's random id; its ``output_path`` becomes ``final``), so that regenerating a report
+    changes no byte of it when nothing it shows changed."""
+    nb = json.loads(path.read_text())
+    papermill = nb.get("metadata", {}).get("papermill", {})
+    for key in _VOLATILE:
+        papermill.pop(key, None)
+    if "output_path" in papermill:
+        papermill["output_path"] = str(final)
+    for cell in nb.get("cells", []):
+        meta = cell.get("metadata", {})
+        meta.pop("execution", None)
+        for key in _VOLATILE:
+            meta.get("papermill", {}).pop(key, None)
+        if _INJECTED in meta.get("tags", []):
+            cell["id"] = _INJECTED
+    write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
 def report_notebook(
     ablation_path: str | Path,
     *,
@@ -453,6 +482,7 @@ def report_notebook(
         execute_notebook(
             notebook_path(REPORT_NOTEBOOK), tmp, parameters, cwd=Path.cwd(), kernel=kernel_name()
         )
+        settle_notebook(tmp, out)
         os.replace(tmp, out)
     except Exception as exc:
         if getattr(exc, "ename", None) == "FileNotFoundError":  # build_report's: nothing to read

@@ -293,3 +293,55 @@ def test_figures_dir_that_is_a_file_is_one_paragraph(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and f"--figures-dir {str(taken)!r}" in err
     assert taken.read_text() == "a file"
+
+
+def test_an_executed_report_notebook_keeps_nothing_that_changes_between_executions(tmp_path):
+    """Timings, kernel timestamps, the injected cell's random id and the temporary output path
+    go; the outputs and the rest stay: the same results give the same bytes."""
+    import json
+
+    from detcon.report import settle_notebook
+
+    def executed(stamp: str, cell_id: str, tmp_name: str) -> dict:
+        times = {"start_time": stamp, "end_time": stamp, "duration": 0.1}
+        return {
+            "metadata": {"papermill": {**times, "output_path": tmp_name, "parameters": {"a": 1}}},
+            "cells": [
+                {
+                    "id": cell_id,
+                    "cell_type": "code",
+                    "metadata": {"tags": ["injected-parameters"], "papermill": dict(times)},
+                    "outputs": [],
+                    "source": "a = 1",
+                },
+                {
+                    "id": "fixed",
+                    "cell_type": "code",
+                    "metadata": {
+                        "execution": {"iopub.status.busy": stamp},
+                        "papermill": {**times, "status": "completed"},
+                    },
+                    "outputs": [{"output_type": "stream", "name": "stdout", "text": "x\n"}],
+                    "source": "print('x')",
+                },
+            ],
+        }
+
+    settled = []
+    for stamp, cell_id, tmp_name in [
+        ("t1", "ab12", ".report.1.tmp"),
+        ("t2", "cd34", ".report.2.tmp"),
+    ]:
+        path = tmp_path / tmp_name
+        path.write_text(json.dumps(executed(stamp, cell_id, tmp_name)))
+        settle_notebook(path, tmp_path / "report.ipynb")
+        settled.append(path.read_bytes())
+    assert settled[0] == settled[1]
+    nb = json.loads(settled[0])
+    assert nb["metadata"]["papermill"] == {
+        "output_path": str(tmp_path / "report.ipynb"),
+        "parameters": {"a": 1},
+    }
+    assert nb["cells"][0]["id"] == "injected-parameters"
+    assert nb["cells"][1]["metadata"] == {"papermill": {"status": "completed"}}
+    assert nb["cells"][1]["outputs"][0]["text"] == "x\n"
