@@ -102,7 +102,9 @@ VERDICT_RULE = (
     f'(column *test*; a "little or no loss" is a loss smaller than {TOLERANCE} mIoU). '
     "**reproduced**: the whole 95% CI passes the test; **not reproduced**: no value of the CI "
     "passes it; **inconclusive**: the CI straddles the threshold, or a point has fewer than "
-    "2 seeds; **not run**: the ablation's table is missing or lacks the points. CIs are "
+    "2 seeds, or (pretraining efficiency) the baseline's longest schedule does not beat random "
+    "initialisation, so reaching it shows nothing; **not run**: the ablation's table is "
+    "missing or lacks the points. CIs are "
     f"percentile bootstraps over seeds ({BOOTSTRAP_SAMPLES} resamples, RNG seed "
     f"{BOOTSTRAP_SEED}; seeds resampled jointly across the compared points when they share "
     "them, i.e. paired). With 3 seeds they are crude: a resample of 3 seeds takes few values."
@@ -841,8 +843,9 @@ def _measure(spec: ClaimSpec, table: pd.DataFrame, task: str, metric: str, quali
         raise _NotRun(f"no {task} {metric} rows for {'; '.join(missing)}")
     estimate, ci, paired = bootstrap(per_seed, m.statistic(cells, quality))
     sizes = [len(s) for s in per_seed]
-    detail = ""
+    detail, target = "", None
     if isinstance(m, Efficiency):
+        target = float(per_seed[-1].mean())  # the baseline at its longest schedule
         longest = cells[-1][m.key]
         reached = "not reached" if math.isinf(estimate) else f"{estimate * float(longest):g}"
         detail = f"{reached} of {longest}"
@@ -854,6 +857,7 @@ def _measure(spec: ClaimSpec, table: pd.DataFrame, task: str, metric: str, quali
         "seeds": (min(sizes), max(sizes)),
         "verdict": verdict(spec.test, ci),
         "detail": detail,
+        "target": target,
     }
 
 
@@ -899,6 +903,16 @@ def evaluate_claims(
                         ClaimResult(spec, task, metric, "not run", "", reason=str(exc), **common)
                     )
                     continue
+                if isinstance(spec.measure, Efficiency) and found["target"] is not None:
+                    floor = common["floor"]
+                    if floor is not None and found["target"] <= floor:
+                        found["verdict"] = "inconclusive"
+                        found["reason"] = (
+                            f"{spec.measure.baseline}'s longest schedule "
+                            f"({found['target']:.3f}) does not beat random initialisation "
+                            f"({floor:.3f}): the random encoder reaches that target too"
+                        )
+                del found["target"]
                 results.append(ClaimResult(spec, task, metric, **found, **common))
     return results
 
@@ -973,7 +987,9 @@ def _needed(r: ClaimResult, results_dir: str) -> str:
             f"{r.reason}: run `detcon run ablations/{r.spec.ablation}.yaml` and export its "
             f"tidy table to {results_dir}/{r.spec.ablation}.csv"
         )
-    if r.ci is None:
+    if r.reason:  # a verdict the measure itself limits (Efficiency below the floor)
+        first = r.reason
+    elif r.ci is None:
         first = "at least 2 seeds per point for a CI"
     elif r.verdict == "not reproduced":
         first = "the CI excludes the paper's claim at this scale"

@@ -56,6 +56,19 @@ def _reference_cell(values: pd.Series) -> str:
     return f"{values.mean():.3f} ({low}–{high})"
 
 
+def _order(rows: pd.DataFrame, params: list[str]):
+    """Sort key of a (configuration, rows) group: numeric parameters by value (schedule
+    lengths, view sizes), the others in the table's order of appearance."""
+    first = {p: {v: i for i, v in enumerate(rows[p].drop_duplicates())} for p in params}
+    numeric = {p: pd.api.types.is_numeric_dtype(rows[p]) for p in params}
+
+    def key(group):
+        values = group[0] if isinstance(group[0], tuple) else (group[0],)
+        return tuple(v if numeric[p] else first[p][v] for p, v in zip(params, values))
+
+    return key
+
+
 def table(tidy: pd.DataFrame, params: list[str]) -> str:
     metrics = [m for m in METRICS if ((tidy.task == m[0]) & (tidy.metric == m[1])).any()]
     per_run = (
@@ -79,7 +92,7 @@ def table(tidy: pd.DataFrame, params: list[str]) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + f" | – | – | {seeds} |")
     pretrained = per_run[per_run.backbone == "pretrained"]
     seg = ("segmentation", "miou")
-    for key, sub in pretrained.groupby(params, sort=False):
+    for key, sub in sorted(pretrained.groupby(params, sort=False), key=_order(pretrained, params)):
         key = key if isinstance(key, tuple) else (key,)
         cells = [_cell(sub[(t, m)].dropna()) for t, m, _ in metrics]
         gain = gap = "–"

@@ -363,6 +363,14 @@ def test_the_sample_efficiency_ratio_on_toys(tmp_path):
     (edge,) = evaluate_claims({"sample_efficiency": table}, None, [spec])
     assert edge.estimate == pytest.approx(2 / 16)
     assert edge.verdict == "inconclusive" and edge.ci == pytest.approx((2 / 16, 4 / 16))
+    # A baseline whose longest schedule does not beat random initialisation: reaching it shows
+    # nothing (the random encoder does too), whatever the ratio.
+    table = tidy("sample_efficiency", efficiency_points(), efficiency_miou(PAPER_EFFICIENCY))
+    at_floor = (table["backbone"] == "random") & (table["task"] == "segmentation")
+    table.loc[at_floor, "value"] = 0.50 + 0.001  # BYOL at 16 epochs: 0.50 (+ seed offsets)
+    (vacuous,) = evaluate_claims({"sample_efficiency": table}, None, [spec])
+    assert vacuous.estimate == pytest.approx(2 / 16) and vacuous.verdict == "inconclusive"
+    assert vacuous.reason.startswith("byol's longest schedule (0.499) does not beat random")
 
 
 def test_bootstrap_is_deterministic_and_pairs_only_shared_seeds():
