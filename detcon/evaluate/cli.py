@@ -35,7 +35,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         split=args.split,
     )
     for name, metrics in results.items():
-        print(f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        shown = (
+            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in metrics.items()
+        )
+        print(f"{name}: " + ", ".join(shown))  # a diverged probe: its message
     out = args.out_name or default_out_name(args.backbone)
     print(f"wrote {Path(args.run_dir) / out} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -311,6 +311,10 @@ def test_a_probe_that_diverges_is_recorded_and_the_other_tasks_go_on(tmp_path, m
     assert stored["detection"] == {"diverged": message} and stored["linear"] == results["linear"]
     err = capsys.readouterr().err
     assert f"warning: {message}: the detection probe diverged" in err
+    from detcon.cli import main
+
+    assert main(["evaluate", str(run), "--quick", "--tasks", "linear,detection", "--quiet"]) == 0
+    assert f"detection: diverged: {message}" in capsys.readouterr().out
     rows = _eval_rows(stored, "pretrained", "eval.json")
     assert {(r["task"], r["metric"]) for r in rows} == {
         ("linear", "top1"),
