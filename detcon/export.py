@@ -60,12 +60,13 @@ from detcon.atomic import atomic_write, write_text
 from detcon.grid import GridPoint, expand, load_ablation
 from detcon.results import AblationScan, scan_ablation
 from detcon.runs import (
+    EVAL_FILES,
     PRETRAIN_ENV,
-    flatten_summary,
     metric_records,
     now,
     read_json,
     reused_source,
+    summary_of,
 )
 
 if TYPE_CHECKING:
@@ -266,11 +267,12 @@ def _first_source(to: Path, name: str) -> str:
     """Follow ``reused_from`` within ``to`` from ``<ablation>/<run id>`` to the exported point
     that trained (the one whose notebooks the index page links)."""
     seen = {name}
-    while (nxt := reused_source(to / name)) is not None and (to / nxt).is_dir():
-        if nxt in seen:
-            break
-        seen.add(name := nxt)
-    return name
+    while True:
+        source = reused_source(to / name)
+        if source is None or source in seen or not (to / source).is_dir():
+            return name
+        seen.add(source)
+        name = source
 
 
 def stand_in(spec: PointSpec, to: str | Path) -> tuple[str, dict[str, bytes], list[Path]] | None:
@@ -297,30 +299,13 @@ def stand_in(spec: PointSpec, to: str | Path) -> tuple[str, dict[str, bytes], li
     src = source.run_dir
     name = _first_source(to, source.name)
     evaluates = spec.eval_parameters is not None
-    own = {"point.json", "status.json", "summary.json"}
-    if not evaluates:
-        own |= {"eval.json", "eval_random.json", "eval_supervised.json"}
+    own = {"point.json", "status.json", "summary.json", *(() if evaluates else EVAL_FILES)}
     files = [f for f in point_files(src, notebooks=False) if f.name not in own]
-    status = read_json(src / "status.json") or {}
-    stages = ["pretrain", "evaluate"] if evaluates else ["pretrain"]
-    evaluation = read_json(src / "eval.json") if evaluates else None
-    summary = flatten_summary(
-        spec.point.to_json(),
-        read_json(src / "train_summary.json"),
-        evaluation,
-        read_json(src / "eval_random.json") if evaluates else None,
-        read_json(src / "eval_supervised.json") if evaluates else None,
-    )
-    point = {
-        **spec.point.to_json(),
-        "notebook": spec.notebook.name,
-        "parameters": dict(spec.parameters),
-        "eval_parameters": None if spec.eval_parameters is None else dict(spec.eval_parameters),
-    }
+    summary = summary_of(spec.point.to_json(), src, evaluated=evaluates)
     state = {
         "state": "done",
-        "stages": stages,
-        "notebook": status.get("notebook"),
+        "stages": ["pretrain", "evaluate"] if evaluates else ["pretrain"],
+        "notebook": (read_json(src / "status.json") or {}).get("notebook"),
         "reused_from": name,
         # no job ran this point: the export took the exported source over
         "reused_by": "detcon export",
@@ -328,7 +313,11 @@ def stand_in(spec: PointSpec, to: str | Path) -> tuple[str, dict[str, bytes], li
     }
     written = {
         n: (json.dumps(d, indent=2, sort_keys=True, default=str) + "\n").encode()
-        for n, d in (("point.json", point), ("status.json", state), ("summary.json", summary))
+        for n, d in (
+            ("point.json", spec.record()),
+            ("status.json", state),
+            ("summary.json", summary),
+        )
     }
     if not (src / PRETRAIN_ENV).is_file() and (src / "env.json").is_file():
         written[PRETRAIN_ENV] = (src / "env.json").read_bytes()

@@ -112,7 +112,9 @@ def _eval_rows(data: Mapping[str, Any], backbone: str, name: str) -> list[dict[s
             )
         for metric, value in metrics.items():
             if value is None or metric == DIVERGED:
-                continue  # a metric the task could not compute (e.g. no object in a split)
+                # a metric the task could not compute (e.g. no object in a split), or a probe
+                # that diverged on this encoder (its message, no metrics)
+                continue
             if not _is_number(value):
                 raise ValueError(f"{name}: {task}.{metric}={value!r} is not a number")
             rows.append(

@@ -39,6 +39,7 @@ __all__ = [
     "encoder_record",
     "environment_record",
     "flatten_summary",
+    "summary_of",
     "git_state",
     "job_id_from_env",
     "last_metrics",
@@ -63,6 +64,8 @@ ENCODER_RECORD = "encoder"
 # The entry of a task in eval.json whose head diverged (a non-finite loss) on that encoder's
 # features: its message, in place of the metrics (detcon.evaluate.evaluate_run); not a metric.
 DIVERGED = "diverged"
+# A point's evaluation: its encoder's, the random-init floor's and the supervised ceiling's.
+EVAL_FILES = ("eval.json", "eval_random.json", "eval_supervised.json")
 # What a summary.json holds whatever the point (detcon.runs.flatten_summary); without them it is
 # not a point's summary, whatever else it parses to.
 SUMMARY_FIELDS = ("ablation", "run_id", "profile")
@@ -458,6 +461,15 @@ def flatten_summary(
             else:
                 row[f"{prefix}.{task}"] = metrics
     return row
+
+
+def summary_of(point: Mapping[str, Any], run_dir: str | Path, *, evaluated: bool) -> dict[str, Any]:
+    """:func:`flatten_summary` of the files in ``run_dir``: ``train_summary.json`` and, when
+    ``evaluated``, ``eval.json`` with its references (``eval_random.json``,
+    ``eval_supervised.json``)."""
+    run_dir = Path(run_dir)
+    evals = [read_json(run_dir / n) if evaluated else None for n in EVAL_FILES]
+    return flatten_summary(point, read_json(run_dir / "train_summary.json"), *evals)
 
 
 # --------------------------------------------------------------------------- scanning

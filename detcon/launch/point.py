@@ -30,13 +30,13 @@ from detcon.runs import (
     OFFICIAL_PARAMETER,
     PointBusyError,
     environment_record,
-    flatten_summary,
     job_id_from_env,
     point_lock,
     read_json,
     read_status,
     read_summary,
     reused_source,
+    summary_of,
     write_status,
 )
 
@@ -97,6 +97,16 @@ class PointSpec:
     @property
     def run_id(self) -> str:
         return self.point.run_id
+
+    def record(self) -> dict[str, Any]:
+        """What the point's ``point.json`` holds: the grid point, its notebook and the
+        parameters of both notebooks."""
+        return {
+            **self.point.to_json(),
+            "notebook": self.notebook.name,
+            "parameters": dict(self.parameters),
+            "eval_parameters": None if self.eval_parameters is None else dict(self.eval_parameters),
+        }
 
 
 def _rank(executor: str) -> int:
@@ -214,15 +224,7 @@ def _run_locked(spec: PointSpec) -> dict[str, Any]:
     stages: list[str] = ["pretrain"] if _stage_skipped(spec) else []
     # Recorded in every status.json the job writes: which run the results came from.
     reused = _reused_before(run_dir) if stages else {}
-    write_json(
-        run_dir / "point.json",
-        {
-            **point.to_json(),
-            "notebook": spec.notebook.name,
-            "parameters": dict(spec.parameters),
-            "eval_parameters": None if spec.eval_parameters is None else dict(spec.eval_parameters),
-        },
-    )
+    write_json(run_dir / "point.json", spec.record())
     write_json(run_dir / "env.json", environment_record(spec.executor, REPO))
     write_status(run_dir, "running", job_id=job_id, stages=stages, **reused)
     current = spec.notebook.name
@@ -264,13 +266,7 @@ def _run_locked(spec: PointSpec) -> dict[str, Any]:
                 raise PointFailedError(f"{current} finished without eval.json")
             if "evaluate" not in stages:
                 stages.append("evaluate")
-        summary = flatten_summary(
-            point.to_json(),
-            read_json(run_dir / "train_summary.json"),
-            evaluation,
-            read_json(run_dir / "eval_random.json") if evaluation is not None else None,
-            read_json(run_dir / "eval_supervised.json") if evaluation is not None else None,
-        )
+        summary = summary_of(point.to_json(), run_dir, evaluated=evaluation is not None)
         write_json(run_dir / "summary.json", summary)
         notebook = Path(current).with_suffix(".html").name
         write_status(run_dir, "done", job_id=job_id, stages=stages, notebook=notebook, **reused)

@@ -51,7 +51,7 @@ from detcon.atomic import atomic_write, temp_name
 from detcon.config import to_dict
 from detcon.grid import resolve_config
 from detcon.launch.notebooks import EVALUATE_NOTEBOOK
-from detcon.runs import PRETRAIN_ENV, point_state, read_json, read_status
+from detcon.runs import EVAL_FILES, PRETRAIN_ENV, point_state, read_json, read_status
 
 if TYPE_CHECKING:
     from detcon.launch.point import PointSpec
@@ -67,7 +67,6 @@ _PREFIX = 6
 _LINKED = ("checkpoint.pt", "backbone.pt")
 _COPIED = ("metrics.jsonl", "backbone.json", "config.json")
 _LAST = "train_summary.json"
-_EVAL_FILES = ("eval.json", "eval_random.json", "eval_supervised.json")
 # Pretraining-notebook parameters that do not change what is trained: set by the launcher for
 # each directory (run_dir, progress), compared as the resolved config.json (overrides, whose
 # relative data paths the launcher made absolute), or only showing things (num_examples).
@@ -203,7 +202,7 @@ def adopt(spec: PointSpec, source: Source) -> list[str]:
     names = [*_LINKED, *_COPIED, spec.notebook.name, html, _LAST]
     stages = ["pretrain"]
     if source.evaluation:
-        names += [*_EVAL_FILES, f"{EVALUATE_NOTEBOOK}.ipynb", f"{EVALUATE_NOTEBOOK}.html"]
+        names += [*EVAL_FILES, f"{EVALUATE_NOTEBOOK}.ipynb", f"{EVALUATE_NOTEBOOK}.html"]
         stages.append("evaluate")
     try:
         # The git state of the code that trained it (export's git_commit), beside the point's
