@@ -8,6 +8,7 @@ and the ceiling), the seeds, pretraining steps and the mean wall time of a point
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import statistics
@@ -36,12 +37,29 @@ def _fmt(values: list[float]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    runs, names = Path(argv[0]), argv[1:]
+    parser = argparse.ArgumentParser(
+        prog="miniature_table.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("runs", type=Path, help="a scripts/miniature.sh runs directory")
+    parser.add_argument("names", nargs="*", metavar="NAME", help="experiment names, in order")
+    args = parser.parse_args(argv)
+    if not args.runs.is_dir():
+        parser.error(f"no runs directory {args.runs} (expected a scripts/miniature.sh folder)")
+    runs, names = args.runs, args.names
     groups: dict[str, list[Path]] = defaultdict(list)
     for run in sorted(p for p in runs.iterdir() if p.is_dir()):
         m = re.fullmatch(r"(.+)-s(\d+)", run.name)
         if m and _eval_file(run, m.group(1)).is_file():
             groups[m.group(1)].append(run)
+    missing = [n for n in names if n not in groups]
+    if missing:
+        print(
+            f"miniature_table.py: no finished runs named {', '.join(missing)} in {runs} "
+            f"(it has: {', '.join(sorted(groups)) or 'none'})",
+            file=sys.stderr,
+        )
     order = names or sorted(groups)
     print("| run | seg mIoU | depth δ1 | linear top-1 | seeds | steps | wall (s) |")
     print("|---|---|---|---|---|---|---|")

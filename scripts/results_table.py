@@ -12,7 +12,9 @@ the floor-to-ceiling gap it closes (segmentation). RESULTS.md and docs/cpu-minia
 
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -113,12 +115,25 @@ def table(tidy: pd.DataFrame, params: list[str]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if not argv:
-        print(__doc__, file=sys.stderr)
-        return 2
-    tidy = pd.read_csv(argv[0])
-    params = argv[1:] or [c for c in tidy.columns if c not in NOT_PARAMS]
-    print(table(tidy, params))
+    parser = argparse.ArgumentParser(
+        prog="results_table.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("csv", type=Path, help="a committed tidy table, results/<ablation>.csv")
+    parser.add_argument("params", nargs="*", metavar="PARAM", help="grid columns to group by")
+    args = parser.parse_args(argv)
+    if not args.csv.is_file():
+        parser.error(f"no results table {args.csv} (expected results/<ablation>.csv)")
+    tidy = pd.read_csv(args.csv)
+    grid = [c for c in tidy.columns if c not in NOT_PARAMS]
+    unknown = [p for p in args.params if p not in grid]
+    if unknown:
+        parser.error(
+            f"{args.csv} has no grid column {', '.join(map(repr, unknown))}; "
+            f"its grid columns: {', '.join(grid) or 'none'}"
+        )
+    print(table(tidy, args.params or grid))
     return 0
 
 

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "results_table.py"
 
@@ -55,3 +56,19 @@ def test_one_reference_for_every_point_is_one_value():
     lines = _module().table(tidy, ["masks.source"]).splitlines()
     assert lines[2] == "| random init (floor) | 0.100 | – | – | 0,1 |"
     assert lines[4] == "| fh | 0.300 | 0.200 | +50% | 0,1 |"  # equal values: one
+
+
+def test_a_missing_table_or_an_unknown_column_is_a_clear_error(tmp_path, capsys):
+    module = _module()
+    with pytest.raises(SystemExit) as exit_:
+        module.main([str(tmp_path / "nope.csv")])
+    assert exit_.value.code == 2
+    assert "no results table" in capsys.readouterr().err
+    csv = tmp_path / "a.csv"
+    pd.DataFrame(_rows("fh-s0", 0, "fh", 0.3, 0.1, 0.5)).to_csv(csv, index=False)
+    with pytest.raises(SystemExit):
+        module.main([str(csv), "masks.sorce"])
+    err = capsys.readouterr().err
+    assert "no grid column 'masks.sorce'" in err and "its grid columns: masks.source" in err
+    assert module.main([str(csv), "masks.source"]) == 0
+    assert "| fh | 0.300 |" in capsys.readouterr().out
