@@ -1,0 +1,94 @@
+"""What the committed study cost: per ablation, the points trained and taken over, and their time.
+
+Usage: python scripts/study_cost.py [RESULTS_DIR]     (default: results)
+
+Reads each exported point's ``status.json`` and ``train_summary.json`` (nothing else, no run
+directories). A point that names ``reused_from`` was taken over from another ablation's run and
+cost nothing; a trained point's wall time is its status's ``started`` to ``updated`` (pretraining
+and every probe; a point interrupted and resumed keeps its first ``started``, so this bounds it
+from above), its pretraining time the training loop's ``wall_s``. RESULTS.md quotes the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+from pathlib import Path
+
+from detcon.runs import read_json, read_status
+
+
+def _span_s(status: dict) -> float:
+    start, end = (dt.datetime.fromisoformat(status[k]) for k in ("started", "updated"))
+    return (end - start).total_seconds()
+
+
+def cost(results: Path) -> list[dict]:
+    """One row per exported ablation folder (those with points), in name order."""
+    rows = []
+    for ablation in sorted(p for p in results.iterdir() if p.is_dir()):
+        spans, pretrain, reused = [], [], 0
+        for point in sorted(p for p in ablation.iterdir() if p.is_dir()):
+            status = read_status(point)
+            if status is None or status.get("state") != "done":
+                continue
+            if status.get("reused_from"):
+                reused += 1
+                continue
+            spans.append(_span_s(status))
+            pretrain.append((read_json(point / "train_summary.json") or {}).get("wall_s", 0.0))
+        if spans or reused:
+            rows.append(
+                {
+                    "ablation": ablation.name,
+                    "trained": len(spans),
+                    "reused": reused,
+                    "wall_h": sum(spans) / 3600,
+                    "pretrain_h": sum(pretrain) / 3600,
+                    "median_s": statistics.median(spans) if spans else None,
+                }
+            )
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| ablation | points trained | taken over | point time (h, one thread each) "
+        "| of which pretraining (h) | median point (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        median = f"{r['median_s']:.0f}" if r["median_s"] is not None else "–"
+        lines.append(
+            f"| `{r['ablation']}` | {r['trained']} | {r['reused']} | {r['wall_h']:.2f} "
+            f"| {r['pretrain_h']:.2f} | {median} |"
+        )
+    wall = sum(r["wall_h"] for r in rows)
+    lines.append(
+        f"| all | {sum(r['trained'] for r in rows)} | {sum(r['reused'] for r in rows)} "
+        f"| {wall:.2f} | {sum(r['pretrain_h'] for r in rows):.2f} | – |"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="study_cost.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("results", nargs="?", type=Path, default=Path("results"))
+    args = parser.parse_args(argv)
+    if not args.results.is_dir():
+        parser.error(f"no results folder {args.results} (expected what `detcon export` wrote)")
+    rows = cost(args.results)
+    if not rows:
+        parser.error(f"{args.results} holds no exported points (<ablation>/<run id>/status.json)")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
