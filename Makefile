@@ -41,10 +41,10 @@ demo: $(STAMP)
 	$(BIN)/detcon report ablations/demo.yaml --profile cpu --figures-dir $(DEMO_FIGURES)
 
 # Figures of the committed study: every ablation exported to results/ (`detcon export`), drawn
-# from results/ alone into figures/, index pages in results/<ablation>/; then the claims table
-# of RESULTS.md from results/<ablation>.csv.
+# from results/ alone into figures/, index pages and executed report notebooks in
+# results/<ablation>/; then the claims table of RESULTS.md from results/<ablation>.csv.
 figures: $(STAMP)
-	$(BIN)/detcon figures
+	$(BIN)/detcon figures --notebooks
 	$(BIN)/detcon claims
 
 # Benchmarks print their figures (docs/performance.md); the bench extra adds lightly, the loss

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The cpu-profile study on one machine (RESULTS.md): for each ablation file given (default: the
-# six of the study, the cheapest first), LANES `detcon run` processes side by side, one thread
-# each. They share the work through the points' locks: a lane skips a point another lane holds
-# ("running elsewhere") and takes the next, so LANES points run at a time. When an ablation's
+# six of the study, ordered so that a later file takes over the points an earlier one ran),
+# LANES `detcon run` processes side by side, one thread each. They share the work through the
+# points' locks: a lane skips a point another lane holds ("running elsewhere") and takes the
+# next, so LANES points run at a time. When an ablation's
 # lanes end, its finished points are exported into RESULTS_DIR (`detcon export`); at the end
 # `detcon figures` and `detcon claims` regenerate figures/, the index pages and RESULTS.md.
 #
