@@ -1,0 +1,33 @@
+"""scripts/queues/*.txt: every line of a prepared experiment queue is a valid cpu-profile config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from detcon.config import load_pretrain_config, parse_dotted
+
+QUEUES = sorted((Path(__file__).resolve().parents[1] / "scripts" / "queues").glob("*.txt"))
+
+
+def _lines(queue: Path) -> list[list[str]]:
+    lines = (line.split() for line in queue.read_text().splitlines())
+    return [fields for fields in lines if fields and not fields[0].startswith("#")]
+
+
+@pytest.mark.parametrize("queue", QUEUES, ids=[q.name for q in QUEUES])
+def test_every_queue_line_resolves(queue):
+    names = set()
+    for name, seed, *assignments in _lines(queue):
+        assert (name, seed) not in names, f"{queue.name}: {name} seed {seed} twice"
+        names.add((name, seed))
+        assert seed.isdigit(), f"{queue.name}: {name}: seed {seed!r} is not a number"
+        if name.startswith(("random", "supervised")):
+            continue  # a reference: evaluated, not pretrained
+        cfg = load_pretrain_config(parse_dotted(assignments), profile="cpu")
+        assert cfg.profile == "cpu"
+
+
+def test_there_is_a_queue():
+    assert QUEUES, "scripts/queues/ holds no queue"
