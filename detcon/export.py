@@ -482,10 +482,15 @@ def export_ablation(
 
     not_done = [(r, s) for r, s in zip(others["run_id"], others["state"]) if r not in stand_ins]
     kept = [rid for rid, _ in not_done if (folder / rid / "summary.json").is_file()]
-    if not_done:
-        listing = ", ".join(f"{rid} ({state})" for rid, state in not_done)
-        also = f"; kept from an earlier export: {', '.join(kept)}" if kept else ""
-        warn(f"{len(not_done)} of {len(status)} points not done, left out: {listing}{also}")
+    left_out = [(rid, state) for rid, state in not_done if rid not in kept]
+    if left_out:
+        listing = ", ".join(f"{rid} ({state})" for rid, state in left_out)
+        warn(f"{len(left_out)} of {len(status)} points not done, left out: {listing}")
+    if kept:
+        warn(
+            f"{len(kept)} of {len(status)} points not done under {source}, kept from an earlier "
+            f"export: {', '.join(kept)}"
+        )
     points = expand(ablation, profile)
     stale = _stale_folders(folder, {p.run_id for p in points}, profile)
     if stale:

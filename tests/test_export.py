@@ -157,7 +157,11 @@ def test_a_re_export_replaces_each_folder_and_keeps_earlier_ones(fake, tmp_path)
     result, _, err = _export(path, runs, to)
     assert not (to / "fake" / replaced / "stale.txt").exists()
     assert (to / "fake" / kept / "summary.json").is_file() and result.kept == [kept]
-    assert f"kept from an earlier export: {kept}" in err
+    assert (
+        f"1 of 8 points not done under {runs / 'fake'}, kept from an earlier export: {kept}" in err
+    )
+    assert re.search(r"^4 of 8 points not done, left out: ", err, re.M)  # the kept one not again
+    assert f"{kept} (" not in err
     assert "left by an interrupted export" in err and not (to / "fake" / ".x.0123abcd.tmp").exists()
     assert kept in set(pd.read_csv(result.table_csv)["run_id"])
 
