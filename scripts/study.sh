@@ -3,9 +3,9 @@
 # six of the study, ordered so that a later file takes over the points an earlier one ran),
 # LANES `detcon run` processes side by side, one thread each. They share the work through the
 # points' locks: a lane skips a point another lane holds ("running elsewhere") and takes the
-# next, so LANES points run at a time. When an ablation's
-# lanes end, its finished points are exported into RESULTS_DIR (`detcon export`); at the end
-# `detcon figures` and `detcon claims` regenerate figures/, the index pages and RESULTS.md.
+# next, so LANES points run at a time. When an ablation's lanes end, its finished points are
+# exported into RESULTS_DIR (`detcon export`); at the end `detcon figures --notebooks` and
+# `detcon claims` regenerate figures/, the index pages, the report notebooks and RESULTS.md.
 #
 # Resumable: run it again and finished points are skipped, interrupted ones resume from their
 # checkpoints. Commit what it exported as it goes (run directories are not meant to be kept):
