@@ -430,14 +430,17 @@ _INJECTED = "injected-parameters"
 def settle_notebook(path: Path, final: Path) -> None:
     """Rewrite the executed notebook ``path`` without what changes between two executions on the
     same results (:data:`_VOLATILE` timings, the kernel's execution timestamps, the injected
-    cell's random id; its ``output_path`` becomes ``final``), so that regenerating a report
-    changes no byte of it when nothing it shows changed."""
+    cell's random id; its ``output_path`` becomes ``final``, its ``input_path`` relative), so
+    that regenerating a report changes no byte of it when nothing it shows changed, in any
+    clone."""
     nb = json.loads(path.read_text())
     papermill = nb.get("metadata", {}).get("papermill", {})
     for key in _VOLATILE:
         papermill.pop(key, None)
     if "output_path" in papermill:
         papermill["output_path"] = str(final)
+    if "input_path" in papermill:  # the template, relative: the same in every clone
+        papermill["input_path"] = os.path.relpath(papermill["input_path"])
     for cell in nb.get("cells", []):
         meta = cell.get("metadata", {})
         meta.pop("execution", None)

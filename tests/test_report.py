@@ -295,17 +295,20 @@ def test_figures_dir_that_is_a_file_is_one_paragraph(tmp_path, capsys):
     assert taken.read_text() == "a file"
 
 
-def test_an_executed_report_notebook_keeps_nothing_that_changes_between_executions(tmp_path):
+def test_an_executed_report_notebook_keeps_nothing_that_changes_between_executions(
+    tmp_path, monkeypatch
+):
     """Timings, kernel timestamps, the injected cell's random id and the temporary output path
     go; the outputs and the rest stay: the same results give the same bytes."""
     import json
 
     from detcon.report import settle_notebook
 
-    def executed(stamp: str, cell_id: str, tmp_name: str) -> dict:
+    def executed(stamp: str, cell_id: str, tmp_name: str, template: str) -> dict:
         times = {"start_time": stamp, "end_time": stamp, "duration": 0.1}
+        paths = {"input_path": template, "output_path": tmp_name}
         return {
-            "metadata": {"papermill": {**times, "output_path": tmp_name, "parameters": {"a": 1}}},
+            "metadata": {"papermill": {**times, **paths, "parameters": {"a": 1}}},
             "cells": [
                 {
                     "id": cell_id,
@@ -332,13 +335,18 @@ def test_an_executed_report_notebook_keeps_nothing_that_changes_between_executio
         ("t1", "ab12", ".report.1.tmp"),
         ("t2", "cd34", ".report.2.tmp"),
     ]:
+        clone = tmp_path / f"clone-{cell_id}"  # executed in two clones: absolute template paths
+        (clone / "notebooks").mkdir(parents=True)
+        monkeypatch.chdir(clone)
+        template = str(clone / "notebooks" / "report.ipynb")
         path = tmp_path / tmp_name
-        path.write_text(json.dumps(executed(stamp, cell_id, tmp_name)))
+        path.write_text(json.dumps(executed(stamp, cell_id, tmp_name, template)))
         settle_notebook(path, tmp_path / "report.ipynb")
         settled.append(path.read_bytes())
     assert settled[0] == settled[1]
     nb = json.loads(settled[0])
     assert nb["metadata"]["papermill"] == {
+        "input_path": "notebooks/report.ipynb",
         "output_path": str(tmp_path / "report.ipynb"),
         "parameters": {"a": 1},
     }
