@@ -1,4 +1,4 @@
-"""The local SLURM cluster as a pytest fixture.
+"""The local SLURM cluster as a pytest fixture, and ``script``: a module of ``scripts/``.
 
 Tests marked ``slurm`` (or asking for ``slurm_cluster``) need the private single-node cluster of
 ``scripts/slurm-up.sh``. When it is not reachable they skip with "run `make slurm-up`", except
@@ -9,6 +9,7 @@ scheduler rather than silently skip it (``.ci/run`` starts the cluster before ``
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -126,3 +127,17 @@ def _slurm_marker_needs_cluster(request: pytest.FixtureRequest) -> None:
     """Give every test marked ``slurm`` the cluster check (skip, or fail under CI=true)."""
     if request.node.get_closest_marker("slurm") is not None:
         request.getfixturevalue("slurm_cluster")
+
+
+@pytest.fixture
+def script():
+    """``script("results_table")``: ``scripts/results_table.py`` loaded as a module (the scripts
+    are not a package; their tests call their functions and ``main``)."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

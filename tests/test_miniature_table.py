@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "miniature_table.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("miniature_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(runs: Path, name: str, seed: int, miou: float, wall: float) -> None:
@@ -28,18 +18,18 @@ def _run(runs: Path, name: str, seed: int, miou: float, wall: float) -> None:
     (run / "wall").write_text(str(wall))
 
 
-def test_one_row_per_name_over_its_seeds(tmp_path, capsys):
+def test_one_row_per_name_over_its_seeds(tmp_path, capsys, script):
     _run(tmp_path, "lr8", 0, 0.30, 300)
     _run(tmp_path, "lr8", 1, 0.32, 340)
     _run(tmp_path, "random", 0, 0.10, 60)
-    assert _module().main([str(tmp_path)]) == 0
+    assert script("miniature_table").main([str(tmp_path)]) == 0
     rows = capsys.readouterr().out.splitlines()
     assert rows[2] == "| lr8 | 0.310 ± 0.014 | 0.500 ± 0.000 | 0.200 ± 0.000 | 0,1 | 768 | 320 |"
     assert rows[3] == "| random | 0.100 | 0.500 | 0.200 | 0 |  | 60 |"
 
 
-def test_bad_input_is_named(tmp_path, capsys):
-    module = _module()
+def test_bad_input_is_named(tmp_path, capsys, script):
+    module = script("miniature_table")
     with pytest.raises(SystemExit) as exit_:
         module.main([str(tmp_path / "nope")])
     assert exit_.value.code == 2

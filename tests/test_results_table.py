@@ -2,20 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "results_table.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("results_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _rows(run_id, seed, mask, seg, floor, ceiling):
@@ -33,7 +21,7 @@ def _rows(run_id, seed, mask, seg, floor, ceiling):
     ]
 
 
-def test_each_point_is_measured_against_its_own_references():
+def test_each_point_is_measured_against_its_own_references(script):
     """Points whose references were computed on two machines (float results differ): the
     reference rows give the mean and the range, and each point's gain is over its own floor."""
     tidy = pd.DataFrame(
@@ -42,24 +30,24 @@ def test_each_point_is_measured_against_its_own_references():
         + _rows("gt-s0", 0, "gt", 0.30, 0.12, 0.48)
         + _rows("gt-s1", 1, "gt", 0.34, 0.12, 0.48)
     )
-    lines = _module().table(tidy, ["masks.source"]).splitlines()
+    lines = script("results_table").table(tidy, ["masks.source"]).splitlines()
     assert lines[2] == "| random init (floor) | 0.110 (0.100–0.120) | – | – | 0,1 |"
     assert lines[3] == "| supervised (ceiling) | 0.490 (0.480–0.500) | – | – | 0,1 |"
     assert lines[4] == "| fh | 0.310 ± 0.014 | 0.210 ± 0.014 | +52% | 0,1 |"
     assert lines[5] == "| gt | 0.320 ± 0.028 | 0.200 ± 0.028 | +56% | 0,1 |"
 
 
-def test_one_reference_for_every_point_is_one_value():
+def test_one_reference_for_every_point_is_one_value(script):
     tidy = pd.DataFrame(
         _rows("fh-s0", 0, "fh", 0.3, 0.1, 0.5) + _rows("fh-s1", 1, "fh", 0.3, 0.1, 0.5)
     )
-    lines = _module().table(tidy, ["masks.source"]).splitlines()
+    lines = script("results_table").table(tidy, ["masks.source"]).splitlines()
     assert lines[2] == "| random init (floor) | 0.100 | – | – | 0,1 |"
     assert lines[4] == "| fh | 0.300 | 0.200 | +50% | 0,1 |"  # equal values: one
 
 
-def test_a_missing_table_or_an_unknown_column_is_a_clear_error(tmp_path, capsys):
-    module = _module()
+def test_a_missing_table_or_an_unknown_column_is_a_clear_error(tmp_path, capsys, script):
+    module = script("results_table")
     with pytest.raises(SystemExit) as exit_:
         module.main([str(tmp_path / "nope.csv")])
     assert exit_.value.code == 2

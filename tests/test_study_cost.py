@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "study_cost.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("study_cost", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _point(results: Path, name: str, span_s: int, wall_s: float, **status) -> None:
@@ -28,27 +18,27 @@ def _point(results: Path, name: str, span_s: int, wall_s: float, **status) -> No
     (point / "train_summary.json").write_text(json.dumps({"wall_s": wall_s}))
 
 
-def test_trained_points_cost_their_span_and_taken_over_ones_nothing(tmp_path, capsys):
+def test_trained_points_cost_their_span_and_taken_over_ones_nothing(tmp_path, capsys, script):
     _point(tmp_path, "a/p-s0", 600, 360.0)
     _point(tmp_path, "a/p-s1", 1200, 720.0)
     _point(tmp_path, "b/p-s0", 3000, 1800.0, reused_from="a/p-s0")
     _point(tmp_path, "b/q-s0", 1800, 1080.0, state="running")  # not finished: not counted
-    rows = _module().cost(tmp_path)
+    rows = script("study_cost").cost(tmp_path)
     assert [(r["ablation"], r["trained"], r["reused"]) for r in rows] == [("a", 2, 0), ("b", 0, 1)]
     assert rows[0]["wall_h"] == pytest.approx(0.5)
     assert rows[0]["pretrain_h"] == pytest.approx(0.3)
     assert rows[0]["median_s"] == 900
-    assert _module().main([str(tmp_path)]) == 0
+    assert script("study_cost").main([str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[2] == "| `a` | 2 | 0 | 0.50 | 0.30 | 900 |"
     assert out[3] == "| `b` | 0 | 1 | 0.00 | 0.00 | – |"
     assert out[4] == "| all | 2 | 1 | 0.50 | 0.30 | – |"
 
 
-def test_a_folder_without_points_is_a_clear_error(tmp_path, capsys):
+def test_a_folder_without_points_is_a_clear_error(tmp_path, capsys, script):
     with pytest.raises(SystemExit):
-        _module().main([str(tmp_path / "nope")])
+        script("study_cost").main([str(tmp_path / "nope")])
     assert "no results folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        _module().main([str(tmp_path)])
+        script("study_cost").main([str(tmp_path)])
     assert "holds no exported points" in capsys.readouterr().err
