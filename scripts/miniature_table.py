@@ -4,6 +4,9 @@ Usage: python scripts/miniature_table.py RUNS_DIR [NAME ...]
 One row per experiment name: mean ± std over its seeds of segmentation mIoU, depth delta1 and
 linear top-1 (the backbone's eval.json, or eval_random.json / eval_supervised.json for the floor
 and the ceiling), the seeds, pretraining steps and the mean wall time of a point.
+
+With --floor NAME (e.g. random) two more columns: each run's gain over that run of the same seed,
+on segmentation mIoU and depth delta1, mean ± std over the seeds (a paired difference).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 METRICS = (("segmentation", "miou"), ("depth", "delta1"), ("linear", "top1"))
+GAINS = METRICS[:2]  # --floor: the dense probes' gains
 
 
 def _reference(name: str) -> str | None:
@@ -30,10 +34,26 @@ def _eval_file(run: Path, name: str) -> Path:
     return run / (f"eval_{ref}.json" if ref else "eval.json")
 
 
-def _fmt(values: list[float]) -> str:
+def _seed(run: Path) -> str:
+    return run.name.rsplit("-s", 1)[1]
+
+
+def _gain(name, runs, evals, floor, floor_name, task, key) -> str:
+    """``name``'s gain over the floor run of the same seed, mean ± std; "–" for the floor."""
+    if name == floor_name:
+        return "–"
+    missing = [_seed(r) for r in runs if _seed(r) not in floor]
+    if missing:
+        sys.exit(f"miniature_table.py: {name}: no {floor_name} run of seed {', '.join(missing)}")
+    gains = [e[task][key] - floor[_seed(r)][task][key] for r, e in zip(runs, evals)]
+    return _fmt(gains, signed=True)
+
+
+def _fmt(values: list[float], signed: bool = False) -> str:
+    sign = "+" if signed else ""
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{values[0]:{sign}.3f}"
+    return f"{statistics.mean(values):{sign}.3f} ± {statistics.stdev(values):.3f}"
 
 
 def main(argv: list[str]) -> int:
@@ -44,7 +64,10 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("runs", type=Path, help="a scripts/miniature.sh runs directory")
     parser.add_argument("names", nargs="*", metavar="NAME", help="experiment names, in order")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--floor", metavar="NAME", help="add each run's gain over this name's run of its seed"
+    )
+    args = parser.parse_intermixed_args(argv)
     if not args.runs.is_dir():
         parser.error(f"no runs directory {args.runs} (expected a scripts/miniature.sh folder)")
     runs, names = args.runs, args.names
@@ -60,15 +83,25 @@ def main(argv: list[str]) -> int:
             f"(it has: {', '.join(sorted(groups)) or 'none'})",
             file=sys.stderr,
         )
+    floor: dict[str, dict] = {}
+    if args.floor:
+        if args.floor not in groups:
+            parser.error(f"--floor {args.floor}: no finished runs of that name in {runs}")
+        floor = {
+            _seed(r): json.loads(_eval_file(r, args.floor).read_text()) for r in groups[args.floor]
+        }
     order = names or sorted(groups)
-    print("| run | seg mIoU | depth δ1 | linear top-1 | seeds | steps | wall (s) |")
-    print("|---|---|---|---|---|---|---|")
+    gain_head = " Δ seg | Δ δ1 |" if floor else ""
+    print(f"| run | seg mIoU | depth δ1 | linear top-1 |{gain_head} seeds | steps | wall (s) |")
+    print("|---|---|---|---|" + "---|---|" * bool(floor) + "---|---|---|")
     for name in order:
         if name not in groups:
             continue
         evals = [json.loads(_eval_file(r, name).read_text()) for r in groups[name]]
         cols = [_fmt([e[t][k] for e in evals]) for t, k in METRICS]
-        seeds = ",".join(r.name.rsplit("-s", 1)[1] for r in groups[name])
+        if floor:
+            cols += [_gain(name, groups[name], evals, floor, args.floor, t, k) for t, k in GAINS]
+        seeds = ",".join(_seed(r) for r in groups[name])
         steps = ""
         summary = groups[name][0] / "train_summary.json"
         if summary.is_file() and not _reference(name):

@@ -1,12 +1,14 @@
 """What the committed study cost: per ablation, the points trained and taken over, and their time.
 
-Usage: python scripts/study_cost.py [RESULTS_DIR]     (default: results)
+Usage: python scripts/study_cost.py [RESULTS_DIR] [--speed]     (default: results)
 
 Reads each exported point's ``status.json`` and ``train_summary.json`` (nothing else, no run
 directories). A point that names ``reused_from`` was taken over from another ablation's run and
 cost nothing; a trained point's wall time is its status's ``started`` to ``updated`` (pretraining
 and every probe; a point interrupted and resumed keeps its first ``started``, so this bounds it
 from above), its pretraining time the training loop's ``wall_s``. RESULTS.md quotes the table.
+With --speed, a second table: the trained points' pretraining throughput (``images_per_s``),
+their range, median and aggregate (all images over all pretraining seconds).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def cost(results: Path) -> list[dict]:
     """One row per exported ablation folder (those with points), in name order."""
     rows = []
     for ablation in sorted(p for p in results.iterdir() if p.is_dir()):
-        spans, pretrain, reused = [], [], 0
+        spans, pretrain, speeds, reused = [], [], [], 0
         for point in sorted(p for p in ablation.iterdir() if p.is_dir()):
             status = read_status(point)
             if status is None or status.get("state") != "done":
@@ -38,7 +40,10 @@ def cost(results: Path) -> list[dict]:
                 reused += 1
                 continue
             spans.append(_span_s(status))
-            pretrain.append((read_json(point / "train_summary.json") or {}).get("wall_s", 0.0))
+            summary = read_json(point / "train_summary.json") or {}
+            pretrain.append(summary.get("wall_s", 0.0))
+            if summary.get("images_per_s"):
+                speeds.append((summary["images_per_s"], summary.get("wall_s", 0.0)))
         if spans or reused:
             rows.append(
                 {
@@ -48,6 +53,7 @@ def cost(results: Path) -> list[dict]:
                     "wall_h": sum(spans) / 3600,
                     "pretrain_h": sum(pretrain) / 3600,
                     "median_s": statistics.median(spans) if spans else None,
+                    "speeds": speeds,  # (images/s, pretraining s) per trained point
                 }
             )
     return rows
@@ -73,6 +79,25 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def speed_table(rows: list[dict]) -> str:
+    """Pretraining images/s of the trained points per ablation: range, median, aggregate."""
+    lines = [
+        "| ablation | points | images/s (range) | median | aggregate |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if not r["speeds"]:
+            continue
+        ips = [v for v, _ in r["speeds"]]
+        seconds = sum(w for _, w in r["speeds"])
+        aggregate = sum(v * w for v, w in r["speeds"]) / seconds if seconds else float("nan")
+        lines.append(
+            f"| `{r['ablation']}` | {len(ips)} | {min(ips):.0f}-{max(ips):.0f} "
+            f"| {statistics.median(ips):.0f} | {aggregate:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="study_cost.py",
@@ -80,6 +105,9 @@ def main(argv: list[str]) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("results", nargs="?", type=Path, default=Path("results"))
+    parser.add_argument(
+        "--speed", action="store_true", help="also the pretraining throughput per ablation"
+    )
     args = parser.parse_args(argv)
     if not args.results.is_dir():
         parser.error(f"no results folder {args.results} (expected what `detcon export` wrote)")
@@ -87,6 +115,9 @@ def main(argv: list[str]) -> int:
     if not rows:
         parser.error(f"{args.results} holds no exported points (<ablation>/<run id>/status.json)")
     print(table(rows))
+    if args.speed:
+        print()
+        print(speed_table(rows))
     return 0
 
 

@@ -28,6 +28,37 @@ def test_one_row_per_name_over_its_seeds(tmp_path, capsys, script):
     assert rows[3] == "| random | 0.100 | 0.500 | 0.200 | 0 |  | 60 |"
 
 
+def test_floor_adds_each_runs_gain_over_the_floor_of_its_seed(tmp_path, capsys, script):
+    _run(tmp_path, "lr8", 0, 0.30, 300)
+    _run(tmp_path, "lr8", 1, 0.34, 340)
+    _run(tmp_path, "random", 0, 0.10, 60)
+    _run(tmp_path, "random", 1, 0.20, 60)
+    assert (
+        script("miniature_table").main([str(tmp_path), "random", "lr8", "--floor", "random"]) == 0
+    )
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].startswith("| run | seg mIoU | depth δ1 | linear top-1 | Δ seg | Δ δ1 |")
+    assert (
+        rows[2]
+        == "| random | 0.150 ± 0.071 | 0.500 ± 0.000 | 0.200 ± 0.000 | – | – | 0,1 |  | 60 |"
+    )
+    # paired: +0.20 and +0.14, not the difference of the means alone
+    assert rows[3] == (
+        "| lr8 | 0.320 ± 0.028 | 0.500 ± 0.000 | 0.200 ± 0.000 | +0.170 ± 0.042 | +0.000 ± 0.000 "
+        "| 0,1 | 768 | 320 |"
+    )
+
+
+def test_a_floor_without_the_seed_is_named(tmp_path, capsys, script):
+    _run(tmp_path, "lr8", 1, 0.34, 340)
+    _run(tmp_path, "random", 0, 0.10, 60)
+    with pytest.raises(SystemExit, match="lr8: no random run of seed 1"):
+        script("miniature_table").main([str(tmp_path), "--floor", "random"])
+    with pytest.raises(SystemExit):
+        script("miniature_table").main([str(tmp_path), "--floor", "floor"])
+    assert "--floor floor: no finished runs" in capsys.readouterr().err
+
+
 def test_bad_input_is_named(tmp_path, capsys, script):
     module = script("miniature_table")
     with pytest.raises(SystemExit) as exit_:

@@ -42,3 +42,21 @@ def test_a_folder_without_points_is_a_clear_error(tmp_path, capsys, script):
     with pytest.raises(SystemExit):
         script("study_cost").main([str(tmp_path)])
     assert "holds no exported points" in capsys.readouterr().err
+
+
+def test_speed_is_the_trained_points_throughput_and_its_aggregate(tmp_path, capsys, script):
+    def trained(name: str, images_per_s: float, wall_s: float) -> None:
+        _point(tmp_path, name, 600, wall_s)
+        summary = {"wall_s": wall_s, "images_per_s": images_per_s}
+        (tmp_path / name / "train_summary.json").write_text(json.dumps(summary))
+
+    trained("a/p-s0", 100.0, 100.0)  # 10,000 images
+    trained("a/p-s1", 50.0, 200.0)  # 10,000 images
+    _point(tmp_path, "b/p-s0", 600, 100.0, reused_from="a/p-s0")  # taken over: no row
+    assert script("study_cost").main([str(tmp_path), "--speed"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-3:] == [
+        "| ablation | points | images/s (range) | median | aggregate |",
+        "|---|---|---|---|---|",
+        "| `a` | 2 | 50-100 | 75 | 67 |",  # 20,000 images in 300 s
+    ]
