@@ -6,7 +6,12 @@ Reads each exported point's ``status.json`` and ``train_summary.json`` (nothing 
 directories). A point that names ``reused_from`` was taken over from another ablation's run and
 cost nothing; a trained point's wall time is its status's ``started`` to ``updated`` (pretraining
 and every probe; a point interrupted and resumed keeps its first ``started``, so this bounds it
-from above), its pretraining time the training loop's ``wall_s``. RESULTS.md quotes the table.
+from above), its pretraining time the training loop's ``wall_s`` (for a resumed point, that of its
+last attempt only). A point whose wall time is
+over 3x its ablation's median was interrupted (its lanes stopped at the end of a session and
+resumed in the next): the last two columns count those and give the point time with each of
+them at the median instead, what the ablation costs when nothing stops it. RESULTS.md quotes the
+table.
 With --speed, a second table: the trained points' pretraining throughput (``images_per_s``),
 their range, median and aggregate (all images over all pretraining seconds).
 """
@@ -20,6 +25,12 @@ import sys
 from pathlib import Path
 
 from detcon.runs import read_json, read_status
+
+# A point's wall time over this multiple of its ablation's median means it was interrupted and
+# resumed later: in the committed study, points that ran through stayed within 2x their
+# ablation's median (the longest: the first points of a runs folder, which also compute the floor
+# and the ceiling), and the interrupted ones took 5x to 37x.
+INTERRUPTED_OVER_MEDIAN = 3.0
 
 
 def _span_s(status: dict) -> float:
@@ -45,6 +56,9 @@ def cost(results: Path) -> list[dict]:
             if summary.get("images_per_s"):
                 speeds.append((summary["images_per_s"], summary.get("wall_s", 0.0)))
         if spans or reused:
+            median = statistics.median(spans) if spans else None
+            limit = INTERRUPTED_OVER_MEDIAN * median if spans else 0.0
+            interrupted = [s for s in spans if s > limit]
             rows.append(
                 {
                     "ablation": ablation.name,
@@ -52,7 +66,12 @@ def cost(results: Path) -> list[dict]:
                     "reused": reused,
                     "wall_h": sum(spans) / 3600,
                     "pretrain_h": sum(pretrain) / 3600,
-                    "median_s": statistics.median(spans) if spans else None,
+                    "median_s": median,
+                    "interrupted": len(interrupted),
+                    "uninterrupted_h": (
+                        sum(spans) - sum(interrupted) + len(interrupted) * (median or 0.0)
+                    )
+                    / 3600,
                     "speeds": speeds,  # (images/s, pretraining s) per trained point
                 }
             )
@@ -62,19 +81,23 @@ def cost(results: Path) -> list[dict]:
 def table(rows: list[dict]) -> str:
     lines = [
         "| ablation | points trained | taken over | point time (h, one thread each) "
-        "| of which pretraining (h) | median point (s) |",
-        "|---|---|---|---|---|---|",
+        "| of which pretraining (h) | median point (s) | interrupted "
+        "| point time, those at the median (h) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         median = f"{r['median_s']:.0f}" if r["median_s"] is not None else "–"
         lines.append(
             f"| `{r['ablation']}` | {r['trained']} | {r['reused']} | {r['wall_h']:.2f} "
-            f"| {r['pretrain_h']:.2f} | {median} |"
+            f"| {r['pretrain_h']:.2f} | {median} | {r['interrupted']} "
+            f"| {r['uninterrupted_h']:.2f} |"
         )
     wall = sum(r["wall_h"] for r in rows)
     lines.append(
         f"| all | {sum(r['trained'] for r in rows)} | {sum(r['reused'] for r in rows)} "
-        f"| {wall:.2f} | {sum(r['pretrain_h'] for r in rows):.2f} | – |"
+        f"| {wall:.2f} | {sum(r['pretrain_h'] for r in rows):.2f} | – "
+        f"| {sum(r['interrupted'] for r in rows)} "
+        f"| {sum(r['uninterrupted_h'] for r in rows):.2f} |"
     )
     return "\n".join(lines)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -11,9 +12,14 @@ import pytest
 def _point(results: Path, name: str, span_s: int, wall_s: float, **status) -> None:
     point = results / name
     point.mkdir(parents=True)
-    started = "2026-12-02T10:00:00+00:00"
-    updated = f"2026-12-02T10:{span_s // 60:02d}:{span_s % 60:02d}+00:00"
-    fields = {"state": "done", "started": started, "updated": updated, **status}
+    started = dt.datetime(2026, 12, 2, 10, tzinfo=dt.timezone.utc)
+    updated = started + dt.timedelta(seconds=span_s)
+    fields = {
+        "state": "done",
+        "started": started.isoformat(),
+        "updated": updated.isoformat(),
+        **status,
+    }
     (point / "status.json").write_text(json.dumps(fields))
     (point / "train_summary.json").write_text(json.dumps({"wall_s": wall_s}))
 
@@ -30,9 +36,20 @@ def test_trained_points_cost_their_span_and_taken_over_ones_nothing(tmp_path, ca
     assert rows[0]["median_s"] == 900
     assert script("study_cost").main([str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[2] == "| `a` | 2 | 0 | 0.50 | 0.30 | 900 |"
-    assert out[3] == "| `b` | 0 | 1 | 0.00 | 0.00 | – |"
-    assert out[4] == "| all | 2 | 1 | 0.50 | 0.30 | – |"
+    assert out[2] == "| `a` | 2 | 0 | 0.50 | 0.30 | 900 | 0 | 0.50 |"
+    assert out[3] == "| `b` | 0 | 1 | 0.00 | 0.00 | – | 0 | 0.00 |"
+    assert out[4] == "| all | 2 | 1 | 0.50 | 0.30 | – | 0 | 0.50 |"
+
+
+def test_an_interrupted_point_counts_at_the_median_in_the_last_column(tmp_path, script):
+    for seed, span in enumerate([600, 700, 1200]):  # the longest ran through: 2x the median
+        _point(tmp_path, f"a/p-s{seed}", span, 300.0)
+    _point(tmp_path, "a/p-s3", 4 * 3600, 300.0)  # stopped at a session's end, resumed hours later
+    (row,) = script("study_cost").cost(tmp_path)
+    assert row["median_s"] == 950
+    assert row["interrupted"] == 1
+    assert row["wall_h"] == pytest.approx((600 + 700 + 1200 + 4 * 3600) / 3600)
+    assert row["uninterrupted_h"] == pytest.approx((600 + 700 + 1200 + 950) / 3600)
 
 
 def test_a_folder_without_points_is_a_clear_error(tmp_path, capsys, script):
