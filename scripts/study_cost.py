@@ -7,11 +7,10 @@ directories). A point that names ``reused_from`` was taken over from another abl
 cost nothing; a trained point's wall time is its status's ``started`` to ``updated`` (pretraining
 and every probe; a point interrupted and resumed keeps its first ``started``, so this bounds it
 from above), its pretraining time the training loop's ``wall_s`` (for a resumed point, that of its
-last attempt only). A point whose wall time is
-over 3x its ablation's median was interrupted (its lanes stopped at the end of a session and
-resumed in the next): the last two columns count those and give the point time with each of
-them at the median instead, what the ablation costs when nothing stops it. RESULTS.md quotes the
-table.
+last attempt only). A point whose wall time is over 3x its ablation's median was interrupted (its
+lanes stopped at the end of a session and resumed in the next): the last two columns count those
+and give the point time with each of them at the median instead, what the ablation costs when
+nothing stops it. RESULTS.md quotes the table.
 With --speed, a second table: the trained points' pretraining throughput (``images_per_s``),
 their range, median and aggregate (all images over all pretraining seconds).
 """
@@ -57,8 +56,7 @@ def cost(results: Path) -> list[dict]:
                 speeds.append((summary["images_per_s"], summary.get("wall_s", 0.0)))
         if spans or reused:
             median = statistics.median(spans) if spans else None
-            limit = INTERRUPTED_OVER_MEDIAN * median if spans else 0.0
-            interrupted = [s for s in spans if s > limit]
+            interrupted = [s > INTERRUPTED_OVER_MEDIAN * median for s in spans]
             rows.append(
                 {
                     "ablation": ablation.name,
@@ -67,9 +65,9 @@ def cost(results: Path) -> list[dict]:
                     "wall_h": sum(spans) / 3600,
                     "pretrain_h": sum(pretrain) / 3600,
                     "median_s": median,
-                    "interrupted": len(interrupted),
-                    "uninterrupted_h": (
-                        sum(spans) - sum(interrupted) + len(interrupted) * (median or 0.0)
+                    "interrupted": sum(interrupted),
+                    "uninterrupted_h": sum(
+                        median if cut else s for s, cut in zip(spans, interrupted, strict=True)
                     )
                     / 3600,
                     "speeds": speeds,  # (images/s, pretraining s) per trained point
