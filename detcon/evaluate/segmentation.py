@@ -25,14 +25,21 @@ __all__ = ["FCNHead", "evaluate_segmentation", "supervised_state"]
 class FCNHead(nn.Module):
     """``convs`` x (3x3 conv, BN, ReLU) of ``channels``, a 1x1 classifier, bilinear upsampling.
 
+    ``standardize``: first a per-channel BatchNorm without affine parameters (with ``convs=0``:
+    a linear probe of standardised features).
     ``forward(x, size)``: features ``(B, C, h, w)`` -> logits ``(B, num_classes, *size)``.
     """
 
     def __init__(
-        self, in_channels: int, num_classes: int, channels: int = 256, convs: int = 2
+        self,
+        in_channels: int,
+        num_classes: int,
+        channels: int = 256,
+        convs: int = 2,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [nn.BatchNorm2d(in_channels, affine=False)] if standardize else []
         for i in range(convs):
             layers += [
                 nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1, bias=False),
@@ -57,7 +64,13 @@ class _Segmentation:
         self, in_channels: int, stride: int, settings: DenseSettings, num_classes: int
     ) -> nn.Module:
         self.num_classes = num_classes
-        return FCNHead(in_channels, num_classes, settings.head_channels, settings.head_convs)
+        return FCNHead(
+            in_channels,
+            num_classes,
+            settings.head_channels,
+            settings.head_convs,
+            standardize=settings.standardize,
+        )
 
     def init_head(self, head: nn.Module, targets: Sequence[Tensor]) -> None:
         pass

@@ -104,6 +104,10 @@ class DenseSettings:
     # (halving channels, at least 16) up to full resolution, then a 3x3 conv to one channel.
     head_channels: int = 128
     head_convs: int = 2
+    # Segmentation only: standardise the features per channel before the head (BatchNorm without
+    # affine, as MAE's linear probe), so that with head_convs=0 the probe is a per-pixel linear
+    # classifier whose result does not depend on the backbone's feature scale.
+    standardize: bool = False
     # ResNets only: dilate the last stage (output stride 16), as FCN transfer protocols do.
     dilate_last_stage: bool = False
     crop_size: tuple[int, int] = (0, 0)  # (h, w) training crop when fine-tuning; 0: whole image

@@ -20,6 +20,7 @@ from detcon.evaluate.metrics import (
     mean_average_precision,
     segmentation_scores,
 )
+from detcon.evaluate.segmentation import FCNHead
 from detcon.evaluate.settings import OptimSettings
 from detcon.evaluate.training import batch_indices, lr_at
 
@@ -209,3 +210,18 @@ def test_random_scale_crop_moves_image_and_target_together():
         image, target, scale_range=(1.0, 1.0), crop=(6, 6), flip=False, fill=255, generator=gen
     )
     assert (t == 255).sum() == 36 - 16 and (im[:, t == 255] == 0).all()
+
+
+def test_standardized_linear_head_ignores_the_feature_scale():
+    # standardize + convs=0: BatchNorm without affine, then a 1x1 classifier, so a backbone whose
+    # features are 100x larger gets the same logits (the probe reads directions, not scale).
+    torch.manual_seed(0)
+    head = FCNHead(8, 3, convs=0, standardize=True).train()
+    assert [type(m) for m in head.net] == [torch.nn.BatchNorm2d, torch.nn.Conv2d]
+    assert head.net[0].weight is None  # no affine parameters
+    x = torch.randn(4, 8, 5, 5) * (0.5 + torch.rand(1, 8, 1, 1)) + torch.randn(1, 8, 1, 1)
+    out, scaled = head(x, (10, 10)), head(100 * x, (10, 10))
+    assert out.shape == (4, 3, 10, 10)
+    torch.testing.assert_close(scaled, out, rtol=1e-3, atol=1e-3)  # BatchNorm eps aside
+    plain = FCNHead(8, 3, convs=0)  # without it, the logits grow with the features
+    assert not torch.allclose(plain(100 * x, (5, 5)), plain(x, (5, 5)), atol=1e-2)
