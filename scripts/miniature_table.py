@@ -7,6 +7,8 @@ and the ceiling), the seeds, pretraining steps and the mean wall time of a point
 
 With --floor NAME (e.g. random) two more columns: each run's gain over that run of the same seed,
 on segmentation mIoU and depth delta1, mean ± std over the seeds (a paired difference).
+With --seg ENTRY the segmentation column reads another entry of the eval files, e.g.
+``segmentation_linear`` (written by scripts/seg_probe_linear.py); names without it are left out.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-METRICS = (("segmentation", "miou"), ("depth", "delta1"), ("linear", "top1"))
-GAINS = METRICS[:2]  # --floor: the dense probes' gains
+
+def _metrics(seg: str) -> tuple[tuple[str, str], ...]:
+    """(entry, metric) of the table's three columns; the first two get --floor gains."""
+    return ((seg, "miou"), ("depth", "delta1"), ("linear", "top1"))
 
 
 def _reference(name: str) -> str | None:
@@ -67,7 +71,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--floor", metavar="NAME", help="add each run's gain over this name's run of its seed"
     )
+    parser.add_argument(
+        "--seg",
+        default="segmentation",
+        metavar="ENTRY",
+        help="eval-file entry of the segmentation column (default: segmentation, the FCN probe)",
+    )
     args = parser.parse_intermixed_args(argv)
+    metrics = _metrics(args.seg)
     if not args.runs.is_dir():
         parser.error(f"no runs directory {args.runs} (expected a scripts/miniature.sh folder)")
     runs, names = args.runs, args.names
@@ -76,6 +87,17 @@ def main(argv: list[str]) -> int:
         m = re.fullmatch(r"(.+)-s(\d+)", run.name)
         if m and _eval_file(run, m.group(1)).is_file():
             groups[m.group(1)].append(run)
+    lacking = sorted(
+        n
+        for n, rs in groups.items()
+        if any(args.seg not in json.loads(_eval_file(r, n).read_text()) for r in rs)
+    )
+    if lacking:
+        print(
+            f"miniature_table.py: no {args.seg} entry: left out {', '.join(lacking)}",
+            file=sys.stderr,
+        )
+        groups = {n: rs for n, rs in groups.items() if n not in lacking}
     missing = [n for n in names if n not in groups]
     if missing:
         print(
@@ -86,7 +108,9 @@ def main(argv: list[str]) -> int:
     floor: dict[str, dict] = {}
     if args.floor:
         if args.floor not in groups:
-            parser.error(f"--floor {args.floor}: no finished runs of that name in {runs}")
+            parser.error(
+                f"--floor {args.floor}: no finished runs of that name (with {args.seg}) in {runs}"
+            )
         floor = {
             _seed(r): json.loads(_eval_file(r, args.floor).read_text()) for r in groups[args.floor]
         }
@@ -98,9 +122,11 @@ def main(argv: list[str]) -> int:
         if name not in groups:
             continue
         evals = [json.loads(_eval_file(r, name).read_text()) for r in groups[name]]
-        cols = [_fmt([e[t][k] for e in evals]) for t, k in METRICS]
+        cols = [_fmt([e[t][k] for e in evals]) for t, k in metrics]
         if floor:
-            cols += [_gain(name, groups[name], evals, floor, args.floor, t, k) for t, k in GAINS]
+            cols += [
+                _gain(name, groups[name], evals, floor, args.floor, t, k) for t, k in metrics[:2]
+            ]
         seeds = ",".join(_seed(r) for r in groups[name])
         steps = ""
         summary = groups[name][0] / "train_summary.json"

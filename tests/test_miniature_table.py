@@ -68,3 +68,21 @@ def test_bad_input_is_named(tmp_path, capsys, script):
     _run(tmp_path, "lr8", 0, 0.30, 300)
     assert module.main([str(tmp_path), "lr16"]) == 0
     assert "no finished runs named lr16" in capsys.readouterr().err
+
+
+def test_seg_reads_another_entry_and_leaves_out_names_without_it(tmp_path, capsys, script):
+    _run(tmp_path, "lr8", 0, 0.30, 300)
+    _run(tmp_path, "random", 0, 0.10, 60)
+    _run(tmp_path, "fcn_only", 0, 0.25, 60)
+    for name, miou in (("lr8", 0.16), ("random", 0.11)):
+        path = tmp_path / f"{name}-s0" / ("eval_random.json" if name == "random" else "eval.json")
+        metrics = json.loads(path.read_text())
+        path.write_text(json.dumps({**metrics, "segmentation_linear": {"miou": miou}}))
+    module = script("miniature_table")
+    argv = [str(tmp_path), "--seg", "segmentation_linear", "--floor", "random"]
+    assert module.main(argv) == 0
+    out = capsys.readouterr()
+    assert "no segmentation_linear entry: left out fcn_only" in out.err
+    rows = out.out.splitlines()
+    assert len(rows) == 4  # header, rule, lr8, random
+    assert rows[2].startswith("| lr8 | 0.160 | 0.500 | 0.200 | +0.050 | +0.000 |")

@@ -1,0 +1,47 @@
+"""scripts/seg_probe_linear.py: the linear segmentation probe, added to a run's eval file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from detcon.atomic import save_torch, write_json
+from detcon.config import load_pretrain_config, to_dict
+from detcon.models import build_backbone
+
+torch.set_num_threads(1)
+
+
+def _run_dir(path):
+    cfg = load_pretrain_config({"model": {"small_width": 8}}, profile="cpu")
+    path.mkdir(parents=True)
+    write_json(path / "config.json", to_dict(cfg))
+    save_torch(path / "backbone.pt", build_backbone(cfg.model).state_dict())
+    return path
+
+
+def test_the_probe_is_a_standardised_linear_head_next_to_the_fcn_entry(tmp_path, script):
+    module = script("seg_probe_linear")
+    settings = module.linear_probe_settings(module.cpu_settings())
+    (probe,) = settings.segmentation
+    assert (probe.name, probe.head_convs, probe.standardize) == ("segmentation_linear", 0, True)
+    assert settings.depth == module.cpu_settings().depth
+
+    run = _run_dir(tmp_path / "lr8-s1")
+    (run / "eval.json").write_text(json.dumps({"depth": {"delta1": 0.5}}))
+    floor = _run_dir(tmp_path / "random-s1")
+    assert module.main([str(run), str(floor), "--quick", "--split", "val"]) == 0
+    kept = json.loads((run / "eval.json").read_text())
+    assert kept["depth"] == {"delta1": 0.5}  # the other probes' entries stay
+    assert 0.0 <= kept["segmentation_linear"]["miou"] <= 1.0
+    assert "segmentation_linear" in json.loads((floor / "eval_random.json").read_text())
+
+
+def test_a_directory_not_named_like_a_miniature_run_is_refused(tmp_path, script, capsys):
+    with pytest.raises(SystemExit):
+        script("seg_probe_linear").main([str(_run_dir(tmp_path / "lr8"))])
+    assert (
+        "expected a scripts/miniature.sh run directory named NAME-sSEED" in capsys.readouterr().err
+    )
