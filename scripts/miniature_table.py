@@ -46,6 +46,8 @@ def _gain(name, runs, evals, floor, floor_name, task, key) -> str:
     """``name``'s gain over the floor run of the same seed, mean ± std; "–" for the floor."""
     if name == floor_name:
         return "–"
+    if not all(task in e for e in evals) or not all(task in f for f in floor.values()):
+        return ""
     missing = [_seed(r) for r in runs if _seed(r) not in floor]
     if missing:
         sys.exit(f"miniature_table.py: {name}: no {floor_name} run of seed {', '.join(missing)}")
@@ -122,7 +124,11 @@ def main(argv: list[str]) -> int:
         if name not in groups:
             continue
         evals = [json.loads(_eval_file(r, name).read_text()) for r in groups[name]]
-        cols = [_fmt([e[t][k] for e in evals]) for t, k in metrics]
+        # a column the eval files do not all hold (e.g. a ceiling probed for segmentation only)
+        # is left blank
+        cols = [
+            _fmt([e[t][k] for e in evals]) if all(t in e for e in evals) else "" for t, k in metrics
+        ]
         if floor:
             cols += [
                 _gain(name, groups[name], evals, floor, args.floor, t, k) for t, k in metrics[:2]

@@ -86,3 +86,10 @@ def test_seg_reads_another_entry_and_leaves_out_names_without_it(tmp_path, capsy
     rows = out.out.splitlines()
     assert len(rows) == 4  # header, rule, lr8, random
     assert rows[2].startswith("| lr8 | 0.160 | 0.500 | 0.200 | +0.050 | +0.000 |")
+    # a run probed for segmentation only (a ceiling): its other columns are blank
+    ceiling = tmp_path / "supervised-s0"
+    ceiling.mkdir()
+    (ceiling / "eval_supervised.json").write_text('{"segmentation_linear": {"miou": 0.3}}')
+    assert module.main(argv) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row == "| supervised | 0.300 |  |  | +0.190 |  | 0 |  |  |"
