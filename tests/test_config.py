@@ -109,6 +109,9 @@ def test_derived_values_are_computed_not_stored():
     assert (
         load_pretrain_config({"optim": {"epochs": 250}}, profile="paper").optim.warmup_epochs == 2
     )
+    # A small batch at the paper's per-step lr takes a large base lr.
+    small = load_pretrain_config({"optim": {"batch_size": 8, "base_lr": 102.4}}, profile="cpu")
+    assert scaled_lr(small.optim) == pytest.approx(3.2)
     assert total_steps(OptimConfig(batch_size=32, epochs=4), 1000) == 125  # 4000 // 32
     assert total_steps(OptimConfig(batch_size=32, epochs=0.01), 1000) == 1  # at least one
     with pytest.raises(ConfigError, match="larger than the dataset"):
