@@ -195,6 +195,11 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    optimizer: Literal["lars", "adamw"] = _f(
+        "lars",
+        "lars (the release) or adamw (torch's AdamW, betas 0.9/0.999, decoupled weight decay; "
+        "momentum and trust_coefficient then unused), both on the release's lr schedule",
+    )
     batch_size: int = _f(4096, "global batch size (paper: 4096)", 1, 1_000_000)
     epochs: float = _f(1000.0, "pretraining epochs (paper main results: 1000)", 0.0, 100_000.0)
     # The bound leaves room for small batches at the paper's per-step lr (3.2 at batch 8: 102.4).
