@@ -90,6 +90,12 @@ class DataConfig:
         0.0,
         1.0,
     )
+    scene_texture_scale: float = _f(
+        1.0,
+        "synthetic: multiplies the period of the class-defining textures (1 = 3.5-8 px at 96 px)",
+        0.25,
+        16.0,
+    )
     num_workers: int = _f(0, "DataLoader worker processes (0 = in the training process)", 0, 256)
 
 

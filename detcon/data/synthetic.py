@@ -142,6 +142,8 @@ class SceneSpec:
     pixel_noise: float = 0.03
     # Placement tries per object slot before a crowded scene gives up on the slot.
     placement_attempts: int = 6
+    # Multiplies the period of the class-defining textures (1: 3.5-8 px at 96 px, scaled with size).
+    texture_scale: float = 1.0
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
@@ -189,6 +191,8 @@ class SceneSpec:
             fail("texture_contrast", "0 <= lo <= hi <= 1")
         if not is_int(self.placement_attempts) or self.placement_attempts < 1:
             fail("placement_attempts", "an integer >= 1")
+        if not is_num(self.texture_scale) or self.texture_scale <= 0:
+            fail("texture_scale", "a number > 0")
         # Plain Python scalars and tuples (not numpy scalars or lists): the spec stays hashable
         # and its JSON digest stable.
         for name in ("num_object_classes", "min_objects", "max_objects", "placement_attempts"):
@@ -198,6 +202,7 @@ class SceneSpec:
             "background_contrast",
             "min_object_contrast",
             "pixel_noise",
+            "texture_scale",
         ):
             object.__setattr__(self, name, float(getattr(self, name)))
         object.__setattr__(self, "radius_range", tuple(float(x) for x in self.radius_range))
@@ -213,6 +218,7 @@ class SceneSpec:
             max_objects=data.scene_objects[1],
             radius_range=tuple(data.scene_radius),
             texture_contrast=tuple(data.scene_texture_contrast),
+            texture_scale=data.scene_texture_scale,
         )
 
     def digest(self) -> str:
@@ -567,7 +573,7 @@ def _sample_object(
     direction = direction / max(1e-6, float(np.sqrt(np.sum(direction**2))))
     contrast = _uniform(rng, *spec.texture_contrast)
     color_b = np.clip(color_a + contrast * direction, 0.0, 1.0)
-    texture = _sample_texture(rng, class_id, size / _BASE_SIZE)
+    texture = _sample_texture(rng, class_id, size / _BASE_SIZE * spec.texture_scale)
     return SceneObject(
         class_id=class_id,
         center=center,
