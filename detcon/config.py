@@ -96,6 +96,13 @@ class DataConfig:
         0.25,
         16.0,
     )
+    scene_background_texture: float = _f(
+        0.0,
+        "synthetic: amplitude of a class texture (random class, per-scene period and angle) over "
+        "the background; 0 = none",
+        0.0,
+        1.0,
+    )
     num_workers: int = _f(0, "DataLoader worker processes (0 = in the training process)", 0, 256)
 
 
