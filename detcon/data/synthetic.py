@@ -505,6 +505,12 @@ def object_footprint(obj: SceneObject, size: int) -> np.ndarray:
 # scene sampling
 
 
+def _random_direction(rng: np.random.Generator) -> np.ndarray:
+    """A random unit vector in RGB space (the direction between a texture's two colours)."""
+    direction = rng.random(3) - 0.5
+    return direction / max(1e-6, float(np.sqrt(np.sum(direction**2))))
+
+
 def _random_color(rng: np.random.Generator) -> np.ndarray:
     return 0.08 + 0.84 * rng.random(3)
 
@@ -554,8 +560,7 @@ def _paint_background_texture(rng: np.random.Generator, img: np.ndarray, spec: S
     c, s = _unit(_uniform(rng, 0.0, 360.0))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5 - size / 2
     pattern = _texture(rng, class_id, params, xx * c + yy * s, yy * c - xx * s)
-    direction = rng.random(3) - 0.5
-    direction = direction / max(1e-6, float(np.sqrt(np.sum(direction**2))))
+    direction = _random_direction(rng)
     img += spec.background_texture * (pattern.astype(np.float64) - 0.5)[..., None] * direction
 
 
@@ -599,8 +604,7 @@ def _sample_object(
         if np.sqrt(np.sum((color_a - bg_color) ** 2)) >= spec.min_object_contrast:
             break
         color_a = _random_color(rng)
-    direction = rng.random(3) - 0.5
-    direction = direction / max(1e-6, float(np.sqrt(np.sum(direction**2))))
+    direction = _random_direction(rng)
     contrast = _uniform(rng, *spec.texture_contrast)
     color_b = np.clip(color_a + contrast * direction, 0.0, 1.0)
     texture = _sample_texture(rng, class_id, size / _BASE_SIZE * spec.texture_scale)
