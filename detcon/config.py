@@ -90,6 +90,19 @@ class DataConfig:
         0.0,
         1.0,
     )
+    scene_texture_scale: float = _f(
+        1.0,
+        "synthetic: multiplies the period of the class-defining textures (1 = 3.5-8 px at 96 px)",
+        0.25,
+        16.0,
+    )
+    scene_background_texture: float = _f(
+        0.0,
+        "synthetic: amplitude of a class texture (random class, per-scene period and angle) over "
+        "the background; 0 = none",
+        0.0,
+        1.0,
+    )
     num_workers: int = _f(0, "DataLoader worker processes (0 = in the training process)", 0, 256)
 
 
@@ -169,6 +182,9 @@ class ModelConfig:
     backbone: Backbone = _f("resnet50", "encoder; 'small' is a narrow ResNet for the cpu profile")
     small_width: int = _f(32, "small backbone: channels of the first stage", 4, 512)
     small_stride: int = _f(8, "small backbone: output stride (8 or 16; 32 for ResNets)", 8, 16)
+    small_stem_stride: int = _f(
+        2, "small backbone: stride of the 3x3 stem (2, or 1: the first stage at full resolution)", 1, 2
+    )
     head_hidden: int = _f(4096, "projector/predictor hidden width (paper: 4096)", 1, 65536)
     head_out: int = _f(256, "projector/predictor output width (paper: 256)", 1, 65536)
     bn_momentum: float = _f(
@@ -195,6 +211,11 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    optimizer: Literal["lars", "adamw"] = _f(
+        "lars",
+        "lars (the release) or adamw (torch's AdamW, betas 0.9/0.999, decoupled weight decay; "
+        "momentum and trust_coefficient then unused), both on the release's lr schedule",
+    )
     batch_size: int = _f(4096, "global batch size (paper: 4096)", 1, 1_000_000)
     epochs: float = _f(1000.0, "pretraining epochs (paper main results: 1000)", 0.0, 100_000.0)
     # The bound leaves room for small batches at the paper's per-step lr (3.2 at batch 8: 102.4).

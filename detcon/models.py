@@ -70,18 +70,25 @@ class SmallResNet(nn.Module):
     Widths w, 2w, 4w, 8w; a stride-2 3x3 stem without max-pool, stages at strides 1, 2, 2 and
     1 (output stride 8) or 2 (output stride 16), so a 64 px crop gives an 8x8 feature grid as a
     224 px crop gives ResNet-50 a 7x7 one. Zero-initialised last BN gamma as ``zero_init_residual``.
+    ``stem_stride=1`` keeps the stem and the first stage at full resolution (about twice the
+    convolution of stride 2) and moves the stride to the later stages: 1, 2, 2, 2 (output stride
+    8) or 2, 2, 2, 2 (16).
     """
 
-    def __init__(self, width: int = 32, stride: int = 8) -> None:
+    def __init__(self, width: int = 32, stride: int = 8, stem_stride: int = 2) -> None:
         super().__init__()
         if stride not in (8, 16):
             raise ValueError(f"SmallResNet: stride={stride}; expected 8 or 16")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"SmallResNet: stem_stride={stem_stride}; expected 1 or 2")
         self.stem = nn.Sequential(
-            nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False),
+            nn.Conv2d(3, width, 3, stride=stem_stride, padding=1, bias=False),
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
         )
         strides = [1, 2, 2, 1 if stride == 8 else 2]
+        if stem_stride == 1:
+            strides = [1 if stride == 8 else 2, 2, 2, 2]
         widths = [width, 2 * width, 4 * width, 8 * width]
         layers, cin = [], width
         for cout, s in zip(widths, strides):
@@ -124,7 +131,7 @@ def haiku_init_(module: nn.Module) -> nn.Module:
 def build_backbone(cfg: ModelConfig) -> nn.Module:
     """The configured encoder; it has ``out_channels`` and ``stride`` attributes."""
     if cfg.backbone == "small":
-        net: nn.Module = SmallResNet(cfg.small_width, cfg.small_stride)
+        net: nn.Module = SmallResNet(cfg.small_width, cfg.small_stride, cfg.small_stem_stride)
     else:
         block, layers = _RESNET_LAYERS[cfg.backbone]
         # zero_init_residual: the last BN gamma of each block starts at 0 (docs/design.md §4.9).

@@ -326,8 +326,15 @@ def build_model(
 
 def build_optimizer(
     cfg: PretrainConfig, model: PretrainModel, speed: SpeedOptions | None = None
-) -> LARS:
-    """LARS over the online modules (biases and norm parameters excluded), at the peak lr."""
+) -> torch.optim.Optimizer:
+    """LARS (or AdamW, ``optim.optimizer``) over the online modules, at the peak lr; biases and
+    norm parameters get no weight decay (and no trust ratio)."""
+    if cfg.optim.optimizer == "adamw":
+        return torch.optim.AdamW(
+            param_groups(model.online_modules(), cfg.optim.weight_decay),
+            lr=scaled_lr(cfg.optim),
+            foreach=(speed or SpeedOptions()).foreach,
+        )
     return LARS(
         param_groups(model.online_modules(), cfg.optim.weight_decay),
         lr=scaled_lr(cfg.optim),
@@ -398,7 +405,7 @@ def _batches(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
 
 def train_step(
     model: PretrainModel,
-    optimizer: LARS,
+    optimizer: torch.optim.Optimizer,
     batch: dict[str, torch.Tensor],
     step: int,
     ctx: StepContext,

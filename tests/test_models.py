@@ -3,7 +3,14 @@ import torch
 import torchvision
 
 from detcon.config import ModelConfig, load_pretrain_config
-from detcon.models import MLP, PretrainModel, build_backbone, export_backbone, torchvision_resnet
+from detcon.models import (
+    MLP,
+    PretrainModel,
+    SmallResNet,
+    build_backbone,
+    export_backbone,
+    torchvision_resnet,
+)
 
 
 @pytest.mark.parametrize("name,channels", [("resnet18", 512), ("resnet50", 2048)])
@@ -28,10 +35,20 @@ def test_resnet200_is_the_bottleneck_3_24_36_3():
     assert 62e6 < n_params < 65e6  # ResNet-200 without fc: ~62.6M
 
 
+@pytest.mark.parametrize("stem_stride", [1, 2])
 @pytest.mark.parametrize("stride,grid", [(8, 8), (16, 4)])
-def test_small_backbone_stride(stride, grid):
-    net = build_backbone(ModelConfig(backbone="small", small_width=8, small_stride=stride))
+def test_small_backbone_stride(stride, grid, stem_stride):
+    cfg = ModelConfig(
+        backbone="small", small_width=8, small_stride=stride, small_stem_stride=stem_stride
+    )
+    net = build_backbone(cfg)
     assert net(torch.zeros(2, 3, 64, 64)).shape == (2, 64, grid, grid)
+    assert net.stem[0].stride == (stem_stride, stem_stride)
+
+
+def test_small_backbone_rejects_a_stem_stride_it_cannot_build():
+    with pytest.raises(ValueError, match="stem_stride=4; expected 1 or 2"):
+        SmallResNet(8, 8, stem_stride=4)
 
 
 @pytest.mark.parametrize("backbone", ["small", "resnet18"])

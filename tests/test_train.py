@@ -132,8 +132,11 @@ def test_a_start_removes_the_temp_files_a_killed_write_left(tmp_path):
     assert not stale.exists() and others.exists()
 
 
-def test_resume_gives_the_same_final_weights(tmp_path):
-    cfg = tiny_cfg(train={"max_steps": 6, "checkpoint_every": 2, "threads": 1})
+@pytest.mark.parametrize("optimizer", ["lars", "adamw"])
+def test_resume_gives_the_same_final_weights(tmp_path, optimizer):
+    cfg = tiny_cfg(
+        optim={"optimizer": optimizer}, train={"max_steps": 6, "checkpoint_every": 2, "threads": 1}
+    )
     pretrain(cfg, tmp_path / "straight", progress=False)
     first = pretrain(cfg, tmp_path / "resumed", progress=False, stop_after=3)
     assert first.steps == 3 and not (tmp_path / "resumed" / "train_summary.json").exists()
@@ -146,6 +149,10 @@ def test_resume_gives_the_same_final_weights(tmp_path):
     _assert_same_state(_final_state(tmp_path / "straight"), _final_state(tmp_path / "resumed"))
     steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "metrics.jsonl").open()]
     assert steps == list(range(6))
+    saved = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["optimizer"]["state"]
+    assert {"lars": {"momentum_buffer"}, "adamw": {"step", "exp_avg", "exp_avg_sq"}}[
+        optimizer
+    ] == set(next(iter(saved.values())))
 
 
 def test_stop_after_below_the_checkpoint_step_trains_nothing_and_keeps_the_step(tmp_path):

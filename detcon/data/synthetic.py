@@ -142,6 +142,11 @@ class SceneSpec:
     pixel_noise: float = 0.03
     # Placement tries per object slot before a crowded scene gives up on the slot.
     placement_attempts: int = 6
+    # Multiplies the period of the class-defining textures (1: 3.5-8 px at 96 px, scaled with size).
+    texture_scale: float = 1.0
+    # Amplitude of a class texture (of a random class, per-scene period and angle) laid over the
+    # background; 0 = none (the default; nothing is drawn, so the scenes are unchanged).
+    background_texture: float = 0.0
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
@@ -189,6 +194,10 @@ class SceneSpec:
             fail("texture_contrast", "0 <= lo <= hi <= 1")
         if not is_int(self.placement_attempts) or self.placement_attempts < 1:
             fail("placement_attempts", "an integer >= 1")
+        if not is_num(self.texture_scale) or self.texture_scale <= 0:
+            fail("texture_scale", "a number > 0")
+        if not is_num(self.background_texture) or not 0 <= self.background_texture <= 1:
+            fail("background_texture", "a number in [0, 1]")
         # Plain Python scalars and tuples (not numpy scalars or lists): the spec stays hashable
         # and its JSON digest stable.
         for name in ("num_object_classes", "min_objects", "max_objects", "placement_attempts"):
@@ -198,6 +207,8 @@ class SceneSpec:
             "background_contrast",
             "min_object_contrast",
             "pixel_noise",
+            "texture_scale",
+            "background_texture",
         ):
             object.__setattr__(self, name, float(getattr(self, name)))
         object.__setattr__(self, "radius_range", tuple(float(x) for x in self.radius_range))
@@ -213,6 +224,8 @@ class SceneSpec:
             max_objects=data.scene_objects[1],
             radius_range=tuple(data.scene_radius),
             texture_contrast=tuple(data.scene_texture_contrast),
+            texture_scale=data.scene_texture_scale,
+            background_texture=data.scene_background_texture,
         )
 
     def digest(self) -> str:
@@ -268,7 +281,7 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split={split!r}: expected one of {', '.join(map(repr, SPLITS))}")
 
 
-def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
+def scene_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
     """The random stream of scene ``index`` of ``split`` under ``seed``.
 
     Seeded from ``SeedSequence([seed, sha256(split)[:8 bytes], index])``: stable across runs,
@@ -279,7 +292,10 @@ def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
     if seed < 0 or index < 0:
         raise ValueError(f"seed={seed}, index={index}: expected non-negative integers")
     split_key = int.from_bytes(hashlib.sha256(split.encode()).digest()[:8], "little")
-    return np.random.default_rng(np.random.SeedSequence([int(seed), split_key, int(index)]))
+    # stream > 0: an independent stream of the same scene (the background texture), so that
+    # drawing from it leaves the layout drawn from stream 0 unchanged.
+    key = [int(seed), split_key, int(index)] + ([int(stream)] if stream else [])
+    return np.random.default_rng(np.random.SeedSequence(key))
 
 
 def _uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -489,6 +505,12 @@ def object_footprint(obj: SceneObject, size: int) -> np.ndarray:
 # scene sampling
 
 
+def _random_direction(rng: np.random.Generator) -> np.ndarray:
+    """A random unit vector in RGB space (the direction between a texture's two colours)."""
+    direction = rng.random(3) - 0.5
+    return direction / max(1e-6, float(np.sqrt(np.sum(direction**2))))
+
+
 def _random_color(rng: np.random.Generator) -> np.ndarray:
     return 0.08 + 0.84 * rng.random(3)
 
@@ -521,6 +543,25 @@ def _background(
         + 2 * tilt * ramp[None, :]
     )
     return img, depth, base
+
+
+def _paint_background_texture(rng: np.random.Generator, img: np.ndarray, spec: SceneSpec) -> None:
+    """Lay a class texture over the whole background (``spec.background_texture`` > 0 only).
+
+    The class, the texture's period and phase, its angle and its colour direction are drawn per
+    scene, so two scenes' backgrounds differ in texture, as in the project's early feasibility
+    probe. Nothing is drawn when the amplitude is 0, so the default scenes are unchanged.
+    """
+    if spec.background_texture <= 0:
+        return
+    size = img.shape[0]
+    class_id = _randint(rng, 1, spec.num_object_classes)
+    params = _sample_texture(rng, class_id, size / _BASE_SIZE * spec.texture_scale)
+    c, s = _unit(_uniform(rng, 0.0, 360.0))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5 - size / 2
+    pattern = _texture(rng, class_id, params, xx * c + yy * s, yy * c - xx * s)
+    direction = _random_direction(rng)
+    img += spec.background_texture * (pattern.astype(np.float64) - 0.5)[..., None] * direction
 
 
 def _paint_distractors(rng: np.random.Generator, img: np.ndarray, spec: SceneSpec) -> None:
@@ -563,11 +604,10 @@ def _sample_object(
         if np.sqrt(np.sum((color_a - bg_color) ** 2)) >= spec.min_object_contrast:
             break
         color_a = _random_color(rng)
-    direction = rng.random(3) - 0.5
-    direction = direction / max(1e-6, float(np.sqrt(np.sum(direction**2))))
+    direction = _random_direction(rng)
     contrast = _uniform(rng, *spec.texture_contrast)
     color_b = np.clip(color_a + contrast * direction, 0.0, 1.0)
-    texture = _sample_texture(rng, class_id, size / _BASE_SIZE)
+    texture = _sample_texture(rng, class_id, size / _BASE_SIZE * spec.texture_scale)
     return SceneObject(
         class_id=class_id,
         center=center,
@@ -599,6 +639,7 @@ def generate_scene(
         raise ValueError(f"size={size!r}: expected an integer >= 16 (pixels)")
     rng = scene_rng(seed, split, index)
     img, bg_depth, bg_color = _background(rng, size, spec)
+    _paint_background_texture(scene_rng(seed, split, index, stream=1), img, spec)
     _paint_distractors(rng, img, spec)
 
     ids = np.zeros((size, size), np.int64)  # 0 = background, k = k-th placed object

@@ -201,6 +201,8 @@ def test_difficulty_knobs_are_used():
         ({"pixel_noise": float("nan")}, "pixel_noise"),
         ({"placement_attempts": 0}, "placement_attempts"),
         ({"min_objects": 2.5}, "min_objects"),
+        ({"texture_scale": 0.0}, "texture_scale"),
+        ({"background_texture": 1.5}, "background_texture"),
     ],
 )
 def test_invalid_spec_is_a_clear_error(kwargs, name):
@@ -279,3 +281,30 @@ def test_scene_gallery_has_four_panels_per_scene():
     assert len([ax for ax in fig.axes if ax.images]) == 8
     with pytest.raises(ValueError, match="indices is empty"):
         scene_gallery(ds, [])
+
+
+def test_texture_scale_changes_the_texture_period_only():
+    """texture_scale multiplies the texture periods: same layout and labels, other pixels."""
+    base = generate_scene(0, size=SIZE)
+    coarse = generate_scene(0, size=SIZE, spec=SceneSpec(texture_scale=4.0))
+    assert np.array_equal(base.instances, coarse.instances)
+    assert np.array_equal(base.semantic, coarse.semantic)
+    assert not np.array_equal(base.image, coarse.image)
+    # Coarser textures vary less between neighbouring pixels inside the objects.
+    inside = base.instances > 0
+
+    def roughness(img):
+        return float(np.abs(np.diff(img.astype(float), axis=1))[inside[:, 1:]].mean())
+
+    assert roughness(coarse.image) < roughness(base.image)
+
+
+def test_background_texture_textures_the_background_only():
+    """background_texture changes background pixels only: same layout, same objects."""
+    base = generate_scene(3, size=SIZE)
+    textured = generate_scene(3, size=SIZE, spec=SceneSpec(background_texture=0.4))
+    assert np.array_equal(base.instances, textured.instances)
+    diff = np.abs(textured.image.astype(float) - base.image.astype(float)).sum(-1)
+    objects = base.instances > 0
+    assert np.all(diff[objects] == 0)
+    assert diff[~objects].mean() > 20  # a texture of amplitude 0.4 over the background

@@ -121,6 +121,11 @@ def test_dilated_last_stage_keeps_weights_and_halves_the_stride():
     [
         (ModelConfig(backbone="small", small_width=8, small_stride=8), [2, 4, 8, 8], [1, 3]),
         (ModelConfig(backbone="small", small_width=8, small_stride=16), [2, 4, 8, 16], [1, 2, 3]),
+        (
+            ModelConfig(backbone="small", small_width=8, small_stride=8, small_stem_stride=1),
+            [1, 2, 4, 8],
+            [2, 3],
+        ),
         (ModelConfig(backbone="resnet18"), [4, 8, 16, 32], [0, 1, 2, 3]),
     ],
 )
