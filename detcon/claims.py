@@ -118,7 +118,7 @@ Detection*, ICCV 2021) and its ablations in one harness (docs/design.md). The ta
 holds each claim of the paper that our ablations test, what we measured and a verdict.
 
 **Scale.** The numbers come from the `cpu` profile (each point's `config.json` under `results/`): a
-miniature on synthetic scenes (96 px, narrow ResNet, short schedules, frozen-encoder probes;
+miniature on synthetic scenes (64 px, narrow ResNet, short schedules, frozen-encoder probes;
 docs/cpu-miniature.md). It asks whether the paper's effects show at small scale; it does not
 reproduce the paper's numbers, and an effect missing here may still hold at the paper's scale.
 

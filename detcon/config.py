@@ -183,7 +183,10 @@ class ModelConfig:
     small_width: int = _f(32, "small backbone: channels of the first stage", 4, 512)
     small_stride: int = _f(8, "small backbone: output stride (8 or 16; 32 for ResNets)", 8, 16)
     small_stem_stride: int = _f(
-        2, "small backbone: stride of the 3x3 stem (2, or 1: the first stage at full resolution)", 1, 2
+        2,
+        "small backbone: stride of the 3x3 stem (2, or 1: the first stage at full resolution)",
+        1,
+        2,
     )
     head_hidden: int = _f(4096, "projector/predictor hidden width (paper: 4096)", 1, 65536)
     head_out: int = _f(256, "projector/predictor output width (paper: 256)", 1, 65536)

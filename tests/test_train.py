@@ -377,7 +377,7 @@ def test_resuming_with_another_config_names_the_differing_fields(tmp_path, capsy
     )
     assert rc == 2
     _one_paragraph(err)
-    assert "optim.base_lr: 25.6 -> 0.5" in err  # the cpu profile's base lr
+    assert "optim.base_lr: 0.016 -> 0.5" in err  # the cpu profile's base lr
     assert "seed: 0 -> 1" in err
     assert (tmp_path / "checkpoint.pt").read_bytes() == good
 

@@ -212,7 +212,14 @@ def test_runs_are_scored_on_scenes_made_like_their_own(tmp_path, monkeypatch):
     from detcon.data.synthetic import SceneSpec
     from detcon.evaluate.settings import with_scene_difficulty
 
-    spec = SceneSpec(num_object_classes=3, texture_contrast=(0.5, 0.9))  # the cpu profile's
+    # the cpu profile's scenes, with 3 classes
+    spec = SceneSpec(
+        num_object_classes=3,
+        min_objects=2,
+        max_objects=4,
+        radius_range=(0.11, 0.25),
+        texture_contrast=(0.5, 0.9),
+    )
     moved = with_scene_difficulty(QUICK, spec)
     assert all(s.data.difficulty == spec for s in (*moved.segmentation, *moved.linear))
     assert moved.supervised.data.difficulty == spec
