@@ -226,7 +226,7 @@ class OptimConfig:
         0.2, "learning rate per 256 images: lr = base_lr * batch / 256", 0.0, 1000.0
     )
     weight_decay: float = _f(
-        1.5e-6, "LARS weight decay (not on biases and norm parameters)", 0.0, 1.0
+        1.5e-6, "weight decay, LARS or AdamW (not on biases and norm parameters)", 0.0, 1.0
     )
     momentum: float = _f(0.9, "LARS momentum", 0.0, 1.0)
     trust_coefficient: float = _f(1e-3, "LARS eta", 0.0, 1.0)
