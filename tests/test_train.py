@@ -260,9 +260,12 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, method: str) -> None
 
 def _ddp_cfg(method: str):
     source, k = ("fh", 4) if method.startswith("detcon") else ("image", 1)
+    # at the cpu profile's lr (4e-3) a bias fed only through BatchNorm drifts by ~1e-4 between the
+    # two reductions' rounding; half that step keeps the comparison about the gathering
     return tiny_cfg(
         method=method,
         masks={"source": source, "num_samples": k},
+        optim={"base_lr": 0.016},
         train={"max_steps": 2, "threads": 1},
         **NO_PHOTOMETRIC,
     )
@@ -377,7 +380,7 @@ def test_resuming_with_another_config_names_the_differing_fields(tmp_path, capsy
     )
     assert rc == 2
     _one_paragraph(err)
-    assert "optim.base_lr: 0.016 -> 0.5" in err  # the cpu profile's base lr
+    assert "optim.base_lr: 0.032 -> 0.5" in err  # the cpu profile's base lr
     assert "seed: 0 -> 1" in err
     assert (tmp_path / "checkpoint.pt").read_bytes() == good
 
