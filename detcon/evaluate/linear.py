@@ -52,12 +52,15 @@ def fit_logistic(
 ) -> tuple[Tensor, Tensor]:
     """Fit ``logits = x @ W.T + b`` by L-BFGS on the mean cross-entropy (softmax over
     ``num_outputs`` classes; or independent sigmoids when ``multilabel``, ``y`` in {0, 1} of
-    shape ``(N, num_outputs)``) plus ``l2 / 2 * |W|^2``. ``x``: float ``(N, D)``.
+    shape ``(N, num_outputs)``) plus ``l2 / 2 * |W|^2``. ``x``: float ``(N, D)``, on any device
+    (the fit runs there; ``y`` is moved to it).
     Returns ``W (num_outputs, D)`` and ``b (num_outputs,)``."""
-    w = torch.zeros(num_outputs, x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(num_outputs, dtype=torch.float64, requires_grad=True)
+    w = torch.zeros(
+        num_outputs, x.shape[1], dtype=torch.float64, device=x.device, requires_grad=True
+    )
+    b = torch.zeros(num_outputs, dtype=torch.float64, device=x.device, requires_grad=True)
     x = x.double()
-    target = y.double() if multilabel else y.long()
+    target = (y.double() if multilabel else y.long()).to(x.device)
     opt = torch.optim.LBFGS(
         [w, b],
         lr=1.0,
@@ -116,7 +119,7 @@ def evaluate_linear(ctx: EvalContext, s: LinearSettings) -> dict[str, float]:
     else:
         raise ValueError(f"target={s.target!r}: expected 'label' or 'largest_object'")
     w, b = fit_logistic(x_train, y_train, num_outputs=n_cls, l2=s.l2, max_iter=s.max_iter)
-    pred = (x_val.double() @ w.T + b).argmax(1)
+    pred = (x_val.double() @ w.T + b).argmax(1).cpu()
     result["top1"] = float((pred == y_val).double().mean())
     if s.target == "largest_object":
 

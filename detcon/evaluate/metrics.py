@@ -85,7 +85,11 @@ def depth_sums(
     p, t = pred[valid].double(), target[valid].double()
     ratio = torch.maximum(p.clamp_min(1e-3) / t, t / p.clamp_min(1e-3))
     return torch.stack(
-        [((p - t) ** 2).sum(), (ratio < 1.25).sum().double(), torch.tensor(float(t.numel()))]
+        [
+            ((p - t) ** 2).sum(),
+            (ratio < 1.25).sum().double(),
+            torch.tensor(float(t.numel()), dtype=torch.float64, device=t.device),
+        ]
     )
 
 
@@ -112,6 +116,7 @@ def mean_average_precision(scores: Tensor, labels: Tensor) -> float:
         raise ValueError(
             f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)}: expected equal (N, C)"
         )
+    labels = labels.to(scores.device)
     aps = []
     for c in range(scores.shape[1]):
         pos = labels[:, c].bool()
@@ -119,7 +124,8 @@ def mean_average_precision(scores: Tensor, labels: Tensor) -> float:
             continue
         order = torch.argsort(scores[:, c], descending=True, stable=True)
         hits = pos[order].double()
-        precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1, dtype=torch.float64)
+        ranks = torch.arange(1, len(hits) + 1, dtype=torch.float64, device=hits.device)
+        precision = hits.cumsum(0) / ranks
         aps.append(float((precision * hits).sum() / hits.sum()))
     if not aps:
         raise ValueError("no class has a positive label")

@@ -225,3 +225,22 @@ def test_standardized_linear_head_ignores_the_feature_scale():
     torch.testing.assert_close(scaled, out, rtol=1e-3, atol=1e-3)  # BatchNorm eps aside
     plain = FCNHead(8, 3, convs=0)  # without it, the logits grow with the features
     assert not torch.allclose(plain(100 * x, (5, 5)), plain(x, (5, 5)), atol=1e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_metrics_and_linear_fit_run_on_the_features_device():
+    # The probes keep features on the evaluation device (`detcon evaluate --device cuda`); these
+    # helpers once built tensors on the CPU beside them and failed there (depth's count, the
+    # logistic fit's weights, average precision's ranks). Same values as on the CPU.
+    dev = torch.device("cuda")
+    gen = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(2, 1, 8, 8, generator=gen) + 0.5, torch.rand(2, 1, 8, 8) + 0.5
+    assert torch.equal(depth_sums(pred.to(dev), target.to(dev)).cpu(), depth_sums(pred, target))
+    y = torch.arange(3).repeat(20)
+    x = torch.randn(60, 4, generator=gen) * 0.1 + torch.eye(4)[y] * 3
+    w, b = fit_logistic(x.to(dev), y, num_outputs=3, l2=1e-3, max_iter=50)
+    assert w.device.type == "cuda"
+    assert ((x.double().to(dev) @ w.T + b).argmax(1).cpu() == y).all()
+    multi = torch.stack([y == 0, y != 0], 1)
+    scores = x.double() @ torch.tensor([[1.0, -1.0, -1.0, -1.0], [-1.0, 1.0, 1.0, 1.0]]).double().T
+    assert mean_average_precision(scores.to(dev), multi) == mean_average_precision(scores, multi)
