@@ -100,10 +100,15 @@ def test_mean_average_precision_hand_cases():
         mean_average_precision(torch.zeros(2, 1), torch.zeros(2, 1))
 
 
-def test_fit_logistic_separates_separable_classes():
+def _separable_classes() -> tuple[torch.Tensor, torch.Tensor]:
+    """60 points of 4 features in 3 classes, each class far along its own axis."""
     gen = torch.Generator().manual_seed(0)
     y = torch.arange(3).repeat(20)
-    x = torch.randn(60, 4, generator=gen) * 0.1 + torch.eye(4)[y] * 3
+    return torch.randn(60, 4, generator=gen) * 0.1 + torch.eye(4)[y] * 3, y
+
+
+def test_fit_logistic_separates_separable_classes():
+    x, y = _separable_classes()
     w, b = fit_logistic(x, y, num_outputs=3, l2=1e-3, max_iter=50)
     assert ((x.double() @ w.T + b).argmax(1) == y).all()
     multi = torch.stack([y == 0, y != 0], 1)
@@ -238,8 +243,7 @@ def test_metrics_and_linear_fit_run_on_the_features_device():
     torch.testing.assert_close(
         depth_sums(pred.to(dev), target.to(dev)).cpu(), depth_sums(pred, target)
     )
-    y = torch.arange(3).repeat(20)
-    x = torch.randn(60, 4, generator=gen) * 0.1 + torch.eye(4)[y] * 3
+    x, y = _separable_classes()
     w, b = fit_logistic(x.to(dev), y, num_outputs=3, l2=1e-3, max_iter=50)
     assert w.device.type == "cuda"
     assert ((x.double().to(dev) @ w.T + b).argmax(1).cpu() == y).all()
