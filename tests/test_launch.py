@@ -514,13 +514,59 @@ def test_debug_executor_runs_points_in_process(tmp_path, fake):
     assert env["executor"] == "debug"
 
 
+def test_lanes_run_points_side_by_side_and_isolate_a_failure(tmp_path, fake, capsys, monkeypatch):
+    monkeypatch.setattr(launch_executors, "_LANE_START_METHOD", "fork")  # the fake reaches them
+    path = grid3(tmp_path)
+    runs = tmp_path / "runs"
+    rc = main(["run", str(path), "--runs-dir", str(runs), "--lanes", "2"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "1 of 3 points failed" in captured.err
+    ok2, bad, ok4 = run_ids(path)
+    lines = captured.out.splitlines()
+    # two points start before either ends; the third starts when a lane is free
+    starts = [i for i, line in enumerate(lines) if line.endswith(" ...")]
+    assert len(starts) == 3 and "done" not in lines[starts[1]] and "[3/3]" in lines[starts[2]]
+    assert lines.index(f"[2/3] {bad} ...") < starts[2]
+    assert any(f"[1/3] {ok2} done (" in line for line in lines)
+    assert any(f"[2/3] {bad} FAILED: {bad}: ValueError: grid of 3" in line for line in lines)
+    assert any(f"[3/3] {ok4} done (" in line for line in lines)
+    for rid, state in ((ok2, "done"), (bad, "failed"), (ok4, "done")):
+        assert point_state(runs / "abl" / rid, rid).state == state
+    # a rerun in lanes skips the finished points and retries the failed one
+    assert main(["run", str(path), "--runs-dir", str(runs), "--lanes", "2"]) == 1
+    assert "3 points, 2 done, 0 running elsewhere, 1 to run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lanes", "0"], r"--lanes: '0': expected a whole number >= 1"),
+        (["--lanes", "two"], r"--lanes: 'two': expected a whole number >= 1"),
+        (
+            ["--lanes", "2", "--executor", "debug"],
+            r"lanes=2 applies to the local executor only, not 'debug'",
+        ),
+    ],
+)
+def test_bad_lanes_are_a_clear_error(tmp_path, fake, capsys, args, message):
+    import re
+
+    path = grid3(tmp_path)
+    with contextlib.suppress(SystemExit):  # argparse exits 2 itself
+        assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), *args]) == 2
+    assert re.search(message, " ".join(capsys.readouterr().err.split()))
+    assert not fake.calls
+
+
 # --------------------------------------------------------------------------- end to end
 
 
 @pytest.mark.slow
-def test_end_to_end_local_run_with_real_notebooks(tmp_path, capsys):
+@pytest.mark.parametrize("lanes", ["1", "2"])
+def test_end_to_end_local_run_with_real_notebooks(tmp_path, capsys, lanes):
     """Two points through papermill + nbconvert: one trains and evaluates (quick linear probe),
-    one fails in its notebook (an empty external mask store); a rerun skips the finished one."""
+    one fails in its notebook (an empty external mask store); a rerun skips the finished one.
+    With two lanes the points run side by side in spawned worker processes."""
     empty = tmp_path / "empty-store"
     empty.mkdir()
     path = write_ablation(
@@ -539,7 +585,7 @@ def test_end_to_end_local_run_with_real_notebooks(tmp_path, capsys):
         "tiny",
     )
     runs = tmp_path / "runs"
-    assert main(["run", str(path), "--runs-dir", str(runs)]) == 1
+    assert main(["run", str(path), "--runs-dir", str(runs), "--lanes", lanes]) == 1
     out = capsys.readouterr().out
     good, bad = run_ids(path)
     assert f"{good} done" in out and f"{bad} FAILED" in out

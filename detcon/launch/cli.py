@@ -45,6 +45,16 @@ def format_status(states: Sequence[PointState], *, title: str = "") -> str:
 # --------------------------------------------------------------------------- CLI
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return value
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     result = run_ablation(
         args.ablation,
@@ -55,6 +65,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         only=args.only,
         cluster=args.cluster,
         data_root=args.data_root,
+        lanes=args.lanes,
         echo=lambda line: print(line, flush=True),
     )
     if not result.ok:
@@ -104,7 +115,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "--executor",
         choices=EXECUTORS,
         default="local",
-        help="local: one point after the other here (default); slurm: one job array; "
+        help="local: here, one point after the other or --lanes N at once (default); "
+        "slurm: one job array; "
         "debug: in-process with pdb on failure",
     )
     p.add_argument(
@@ -131,6 +143,15 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         default=Path("data"),
         help="folder of the evaluation datasets of the paper profile (coco/, VOCdevkit/, ...; "
         "default: data)",
+    )
+    p.add_argument(
+        "--lanes",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="local executor: run N points side by side (default 1); for points that use "
+        "fewer threads than the machine has cores, e.g. two lanes of the cpu profile's "
+        "one-thread points on two cores",
     )
     p.set_defaults(func=_cmd_run)
 

@@ -2,9 +2,12 @@
 yet done becomes one job (:class:`~detcon.launch.point.PointJob`) through an executor:
 
 - ``local`` (default): points one after the other in this process. Each notebook already runs in
-  its own kernel process, and on a small machine running points side by side only makes them
-  compete for the same cores; in-process also gives live ``[i/n]`` progress and the error text
-  at once. (``submitit.LocalExecutor`` would add a process per point and log files to chase.)
+  its own kernel process; in-process also gives live ``[i/n]`` progress and the error text at
+  once. (``submitit.LocalExecutor`` would add a process per point and log files to chase.) With
+  ``lanes`` > 1, that many points run side by side, each in a spawned worker process (papermill
+  changes the working directory of the process that runs it, so points cannot share one): for
+  points that use fewer threads than the machine has cores, e.g. the cpu profile's one thread
+  on a 2-core laptop, where two lanes take about half the time.
 - ``slurm``: one SLURM job array through submitit (``AutoExecutor(cluster="slurm")``), resources
   and array parallelism from a cluster profile (``ablations/clusters/<name>.yaml``), a fresh
   submitit folder per launch. Jobs are ``submitit.helpers.Checkpointable``: on USR2 (preemption,
@@ -20,11 +23,13 @@ folder (any ablation file): one of the same config is taken over instead of trai
 from __future__ import annotations
 
 import datetime as _dt
+import multiprocessing
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -88,10 +93,19 @@ def run_ablation(
     only: str | None = None,
     cluster: str | None = None,
     data_root: str | Path = "data",
+    lanes: int = 1,
     echo: Callable[[str], None] = print,
 ) -> LaunchResult:
     """Validate every point of an ablation, then run (local, debug) or submit (slurm) the points
-    not yet done. See the module docstring; ``echo`` receives the progress lines."""
+    not yet done. See the module docstring; ``lanes``: points run side by side by the local
+    executor; ``echo`` receives the progress lines."""
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+        raise ValueError(f"lanes={lanes!r}: expected a whole number of points to run at once, >= 1")
+    if lanes > 1 and executor != "local":
+        raise ValueError(
+            f"lanes={lanes} applies to the local executor only, not {executor!r} (a SLURM "
+            "array's parallelism comes from the cluster profile's array_parallelism)"
+        )
     plan = prepare(
         ablation_path,
         profile=profile,
@@ -146,7 +160,9 @@ def run_ablation(
         echo(line)
     if not todo:
         return result
-    if executor == "local":
+    if executor == "local" and lanes > 1 and len(todo) > 1:
+        _run_lanes(todo, result, echo, lanes)
+    elif executor == "local":
         _run_local(todo, result, echo)
     elif executor == "debug":
         _run_debug(todo, result, echo)
@@ -188,6 +204,41 @@ def _run_local(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable) 
         except PointFailedError as exc:
             msg = _failed_line(spec, exc, result)
         echo(f"{tag} {msg} ({time.perf_counter() - t0:.0f} s)")
+
+
+# How lane workers start: "spawn" (a fresh interpreter per worker) is safe on every platform
+# whatever threads this process holds; the tests use "fork" so that their stand-in notebooks
+# (monkeypatched) reach the workers.
+_LANE_START_METHOD = "spawn"
+
+
+def _run_lanes(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable, lanes: int) -> None:
+    """``_run_local`` with up to ``lanes`` points at once, each in a worker process; a point
+    starts as soon as a lane is free, and its ``[i/n]`` lines are written as it starts and ends."""
+    queue = list(enumerate(todo, 1))
+    pending: dict[Future, tuple[str, PointSpec, float]] = {}
+    context = multiprocessing.get_context(_LANE_START_METHOD)
+    with ProcessPoolExecutor(max_workers=min(lanes, len(todo)), mp_context=context) as pool:
+
+        def start() -> None:
+            i, spec = queue.pop(0)
+            tag = f"[{i}/{len(todo)}] {spec.run_id}"
+            echo(f"{tag} ...")
+            pending[pool.submit(run_point, spec)] = (tag, spec, time.perf_counter())
+
+        while queue and len(pending) < lanes:
+            start()
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                tag, spec, t0 = pending.pop(future)
+                try:
+                    msg = _finish(spec, future.result(), result)
+                except PointFailedError as exc:
+                    msg = _failed_line(spec, exc, result)
+                echo(f"{tag} {msg} ({time.perf_counter() - t0:.0f} s)")
+                if queue:
+                    start()
 
 
 def _run_debug(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable) -> None:
