@@ -18,8 +18,10 @@ too, as it is less sensitive to other processes. Target: DetCon-B / BYOL <= 1.05
 cpu profile's sizes (batch 32, 64 px views, small ResNet, 512->128 heads, K=16).
 
 ``--profile`` adds a torch.profiler table of DetCon-B and BYOL steps (self CPU time by op).
+``--set KEY=VALUE`` overrides a config field for every method, e.g. ``--set train.precision=bf16
+--set train.channels_last=true`` (bf16 autocast on the CPU: docs/performance.md §2).
 
-Run: ``.venv/bin/python benchmarks/bench_step.py [--quick] [--rounds N] [--profile]``.
+Run: ``.venv/bin/python benchmarks/bench_step.py [--quick] [--rounds N] [--profile] [--set K=V]``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import format_table, machine_header, median, verdict  # noqa: E402
 
-from detcon.config import PretrainConfig, load_pretrain_config, merge  # noqa: E402
+from detcon.config import (  # noqa: E402
+    PretrainConfig,
+    load_pretrain_config,
+    merge,
+    parse_dotted,
+)
 from detcon.data.pretrain import StepBatchSampler, build_pretrain_dataset, collate_views  # noqa: E402
 from detcon.train import (  # noqa: E402
     StepContext,
@@ -137,10 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="toy sizes, a few rounds (smoke)")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 40)")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config field for every method, e.g. --set train.precision=bf16",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     retain_freed_host_memory()  # as pretrain() does
-    base = QUICK if args.quick else {}
+    base = merge(QUICK if args.quick else {}, parse_dotted(args.set or []))
     rounds = args.rounds or (3 if args.quick else 40)
     warmup = 1 if args.quick else 3
 
@@ -151,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         f"sizes: batch {c.optim.batch_size}, {c.augment.crop_size} px views, backbone "
         f"{c.model.backbone} (width {c.model.small_width}, stride {c.model.small_stride}), heads "
         f"{c.model.head_hidden}->{c.model.head_out}, K={c.masks.num_samples} "
-        f"({c.masks.source} masks); {warmup} warm-up + {rounds} interleaved rounds"
+        f"({c.masks.source} masks), {c.train.precision}"
+        f"{', channels_last' if c.train.channels_last else ''}; {warmup} warm-up + {rounds} "
+        "interleaved rounds"
     )
     run_interleaved(runners, warmup, rounds)
     byol = next(r for r in runners if r.method == "byol")

@@ -619,9 +619,11 @@ def test_end_to_end_local_run_with_real_notebooks(tmp_path, capsys, lanes):
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_a_run_prints_one_line_and_exits_130(tmp_path):
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_ctrl_c_during_a_run_prints_one_line_and_exits_130(tmp_path, lanes):
     """SIGINT to `detcon run`'s process group (what Ctrl-C in a terminal does) while a point's
-    notebook runs: one line, exit code 130 (the kernel's shutdown printed a ZMQError traceback)."""
+    notebook runs: one line, exit code 130 (the kernel's shutdown printed a ZMQError traceback).
+    With two lanes, both points' notebooks run when it comes, and both stop."""
     import os
     import signal
     import subprocess
@@ -641,11 +643,15 @@ def test_ctrl_c_during_a_run_prints_one_line_and_exits_130(tmp_path):
     kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": kernelspec})
     nbformat.write(nb, str(tmp_path / "sleep.ipynb"))
-    path = write_ablation(tmp_path, "notebook: sleep.ipynb\ngrid: {point: {}}\n")
-    (rid,) = run_ids(path)
-    started = tmp_path / "runs" / "abl" / rid / "started"
+    seeds = list(range(lanes))
+    path = write_ablation(
+        tmp_path, f"notebook: sleep.ipynb\ngrid: {{point: {{}}}}\nseeds: {seeds}\n"
+    )
+    rids = run_ids(path)
+    started = [tmp_path / "runs" / "abl" / rid / "started" for rid in rids]
+    cmd = [sys.executable, "-m", "detcon", "run", str(path), "--runs-dir", str(tmp_path / "runs")]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "detcon", "run", str(path), "--runs-dir", str(tmp_path / "runs")],
+        [*cmd, "--lanes", str(lanes)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -657,9 +663,11 @@ def test_ctrl_c_during_a_run_prints_one_line_and_exits_130(tmp_path):
     )
     try:
         deadline = time.monotonic() + 300  # a guard, not a measurement: the kernel's start
-        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+        while not all(f.exists() for f in started) and proc.poll() is None:
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.2)
-        assert started.exists(), proc.communicate()
+        assert all(f.exists() for f in started), proc.communicate()
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -667,9 +675,10 @@ def test_ctrl_c_during_a_run_prints_one_line_and_exits_130(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err
     assert err.splitlines() == ["detcon run: interrupted"], err
-    assert f"[1/1] {rid} ..." in out
-    # The point resumes on the next run: nobody holds its lock and its status says running.
-    assert point_state(started.parent, rid).state == "interrupted"
+    for i, (rid, f) in enumerate(zip(rids, started), 1):
+        assert f"[{i}/{lanes}] {rid} ..." in out
+        # The point resumes on the next run: nobody holds its lock and its status says running.
+        assert point_state(f.parent, rid).state == "interrupted"
 
 
 def test_summary_rows_are_flat_and_name_their_source():

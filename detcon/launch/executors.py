@@ -26,6 +26,7 @@ import datetime as _dt
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -212,19 +213,35 @@ def _run_local(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable) 
 _LANE_START_METHOD = "spawn"
 
 
+def _lane_init() -> None:
+    """A lane worker waiting for its next point ignores Ctrl-C (the parent stops the launch);
+    :func:`_run_in_lane` restores it while a point runs, so the point stops as it would in
+    ``_run_local`` and its kernel, started meanwhile, does not inherit an ignored SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_in_lane(spec: PointSpec) -> dict[str, Any]:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return run_point(spec)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run_lanes(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable, lanes: int) -> None:
     """``_run_local`` with up to ``lanes`` points at once, each in a worker process; a point
     starts as soon as a lane is free, and its ``[i/n]`` lines are written as it starts and ends."""
     queue = list(enumerate(todo, 1))
     pending: dict[Future, tuple[str, PointSpec, float]] = {}
     context = multiprocessing.get_context(_LANE_START_METHOD)
-    with ProcessPoolExecutor(max_workers=min(lanes, len(todo)), mp_context=context) as pool:
+    workers = min(lanes, len(todo))
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_lane_init) as pool:
 
         def start() -> None:
             i, spec = queue.pop(0)
             tag = f"[{i}/{len(todo)}] {spec.run_id}"
             echo(f"{tag} ...")
-            pending[pool.submit(run_point, spec)] = (tag, spec, time.perf_counter())
+            pending[pool.submit(_run_in_lane, spec)] = (tag, spec, time.perf_counter())
 
         while queue and len(pending) < lanes:
             start()
