@@ -84,9 +84,15 @@ def test_bench_masks_quick_prints_table():
 
 def test_bench_step_quick_prints_the_table():
     out = _run("bench_step.py", "--quick", "--rounds", "2")
-    assert "machine:" in out and "time / byol" in out
+    assert "machine:" in out and "time / byol" in out and "fp32;" in out
     for method in ("detcon_b", "byol", "detcon_s", "simclr"):
         assert f"{method} step" in out
+
+
+def test_bench_step_set_overrides_every_method():
+    args = ("--set", "train.precision=bf16", "--set", "train.channels_last=true")
+    out = _run("bench_step.py", "--quick", "--rounds", "1", *args)
+    assert "bf16, channels_last;" in out and "simclr step" in out
 
 
 def test_bench_gpu_tiny_on_cpu_prints_every_figure():
