@@ -19,7 +19,7 @@ cpu profile's sizes (batch 32, 64 px views, small ResNet, 512->128 heads, K=16).
 
 ``--profile`` adds a torch.profiler table of DetCon-B and BYOL steps (self CPU time by op).
 ``--set KEY=VALUE`` overrides a config field for every method, e.g. ``--set train.precision=bf16
---set train.channels_last=true`` (bf16 autocast on the CPU: docs/performance.md §2).
+--set train.channels_last=true`` (bf16 autocast on the CPU: docs/performance.md §1).
 
 Run: ``.venv/bin/python benchmarks/bench_step.py [--quick] [--rounds N] [--profile] [--set K=V]``.
 """
