@@ -16,10 +16,23 @@ def _lines(queue: Path) -> list[list[str]]:
     return [fields for fields in lines if fields and not fields[0].startswith("#")]
 
 
+def _branch_fields(queue: Path) -> set[str]:
+    """Keys a queue that ran on an experimental branch declares with ``# branch-field: KEY``:
+    fields main does not have, left out when its lines are resolved here."""
+    marker = "# branch-field:"
+    return {
+        line[len(marker) :].strip()
+        for line in queue.read_text().splitlines()
+        if line.startswith(marker)
+    }
+
+
 @pytest.mark.parametrize("queue", QUEUES, ids=[q.name for q in QUEUES])
 def test_every_queue_line_resolves(queue):
     names = set()
+    branch = _branch_fields(queue)
     for name, seed, *assignments in _lines(queue):
+        assignments = [a for a in assignments if a.split("=", 1)[0] not in branch]
         assert (name, seed) not in names, f"{queue.name}: {name} seed {seed} twice"
         names.add((name, seed))
         assert seed.isdigit(), f"{queue.name}: {name}: seed {seed!r} is not a number"
