@@ -6,8 +6,9 @@ yet done becomes one job (:class:`~detcon.launch.point.PointJob`) through an exe
   once. (``submitit.LocalExecutor`` would add a process per point and log files to chase.) With
   ``lanes`` > 1, that many points run side by side, each in a spawned worker process (papermill
   changes the working directory of the process that runs it, so points cannot share one): for
-  points that use fewer threads than the machine has cores, e.g. the cpu profile's one thread
-  on a 2-core laptop, where two lanes take about half the time.
+  points that use fewer threads than the machine has cores, e.g. the cpu profile's one-thread
+  points on a 2-core machine (`make demo`'s two points: 563 s in two lanes, 540 + 225 s one
+  after the other; docs/cpu-miniature.md).
 - ``slurm``: one SLURM job array through submitit (``AutoExecutor(cluster="slurm")``), resources
   and array parallelism from a cluster profile (``ablations/clusters/<name>.yaml``), a fresh
   submitit folder per launch. Jobs are ``submitit.helpers.Checkpointable``: on USR2 (preemption,
@@ -23,6 +24,7 @@ folder (any ablation file): one of the same config is taken over instead of trai
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import multiprocessing
 import os
 import shutil
@@ -195,15 +197,23 @@ def _failed_line(spec: PointSpec, exc: BaseException, result: LaunchResult) -> s
     return f"FAILED: {exc}" + (f" (see {html})" if html else "")
 
 
+def _outcome_line(
+    spec: PointSpec, outcome: Callable[[], dict[str, Any]], result: LaunchResult
+) -> str:
+    """The end of a point's ``[i/n]`` line: ``outcome()`` is its ``run_point`` result, which
+    raises :class:`PointFailedError` for a failed point."""
+    try:
+        return _finish(spec, outcome(), result)
+    except PointFailedError as exc:
+        return _failed_line(spec, exc, result)
+
+
 def _run_local(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable) -> None:
     for i, spec in enumerate(todo, 1):
         tag = f"[{i}/{len(todo)}] {spec.run_id}"
         echo(f"{tag} ...")
         t0 = time.perf_counter()
-        try:
-            msg = _finish(spec, run_point(spec), result)
-        except PointFailedError as exc:
-            msg = _failed_line(spec, exc, result)
+        msg = _outcome_line(spec, functools.partial(run_point, spec), result)
         echo(f"{tag} {msg} ({time.perf_counter() - t0:.0f} s)")
 
 
@@ -249,10 +259,7 @@ def _run_lanes(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable, 
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 tag, spec, t0 = pending.pop(future)
-                try:
-                    msg = _finish(spec, future.result(), result)
-                except PointFailedError as exc:
-                    msg = _failed_line(spec, exc, result)
+                msg = _outcome_line(spec, future.result, result)
                 echo(f"{tag} {msg} ({time.perf_counter() - t0:.0f} s)")
                 if queue:
                     start()
