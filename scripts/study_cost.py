@@ -3,7 +3,7 @@
 Usage: python scripts/study_cost.py [RESULTS_DIR] [--speed]     (default: results)
 
 Reads each exported point's ``status.json`` and ``train_summary.json`` (nothing else, no run
-directories). A point that names ``reused_from`` was taken over from another ablation's run and
+directories), for the points ``<ablation>.csv`` lists. A point that names ``reused_from`` was taken over from another ablation's run and
 cost nothing; a trained point's wall time is its status's ``started`` to ``updated`` (pretraining
 and every probe; a point interrupted and resumed keeps its first ``started``, so this bounds it
 from above), its pretraining time the training loop's ``wall_s`` (for a resumed point, that of its
@@ -18,6 +18,7 @@ their range, median and aggregate (all images over all pretraining seconds).
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import statistics
 import sys
@@ -37,12 +38,27 @@ def _span_s(status: dict) -> float:
     return (end - start).total_seconds()
 
 
+def _current_points(ablation: Path) -> set[str] | None:
+    """The run ids of ``<ablation>.csv`` beside the folder (None without one): the points the
+    last export wrote. A folder the export left because the profile or the grid changed (another
+    ablation's index page may still link its notebooks) is no point of the ablation any more."""
+    table = ablation.with_suffix(".csv")
+    if not table.is_file():
+        return None
+    with table.open(newline="") as f:
+        return {row["run_id"] for row in csv.DictReader(f)}
+
+
 def cost(results: Path) -> list[dict]:
-    """One row per exported ablation folder (those with points), in name order."""
+    """One row per exported ablation folder (those with points), in name order; with
+    ``<ablation>.csv`` beside it, only the points that table lists."""
     rows = []
     for ablation in sorted(p for p in results.iterdir() if p.is_dir()):
         spans, pretrain, speeds, reused = [], [], [], 0
+        current = _current_points(ablation)
         for point in sorted(p for p in ablation.iterdir() if p.is_dir()):
+            if current is not None and point.name not in current:
+                continue
             status = read_status(point)
             if status is None or status.get("state") != "done":
                 continue

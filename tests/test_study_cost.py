@@ -77,3 +77,16 @@ def test_speed_is_the_trained_points_throughput_and_its_aggregate(tmp_path, caps
         "|---|---|---|---|---|",
         "| `a` | 2 | 50-100 | 75 | 67 |",  # 20,000 images in 300 s
     ]
+
+
+def test_only_the_points_of_the_ablations_table_count(tmp_path, script):
+    # A recipe change moved the run ids: the export wrote the new points and their table and
+    # left the old folder (other ablations' index pages may link its notebooks).
+    _point(tmp_path, "a/p-s0-old", 600, 360.0)
+    _point(tmp_path, "a/p-s0-new", 300, 200.0)
+    (tmp_path / "a.csv").write_text("ablation,run_id,seed\na,p-s0-new,0\na,p-s0-new,0\n")
+    (row,) = script("study_cost").cost(tmp_path)
+    assert row["trained"] == 1 and row["wall_h"] == pytest.approx(300 / 3600)
+    (tmp_path / "a.csv").unlink()  # no table: every folder counts, as before
+    (row,) = script("study_cost").cost(tmp_path)
+    assert row["trained"] == 2
