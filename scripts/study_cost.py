@@ -3,14 +3,14 @@
 Usage: python scripts/study_cost.py [RESULTS_DIR] [--speed]     (default: results)
 
 Reads each exported point's ``status.json`` and ``train_summary.json`` (nothing else, no run
-directories), for the points ``<ablation>.csv`` lists. A point that names ``reused_from`` was taken over from another ablation's run and
-cost nothing; a trained point's wall time is its status's ``started`` to ``updated`` (pretraining
-and every probe; a point interrupted and resumed keeps its first ``started``, so this bounds it
-from above), its pretraining time the training loop's ``wall_s`` (for a resumed point, that of its
-last attempt only). A point whose wall time is over 3x its ablation's median was interrupted (its
-lanes stopped at the end of a session and resumed in the next): the last two columns count those
-and give the point time with each of them at the median instead, what the ablation costs when
-nothing stops it. RESULTS.md quotes the table.
+directories), for the points ``<ablation>.csv`` lists. A point that names ``reused_from`` was taken
+over from another ablation's run and cost nothing; a trained point's wall time is its status's
+``started`` to ``updated`` (pretraining and every probe; a point interrupted and resumed keeps its
+first ``started``, so this bounds it from above), its pretraining time the training loop's
+``wall_s`` (for a resumed point, that of its last attempt only). A point whose wall time is over 3x
+its ablation's median was interrupted (its lanes stopped at the end of a session and resumed in the
+next): the last two columns count those and give the point time with each of them at the median
+instead, what the ablation costs when nothing stops it. RESULTS.md quotes the table.
 With --speed, a second table: the trained points' pretraining throughput (``images_per_s``),
 their range, median and aggregate (all images over all pretraining seconds).
 """
