@@ -18,12 +18,12 @@ their range, median and aggregate (all images over all pretraining seconds).
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import statistics
 import sys
 from pathlib import Path
 
+from detcon.claims import read_results_table
 from detcon.runs import read_json, read_status
 
 # A point's wall time over this multiple of its ablation's median means it was interrupted and
@@ -43,10 +43,7 @@ def _current_points(ablation: Path) -> set[str] | None:
     last export wrote. A folder the export left because the profile or the grid changed (another
     ablation's index page may still link its notebooks) is no point of the ablation any more."""
     table = ablation.with_suffix(".csv")
-    if not table.is_file():
-        return None
-    with table.open(newline="") as f:
-        return {row["run_id"] for row in csv.DictReader(f)}
+    return set(read_results_table(table)["run_id"]) if table.is_file() else None
 
 
 def cost(results: Path) -> list[dict]:

@@ -84,7 +84,9 @@ def test_only_the_points_of_the_ablations_table_count(tmp_path, script):
     # left the old folder (other ablations' index pages may link its notebooks).
     _point(tmp_path, "a/p-s0-old", 600, 360.0)
     _point(tmp_path, "a/p-s0-new", 300, 200.0)
-    (tmp_path / "a.csv").write_text("ablation,run_id,seed\na,p-s0-new,0\na,p-s0-new,0\n")
+    header = "ablation,run_id,seed,config_digest,git_commit,backbone,task,metric,value\n"
+    row = "a,p-s0-new,0,d,c,pretrained,segmentation,{},0.3\n"
+    (tmp_path / "a.csv").write_text(header + row.format("miou") + row.format("pixel_acc"))
     (row,) = script("study_cost").cost(tmp_path)
     assert row["trained"] == 1 and row["wall_h"] == pytest.approx(300 / 3600)
     (tmp_path / "a.csv").unlink()  # no table: every folder counts, as before
