@@ -7,8 +7,9 @@ directories), for the points ``<ablation>.csv`` lists. A point that names ``reus
 over from another ablation's run and cost nothing; a trained point's wall time is its status's
 ``started`` to ``updated`` (pretraining and every probe; a point interrupted and resumed keeps its
 first ``started``, so this bounds it from above), its pretraining time the training loop's
-``wall_s`` (for a resumed point, that of its last attempt only). A point whose wall time is over 3x
-its ablation's median was interrupted (its lanes stopped at the end of a session and resumed in the
+``wall_s`` (for a resumed point, that of its last attempt only). A point was interrupted when its
+pretraining resumed from a checkpoint (``resumed_from`` in ``train_summary.json``) or its wall time
+is over 3x its ablation's median (its lanes stopped at the end of a session and resumed in the
 next): the last two columns count those and give the point time with each of them at the median
 instead, what the ablation costs when nothing stops it. RESULTS.md quotes the table.
 With --speed, a second table: the trained points' pretraining throughput (``images_per_s``),
@@ -51,7 +52,7 @@ def cost(results: Path) -> list[dict]:
     ``<ablation>.csv`` beside it, only the points that table lists."""
     rows = []
     for ablation in sorted(p for p in results.iterdir() if p.is_dir()):
-        spans, pretrain, speeds, reused = [], [], [], 0
+        spans, resumed, pretrain, speeds, reused = [], [], [], [], 0
         current = _current_points(ablation)
         for point in sorted(p for p in ablation.iterdir() if p.is_dir()):
             if current is not None and point.name not in current:
@@ -64,12 +65,16 @@ def cost(results: Path) -> list[dict]:
                 continue
             spans.append(_span_s(status))
             summary = read_json(point / "train_summary.json") or {}
+            resumed.append(bool(summary.get("resumed_from")))
             pretrain.append(summary.get("wall_s", 0.0))
             if summary.get("images_per_s"):
                 speeds.append((summary["images_per_s"], summary.get("wall_s", 0.0)))
         if spans or reused:
             median = statistics.median(spans) if spans else None
-            interrupted = [s > INTERRUPTED_OVER_MEDIAN * median for s in spans]
+            interrupted = [
+                again or s > INTERRUPTED_OVER_MEDIAN * median
+                for s, again in zip(spans, resumed, strict=True)
+            ]
             rows.append(
                 {
                     "ablation": ablation.name,

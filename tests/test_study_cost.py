@@ -52,6 +52,20 @@ def test_an_interrupted_point_counts_at_the_median_in_the_last_column(tmp_path, 
     assert row["uninterrupted_h"] == pytest.approx((600 + 700 + 1200 + 950) / 3600)
 
 
+def test_a_point_resumed_from_a_checkpoint_counts_as_interrupted(tmp_path, script):
+    # Stopped minutes after it started and resumed soon after: its span stays under 3x the median,
+    # but it includes the pause; the training summary says it resumed.
+    for seed, span in enumerate([600, 700, 800]):
+        _point(tmp_path, f"a/p-s{seed}", span, 300.0)
+    _point(tmp_path, "a/p-s3", 1500, 80.0)
+    summary = tmp_path / "a/p-s3/train_summary.json"
+    summary.write_text(json.dumps({"wall_s": 80.0, "resumed_from": 660}))
+    (row,) = script("study_cost").cost(tmp_path)
+    assert row["median_s"] == 750
+    assert row["interrupted"] == 1
+    assert row["uninterrupted_h"] == pytest.approx((600 + 700 + 800 + 750) / 3600)
+
+
 def test_a_folder_without_points_is_a_clear_error(tmp_path, capsys, script):
     with pytest.raises(SystemExit):
         script("study_cost").main([str(tmp_path / "nope")])
