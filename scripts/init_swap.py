@@ -1,0 +1,48 @@
+"""Pretrain with the initial weights of another seed (a diagnostic; RESULTS.md, the MCG-style seed
+that probes below the floor).
+
+Usage: python scripts/init_swap.py INIT_SEED [detcon pretrain arguments ...]
+
+Runs ``detcon pretrain`` with everything the run's ``seed`` decides (scenes, masks, crops,
+photometrics, data order) unchanged, except the networks' initial weights, which are those of
+seed INIT_SEED. Swapping the two between a seed that fails and one that does not tells whether
+the failure comes with the initialisation or with the data. The run's config.json does not
+record the swap (its run id is that of the unswapped run): keep such runs out of the study's
+results directory.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import detcon.train
+from detcon.cli import main
+
+_derive_seed = detcon.train.derive_seed
+
+
+def _usage() -> int:
+    print(__doc__.split("\n\n")[1], file=sys.stderr)
+    return 2
+
+
+def run(argv: list[str]) -> int:
+    if not argv or not argv[0].lstrip("-").isdigit():
+        return _usage()
+    init_seed = int(argv[0])
+
+    def derive_seed(*parts: int | str) -> int:
+        # build_model seeds the initial weights with derive_seed(cfg.seed, "init")
+        if len(parts) == 2 and parts[1] == "init":
+            return _derive_seed(init_seed, "init")
+        return _derive_seed(*parts)
+
+    detcon.train.derive_seed = derive_seed
+    try:
+        return main(["pretrain", *argv[1:]])
+    finally:
+        detcon.train.derive_seed = _derive_seed
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,35 @@
+"""scripts/init_swap.py: pretraining with another seed's initial weights (RESULTS.md)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import detcon.train
+from detcon.cli import main
+
+
+def _initial_weights(tmp_path, name: str, pretrain, seed: int) -> dict[str, torch.Tensor]:
+    out = tmp_path / name
+    argv = ["--profile", "cpu", "--out", str(out), "--set", f"seed={seed}"]
+    assert pretrain([*argv, "--stop-after", "0", "--quiet"]) == 0
+    return torch.load(out / "backbone.pt", weights_only=True)
+
+
+def test_the_initial_weights_are_the_other_seeds_and_the_patch_is_undone(tmp_path, script):
+    swap = script("init_swap")
+    before = detcon.train.derive_seed
+    swapped = _initial_weights(tmp_path, "swap", lambda a: swap.run(["0", *a]), seed=1)
+    assert detcon.train.derive_seed is before
+    plain = lambda a: main(["pretrain", *a])  # noqa: E731
+    seed0 = _initial_weights(tmp_path, "s0", plain, seed=0)
+    seed1 = _initial_weights(tmp_path, "s1", plain, seed=1)
+    assert swapped.keys() == seed0.keys()
+    assert all(torch.equal(swapped[k], seed0[k]) for k in seed0)
+    assert not all(torch.equal(swapped[k], seed1[k]) for k in seed1)
+
+
+@pytest.mark.parametrize("argv", [[], ["--out"], ["x", "--out", "y"]])
+def test_without_an_init_seed_it_prints_the_usage(argv, script, capsys):
+    assert script("init_swap").run(argv) == 2
+    assert "INIT_SEED" in capsys.readouterr().err
