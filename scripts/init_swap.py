@@ -7,15 +7,17 @@ Runs ``detcon pretrain`` with everything the run's ``seed`` decides (scenes, mas
 photometrics, data order) unchanged, except the networks' initial weights, which are those of
 seed INIT_SEED. Swapping the two between a seed that fails and one that does not tells whether
 the failure comes with the initialisation or with the data. The run's config.json does not
-record the swap (its run id is that of the unswapped run): keep such runs out of the study's
-results directory.
+record the swap (its run id is that of the unswapped run); ``init_swap.json`` in the run
+directory does. Keep such runs out of the study's results directory.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import detcon.train
+from detcon.atomic import write_json
 from detcon.cli import main
 
 _derive_seed = detcon.train.derive_seed
@@ -37,6 +39,10 @@ def run(argv: list[str]) -> int:
             return _derive_seed(init_seed, "init")
         return _derive_seed(*parts)
 
+    out = argv[argv.index("--out") + 1] if "--out" in argv[:-1] else None
+    if out is not None:  # before training, so an interrupted run says it too
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_json(Path(out) / "init_swap.json", {"init_seed": init_seed})
     detcon.train.derive_seed = derive_seed
     try:
         return main(["pretrain", *argv[1:]])

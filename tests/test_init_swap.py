@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -21,6 +23,7 @@ def test_the_initial_weights_are_the_other_seeds_and_the_patch_is_undone(tmp_pat
     before = detcon.train.derive_seed
     swapped = _initial_weights(tmp_path, "swap", lambda a: swap.run(["0", *a]), seed=1)
     assert detcon.train.derive_seed is before
+    assert json.loads((tmp_path / "swap" / "init_swap.json").read_text()) == {"init_seed": 0}
     plain = lambda a: main(["pretrain", *a])  # noqa: E731
     seed0 = _initial_weights(tmp_path, "s0", plain, seed=0)
     seed1 = _initial_weights(tmp_path, "s1", plain, seed=1)
