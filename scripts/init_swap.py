@@ -1,7 +1,7 @@
 """Pretrain with the initial weights of another seed (a diagnostic; RESULTS.md, the MCG-style seed
 that probes below the floor).
 
-Usage: python scripts/init_swap.py INIT_SEED [detcon pretrain arguments ...]
+Usage: python scripts/init_swap.py INIT_SEED --out RUN_DIR [detcon pretrain arguments ...]
 
 Runs ``detcon pretrain`` with everything the run's ``seed`` decides (scenes, masks, crops,
 photometrics, data order) unchanged, except the networks' initial weights, which are those of
@@ -21,17 +21,23 @@ from detcon.atomic import write_json
 from detcon.cli import main
 
 _derive_seed = detcon.train.derive_seed
+USAGE = __doc__.split("\n\n")[1]
 
 
-def _usage() -> int:
-    print(__doc__.split("\n\n")[1], file=sys.stderr)
+def _usage(problem: str) -> int:
+    print(f"init_swap: {problem}\n{USAGE}", file=sys.stderr)
     return 2
 
 
 def run(argv: list[str]) -> int:
-    if not argv or not argv[0].lstrip("-").isdigit():
-        return _usage()
-    init_seed = int(argv[0])
+    try:
+        init_seed = int(argv[0])
+    except (IndexError, ValueError):
+        return _usage(f"expected INIT_SEED (an integer) first, got {argv[:1]!r}")
+    # the swap is recorded before training starts, so an interrupted run says it too
+    out = argv[argv.index("--out") + 1] if "--out" in argv[1:-1] else None
+    if out is None:
+        return _usage("expected --out RUN_DIR as two arguments (the swap is recorded there)")
 
     def derive_seed(*parts: int | str) -> int:
         # build_model seeds the initial weights with derive_seed(cfg.seed, "init")
@@ -39,10 +45,8 @@ def run(argv: list[str]) -> int:
             return _derive_seed(init_seed, "init")
         return _derive_seed(*parts)
 
-    out = argv[argv.index("--out") + 1] if "--out" in argv[:-1] else None
-    if out is not None:  # before training, so an interrupted run says it too
-        Path(out).mkdir(parents=True, exist_ok=True)
-        write_json(Path(out) / "init_swap.json", {"init_seed": init_seed})
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_json(Path(out) / "init_swap.json", {"init_seed": init_seed})
     detcon.train.derive_seed = derive_seed
     try:
         return main(["pretrain", *argv[1:]])
