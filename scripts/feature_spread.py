@@ -14,14 +14,21 @@ through the encoder in eval mode, and each stage prints a Markdown row:
 - ``across``: the mean over channels of the std across images of each image's mean feature.
 
 Then the smallest and largest BatchNorm running variance of each layer.
+
+With ``--seg``, a last table gives each run's last-stage PR, within and across next to its
+segmentation mIoU (``eval.json``, or ``eval_random.json`` for ``:random``), and, over three runs or
+more, the Spearman rank correlation between the PR and the mIoU (RESULTS.md, § Mask type).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import torch
+from scipy.stats import spearmanr
 from torch.utils.data import Subset
 
 from detcon.evaluate.backbones import BackboneStages, backbone_from_run
@@ -49,28 +56,49 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR[:random]")
     parser.add_argument("--images", type=int, default=256, help="scenes (default 256)")
+    parser.add_argument(
+        "--seg", action="store_true", help="last stage against each run's segmentation mIoU"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = get_settings("cpu").segmentation[0].data
     train = DataStore().get(data, "train")
     scenes = Subset(train, range(min(args.images, len(train))))
+    last: list[tuple[str, dict[str, float], float]] = []
     for arg in args.runs:
         run, _, which = arg.partition(":")
+        miou = seg_miou(run, which) if args.seg else float("nan")  # a missing file fails first
         backbone = backbone_from_run(run, backbone="random" if which == "random" else "pretrained")
         stages = BackboneStages(backbone)
         feats = extract_stages(stages, scenes, keep=range(len(stages.stages)))
         print(f"\n{run} ({which or 'pretrained'}, {len(scenes)} scenes)\n")
         print("| stage | channels | dead | PR | within | across |\n|---|---|---|---|---|---|")
-        for k, f in feats.items():
-            s = spread(f)
+        rows = [(k, spread(f)) for k, f in feats.items()]
+        for k, s in rows:
             print(
                 f"| {k} | {s['channels']} | {s['dead']} | {s['PR']:.1f} | {s['within']:.3f} "
                 f"| {s['across']:.3f} |"
             )
+        last.append((arg, rows[-1][1], miou))
         bn = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         ranges = " ".join(f"{m.running_var.min():.2g}/{m.running_var.max():.2g}" for m in bn)
         print(f"\nBatchNorm running_var min/max per layer: {ranges}")
+    if args.seg:
+        print("\n| run | last-stage PR | within | across | seg mIoU |\n|---|---|---|---|---|")
+        for arg, s, miou in last:
+            print(f"| {arg} | {s['PR']:.1f} | {s['within']:.3f} | {s['across']:.3f} | {miou:.3f} |")
+        if len(last) >= 3:
+            rho = spearmanr([s["PR"] for _, s, _ in last], [m for _, _, m in last]).statistic
+            print(f"\nSpearman rank correlation, last-stage PR against seg mIoU: {rho:.2f}")
     return 0
+
+
+def seg_miou(run: str, which: str) -> float:
+    """The run's segmentation mIoU: ``eval.json``, or ``eval_random.json`` for ``:random``."""
+    path = Path(run) / ("eval_random.json" if which == "random" else "eval.json")
+    if not path.is_file():
+        raise SystemExit(f"feature_spread: --seg needs {path} (run `detcon evaluate` first)")
+    return float(json.loads(path.read_text())["segmentation"]["miou"])
 
 
 if __name__ == "__main__":

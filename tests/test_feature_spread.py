@@ -6,8 +6,11 @@ import json
 
 import pytest
 import torch
+from scipy.stats import spearmanr
 
 from detcon.config import load_pretrain_config, to_dict
+from detcon.evaluate.backbones import encoder_module
+from detcon.models import build_backbone
 
 
 def test_spread_counts_directions_dead_channels_and_image_variation(script):
@@ -32,3 +35,35 @@ def test_main_prints_a_row_per_stage_of_a_random_encoder(tmp_path, script, capsy
     out = capsys.readouterr().out
     assert "(random, 4 scenes)" in out and "| 3 | 128 |" in out
     assert "BatchNorm running_var min/max per layer: 1/1" in out
+
+
+def test_seg_sets_the_last_stage_against_each_runs_miou(tmp_path, script, capsys):
+    cfg = load_pretrain_config({}, profile="cpu")
+    runs, mious = [], [0.30, 0.20, 0.25]
+    for seed, miou in enumerate(mious):
+        run = tmp_path / f"s{seed}"
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps(to_dict(cfg)))
+        (run / "eval.json").write_text(json.dumps({"segmentation": {"miou": miou}}))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            state = encoder_module(build_backbone(cfg.model)).state_dict()
+            for k, v in state.items():  # three different encoders, every BatchNorm scale nonzero
+                if k.endswith(("weight", "bias")):
+                    v += 0.5 * torch.randn(v.shape)
+        torch.save(state, run / "backbone.pt")
+        runs.append(str(run))
+    assert script("feature_spread").main([*runs, "--images", "4", "--seg"]) == 0
+    out = capsys.readouterr().out
+    table = [line.split(" | ") for line in out.splitlines() if line.startswith(f"| {tmp_path}")]
+    assert [float(r[-1].rstrip(" |")) for r in table] == mious
+    pr = [float(r[1]) for r in table]
+    assert len(set(pr)) == 3
+    assert f"PR against seg mIoU: {spearmanr(pr, mious).statistic:.2f}" in out
+
+
+def test_seg_without_an_eval_file_says_which_file(tmp_path, script):
+    cfg = load_pretrain_config({}, profile="cpu")
+    (tmp_path / "config.json").write_text(json.dumps(to_dict(cfg)))
+    with pytest.raises(SystemExit, match="eval.json"):
+        script("feature_spread").main([str(tmp_path), "--images", "4", "--seg"])

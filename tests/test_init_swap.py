@@ -36,3 +36,11 @@ def test_the_initial_weights_are_the_other_seeds_and_the_patch_is_undone(tmp_pat
 def test_without_an_init_seed_it_prints_the_usage(argv, script, capsys):
     assert script("init_swap").run(argv) == 2
     assert "INIT_SEED" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["0"], ["0", "--out"], ["0", "--out=run"]])
+def test_without_out_as_two_arguments_it_refuses(argv, script, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert script("init_swap").run(argv) == 2
+    assert "expected --out RUN_DIR" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing recorded
