@@ -6,6 +6,7 @@ small table ``what | median | ratio | target | result`` so runs on different day
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -58,3 +59,23 @@ def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
     """``pass`` when ``value`` meets ``target`` in the stated direction, else ``miss``."""
     ok = value >= target if higher_is_better else value <= target
     return "pass" if ok else "miss"
+
+
+def at_least(minimum: int):
+    """An argparse ``type``: an integer >= ``minimum``, or an error naming the value."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {minimum}")
+        return value
+
+    return parse
+
+
+def given(value, default):
+    """``value`` unless it was not given (``None``): an explicit 0 stays 0."""
+    return default if value is None else value

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import format_table, machine_header, median, verdict  # noqa: E402
+from _report import at_least, format_table, given, machine_header, median, verdict  # noqa: E402
 
 from detcon.config import PretrainConfig, load_pretrain_config, merge  # noqa: E402
 from detcon.train import (  # noqa: E402
@@ -445,9 +445,9 @@ def print_summary(rows: Sequence[Row], tiny: bool) -> None:
 def make_sizes(args: argparse.Namespace) -> Sizes:
     if args.tiny:
         return Sizes(
-            backbone=args.backbone or "small",
-            size=args.size or 32,
-            batch=args.batch or 4,
+            backbone=given(args.backbone, "small"),
+            size=given(args.size, 32),
+            batch=given(args.batch, 4),
             head_hidden=32,
             head_out=16,
             small_width=8,
@@ -455,16 +455,16 @@ def make_sizes(args: argparse.Namespace) -> Sizes:
             unique_images=4,
             num_images=16,
             fh_min_size=16,
-            warmup=args.warmup or 2,
-            rounds=args.rounds or 2,
-            block=args.block or 1,
+            warmup=given(args.warmup, 2),
+            rounds=given(args.rounds, 2),
+            block=given(args.block, 1),
             e2e_warmup=1,
-            e2e_steps=args.e2e_steps or 2,
+            e2e_steps=given(args.e2e_steps, 2),
         )
     return Sizes(
-        backbone=args.backbone or "resnet50",
-        size=args.size or 224,
-        batch=args.batch or 128,
+        backbone=given(args.backbone, "resnet50"),
+        size=given(args.size, 224),
+        batch=given(args.batch, 128),
         head_hidden=4096,
         head_out=256,
         small_width=32,
@@ -472,11 +472,11 @@ def make_sizes(args: argparse.Namespace) -> Sizes:
         unique_images=64,
         num_images=512,
         fh_min_size=1000,
-        warmup=args.warmup or 4,
-        rounds=args.rounds or 4,
-        block=args.block or 4,
+        warmup=given(args.warmup, 4),
+        rounds=given(args.rounds, 4),
+        block=given(args.block, 4),
         e2e_warmup=3,
-        e2e_steps=args.e2e_steps or 12,
+        e2e_steps=given(args.e2e_steps, 12),
     )
 
 
@@ -487,13 +487,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="toy sizes (small backbone, 32 px)")
     p.add_argument("--quick", action="store_true", help="skip the compile variant (smoke test)")
     p.add_argument("--backbone", default=None, help="default resnet50 (tiny: small)")
-    p.add_argument("--size", type=int, default=None, help="view size in px (default 224)")
-    p.add_argument("--batch", type=int, default=None, help="batch per GPU (default 128)")
-    p.add_argument("--workers", type=int, default=None, help="loader workers (default cores-1)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps per method")
-    p.add_argument("--rounds", type=int, default=None, help="timed rounds (A,B / B,A blocks)")
-    p.add_argument("--block", type=int, default=None, help="steps per timed block")
-    p.add_argument("--e2e-steps", type=int, default=None, help="timed end-to-end steps")
+    p.add_argument("--size", type=at_least(1), default=None, help="view size in px (default 224)")
+    p.add_argument("--batch", type=at_least(1), default=None, help="batch per GPU (default 128)")
+    p.add_argument(
+        "--workers", type=at_least(0), default=None, help="loader workers (default cores-1)"
+    )
+    p.add_argument("--warmup", type=at_least(0), default=None, help="untimed steps per method")
+    p.add_argument(
+        "--rounds", type=at_least(1), default=None, help="timed rounds (A,B / B,A blocks)"
+    )
+    p.add_argument("--block", type=at_least(1), default=None, help="steps per timed block")
+    p.add_argument("--e2e-steps", type=at_least(1), default=None, help="timed end-to-end steps")
     p.add_argument("--variants", default=",".join(names), help=f"comma list of: {names}")
     p.add_argument("--e2e-variants", default=",".join(E2E_VARIANTS), help="'' for none")
     p.add_argument(

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import format_table, machine_header, median, verdict  # noqa: E402
+from _report import at_least, format_table, given, machine_header, median, verdict  # noqa: E402
 
 from detcon.config import (  # noqa: E402
     PretrainConfig,
@@ -142,7 +142,9 @@ def profile_table(runner: Runner, steps: int, rows: int = 15) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="toy sizes, a few rounds (smoke)")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 40)")
+    parser.add_argument(
+        "--rounds", type=at_least(1), default=None, help="timed rounds (default 40)"
+    )
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table")
     parser.add_argument(
         "--set",
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     retain_freed_host_memory()  # as pretrain() does
     base = merge(QUICK if args.quick else {}, parse_dotted(args.set or []))
-    rounds = args.rounds or (3 if args.quick else 40)
+    rounds = given(args.rounds, 3 if args.quick else 40)
     warmup = 1 if args.quick else 3
 
     print(machine_header("bench_step: DetCon-B training step vs BYOL (model-only, one thread)"))

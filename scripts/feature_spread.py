@@ -4,8 +4,10 @@ probes below the floor).
 Usage: python scripts/feature_spread.py RUN_DIR[:random] ... [--images N]
 
 For each run directory (``config.json`` + ``backbone.pt``; ``:random`` takes its random-init
-encoder instead) the first N scenes of the cpu profile's segmentation probe-training split go
-through the encoder in eval mode, and each stage prints a Markdown row:
+encoder instead, with the run's seed, as ``detcon evaluate --backbone random --seed SEED`` does)
+the first N scenes of the cpu profile's segmentation probe-training split, drawn like the run's
+own scenes as ``detcon evaluate`` draws them, go through the encoder in eval mode, and each stage
+prints a Markdown row:
 
 - ``dead``: channels whose std over all pixels is under 1e-3 of the largest channel's;
 - ``PR``: participation ratio of the pixel features' channel covariance, (sum λ)^2 / sum λ^2,
@@ -31,9 +33,10 @@ import torch
 from scipy.stats import spearmanr
 from torch.utils.data import Subset
 
-from detcon.evaluate.backbones import BackboneStages, backbone_from_run
+from detcon.evaluate.backbones import BackboneStages, backbone_from_run, load_run_config
 from detcon.evaluate.data import DataStore
 from detcon.evaluate.features import extract_stages
+from detcon.evaluate.run import default_out_name, settings_for_run
 from detcon.evaluate.settings import get_settings
 
 
@@ -55,23 +58,36 @@ def spread(features: torch.Tensor) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR[:random]")
-    parser.add_argument("--images", type=int, default=256, help="scenes (default 256)")
+    parser.add_argument("--images", type=int, default=256, help="scenes, at least 2 (default 256)")
     parser.add_argument(
         "--seg", action="store_true", help="last stage against each run's segmentation mIoU"
     )
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    data = get_settings("cpu").segmentation[0].data
-    train = DataStore().get(data, "train")
-    scenes = Subset(train, range(min(args.images, len(train))))
-    last: list[tuple[str, dict[str, float], float]] = []
-    for arg in args.runs:
+    if args.images < 2:
+        parser.error(f"--images {args.images}: expected at least 2 scenes (the across-scene std)")
+    runs = []
+    for arg in args.runs:  # every argument checked before any work
         run, _, which = arg.partition(":")
-        miou = seg_miou(run, which) if args.seg else float("nan")  # a missing file fails first
-        backbone = backbone_from_run(run, backbone="random" if which == "random" else "pretrained")
+        if which not in ("", "random"):
+            parser.error(f"{arg}: expected RUN_DIR or RUN_DIR:random, not the suffix {which!r}")
+        try:
+            cfg = load_run_config(run)
+        except (FileNotFoundError, ValueError) as exc:
+            parser.error(f"{arg}: {exc}")
+        backbone = "random" if which else "pretrained"
+        miou = seg_miou(run, backbone) if args.seg else float("nan")
+        runs.append((arg, run, backbone, cfg, miou))
+    torch.set_num_threads(1)
+    store = DataStore()
+    last: list[tuple[str, dict[str, float], float]] = []
+    for arg, run, which, cfg, miou in runs:
+        data = settings_for_run(get_settings("cpu"), cfg).segmentation[0].data
+        train = store.get(data, "train")
+        scenes = Subset(train, range(min(args.images, len(train))))
+        backbone = backbone_from_run(run, backbone=which, seed=cfg.seed)
         stages = BackboneStages(backbone)
         feats = extract_stages(stages, scenes, keep=range(len(stages.stages)))
-        print(f"\n{run} ({which or 'pretrained'}, {len(scenes)} scenes)\n")
+        print(f"\n{run} ({which}, {len(scenes)} scenes)\n")
         print("| stage | channels | dead | PR | within | across |\n|---|---|---|---|---|---|")
         rows = [(k, spread(f)) for k, f in feats.items()]
         for k, s in rows:
@@ -93,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def seg_miou(run: str, which: str) -> float:
+def seg_miou(run: str, backbone: str) -> float:
     """The run's segmentation mIoU: ``eval.json``, or ``eval_random.json`` for ``:random``."""
-    path = Path(run) / ("eval_random.json" if which == "random" else "eval.json")
+    path = Path(run) / default_out_name(backbone)
     if not path.is_file():
         raise SystemExit(f"feature_spread: --seg needs {path} (run `detcon evaluate` first)")
     return float(json.loads(path.read_text())["segmentation"]["miou"])

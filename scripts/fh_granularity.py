@@ -18,23 +18,26 @@ from dataclasses import replace
 
 import numpy as np
 
-from detcon.config import load_pretrain_config
-from detcon.data.synthetic import SceneSpec, SyntheticScenes
+from detcon.masks.cli import quality_dataset
 from detcon.masks.quality import mask_quality
 from detcon.masks.sources import build_mask_source
 
 
 def setting(text: str) -> tuple[float, int]:
-    """``"100:64"`` -> ``(100.0, 64)``."""
+    """``"100:64"`` -> ``(100.0, 64)``: a scale > 0 and a minimum size >= 1 pixel."""
     scale, sep, min_size = text.partition(":")
     try:
         if not sep:
             raise ValueError
-        return float(scale), int(min_size)
+        value = float(scale), int(min_size)
     except ValueError:
+        value = None
+    if value is None or not value[0] > 0 or value[1] < 1:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected SCALE:MIN_SIZE, e.g. 1000:64"
-        ) from None
+            f"{text!r}: expected SCALE:MIN_SIZE with a scale > 0 and a minimum size >= 1, "
+            "e.g. 1000:64"
+        )
+    return value
 
 
 def row(name: str, pairs: list[tuple[np.ndarray, np.ndarray]]) -> str:
@@ -52,25 +55,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=200, help="val scenes (default 200)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    cfg = load_pretrain_config({}, profile="cpu")
-    scenes = SyntheticScenes(
-        "val",
-        num_images=args.images,
-        size=cfg.data.scene_size,
-        seed=args.seed,
-        difficulty=SceneSpec.from_config(cfg.data),
-    )
+    if args.images < 1:
+        parser.error(f"--images {args.images}: expected at least 1 scene")
+    scenes, mask_cfg = quality_dataset("cpu", args.images, "", args.seed)
     items = [scenes[i] for i in range(len(scenes))]
     images = [(it["image"].permute(1, 2, 0).numpy(), np.asarray(it["instances"])) for it in items]
-    print(f"{len(items)} val scenes of {cfg.data.scene_size} px, seed {args.seed}\n")
+    size = images[0][0].shape[0]
+    print(f"{len(items)} val scenes of {size} px, seed {args.seed}\n")
     print("| masks | segments a scene | mean best IoU | objects at IoU 0.5 |\n|---|---|---|---|")
     for scale, min_size in args.settings:
         source = build_mask_source(
-            replace(cfg.masks, source="fh", fh_scale=scale, fh_min_size=min_size)
+            replace(mask_cfg, source="fh", fh_scale=scale, fh_min_size=min_size)
         )
         pairs = [(inst, source(image, inst)) for image, inst in images]
         print(row(f"FH scale {scale:g}, min_size {min_size}", pairs))
-    truth = build_mask_source(replace(cfg.masks, source="ground_truth"))
+    truth = build_mask_source(replace(mask_cfg, source="ground_truth"))
     print(row("ground truth", [(inst, truth(image, inst)) for image, inst in images]))
     return 0
 

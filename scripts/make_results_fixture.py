@@ -36,9 +36,13 @@ def main() -> int:
         common = [str(ABLATION), "--profile", "cpu", "--runs-dir", str(runs)]
         if detcon(["run", *common, "--executor", "local"]) != 0:
             return 1
-        shutil.rmtree(results, ignore_errors=True)
-        if detcon(["export", *common, "--to", str(results), "--notebook-seeds"]) != 0:
+        fresh = Path(tmp) / "results"  # exported aside, swapped in only once complete
+        if detcon(["export", *common, "--to", str(fresh), "--notebook-seeds"]) != 0:
             return 1
+        old = Path(tmp) / "old"
+        if results.exists():
+            results.rename(old)
+        shutil.move(str(fresh), results)
     size = tree_size(FIXTURE)
     print(f"{FIXTURE.relative_to(REPO)}: {size / 1e3:.0f} KB")
     return 0

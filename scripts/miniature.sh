@@ -2,10 +2,12 @@
 # Run a queue of cpu-profile experiments (docs/cpu-miniature.md): each line of QUEUE is
 #   NAME SEED [KEY=VALUE ...]
 # and becomes `detcon pretrain --profile cpu --out RUNS/NAME-sSEED --set seed=SEED --set KEY=VALUE...`
-# followed by `detcon evaluate` of the three probes. A NAME starting with "random" or "supervised"
-# (e.g. random_cls4) evaluates that backbone instead of pretraining (the floor and the ceiling). EVAL_ARGS are appended to every
-# evaluate call (e.g. "--split val"). Finished points (an eval file exists) are skipped, so the
-# queue is resumable; WORKERS lines run at once, one thread each. Wall times go to RUNS/NAME/wall.
+# followed by `detcon evaluate` of the probes in TASKS (default segmentation,depth,linear). A
+# NAME that is "random" or "supervised", or starts with "random_" or "supervised_" (e.g.
+# random_cls4), evaluates that backbone instead of pretraining (the floor and the ceiling), as
+# miniature_table.py reads it. EVAL_ARGS are appended to every evaluate call (e.g. "--split
+# val"). Finished points (an eval file exists) are skipped, so the queue is resumable; WORKERS
+# lines run at once, one thread each. Wall times go to RUNS/NAME-sSEED/wall.
 set -uo pipefail
 QUEUE=${1:?usage: scripts/miniature.sh QUEUE_FILE RUNS_DIR [WORKERS]}
 RUNS=${2:?usage: scripts/miniature.sh QUEUE_FILE RUNS_DIR [WORKERS]}
@@ -21,8 +23,8 @@ run_one() {
     local dir="$RUNS/$name-s$seed" sets=(--set "seed=$seed")
     for kv in "$@"; do sets+=(--set "$kv"); done
     local t0=$SECONDS
-    case $name in
-        random*|supervised*)
+    case ${name%%_*} in
+        random|supervised)
             local backbone=${name%%_*}
             [ -f "$dir/eval_$backbone.json" ] && return 0
             "$DETCON" pretrain --profile cpu --out "$dir" "${sets[@]}" --stop-after 0 --quiet \
@@ -42,4 +44,6 @@ run_one() {
 }
 export -f run_one
 export RUNS DETCON EVAL_ARGS TASKS
-grep -v '^\s*\(#\|$\)' "$QUEUE" | xargs -P "$WORKERS" -L 1 bash -c 'run_one "$@"' _
+# trailing blanks stripped: `xargs -L 1` would join a line ending in one with the next
+grep -v '^\s*\(#\|$\)' "$QUEUE" | sed 's/[[:space:]]*$//' |
+    xargs -P "$WORKERS" -L 1 bash -c 'run_one "$@"' _

@@ -34,6 +34,8 @@ def _reference(name: str) -> str | None:
 
 
 def _eval_file(run: Path, name: str) -> Path:
+    """``detcon evaluate``'s file name (``default_out_name``; not imported: this table needs no
+    torch)."""
     ref = _reference(name)
     return run / (f"eval_{ref}.json" if ref else "eval.json")
 
@@ -116,6 +118,8 @@ def main(argv: list[str]) -> int:
         floor = {
             _seed(r): json.loads(_eval_file(r, args.floor).read_text()) for r in groups[args.floor]
         }
+    if not groups:
+        parser.error(f"{runs}: no finished runs (NAME-sSEED folders with an eval file)")
     order = names or sorted(groups)
     gain_head = " Δ seg | Δ δ1 |" if floor else ""
     print(f"| run | seg mIoU | depth δ1 | linear top-1 |{gain_head} seeds | steps | wall (s) |")

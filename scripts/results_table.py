@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from detcon.claims import read_results_table
+
 METRICS = (
     ("segmentation", "miou", "seg mIoU"),
     ("depth", "delta1", "depth δ1"),
@@ -125,6 +127,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not args.csv.is_file():
         parser.error(f"no results table {args.csv} (expected results/<ablation>.csv)")
+    try:
+        read_results_table(args.csv)  # its columns and values checked, the file named
+    except ValueError as exc:
+        parser.error(str(exc))
     tidy = pd.read_csv(args.csv)
     grid = [c for c in tidy.columns if c not in NOT_PARAMS]
     unknown = [p for p in args.params if p not in grid]

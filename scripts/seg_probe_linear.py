@@ -43,19 +43,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--split", default=None, help="score on this split (recipes: val)")
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (tests only)")
     args = parser.parse_args(argv)
-    settings = linear_probe_settings(cpu_settings(quick=args.quick))
-    for run in args.runs:
+    points = []
+    for run in args.runs:  # every argument checked before any work
         m = re.fullmatch(r"(.+)-s(\d+)", run.name)
         if m is None:
             parser.error(f"{run}: expected a scripts/miniature.sh run directory named NAME-sSEED")
+        if not (run / "config.json").is_file():
+            parser.error(f"{run}: no config.json (not a run directory)")
         head = m.group(1).split("_", 1)[0]
-        backbone = head if head in ("random", "supervised") else "pretrained"
+        points.append((run, int(m.group(2)), head if head in ("random", "supervised") else None))
+    settings = linear_probe_settings(cpu_settings(quick=args.quick))
+    for run, seed, reference in points:
+        backbone = reference or "pretrained"
         result = evaluate_run(
             run,
             tasks=["segmentation"],
             settings=settings,
             split=args.split,
-            seed=int(m.group(2)),
+            seed=seed,
             backbone=backbone,
         )
         print(f"{run.name} ({backbone}): {ENTRY} mIoU {result[ENTRY]['miou']:.4f}", flush=True)

@@ -89,10 +89,36 @@ def test_bench_step_quick_prints_the_table():
         assert f"{method} step" in out
 
 
-def test_bench_step_set_overrides_every_method():
+def test_bench_step_set_overrides_every_method(monkeypatch):
     args = ("--set", "train.precision=bf16", "--set", "train.channels_last=true")
     out = _run("bench_step.py", "--quick", "--rounds", "1", *args)
     assert "bf16, channels_last;" in out and "simclr step" in out
+    # the sizes line prints the first method's config only: every method's, checked directly
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_step
+
+    from detcon.config import parse_dotted
+
+    base = parse_dotted(["train.precision=bf16", "train.channels_last=true"])
+    configs = [bench_step.method_config(m, base) for m in bench_step.METHODS]
+    assert len(configs) == 4 and len({c.method for c in configs}) == 4
+    assert all(c.train.precision == "bf16" and c.train.channels_last for c in configs)
+
+
+def test_benchmark_counts_are_checked_and_an_explicit_zero_kept(monkeypatch):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_step.py"), "--rounds", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "'0': expected an integer >= 1" in proc.stderr
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_gpu
+
+    sizes = bench_gpu.make_sizes(bench_gpu.parse_args(["--tiny", "--warmup", "0"]))
+    assert sizes.warmup == 0 and sizes.rounds == 2
 
 
 def test_bench_gpu_tiny_on_cpu_prints_every_figure():

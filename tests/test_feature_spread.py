@@ -67,3 +67,45 @@ def test_seg_without_an_eval_file_says_which_file(tmp_path, script):
     (tmp_path / "config.json").write_text(json.dumps(to_dict(cfg)))
     with pytest.raises(SystemExit, match="eval.json"):
         script("feature_spread").main([str(tmp_path), "--images", "4", "--seg"])
+
+
+def test_scenes_and_random_seed_are_the_runs_own_as_evaluate_uses_them(
+    tmp_path, script, capsys, monkeypatch
+):
+    from detcon.data.synthetic import SceneSpec
+    from detcon.evaluate.data import DataStore
+
+    cfg = load_pretrain_config(
+        {"seed": 3, "data": {"scene_classes": 2, "scene_objects": [1, 2]}}, profile="cpu"
+    )
+    (tmp_path / "config.json").write_text(json.dumps(to_dict(cfg)))
+    mod = script("feature_spread")
+    specs, seeds = [], []
+    get, from_run = DataStore.get, mod.backbone_from_run
+    monkeypatch.setattr(
+        DataStore, "get", lambda self, spec, w: specs.append(spec) or get(self, spec, w)
+    )
+    monkeypatch.setattr(
+        mod, "backbone_from_run", lambda run, **kw: seeds.append(kw["seed"]) or from_run(run, **kw)
+    )
+    assert mod.main([f"{tmp_path}:random", "--images", "2"]) == 0
+    assert [s.difficulty for s in specs] == [SceneSpec.from_config(cfg.data)]
+    assert SceneSpec.from_config(cfg.data).num_object_classes == 2
+    assert seeds == [3]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{run}:rnadom"], "not the suffix 'rnadom'"),
+        (["{run}:random", "--images", "1"], "--images 1: expected at least 2"),
+        (["{run}:random", "{run}/missing"], "does not exist"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(tmp_path, script, capsys, args, message):
+    cfg = load_pretrain_config({}, profile="cpu")
+    (tmp_path / "config.json").write_text(json.dumps(to_dict(cfg)))
+    with pytest.raises(SystemExit):
+        script("feature_spread").main([a.format(run=tmp_path) for a in args])
+    captured = capsys.readouterr()
+    assert message in captured.err and "| stage |" not in captured.out

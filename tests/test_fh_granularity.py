@@ -34,7 +34,16 @@ def test_a_row_per_setting_then_the_ground_truth(script, capsys):
     assert rows[2].endswith("| 1.000 | 1.000 |")  # the objects are their own best masks
 
 
-def test_a_setting_without_a_min_size_is_refused(script, capsys):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["100"], "'100': expected SCALE:MIN_SIZE"),
+        (["0:8"], "'0:8': expected SCALE:MIN_SIZE with a scale > 0"),
+        (["100:0"], "'100:0': expected SCALE:MIN_SIZE with a scale > 0 and a minimum size >= 1"),
+        (["100:64", "--images", "0"], "--images 0: expected at least 1 scene"),
+    ],
+)
+def test_a_bad_setting_or_count_is_refused(script, capsys, args, message):
     with pytest.raises(SystemExit):
-        script("fh_granularity").main(["100"])
-    assert "expected SCALE:MIN_SIZE" in capsys.readouterr().err
+        script("fh_granularity").main(args)
+    assert message in capsys.readouterr().err

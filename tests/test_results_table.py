@@ -7,7 +7,8 @@ import pytest
 
 
 def _rows(run_id, seed, mask, seg, floor, ceiling):
-    base = {"ablation": "a", "run_id": run_id, "seed": seed, "masks.source": mask}
+    base = {"ablation": "a", "run_id": run_id, "seed": seed, "config_digest": "d0"}
+    base |= {"git_commit": "c0", "masks.source": mask}
     return [
         {**base, "backbone": "pretrained", "task": "segmentation", "metric": "miou", "value": seg},
         {**base, "backbone": "random", "task": "segmentation", "metric": "miou", "value": floor},
@@ -60,3 +61,18 @@ def test_a_missing_table_or_an_unknown_column_is_a_clear_error(tmp_path, capsys,
     assert "no grid column 'masks.sorce'" in err and "its grid columns: masks.source" in err
     assert module.main([str(csv), "masks.source"]) == 0
     assert "| fh | 0.300 |" in capsys.readouterr().out
+
+
+def test_a_table_without_a_results_tables_columns_is_a_clear_error(tmp_path, capsys, script):
+    module = script("results_table")
+    csv = tmp_path / "a.csv"
+    pd.DataFrame(_rows("fh-s0", 0, "fh", 0.3, 0.1, 0.5)).drop(columns="task").to_csv(
+        csv, index=False
+    )
+    with pytest.raises(SystemExit):
+        module.main([str(csv)])
+    assert f"{csv}: missing column(s) task" in capsys.readouterr().err
+    csv.write_text("")
+    with pytest.raises(SystemExit):
+        module.main([str(csv)])
+    assert f"{csv}: missing column(s)" in capsys.readouterr().err

@@ -45,3 +45,11 @@ def test_a_directory_not_named_like_a_miniature_run_is_refused(tmp_path, script,
     assert (
         "expected a scripts/miniature.sh run directory named NAME-sSEED" in capsys.readouterr().err
     )
+
+
+def test_a_bad_second_argument_is_refused_before_the_first_is_probed(tmp_path, script, capsys):
+    run = _run_dir(tmp_path / "lr8-s1")
+    with pytest.raises(SystemExit):
+        script("seg_probe_linear").main([str(run), str(tmp_path / "missing-s0"), "--quick"])
+    assert "missing-s0: no config.json" in capsys.readouterr().err
+    assert not (run / "eval.json").exists()

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from detcon.atomic import write_json
-from detcon.config import to_dict
+from detcon.config import PretrainConfig, to_dict
 from detcon.evaluate import dense, detection
 from detcon.evaluate.backbones import (
     BackboneStages,
@@ -40,7 +40,7 @@ from detcon.evaluate.settings import (
 )
 from detcon.runs import DIVERGED, ENCODER_RECORD, encoder_record, point_lock
 
-__all__ = ["default_out_name", "evaluate_run", "resolve_device"]
+__all__ = ["default_out_name", "evaluate_run", "resolve_device", "settings_for_run"]
 
 _RUNNERS: dict[str, Callable] = {
     "segmentation": evaluate_segmentation,
@@ -54,6 +54,16 @@ def default_out_name(backbone: str) -> str:
     """``eval.json`` for the run's encoder, ``eval_random.json`` for the random baseline, so the
     baseline never overwrites the run's own results."""
     return "eval.json" if backbone == "pretrained" else f"eval_{backbone}.json"
+
+
+def settings_for_run(settings: EvalSettings, cfg: PretrainConfig) -> EvalSettings:
+    """``settings`` as they score the run whose config is ``cfg``: a synthetic run's probes draw
+    their scenes like its pretraining scenes (its ``data.scene_*`` fields)."""
+    if cfg.data.dataset != "synthetic":
+        return settings
+    from detcon.data.synthetic import SceneSpec
+
+    return with_scene_difficulty(settings, SceneSpec.from_config(cfg.data))
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -145,10 +155,7 @@ def evaluate_run(
             "(for the paper profile, import an ImageNet-supervised checkpoint instead)"
         )
     cfg = load_run_config(run_dir)  # fails early, before any work, on a bad run directory
-    if cfg.data.dataset == "synthetic":
-        from detcon.data.synthetic import SceneSpec
-
-        settings = with_scene_difficulty(settings, SceneSpec.from_config(cfg.data))
+    settings = settings_for_run(settings, cfg)
     initial = "random" if backbone == "supervised" else backbone
     state = backbone_state(run_dir, cfg.model, backbone=initial, seed=seed)
     tf_same = weights_need_tf_same(run_dir, backbone)

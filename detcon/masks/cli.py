@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["mask_quality_table", "register_cli"]
+__all__ = ["mask_quality_table", "quality_dataset", "register_cli"]
 
 QUALITY_SOURCES = ("grid", "fh", "mcg", "ground_truth")
 
@@ -44,7 +44,10 @@ def mask_quality_table(dataset, mask_cfg, sources=QUALITY_SOURCES, progress: boo
     return pd.DataFrame(rows)
 
 
-def _quality_dataset(profile: str, num_images: int, root: str, seed: int):
+def quality_dataset(profile: str, num_images: int, root: str, seed: int):
+    """The scenes ``detcon masks quality`` measures and the profile's mask config: the cpu
+    profile's first ``num_images`` ``val`` scenes (drawn with ``seed``), or COCO val2017 under
+    ``root`` for the paper profile."""
     from detcon.config import load_pretrain_config
 
     cfg = load_pretrain_config({}, profile=profile)
@@ -75,7 +78,7 @@ def _quality_dataset(profile: str, num_images: int, root: str, seed: int):
 def _cmd_quality(args: argparse.Namespace) -> int:
     from detcon.atomic import write_text
 
-    dataset, mask_cfg = _quality_dataset(args.profile, args.num_images, args.root, args.seed)
+    dataset, mask_cfg = quality_dataset(args.profile, args.num_images, args.root, args.seed)
     table = mask_quality_table(dataset, mask_cfg, progress=not args.quiet)
     write_text(args.out, table.to_csv(index=False))
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

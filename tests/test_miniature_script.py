@@ -1,0 +1,63 @@
+"""scripts/miniature.sh: each queue line becomes a pretraining and an evaluation (or, for the
+floor and the ceiling, an evaluation of that backbone). The script's `detcon` is a stub that logs
+its arguments: what is tested is how the queue is read and dispatched."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "miniature.sh"
+
+
+def _run(tmp_path: Path, queue: str, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    log = tmp_path / "calls.log"
+    stub = tmp_path / "detcon"
+    stub.write_text(
+        f'#!/usr/bin/env bash\necho "$*" >> {log}\nif [ "$1" = pretrain ]; then mkdir -p "$5"; fi\n'
+    )
+    stub.chmod(0o755)
+    (tmp_path / "queue.txt").write_text(queue)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "queue.txt"), str(tmp_path / "runs"), "1"],
+        cwd=REPO,
+        env={**os.environ, "DETCON": str(stub), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return proc, log.read_text().splitlines() if log.exists() else []
+
+
+def test_each_line_is_one_point_even_with_trailing_blanks(tmp_path):
+    queue = "# a comment\n\nrandom_F 0 \nA_byol 1 method=byol optim.epochs=2 \nrandomB 2\n"
+    proc, calls = _run(tmp_path, queue, EVAL_ARGS="--split val")
+    assert proc.returncode == 0, proc.stderr
+    runs = tmp_path / "runs"
+    tasks = "--tasks segmentation,depth,linear --quiet"
+    assert calls == [
+        f"pretrain --profile cpu --out {runs}/random_F-s0 --set seed=0 --stop-after 0 --quiet",
+        f"evaluate {runs}/random_F-s0 --backbone random --seed 0 {tasks} --split val",
+        f"pretrain --profile cpu --out {runs}/A_byol-s1 --set seed=1 --set method=byol "
+        "--set optim.epochs=2 --quiet",
+        f"evaluate {runs}/A_byol-s1 --seed 1 {tasks} --split val",
+        # "randomB" is not a floor ("random" or "random_..."): it is pretrained, as
+        # miniature_table.py reads it
+        f"pretrain --profile cpu --out {runs}/randomB-s2 --set seed=2 --quiet",
+        f"evaluate {runs}/randomB-s2 --seed 2 {tasks} --split val",
+    ]
+    assert (runs / "A_byol-s1" / "wall").is_file()
+
+
+def test_a_finished_point_is_skipped_and_tasks_are_passed_on(tmp_path):
+    done = tmp_path / "runs" / "A-s0"
+    done.mkdir(parents=True)
+    (done / "eval.json").write_text("{}")
+    proc, calls = _run(tmp_path, "A 0\nB 0\n", TASKS="segmentation")
+    assert proc.returncode == 0, proc.stderr
+    assert calls == [
+        f"pretrain --profile cpu --out {tmp_path}/runs/B-s0 --set seed=0 --quiet",
+        f"evaluate {tmp_path}/runs/B-s0 --seed 0 --tasks segmentation --quiet",
+    ]
