@@ -31,8 +31,9 @@ Grid algebra: a node is a mapping with exactly one key,
 Keys are dotted config keys (``masks.source``), or ``notebook.<name>``: a parameter of the
 point's pretraining notebook that differs between points (``notebook.official_checkpoint:
 data/official/resnet50_detcon_b_imagenet_1k.npy`` makes a point import the release's weights
-instead of training; constant ones go under ``parameters.pretrain``). Such parameters are part of
-the run id, like config keys. Nested mappings are flattened, so
+instead of training; other constant ones go under ``parameters.pretrain``, which refuses
+``official_checkpoint`` there: it changes what the point's weights are). Such parameters are part
+of the run id, like config keys. Nested mappings are flattened, so
 ``{masks: {source: fh}}`` is the same as ``{masks.source: fh}``. Config values that are lists
 (``augment.crop_scale: [0.2, 1.0]``) are written as such inside axes: an axis is always a list of
 values.

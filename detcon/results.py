@@ -40,8 +40,8 @@ from detcon.config import to_dict
 from detcon.grid import NOTEBOOK_PREFIX, Ablation, GridPoint, expand, flatten, load_ablation
 from detcon.runs import (
     DIVERGED,
-    ENCODER_RECORD,
     OFFICIAL_PARAMETER,
+    RECORDS,
     ablation_status,
     metric_records,
     read_json,
@@ -104,7 +104,7 @@ def _is_number(value: Any) -> bool:
 def _eval_rows(data: Mapping[str, Any], backbone: str, name: str) -> list[dict[str, Any]]:
     rows = []
     for task, metrics in data.items():
-        if task == ENCODER_RECORD:  # which encoder was measured: not a metric
+        if task in RECORDS:  # which encoder was measured and how: not a metric
             continue
         if not isinstance(metrics, Mapping):
             raise ValueError(

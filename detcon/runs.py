@@ -30,6 +30,8 @@ from detcon.grid import expand, load_ablation
 
 __all__ = [
     "ENCODER_RECORD",
+    "PROBE_RECORD",
+    "RECORDS",
     "OFFICIAL_PARAMETER",
     "PRETRAIN_ENV",
     "STATES",
@@ -61,6 +63,11 @@ PRETRAIN_ENV = "pretrain_env.json"
 STATES = ("pending", "running", "done", "failed")
 # eval.json's entry saying which encoder its tasks measured (encoder_record): not a task.
 ENCODER_RECORD = "encoder"
+# An eval file's entry saying how its tasks were probed (profile, split, probe seed, a digest of
+# the settings; detcon.evaluate.evaluate_run): not a task. Entries probed otherwise are not kept
+# next to new ones.
+PROBE_RECORD = "probe"
+RECORDS = (ENCODER_RECORD, PROBE_RECORD)
 # The entry of a task in eval.json whose head diverged (a non-finite loss) on that encoder's
 # features: its message, in place of the metrics (detcon.evaluate.evaluate_run); not a metric.
 DIVERGED = "diverged"
@@ -453,7 +460,7 @@ def flatten_summary(
         ("eval_supervised", supervised_ceiling),
     ):
         for task, metrics in (results or {}).items():
-            if task == ENCODER_RECORD:  # which encoder was measured: not a metric
+            if task in RECORDS:  # which encoder was measured and how: not a metric
                 continue
             if isinstance(metrics, Mapping):
                 for metric, value in metrics.items():

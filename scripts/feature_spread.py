@@ -3,11 +3,12 @@ probes below the floor).
 
 Usage: python scripts/feature_spread.py RUN_DIR[:random] ... [--images N]
 
-For each run directory (``config.json`` + ``backbone.pt``; ``:random`` takes its random-init
-encoder instead, with the run's seed, as ``detcon evaluate --backbone random --seed SEED`` does)
-the first N scenes of the cpu profile's segmentation probe-training split, drawn like the run's
-own scenes as ``detcon evaluate`` draws them, go through the encoder in eval mode, and each stage
-prints a Markdown row:
+For each run directory (``config.json`` + ``backbone.pt``; ``:random`` takes its random-init encoder
+instead, at the probe seed its ``eval_random.json`` records, or, for a file from before probe
+records, the run's seed: ``scripts/miniature.sh`` probes its floors at the point's seed, the study's
+evaluate notebook at seed 0) the first N scenes of the cpu profile's segmentation probe-training
+split, drawn like the run's own scenes as ``detcon evaluate`` draws them, go through the encoder in
+eval mode, and each stage prints a Markdown row:
 
 - ``dead``: channels whose std over all pixels is under 1e-3 of the largest channel's;
 - ``PR``: participation ratio of the pixel features' channel covariance, (sum λ)^2 / sum λ^2,
@@ -38,6 +39,7 @@ from detcon.evaluate.data import DataStore
 from detcon.evaluate.features import extract_stages
 from detcon.evaluate.run import default_out_name, settings_for_run
 from detcon.evaluate.settings import get_settings
+from detcon.runs import PROBE_RECORD
 
 
 def spread(features: torch.Tensor) -> dict[str, float]:
@@ -76,18 +78,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{arg}: {exc}")
         backbone = "random" if which else "pretrained"
         miou = seg_miou(run, backbone) if args.seg else float("nan")
-        runs.append((arg, run, backbone, cfg, miou))
+        seed, source = random_seed(run, cfg.seed) if which else (cfg.seed, "")
+        runs.append((arg, run, backbone, seed, source, cfg, miou))
     torch.set_num_threads(1)
     store = DataStore()
     last: list[tuple[str, dict[str, float], float]] = []
-    for arg, run, which, cfg, miou in runs:
+    for arg, run, which, seed, source, cfg, miou in runs:
         data = settings_for_run(get_settings("cpu"), cfg).segmentation[0].data
         train = store.get(data, "train")
         scenes = Subset(train, range(min(args.images, len(train))))
-        backbone = backbone_from_run(run, backbone=which, seed=cfg.seed)
+        backbone = backbone_from_run(run, backbone=which, seed=seed)
         stages = BackboneStages(backbone)
         feats = extract_stages(stages, scenes, keep=range(len(stages.stages)))
-        print(f"\n{run} ({which}, {len(scenes)} scenes)\n")
+        at = f", seed {seed} from {source}" if source else ""
+        print(f"\n{run} ({which}{at}, {len(scenes)} scenes)\n")
         print("| stage | channels | dead | PR | within | across |\n|---|---|---|---|---|---|")
         rows = [(k, spread(f)) for k, f in feats.items()]
         for k, s in rows:
@@ -107,6 +111,17 @@ def main(argv: list[str] | None = None) -> int:
             rho = spearmanr([s["PR"] for _, s, _ in last], [m for _, _, m in last]).statistic
             print(f"\nSpearman rank correlation, last-stage PR against seg mIoU: {rho:.2f}")
     return 0
+
+
+def random_seed(run: str, default: int) -> tuple[int, str]:
+    """The probe seed ``run``'s floor was measured at (``eval_random.json``'s probe record), or
+    ``default`` (the run's seed) when no file records it."""
+    path = Path(run) / default_out_name("random")
+    try:
+        seed = json.loads(path.read_text())[PROBE_RECORD]["seed"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return default, "config.json"
+    return int(seed), path.name
 
 
 def seg_miou(run: str, backbone: str) -> float:

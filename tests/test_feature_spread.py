@@ -33,7 +33,7 @@ def test_main_prints_a_row_per_stage_of_a_random_encoder(tmp_path, script, capsy
     (tmp_path / "config.json").write_text(json.dumps(to_dict(cfg)))
     assert script("feature_spread").main([f"{tmp_path}:random", "--images", "4"]) == 0
     out = capsys.readouterr().out
-    assert "(random, 4 scenes)" in out and "| 3 | 128 |" in out
+    assert "(random, seed 0 from config.json, 4 scenes)" in out and "| 3 | 128 |" in out
     assert "BatchNorm running_var min/max per layer: 1/1" in out
 
 
@@ -109,3 +109,14 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, script, capsys, arg
         script("feature_spread").main([a.format(run=tmp_path) for a in args])
     captured = capsys.readouterr()
     assert message in captured.err and "| stage |" not in captured.out
+
+
+def test_random_takes_the_seed_its_floor_was_probed_at(tmp_path, script, capsys):
+    cfg = load_pretrain_config({"seed": 2}, profile="cpu")
+    (tmp_path / "config.json").write_text(json.dumps(to_dict(cfg)))
+    module = script("feature_spread")
+    assert module.random_seed(str(tmp_path), cfg.seed) == (2, "config.json")  # no record
+    (tmp_path / "eval_random.json").write_text(json.dumps({"probe": {"seed": 0}}))
+    assert module.random_seed(str(tmp_path), cfg.seed) == (0, "eval_random.json")
+    assert module.main([f"{tmp_path}:random", "--images", "2"]) == 0
+    assert "(random, seed 0 from eval_random.json, 2 scenes)" in capsys.readouterr().out

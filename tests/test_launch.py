@@ -234,6 +234,10 @@ def test_paper_points_on_real_data_need_precomputed_fh_and_mcg_masks(tmp_path, m
         ),
         ("parameters: {pretrain: {overrides: {}}}", r"set by the launcher"),
         ("parameters: {pretrain: {max_steps: 2}}", r"base: \{train\.max_steps: N\}"),
+        (
+            "parameters: {pretrain: {official_checkpoint: w.npy}}",
+            r"official_checkpoint would change what is trained",
+        ),
         ("evaluate: [segmentaton]", r"unknown task 'segmentaton' \(did you mean 'segmentation'"),
         ("cluster: nowhere", r"cluster profile 'nowhere' not found"),
     ],

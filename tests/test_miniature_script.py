@@ -61,3 +61,15 @@ def test_a_finished_point_is_skipped_and_tasks_are_passed_on(tmp_path):
         f"pretrain --profile cpu --out {tmp_path}/runs/B-s0 --set seed=0 --quiet",
         f"evaluate {tmp_path}/runs/B-s0 --seed 0 --tasks segmentation --quiet",
     ]
+
+
+def test_a_point_finished_with_other_eval_args_is_refused_not_taken(tmp_path):
+    proc, _ = _run(tmp_path, "A 0\n", EVAL_ARGS="--split val")
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "runs" / "A-s0" / "eval.json").write_text("{}")  # the stub writes none
+    (tmp_path / "calls.log").unlink()
+    proc, calls = _run(tmp_path, "A 0\n")  # the same folder, now on each dataset's own split
+    assert proc.returncode != 0 and calls == []
+    assert "finished with 'segmentation,depth,linear --split val'" in proc.stdout
+    proc, calls = _run(tmp_path, "A 0\n", EVAL_ARGS="--split val")
+    assert proc.returncode == 0 and calls == []  # same arguments: finished, skipped

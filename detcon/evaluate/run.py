@@ -4,6 +4,7 @@ write ``eval.json`` (docs/run-directory.md)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import sys
@@ -16,6 +17,7 @@ import torch
 
 from detcon.atomic import write_json
 from detcon.config import PretrainConfig, to_dict
+from detcon.data.synthetic import GENERATOR_VERSION
 from detcon.evaluate import dense, detection
 from detcon.evaluate.backbones import (
     BackboneStages,
@@ -38,7 +40,7 @@ from detcon.evaluate.settings import (
     with_eval_split,
     with_scene_difficulty,
 )
-from detcon.runs import DIVERGED, ENCODER_RECORD, encoder_record, point_lock
+from detcon.runs import DIVERGED, ENCODER_RECORD, PROBE_RECORD, encoder_record, point_lock
 
 __all__ = ["default_out_name", "evaluate_run", "resolve_device", "settings_for_run"]
 
@@ -113,9 +115,11 @@ def evaluate_run(
         profile: ``cpu`` (synthetic scenes, minutes on two cores) or ``paper``.
         out_name: file written in ``run_dir``; default :func:`default_out_name`. Entries for
             tasks not run now are kept from an existing file, unless it measured another
-            encoder. For ``pretrained`` it also holds ``"encoder"``: the pretraining step of
-            ``backbone.pt`` (:func:`detcon.runs.encoder_record`); evaluating a run that has not
-            finished pretraining warns on stderr.
+            encoder or was probed otherwise. The file holds ``"probe"``: the profile, split,
+            probe seed and a digest of the settings (:func:`probe_record`); for ``pretrained``
+            also ``"encoder"``: the pretraining step of ``backbone.pt``
+            (:func:`detcon.runs.encoder_record`); evaluating a run that has not finished
+            pretraining warns on stderr.
         backbone: ``pretrained`` (``backbone.pt``), ``random`` (same architecture, random
             initialisation from ``seed``: the floor) or ``supervised`` (that initialisation
             trained with the profile's segmentation labels, ``settings.supervised``: the
@@ -176,6 +180,7 @@ def evaluate_run(
             flush=True,
         )
 
+    probe = probe_record(settings, split, seed)
     with contextlib.ExitStack() as hold:
         cached_path = None
         if reference_cache is not None and backbone != "pretrained":
@@ -186,6 +191,9 @@ def evaluate_run(
                 "tasks": tasks,
                 "seed": seed,
                 "device": dev.type,
+                # relative dataset roots resolve against it (paper profile)
+                "data_root": str(Path(data_root).resolve()) if data_root else None,
+                "scene_generator": GENERATOR_VERSION,
             }
             digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
             cached_path = Path(reference_cache) / f"{backbone}-{digest}.json"
@@ -196,7 +204,8 @@ def evaluate_run(
             if cached_path.is_file():
                 results = json.loads(cached_path.read_text())
                 log(f"{backbone} reference: reused {cached_path}")
-                write_json(out_path, {**_existing(out_path), **results})
+                kept = _kept(out_path, probe, record=None)
+                write_json(out_path, {**kept, **results, PROBE_RECORD: probe})
                 return results
 
         threads = torch.get_num_threads()
@@ -259,16 +268,40 @@ def evaluate_run(
                         log(f"{s.name}: done in {time.perf_counter() - t0:.1f} s")
             finally:
                 torch.set_num_threads(threads)
-        kept = _existing(out_path)
-        if record is not None and kept.get(ENCODER_RECORD, record) != record:
-            kept = {}  # measured on another encoder (an earlier step): not to be mixed with these
-        stored = {**kept, **results}
+        stored = {**_kept(out_path, probe, record), **results, PROBE_RECORD: probe}
         if record is not None:
             stored[ENCODER_RECORD] = record
         write_json(out_path, stored)
         if cached_path is not None:
             write_json(cached_path, results)
         return results
+
+
+def probe_record(settings: EvalSettings, split: str | None, seed: int) -> dict:
+    """How an eval file's tasks were probed: the profile, the split (``None``: each dataset's
+    own), the probe seed and a digest of every setting (scenes, sizes, steps; the thread count
+    left out). Entries probed otherwise are not kept next to new ones."""
+    neutral = dataclasses.replace(settings, threads=0)
+    digest = hashlib.sha256(repr(neutral).encode()).hexdigest()[:16]
+    return {"profile": settings.profile, "split": split, "seed": seed, "settings": digest}
+
+
+def _kept(path: Path, probe: dict, record: dict | None) -> dict:
+    """The entries of an earlier ``path`` that may stand next to new results: none when they
+    were measured on another encoder (an earlier step) or probed otherwise (another split, seed
+    or settings); a file from before probe records is kept as it is."""
+    kept = _existing(path)
+    if record is not None and kept.get(ENCODER_RECORD, record) != record:
+        return {}
+    if kept.get(PROBE_RECORD, probe) != probe:
+        print(
+            f"detcon evaluate: {path.name}'s earlier entries were probed otherwise "
+            f"({kept[PROBE_RECORD]}, now {probe}): replaced, not mixed",
+            file=sys.stderr,
+            flush=True,
+        )
+        return {}
+    return kept
 
 
 def _existing(path: Path) -> dict[str, dict[str, float]]:

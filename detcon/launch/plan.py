@@ -37,7 +37,11 @@ _LAUNCHER_PARAMETERS = {
 # come from a precomputed store (masks.store).
 _PRECOMPUTED_SOURCES = ("fh", "mcg")
 # Would change what is trained without changing the run id: belongs in the config instead.
-_CONFIG_PARAMETERS = {"max_steps": "base: {train.max_steps: N}"}
+_CONFIG_PARAMETERS = {
+    "max_steps": "base: {train.max_steps: N}",
+    # the imported weights replace training: a grid key, so they are part of the run id
+    "official_checkpoint": "a grid key, e.g. point: {notebook.official_checkpoint: PATH}",
+}
 
 
 # --------------------------------------------------------------------------- cluster profiles

@@ -65,6 +65,8 @@ def test_eval_json_is_written_atomically_with_the_results(full_run):
     stored = json.loads((run / "eval.json").read_text())
     # make_run_dir writes no record of the encoder's training step: unknown, not finished.
     assert stored.pop("encoder") == {"step": None, "planned_steps": None, "finished": False}
+    probe = stored.pop("probe")
+    assert (probe["profile"], probe["split"], probe["seed"]) == ("cpu", None, 0)
     assert stored == results
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
 
@@ -85,7 +87,7 @@ def test_an_unfinished_run_is_evaluated_with_a_warning_and_its_step_recorded(tmp
     assert capsys.readouterr().err == ""
     stored = json.loads((run / "eval.json").read_text())
     assert stored["encoder"] == {"step": 6, "planned_steps": 6, "finished": True}
-    assert set(stored) == {"depth", "encoder"}
+    assert set(stored) == {"depth", "encoder", "probe"}
     # The random baseline has no training step to record.
     evaluate_run(run, settings=QUICK, tasks=("depth",), backbone="random")
     assert "encoder" not in json.loads((run / "eval_random.json").read_text())
@@ -132,7 +134,8 @@ def test_supervised_backbone_is_the_ceiling_in_its_own_file(full_run):
         progress=messages.append,
     )
     check_ranges(sup)
-    assert json.loads((run / "eval_supervised.json").read_text()) == sup
+    stored = json.loads((run / "eval_supervised.json").read_text())
+    assert stored.pop("probe")["seed"] == 0 and stored == sup
     assert any("supervised: done" in m for m in messages)
     # the trained weights start from the random floor's and move
     model_cfg = load_run_config(run).model
@@ -255,11 +258,38 @@ def test_references_are_computed_once_per_architecture_scenes_and_seed(tmp_path)
         progress=logs.append,
     )
     assert again == first and any("reused" in m for m in logs)
-    assert json.loads((b / "eval_random.json").read_text()) == first
+    stored = json.loads((b / "eval_random.json").read_text())
+    assert stored.pop("probe")["seed"] == 0 and stored == first
     evaluate_run(
         b, settings=QUICK, tasks=("linear",), backbone="random", seed=5, reference_cache=cache
     )
     assert len(list(cache.glob("*.json"))) == 2  # another seed is another reference
+
+
+def test_entries_probed_on_another_split_or_seed_are_replaced_not_mixed(tmp_path, capsys):
+    """A file holding segmentation probed on ``val`` does not keep it beside linear probed on
+    ``test`` (or at another probe seed): nothing in the file could tell them apart."""
+    run = make_run_dir(tmp_path / "run")
+    evaluate_run(run, settings=QUICK, tasks=("linear",), split="val")
+    stored = json.loads((run / "eval.json").read_text())
+    assert stored["probe"]["split"] == "val"
+    evaluate_run(run, settings=QUICK, tasks=("depth",), split="val")
+    assert {"linear", "depth"} <= set(json.loads((run / "eval.json").read_text()))
+    capsys.readouterr()
+    evaluate_run(run, settings=QUICK, tasks=("depth",))  # each dataset's own split: test
+    stored = json.loads((run / "eval.json").read_text())
+    assert set(stored) == {"depth", "encoder", "probe"} and stored["probe"]["split"] is None
+    assert "probed otherwise" in capsys.readouterr().err
+    evaluate_run(run, settings=QUICK, tasks=("linear",), seed=3)
+    stored = json.loads((run / "eval.json").read_text())
+    assert set(stored) == {"linear", "encoder", "probe"} and stored["probe"]["seed"] == 3
+
+
+def test_a_file_from_before_probe_records_keeps_its_entries(tmp_path):
+    run = make_run_dir(tmp_path / "run")
+    write_json(run / "eval_random.json", {"depth": {"delta1": 0.5, "rmse": 1.0}})
+    evaluate_run(run, settings=QUICK, tasks=("linear",), backbone="random")
+    assert set(json.loads((run / "eval_random.json").read_text())) == {"depth", "linear", "probe"}
 
 
 def test_a_reference_asked_for_twice_at_once_is_computed_once(tmp_path, monkeypatch):
