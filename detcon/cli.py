@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,8 +51,12 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         stop_after=args.stop_after,
         lock=True,  # one writer per run directory
     )
+    steps = f"{result.steps} steps"
+    if result.resumed_from:
+        ran = result.steps - result.resumed_from
+        steps = f"steps {result.resumed_from + 1}-{result.steps} (resumed; {ran} in this run)"
     print(
-        f"pretrained {cfg.method} ({cfg.masks.source} masks) for {result.steps} steps in "
+        f"pretrained {cfg.method} ({cfg.masks.source} masks) for {steps} in "
         f"{result.wall_s:.1f} s ({result.images_per_s:.1f} img/s); final loss "
         f"{result.final_loss:.4f}; run directory {args.out}"
     )
@@ -151,6 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # the reader went away (`detcon run --dry-run | head`): not an error of ours; stdout is
+        # pointed at devnull so the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         if not _is_user_error(exc):
             raise

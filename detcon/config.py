@@ -455,7 +455,7 @@ def from_dict(cls: type, data: Mapping[str, Any] | None, *, _prefix: str = "") -
     if unknown:
         key = unknown[0]
         hint = difflib.get_close_matches(str(key), list(fields), n=1)
-        extra = f" Did you mean {hint[0]!r}?" if hint else ""
+        extra = f" Did you mean {_prefix + hint[0]!r}?" if hint else ""
         raise ConfigError(
             f"unknown config key {_prefix + str(key)!r}.{extra} Valid keys under "
             f"{_prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}"

@@ -380,7 +380,13 @@ def build_report(
             mq_png = _save(mq, figures / f"{name}_mask_quality.png")
             mq_pdf = _save(mq, figures / f"{name}_mask_quality.pdf")
         else:
-            echo(f"mask quality: fewer than 2 mask sources of {name} in {MASK_QUALITY_FILE}")
+            measured = sorted(set(joined["source"]))
+            other = sorted(set(rows[MASK_SOURCE_KEY].map(str)) - set(measured))
+            echo(
+                f"mask quality figure: not drawn; it needs 2 or more mask sources with a quality "
+                f"in {MASK_QUALITY_FILE}, and {name} has {', '.join(measured) or 'none'}"
+                + (f" (no quality for {', '.join(other)})" if other else "")
+            )
 
     files = ReportFiles(
         png, pdf, table_csv, curves_png, status_csv, scan.runs_root / "index.html", mq_png, mq_pdf

@@ -18,8 +18,16 @@
 # supervised ceiling are computed once in RUNS_DIR/.references, and a point of one ablation that
 # equals a finished one of another is taken over instead of trained again (docs/design.md §2.2).
 set -uo pipefail
-RUNS=${1:?usage: scripts/study.sh RUNS_DIR [ABLATION.yaml ...]}
+USAGE="usage: scripts/study.sh RUNS_DIR [ABLATION.yaml ...] (env: LANES, DETCON, RESULTS_DIR, STAGGER)"
+RUNS=${1:?$USAGE}
+case $RUNS in
+    -h|--help) echo "$USAGE"; exit 0 ;;
+    -*) echo "scripts/study.sh: $RUNS: expected a runs folder, not an option; $USAGE" >&2; exit 2 ;;
+esac
 shift
+for file in "$@"; do  # every file checked before any lane starts
+    [ -f "$file" ] || { echo "scripts/study.sh: no ablation file $file; $USAGE" >&2; exit 2; }
+done
 if [ $# -eq 0 ]; then
     set -- ablations/baselines.yaml ablations/mask_type.yaml ablations/negatives.yaml \
         ablations/single_view.yaml ablations/sample_efficiency.yaml ablations/resolution.yaml

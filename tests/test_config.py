@@ -32,7 +32,7 @@ def test_unknown_key_lists_valid_keys_and_suggests():
     with pytest.raises(ConfigError) as err:
         from_dict(PretrainConfig, {"optim": {"epoch": 3}})
     msg = str(err.value)
-    assert "'optim.epoch'" in msg and "Did you mean 'epochs'" in msg and "batch_size" in msg
+    assert "'optim.epoch'" in msg and "Did you mean 'optim.epochs'" in msg and "batch_size" in msg
 
 
 def test_wrong_type_and_range_name_the_field():

@@ -306,7 +306,7 @@ def test_name_must_match_the_file(tmp_path):
 
 def test_invalid_point_configs_name_the_point(tmp_path):
     typo = write(tmp_path, "grid:\n  product: {masks.sorce: [fh]}\n", "typo")
-    with pytest.raises(ConfigError, match=r"point \{masks\.sorce='fh'.*Did you mean 'source'"):
+    with pytest.raises(ConfigError, match=r"point \{masks\.sorce='fh'.*mean 'masks\.source'"):
         expand(load_ablation(typo), "cpu")
     wrong = write(tmp_path, "grid:\n  product: {optim.batch_size: [big]}\n", "wrong")
     with pytest.raises(ConfigError, match=r"optim\.batch_size='big': expected an integer"):

@@ -112,6 +112,22 @@ def test_mask_quality_figure_when_the_csv_exists(tmp_path):
     assert "mask quality vs. transfer" in report.files.index_html.read_text()
 
 
+def test_mask_quality_for_one_source_only_says_why_no_figure(tmp_path):
+    path, runs = write_ablation(tmp_path), tmp_path / "runs"
+    for point in expand(load_ablation(path), "cpu"):
+        write_run(runs / "fake" / point.run_id, point, random=True, supervised=True)
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    (figures / "mask_quality.csv").write_text("source,mean_best_iou,coverage_at_50\nfh,0.45,0.4\n")
+    lines: list[str] = []
+    report = build_report(path, runs_dir=runs, figures_dir=figures, echo=lines.append)
+    assert report.files.mask_quality_png is None
+    assert (
+        "mask quality figure: not drawn; it needs 2 or more mask sources with a quality in "
+        "mask_quality.csv, and fake has fh (no quality for grid)"
+    ) in lines
+
+
 def test_no_runs_at_all_is_a_clear_error_and_nonzero_exit(tmp_path, monkeypatch, capsys):
     path, _, _ = make_fake_runs(tmp_path)
     with pytest.raises(FileNotFoundError, match="no run of ablation 'fake' at profile 'cpu'"):

@@ -482,3 +482,25 @@ with point_lock({str(tmp_path)!r}):
             pass
     finally:
         os.kill(child, signal.SIGKILL)
+
+
+def test_a_resumed_pretrain_says_which_steps_it_ran(tmp_path, capsys):
+    from detcon.cli import main
+
+    run = str(tmp_path / "run")
+    assert main(["pretrain", *TINY_ARGS, "--out", run, "--stop-after", "2"]) == 0
+    assert " for 2 steps in " in capsys.readouterr().out
+    assert main(["pretrain", *TINY_ARGS, "--out", run]) == 0
+    assert " for steps 3-8 (resumed; 6 in this run) in " in capsys.readouterr().out
+
+
+def test_a_reader_that_goes_away_is_not_an_error():
+    """`detcon config | head -1`: the pipe closes early; no traceback, exit status 0."""
+    proc = subprocess.run(
+        f"{sys.executable} -m detcon config --explain | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr

@@ -33,6 +33,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         device=args.device,
         split=args.split,
+        replace=args.replace,
     )
     for name, metrics in results.items():
         shown = (
@@ -78,6 +79,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="head initialisation and data order")
     p.add_argument("--out-name", default=None, help="result file name inside the run directory")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace a result file probed otherwise (another --split, --seed or settings); "
+        "without it such a file is kept and the evaluation refused",
+    )
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (metrics meaningless)")
     p.add_argument(
         "--data-root", type=Path, default=None, help="folder holding the paper profile's datasets"

@@ -105,6 +105,7 @@ def evaluate_run(
     device: str | torch.device = "cpu",
     split: str | None = None,
     reference_cache: str | Path | None = None,
+    replace: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Evaluate the encoder of ``run_dir`` and write ``run_dir/out_name`` atomically.
 
@@ -136,6 +137,9 @@ def evaluate_run(
         reference_cache: a folder where the ``random`` and ``supervised`` references are kept,
             keyed by everything they depend on (architecture, scenes, settings, tasks, seed):
             the grid points of an ablation that share them compute them once.
+        replace: whether results probed otherwise (another split, probe seed or settings) may
+            be replaced; ``False`` refuses before any work (``detcon evaluate`` without
+            ``--replace``).
     Returns:
         ``{name: {metric: value}}`` for the entries evaluated now, e.g.
         ``{"segmentation": {"miou": .., "pixel_acc": ..}, "depth": {"rmse": .., "delta1": ..},
@@ -145,6 +149,7 @@ def evaluate_run(
         still run).
     Raises:
         FileNotFoundError: no run directory, ``config.json`` or ``backbone.pt``.
+        FileExistsError: ``replace`` is false and the file holds results probed otherwise.
         ValueError: unknown task, profile, backbone or device.
     """
     run_dir = Path(run_dir)
@@ -181,6 +186,14 @@ def evaluate_run(
         )
 
     probe = probe_record(settings, split, seed)
+    earlier = _existing(out_path).get(PROBE_RECORD, probe)
+    if not replace and earlier != probe:
+        raise FileExistsError(
+            f"{out_path} holds results probed otherwise ({_probe_text(earlier)}; now "
+            f"{_probe_text(probe)}), which this evaluation would replace: give another out_name "
+            f"(e.g. {Path(out_path.stem + '_' + (split or 'own') + '.json')}) to keep both, "
+            "or remove the file"
+        )
     with contextlib.ExitStack() as hold:
         cached_path = None
         if reference_cache is not None and backbone != "pretrained":
@@ -284,6 +297,11 @@ def probe_record(settings: EvalSettings, split: str | None, seed: int) -> dict:
     neutral = dataclasses.replace(settings, threads=0)
     digest = hashlib.sha256(repr(neutral).encode()).hexdigest()[:16]
     return {"profile": settings.profile, "split": split, "seed": seed, "settings": digest}
+
+
+def _probe_text(probe: dict) -> str:
+    split = probe.get("split") or "each dataset's own split"
+    return f"{split}, probe seed {probe.get('seed')}, settings {probe.get('settings')}"
 
 
 def _kept(path: Path, probe: dict, record: dict | None) -> dict:

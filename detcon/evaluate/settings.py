@@ -317,9 +317,14 @@ def with_eval_split(settings: EvalSettings, split: str) -> EvalSettings:
     """
     if not split:
         raise ValueError("split: expected a split name such as 'val' or 'test'")
-    return _replace_data(
-        settings, lambda d: dataclasses.replace(d, val_split=split), tasks_only=True
-    )
+    from detcon.data.synthetic import SPLITS
+
+    def scored_on(d: DataSpec) -> DataSpec:
+        if d.dataset == "synthetic" and split not in SPLITS:  # refused before any probe trains
+            raise ValueError(f"split={split!r}: expected one of {', '.join(map(repr, SPLITS))}")
+        return dataclasses.replace(d, val_split=split)
+
+    return _replace_data(settings, scored_on, tasks_only=True)
 
 
 def with_scene_difficulty(settings: EvalSettings, difficulty: Any) -> EvalSettings:

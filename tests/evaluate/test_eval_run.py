@@ -189,6 +189,20 @@ def test_cli_evaluate_and_its_error_message(tmp_path, capsys):
     assert "linear: top1=" in out and (run / "eval.json").is_file()
     assert main(["evaluate", str(tmp_path / "missing"), "--quick"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # results probed on another split are kept unless --replace; a bad split is refused early
+    stored = (run / "eval.json").read_text()
+    argv = ["evaluate", str(run), "--quick", "--tasks", "linear", "--quiet", "--split", "val"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds results probed otherwise (each dataset's own split" in err
+    assert "now val" in err and "eval_val.json" in err
+    assert (run / "eval.json").read_text() == stored
+    assert main([*argv, "--out-name", "eval_val.json"]) == 0
+    assert main([*argv, "--replace"]) == 0
+    assert json.loads((run / "eval.json").read_text())["probe"]["split"] == "val"
+    capsys.readouterr()
+    assert main([*argv[:-1], "tset", "--replace", "--tasks", "depth"]) == 2
+    assert "split='tset': expected one of 'train', 'val', 'test'" in capsys.readouterr().err
 
 
 def test_profile_settings_are_complete_data():
