@@ -46,11 +46,20 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def format_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
-    """A plain left-aligned text table (columns as wide as their widest cell)."""
+def format_table(
+    rows: Sequence[Sequence[object]], header: Sequence[str], numbers_right: bool = False
+) -> str:
+    """A plain text table (columns as wide as their widest cell), left-aligned, or with every
+    column after the first right-aligned (``numbers_right``: columns of figures)."""
     cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+
+    def cell(i: int, c: str, w: int) -> str:
+        return c.rjust(w) if numbers_right and i > 0 else c.ljust(w)
+
+    lines = [
+        "  ".join(cell(i, c, w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -28,9 +28,6 @@ Run: ``.venv/bin/python benchmarks/bench_augment.py [--quick] [--device cuda]``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -44,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from _report import cpu_model
+from _report import format_table, machine_header, verdict
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
@@ -302,28 +299,8 @@ def photometric_pair(
 # ------------------------------------------------------------------------------- report
 
 
-def machine() -> str:
-    return (
-        f"{cpu_model()}, {os.cpu_count()} cores visible; Python {platform.python_version()}, "
-        f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
-        f"{torch.get_num_threads()} intra-op thread"
-    )
-
-
 def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def fmt(r: Sequence[str]) -> str:
-        return "  ".join(
-            str(c).ljust(w) if i == 0 else str(c).rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths))
-        )
-
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)])
-
-
-def verdict(ok: bool) -> str:
-    return "pass" if ok else "MISS"
+    return format_table(rows, header, numbers_right=True)
 
 
 def throughput_rows(t: Timings, labels: Mapping[str, str]) -> list[list[str]]:
@@ -341,7 +318,7 @@ def ratio_rows(t: Timings, pairs: Sequence[tuple[str, str, str]]) -> list[list[s
                 f"{1 / t.median(base):.0f}",
                 f"{ratio:.2f}x",
                 f">= {TARGET_RATIO}x",
-                verdict(ratio >= TARGET_RATIO),
+                verdict(ratio, TARGET_RATIO),
             ]
         )
     return rows
@@ -571,8 +548,8 @@ def extrapolation(paper: Timings, photo: Mapping[int, float], device: str) -> No
                 what,
                 f"{1 / paper.median(key):.0f}",
                 f"{total:,.0f}",
-                verdict(total >= GPU_TARGETS[0]),
-                verdict(total >= GPU_TARGETS[1]),
+                verdict(total, GPU_TARGETS[0]),
+                verdict(total, GPU_TARGETS[1]),
             ]
         )
     for b, s in photo.items():
@@ -582,8 +559,8 @@ def extrapolation(paper: Timings, photo: Mapping[int, float], device: str) -> No
                 what,
                 "",
                 f"{1 / s:,.0f}",
-                verdict(1 / s >= GPU_TARGETS[0]),
-                verdict(1 / s >= GPU_TARGETS[1]),
+                verdict(1 / s, GPU_TARGETS[0]),
+                verdict(1 / s, GPU_TARGETS[1]),
             ]
         )
     print(
@@ -623,15 +600,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # photometric section (--device); 256 only on a GPU (one step's share of the batch there)
     args.batches = (8,) if args.quick else (64, 128) + ((256,) if args.device == "cuda" else ())
     args.cpu_batch = 8 if args.quick else 32  # photometric on the CPU within the loader tables
+    title = "DetCon input-pipeline benchmark (benchmarks/bench_augment.py"
+    print(machine_header(title + (" --quick" if args.quick else "") + ")"))
     print(
-        "DetCon input-pipeline benchmark (benchmarks/bench_augment.py"
-        + (" --quick" if args.quick else "")
-        + ")"
-    )
-    print(f"machine: {machine()}")
-    print(
-        f"date: {datetime.datetime.now().isoformat(timespec='seconds')}; medians over "
-        f"{args.rounds} interleaved rounds"
+        f"torchvision {torchvision.__version__}, {torch.get_num_threads()} intra-op thread; "
+        f"medians over {args.rounds} interleaved rounds"
     )
     with tempfile.TemporaryDirectory(prefix="bench_augment_") as tmp:
         paper, same = paper_section(args, Path(tmp))

@@ -45,7 +45,7 @@ def test_bench_augment_quick_prints_tables():
         "identical views and masks to the tv2 reference on the inputs checked: yes",
     ):
         assert needle in out, (needle, out)
-    verdicts = [line for line in out.splitlines() if line.rstrip().endswith(("pass", "MISS"))]
+    verdicts = [line for line in out.splitlines() if line.rstrip().endswith(("pass", "miss"))]
     ratios = [line for line in verdicts if ">= 0.8x" in line]
     assert len(ratios) == 10, out  # 7 paper-size + 3 cpu-profile comparisons against BYOL tv2
     assert len(verdicts) - len(ratios) == 5, out  # can 16 cores feed the GPU: 4 loader rows + 1
