@@ -19,7 +19,7 @@ from detcon.evaluate.backbones import (
     load_torchvision_resnet,
     make_backbone,
 )
-from detcon.evaluate.run import default_out_name, evaluate_run
+from detcon.evaluate.run import default_out_name, evaluate_run, settings_for_run
 from detcon.evaluate.settings import (
     TASKS,
     DataSpec,
@@ -52,4 +52,5 @@ __all__ = [
     "load_torchvision_resnet",
     "make_backbone",
     "paper_settings",
+    "settings_for_run",
 ]
