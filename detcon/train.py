@@ -63,9 +63,17 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
-# The files pretrain writes atomically: on start it removes the temp files a killed write of them
-# left (and only theirs: another program may be writing its own file of the run directory).
-_WRITTEN = (CHECKPOINT, "backbone.pt", "backbone.json", "config.json", "train_summary.json")
+# The files pretrain writes atomically (metrics.jsonl only when a resume trims it): on start it
+# removes the temp files a killed write of them left (and only theirs: another program may be
+# writing its own file of the run directory).
+_WRITTEN = (
+    CHECKPOINT,
+    "backbone.pt",
+    "backbone.json",
+    "config.json",
+    "train_summary.json",
+    "metrics.jsonl",
+)
 CHECKPOINT_FORMAT = 1
 
 

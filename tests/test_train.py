@@ -126,10 +126,12 @@ def test_a_start_removes_the_temp_files_a_killed_write_left(tmp_path):
     # What a kill during torch.save of the checkpoint leaves: it used to stay forever.
     stale = tmp_path / ".checkpoint.pt.k2x_9q0a.tmp"
     stale.write_bytes(b"\0" * 4096)
+    trim = tmp_path / ".metrics.jsonl.p1q2r3s4.tmp"  # a kill while a resume trimmed the log
+    trim.write_text('{"step": 0')
     others = tmp_path / ".eval.json.0f3a9c1e.tmp"  # not a file pretraining writes: kept
     others.write_bytes(b"{")
     pretrain(tiny_cfg(train={"max_steps": 1, "threads": 1}), tmp_path, progress=False)
-    assert not stale.exists() and others.exists()
+    assert not stale.exists() and not trim.exists() and others.exists()
 
 
 @pytest.mark.parametrize("optimizer", ["lars", "adamw"])
