@@ -53,3 +53,16 @@ def test_a_bad_second_argument_is_refused_before_the_first_is_probed(tmp_path, s
         script("seg_probe_linear").main([str(run), str(tmp_path / "missing-s0"), "--quick"])
     assert "missing-s0: no config.json" in capsys.readouterr().err
     assert not (run / "eval.json").exists()
+
+
+def test_the_entry_joins_an_eval_file_that_records_its_probe(tmp_path, script):
+    """The linear head is another head on the same data: it does not replace the FCN probes an
+    eval file with a probe record holds (only another split, seed or data would)."""
+    from detcon.evaluate import cpu_settings, evaluate_run
+
+    run = _run_dir(tmp_path / "lr8-s0")
+    evaluate_run(run, settings=cpu_settings(quick=True), tasks=("linear",), split="val")
+    before = json.loads((run / "eval.json").read_text())
+    assert script("seg_probe_linear").main([str(run), "--quick", "--split", "val"]) == 0
+    after = json.loads((run / "eval.json").read_text())
+    assert after["linear"] == before["linear"] and "segmentation_linear" in after

@@ -82,7 +82,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--replace",
         action="store_true",
-        help="replace a result file probed otherwise (another --split, --seed or settings); "
+        help="replace a result file probed otherwise (another --split, --seed or data); "
         "without it such a file is kept and the evaluation refused",
     )
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (metrics meaningless)")

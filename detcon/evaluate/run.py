@@ -4,7 +4,6 @@ write ``eval.json`` (docs/run-directory.md)."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import sys
@@ -117,7 +116,7 @@ def evaluate_run(
         out_name: file written in ``run_dir``; default :func:`default_out_name`. Entries for
             tasks not run now are kept from an existing file, unless it measured another
             encoder or was probed otherwise. The file holds ``"probe"``: the profile, split,
-            probe seed and a digest of the settings (:func:`probe_record`); for ``pretrained``
+            probe seed and a digest of the data (:func:`probe_record`); for ``pretrained``
             also ``"encoder"``: the pretraining step of ``backbone.pt``
             (:func:`detcon.runs.encoder_record`); evaluating a run that has not finished
             pretraining warns on stderr.
@@ -137,7 +136,7 @@ def evaluate_run(
         reference_cache: a folder where the ``random`` and ``supervised`` references are kept,
             keyed by everything they depend on (architecture, scenes, settings, tasks, seed):
             the grid points of an ablation that share them compute them once.
-        replace: whether results probed otherwise (another split, probe seed or settings) may
+        replace: whether results probed otherwise (another split, probe seed or data) may
             be replaced; ``False`` refuses before any work (``detcon evaluate`` without
             ``--replace``).
     Returns:
@@ -292,22 +291,27 @@ def evaluate_run(
 
 def probe_record(settings: EvalSettings, split: str | None, seed: int) -> dict:
     """How an eval file's tasks were probed: the profile, the split (``None``: each dataset's
-    own), the probe seed and a digest of every setting (scenes, sizes, steps; the thread count
-    left out). Entries probed otherwise are not kept next to new ones."""
-    neutral = dataclasses.replace(settings, threads=0)
-    digest = hashlib.sha256(repr(neutral).encode()).hexdigest()[:16]
-    return {"profile": settings.profile, "split": split, "seed": seed, "settings": digest}
+    own), the probe seed and a digest of the data every task and the supervised recipe read
+    (datasets, splits, sizes, scene settings). Entries probed otherwise are not kept next to new
+    ones; a task added with other head settings on the same data (``scripts/seg_probe_linear.py``)
+    is."""
+    specs = [s.data for kind in TASKS for s in settings.for_task(kind)]
+    if settings.supervised is not None:
+        specs.append(settings.supervised.data)
+    data = sorted({repr(d) for d in specs})
+    digest = hashlib.sha256("\n".join(data).encode()).hexdigest()[:16]
+    return {"profile": settings.profile, "split": split, "seed": seed, "data": digest}
 
 
 def _probe_text(probe: dict) -> str:
     split = probe.get("split") or "each dataset's own split"
-    return f"{split}, probe seed {probe.get('seed')}, settings {probe.get('settings')}"
+    return f"{split}, probe seed {probe.get('seed')}, data {probe.get('data')}"
 
 
 def _kept(path: Path, probe: dict, record: dict | None) -> dict:
     """The entries of an earlier ``path`` that may stand next to new results: none when they
     were measured on another encoder (an earlier step) or probed otherwise (another split, seed
-    or settings); a file from before probe records is kept as it is."""
+    or data); a file from before probe records is kept as it is."""
     kept = _existing(path)
     if record is not None and kept.get(ENCODER_RECORD, record) != record:
         return {}
