@@ -109,7 +109,7 @@ _SLURM_VARS = (
 
 def now() -> str:
     """UTC time stamp, ISO 8601 with seconds."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def read_json(path: str | Path) -> dict[str, Any] | None:

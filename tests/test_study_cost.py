@@ -12,7 +12,7 @@ import pytest
 def _point(results: Path, name: str, span_s: int, wall_s: float, **status) -> None:
     point = results / name
     point.mkdir(parents=True)
-    started = dt.datetime(2026, 12, 2, 10, tzinfo=dt.timezone.utc)
+    started = dt.datetime(2026, 12, 2, 10, tzinfo=dt.UTC)
     updated = started + dt.timedelta(seconds=span_s)
     fields = {
         "state": "done",

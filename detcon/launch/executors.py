@@ -299,7 +299,7 @@ def _submit_slurm(todo: Sequence[PointSpec], result: LaunchResult, echo: Callabl
         "ablation": plan.ablation.name,
         "profile": plan.profile,
         "cluster": plan.cluster_name,
-        "submitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "submitted": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "jobs": {spec.run_id: job.job_id for spec, job in zip(todo, jobs)},
     }
     write_json(folder / "launch.json", record)
