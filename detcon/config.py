@@ -139,7 +139,9 @@ class MaskConfig:
         "real MCG output converted)",
     )
     store: str = _f(
-        "", "precomputed mask store directory (empty: compute on the fly, cached in memory)"
+        "",
+        "precomputed mask store directory (empty: compute on the fly, cached in memory); "
+        "{source} in it becomes masks.source for fh and mcg, and no store for other sources",
     )
 
 
@@ -594,15 +596,29 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return dict(data)
 
 
+# ``masks.store`` may name one store per source: ``{source}`` becomes the point's masks.source for
+# the sources slow to compute on the fly (so an ablation that varies masks.source can set
+# ``stores/{source}`` once); points of other sources read no store.
+STORE_TEMPLATE = "{source}"
+TEMPLATED_STORE_SOURCES = ("fh", "mcg")
+
+
 def load_pretrain_config(
     overrides: Mapping[str, Any] | None = None, profile: str | None = None
 ) -> PretrainConfig:
-    """Profile defaults, then ``overrides`` (a dict, e.g. from YAML), parsed strictly."""
+    """Profile defaults, then ``overrides`` (a dict, e.g. from YAML), parsed strictly; a
+    ``{source}`` in ``masks.store`` is filled in (:data:`STORE_TEMPLATE`)."""
     data: dict[str, Any] = {}
     if profile is not None:
         data = merge(profile_overrides(profile), {"profile": profile})
     data = merge(data, overrides or {})
-    return from_dict(PretrainConfig, data)
+    cfg = from_dict(PretrainConfig, data)
+    if STORE_TEMPLATE not in cfg.masks.store:
+        return cfg
+    source = cfg.masks.source
+    store = cfg.masks.store.replace(STORE_TEMPLATE, source)
+    store = store if source in TEMPLATED_STORE_SOURCES else ""
+    return dataclasses.replace(cfg, masks=dataclasses.replace(cfg.masks, store=store))
 
 
 def parse_dotted(assignments: list[str]) -> dict[str, Any]:

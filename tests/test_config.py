@@ -196,3 +196,16 @@ def test_scene_difficulty_is_configuration():
         load_pretrain_config({"data": {"scene_texture_contrast": [0.9, 0.5]}}, profile="cpu")
     with pytest.raises(ConfigError, match="scene_classes"):
         load_pretrain_config({"data": {"scene_classes": 9}}, profile="cpu")
+
+
+def test_a_store_per_source_is_filled_in_for_fh_and_mcg_only():
+    from detcon.config import load_pretrain_config
+
+    def store(source):
+        masks = {"source": source, "store": "stores/{source}-coco"}
+        return load_pretrain_config({"masks": masks}, profile="cpu").masks.store
+
+    assert (store("fh"), store("mcg")) == ("stores/fh-coco", "stores/mcg-coco")
+    assert store("grid") == store("ground_truth") == store("image") == ""
+    plain = load_pretrain_config({"masks": {"source": "fh", "store": "s/x"}}, profile="cpu")
+    assert plain.masks.store == "s/x"

@@ -1127,3 +1127,33 @@ def test_an_export_takes_a_point_over_from_another_ablations_export(
     # a second export keeps the folder (it is an earlier export now)
     again = export_ablation(other, runs_dir=runs, to=results, echo=print, warn=print)
     assert again.reused == [] and again.kept == [b4]
+
+
+def test_one_store_template_serves_every_source_of_a_paper_grid(tmp_path, monkeypatch):
+    """`masks.store: stores/{source}` once in an ablation that varies masks.source: FH and MCG
+    points read their own store, the grid point none; a missing store is named."""
+    import numpy as np
+
+    from detcon.masks.store import precompute_store
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "coco").mkdir(parents=True)
+    paper = "{data.dataset: coco, data.root: data/coco, masks.store: 'stores/{source}'}"
+    path = write_ablation(
+        tmp_path,
+        "grid: {product: {masks.source: [grid, fh, mcg]}}\n"
+        f"profiles: {{paper: {{overrides: {paper}}}}}\n",
+    )
+    specs = launch.prepare(path, profile="paper", check_data=False).specs
+    stores = {s.point.config.masks.source: s.point.config.masks.store for s in specs}
+    assert stores == {"grid": "", "fh": "stores/fh", "mcg": "stores/mcg"}
+    with pytest.raises(FileNotFoundError, match=r"needs masks.store but it is 'stores/fh'"):
+        launch.prepare(path, profile="paper")
+    images = [{"image": np.full((3, 8, 8), i, dtype=np.uint8)} for i in range(2)]
+    for spec in specs:
+        masks = spec.point.config.masks
+        if masks.store:
+            precompute_store(images, masks, masks.store, shard_size=2, progress=False)
+    plan = launch.prepare(path, profile="paper")
+    by_source = {s.point.config.masks.source: s for s in plan.specs}
+    assert by_source["fh"].parameters["overrides"]["masks.store"] == str(tmp_path / "stores/fh")

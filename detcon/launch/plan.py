@@ -283,7 +283,8 @@ def _check_mask_stores(points: Sequence[GridPoint], where: Path) -> None:
         f"precomputed mask store, but {n} point{'s compute' if n > 1 else ' computes'} them "
         "on the fly (masks.store is empty), in every loader worker, every epoch. Precompute "
         f"each store once: {'; '.join(commands)}; then set masks.store of those points to its "
-        "--out folder"
+        "--out folder (one setting for every source: masks.store: 'stores/<dataset>-{source}', "
+        "where {source} becomes each point's masks.source)"
     )
 
 
