@@ -45,6 +45,7 @@ import pandas as pd
 
 __all__ = [
     "BASE_COLUMNS",
+    "NOT_GRID_COLUMNS",
     "BEGIN",
     "CLAIMS",
     "END",
@@ -85,6 +86,9 @@ BASE_COLUMNS = (
     "metric",
     "value",
 )
+# Columns of a results table that are not grid parameters: BASE_COLUMNS, the export's git_dirty,
+# and the state of a `detcon report` tidy table.
+NOT_GRID_COLUMNS = frozenset((*BASE_COLUMNS, "git_dirty", "state"))
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not run")
 # "Little or no loss" / "no gain": the CI must exclude a change larger than this (metric units).
 TOLERANCE = 0.01
@@ -604,7 +608,7 @@ def _check_table(table: pd.DataFrame, where: str, params: Iterable[str]) -> pd.D
     out["value"] = value.astype(float)
     out["seed"] = seed.astype(int)
     for col in out.columns:
-        if col not in BASE_COLUMNS and col != "state":  # grid parameters
+        if col not in NOT_GRID_COLUMNS:  # grid parameters
             out[col] = out[col].map(_norm)
     for col in ("backbone", "task", "metric"):
         out[col] = out[col].astype(str)

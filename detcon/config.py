@@ -596,11 +596,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return dict(data)
 
 
+# Mask sources too slow to compute in every loader worker, every epoch, on a real dataset (FH
+# ~0.14 s per ImageNet image, docs/performance.md §4; MCG-style more): at the paper profile they
+# come from a precomputed store (masks.store; the launcher refuses them without one).
+STORE_SOURCES = ("fh", "mcg")
 # ``masks.store`` may name one store per source: ``{source}`` becomes the point's masks.source for
-# the sources slow to compute on the fly (so an ablation that varies masks.source can set
-# ``stores/{source}`` once); points of other sources read no store.
+# the STORE_SOURCES (so an ablation that varies masks.source can set ``stores/{source}`` once);
+# points of other sources read no store.
 STORE_TEMPLATE = "{source}"
-TEMPLATED_STORE_SOURCES = ("fh", "mcg")
 
 
 def load_pretrain_config(
@@ -617,7 +620,7 @@ def load_pretrain_config(
         return cfg
     source = cfg.masks.source
     store = cfg.masks.store.replace(STORE_TEMPLATE, source)
-    store = store if source in TEMPLATED_STORE_SOURCES else ""
+    store = store if source in STORE_SOURCES else ""
     return dataclasses.replace(cfg, masks=dataclasses.replace(cfg.masks, store=store))
 
 

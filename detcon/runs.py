@@ -64,8 +64,8 @@ STATES = ("pending", "running", "done", "failed")
 # eval.json's entry saying which encoder its tasks measured (encoder_record): not a task.
 ENCODER_RECORD = "encoder"
 # An eval file's entry saying how its tasks were probed (profile, split, probe seed, a digest of
-# the settings; detcon.evaluate.evaluate_run): not a task. Entries probed otherwise are not kept
-# next to new ones.
+# the data they read; detcon.evaluate.evaluate_run): not a task. Entries probed otherwise are not
+# kept next to new ones.
 PROBE_RECORD = "probe"
 RECORDS = (ENCODER_RECORD, PROBE_RECORD)
 # The entry of a task in eval.json whose head diverged (a non-finite loss) on that encoder's

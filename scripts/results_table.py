@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from detcon.claims import read_results_table
+from detcon.claims import NOT_GRID_COLUMNS, read_results_table
 
 METRICS = (
     ("segmentation", "miou", "seg mIoU"),
@@ -27,18 +27,6 @@ METRICS = (
     ("detection", "ap_bb", "det AP^bb"),
 )
 REFERENCES = {"random": "random init (floor)", "supervised": "supervised (ceiling)"}
-NOT_PARAMS = {
-    "ablation",
-    "run_id",
-    "seed",
-    "config_digest",
-    "git_commit",
-    "git_dirty",
-    "backbone",
-    "task",
-    "metric",
-    "value",
-}
 
 
 def _cell(values: pd.Series) -> str:
@@ -132,7 +120,7 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     tidy = pd.read_csv(args.csv)
-    grid = [c for c in tidy.columns if c not in NOT_PARAMS]
+    grid = [c for c in tidy.columns if c not in NOT_GRID_COLUMNS]
     unknown = [p for p in args.params if p not in grid]
     if unknown:
         parser.error(

@@ -19,20 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from detcon.claims import read_results_table
+from detcon.claims import NOT_GRID_COLUMNS, read_results_table
 
-NOT_PARAMS = {
-    "ablation",
-    "run_id",
-    "seed",
-    "config_digest",
-    "git_commit",
-    "git_dirty",
-    "backbone",
-    "task",
-    "metric",
-    "value",
-}
 SEEDS = (0, 1, 2)
 
 
@@ -45,9 +33,9 @@ def by_seed(tables: list[pd.DataFrame], task: str, metric: str, exclude: list[st
             & (table["task"] == task)
             & (table["metric"] == metric)
         ]
-        params = sorted(c for c in rows.columns if c not in NOT_PARAMS)
+        params = sorted(c for c in rows.columns if c not in NOT_GRID_COLUMNS)
         label = rows[params].astype(str).agg(" | ".join, axis=1) if params else "base"
-        frames.append(rows.assign(config=label, value=rows["value"].astype(float)))
+        frames.append(rows.assign(config=label))  # read_results_table made value a float
     rows = pd.concat(frames, ignore_index=True)
     if exclude:
         rows = rows[~rows["config"].str.contains("|".join(map(str, exclude)), regex=False)]

@@ -16,7 +16,7 @@ import torch
 
 from detcon.atomic import write_json
 from detcon.config import PretrainConfig, to_dict
-from detcon.data.synthetic import GENERATOR_VERSION
+from detcon.data.synthetic import GENERATOR_VERSION, SceneSpec
 from detcon.evaluate import dense, detection
 from detcon.evaluate.backbones import (
     BackboneStages,
@@ -62,8 +62,6 @@ def settings_for_run(settings: EvalSettings, cfg: PretrainConfig) -> EvalSetting
     their scenes like its pretraining scenes (its ``data.scene_*`` fields)."""
     if cfg.data.dataset != "synthetic":
         return settings
-    from detcon.data.synthetic import SceneSpec
-
     return with_scene_difficulty(settings, SceneSpec.from_config(cfg.data))
 
 

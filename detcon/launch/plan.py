@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detcon.config import ConfigError, from_dict
+from detcon.config import STORE_SOURCES, ConfigError, from_dict
 from detcon.grid import Ablation, GridPoint, expand, load_ablation
 from detcon.launch.notebooks import (
     EVALUATE_NOTEBOOK,
@@ -32,10 +32,6 @@ _LAUNCHER_PARAMETERS = {
     "pretrain": ("profile", "overrides", "run_dir", "progress"),
     "evaluate": ("run_dir", "tasks", "profile", "data_root"),
 }
-# Mask sources too slow to compute in every loader worker, every epoch, on a real dataset (FH ~0.14
-# s per ImageNet image, docs/performance.md §4; MCG-style more): at the paper profile they must
-# come from a precomputed store (masks.store).
-_PRECOMPUTED_SOURCES = ("fh", "mcg")
 # Would change what is trained without changing the run id: belongs in the config instead.
 _CONFIG_PARAMETERS = {
     "max_steps": "base: {train.max_steps: N}",
@@ -259,7 +255,7 @@ def _check_mask_stores(points: Sequence[GridPoint], where: Path) -> None:
         if (
             point.profile == "paper"
             and cfg.data.dataset != "synthetic"
-            and cfg.masks.source in _PRECOMPUTED_SOURCES
+            and cfg.masks.source in STORE_SOURCES
             and not cfg.masks.store
             and not point.notebook_params.get(OFFICIAL_PARAMETER)  # trains nothing
         ):
