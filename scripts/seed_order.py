@@ -37,8 +37,8 @@ def by_seed(tables: list[pd.DataFrame], task: str, metric: str, exclude: list[st
         label = rows[params].astype(str).agg(" | ".join, axis=1) if params else "base"
         frames.append(rows.assign(config=label))  # read_results_table made value a float
     rows = pd.concat(frames, ignore_index=True)
-    if exclude:
-        rows = rows[~rows["config"].str.contains("|".join(map(str, exclude)), regex=False)]
+    if exclude:  # a configuration is left out when any of the texts is in its grid values
+        rows = rows[~rows["config"].map(lambda config: any(t in config for t in exclude))]
     wide = rows.pivot_table(index="config", columns="seed", values="value", aggfunc="first")
     wide = wide.reindex(columns=list(SEEDS)).dropna()
     # the same configuration exported by several ablations holds the same three values

@@ -40,3 +40,9 @@ def test_a_missing_table_or_no_complete_configuration_is_refused(tmp_path, scrip
     with pytest.raises(SystemExit):
         script("seed_order").main([str(a), "--exclude", "fh"])
     assert "no configuration holds segmentation.miou at seeds 0, 1 and 2" in capsys.readouterr().err
+
+
+def test_each_exclude_leaves_out_its_configurations(tmp_path, script, capsys):
+    a = _table(tmp_path, "a", {"fh": (0.3, 0.2, 0.4), "grid": (0.3, 0.25, 0.15), "mcg": (1, 0, 1)})
+    assert script("seed_order").main([str(a), "--exclude", "mcg", "--exclude", "grid"]) == 0
+    assert capsys.readouterr().out.startswith("1 configurations at seeds 0, 1 and 2")
