@@ -497,9 +497,11 @@ def test_a_resumed_pretrain_says_which_steps_it_ran(tmp_path, capsys):
 
 
 def test_a_reader_that_goes_away_is_not_an_error():
-    """`detcon config | head -1`: the pipe closes early; no traceback, exit status 0."""
+    """`detcon config | head -1`: the pipe closes early; no traceback. The first line comes from
+    another writer, so head has exited before detcon (a second of imports later) writes: its
+    output is too small to fill the pipe while head still reads."""
     proc = subprocess.run(
-        f"{sys.executable} -m detcon config --explain | head -1",
+        f"{{ echo first; {sys.executable} -m detcon config --explain; }} | head -1",
         shell=True,
         capture_output=True,
         text=True,

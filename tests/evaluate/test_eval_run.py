@@ -371,3 +371,12 @@ def test_a_probe_that_diverges_is_recorded_and_the_other_tasks_go_on(tmp_path, m
         ("linear", "top1"),
         ("linear", "presence_map"),
     }
+
+
+def test_an_unknown_split_is_refused_before_any_probe_trains(tmp_path, monkeypatch):
+    from detcon.evaluate import run as run_module
+
+    run = make_run_dir(tmp_path / "run")
+    monkeypatch.setitem(run_module._RUNNERS, "depth", lambda ctx, s: pytest.fail("a probe ran"))
+    with pytest.raises(ValueError, match="split='tset': expected one of 'train', 'val', 'test'"):
+        evaluate_run(run, settings=QUICK, tasks=("depth",), split="tset")
