@@ -55,6 +55,7 @@ __all__ = [
     "choose_layout",
     "join_labels",
     "label_rows",
+    "diverged_probes",
     "load_mask_quality",
     "read_curves",
     "read_run_metrics",
@@ -156,13 +157,17 @@ def _summary_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     return _pretrain_rows(pretrain) + rows
 
 
-def read_run_metrics(run_dir: str | Path) -> tuple[list[dict[str, Any]], str | None]:
+def read_run_metrics(
+    run_dir: str | Path, *, use_summary: bool = True
+) -> tuple[list[dict[str, Any]], str | None]:
     """The metric rows of one run directory and the first problem found, if any.
 
     Rows are dicts ``backbone, task, metric, value`` (value a float). ``summary.json`` is the
-    source when present (it is what the point finished with); otherwise ``train_summary.json``
-    and ``eval.json``; ``eval_random.json`` and ``eval_supervised.json`` add the references
-    (floor and ceiling) either way.
+    source when present and ``use_summary`` (it is what the point finished with); otherwise
+    ``train_summary.json`` and ``eval.json`` (``use_summary=False``: the files an evaluation
+    just wrote, as ``evaluate.ipynb`` reads them, not an earlier finish's summary);
+    ``eval_random.json`` and ``eval_supervised.json`` add the references (floor and ceiling)
+    either way.
 
     Returns:
         ``(rows, problem)``: ``problem`` is None, or one line naming the first unreadable file
@@ -186,7 +191,7 @@ def read_run_metrics(run_dir: str | Path) -> tuple[list[dict[str, Any]], str | N
     # not a race with its writer: the point is failed. Bookkeeping files: only read to check.
     for name in ("status.json", "point.json"):
         load(name)
-    summary = load("summary.json")
+    summary = load("summary.json") if use_summary else None
     references = {b: load(f"eval_{b}.json") for b in REFERENCES}
     try:
         if summary is not None:
@@ -202,6 +207,25 @@ def read_run_metrics(run_dir: str | Path) -> tuple[list[dict[str, Any]], str | N
     except ValueError as exc:
         problem = problem or _one_line(f"corrupt results: {exc}")
     return rows, problem
+
+
+def diverged_probes(run_dir: str | Path) -> list[str]:
+    """One line ``"<backbone>: <task> diverged (<message>)"`` per probe whose head diverged on an
+    encoder of ``run_dir`` (``eval.json`` and the references' files; :data:`DIVERGED`). These
+    probes have no metric rows in :func:`read_run_metrics`; unreadable files are its problem to
+    report, not this function's."""
+    run_dir = Path(run_dir)
+    lines = []
+    for backbone in BACKBONES:
+        name = "eval.json" if backbone == "pretrained" else f"eval_{backbone}.json"
+        try:
+            data = read_json(run_dir / name)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        for task, metrics in (data or {}).items():
+            if isinstance(metrics, Mapping) and DIVERGED in metrics:
+                lines.append(f"{backbone}: {task} diverged ({metrics[DIVERGED]})")
+    return lines
 
 
 def _one_line(text: str) -> str:

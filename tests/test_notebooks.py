@@ -73,7 +73,8 @@ def test_evaluate_notebook_adds_the_floor_and_the_ceiling(
     """The notebook's own code, run in this process with ``evaluate_run`` replaced by a stand-in
     that writes the file it would write (the real evaluation runs in test_launch's end-to-end
     test): ``supervised_ceiling`` evaluates ``backbone="supervised"`` where the profile has a
-    recipe, and prints why it does not (instead of failing) where it has none."""
+    recipe, and prints why it does not (instead of failing) where it has none; a diverged probe
+    is printed and has no row."""
     import matplotlib.pyplot as plt
 
     import detcon.evaluate
@@ -85,6 +86,8 @@ def test_evaluate_notebook_adds_the_floor_and_the_ceiling(
         calls.append(backbone)
         value = {"pretrained": 0.5, "random": 0.2, "supervised": 0.8}[backbone]
         results = {"segmentation": {"miou": value}}
+        if backbone == "pretrained":  # a probe that diverged: printed, no metric row
+            results["depth"] = {"diverged": "non-finite head loss"}
         write_json(Path(run_dir) / default_out_name(backbone), results)
         return results
 
@@ -101,11 +104,14 @@ def test_evaluate_notebook_adds_the_floor_and_the_ceiling(
     finally:
         plt.close("all")
     assert calls == expected
+    out = capsys.readouterr().out
+    assert "pretrained: depth diverged (non-finite head loss)" in out
     columns = {"pretrained", "random init (floor)", "supervised (ceiling)"}
     if profile == "paper":
         columns -= {"supervised (ceiling)"}
-        assert "the paper profile has no supervised recipe" in capsys.readouterr().out
+        assert "the paper profile has no supervised recipe" in out
     assert set(namespace["table"].columns) == columns
+    assert list(namespace["table"].index) == ["segmentation.miou"]
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import pytest
 from detcon.grid import expand, load_ablation
 from detcon.results import (
     choose_layout,
+    diverged_probes,
     label_rows,
     load_mask_quality,
     read_curves,
@@ -320,6 +321,28 @@ def test_summary_rows_parse_dotted_keys():
         {"backbone": "random", "task": "seg.voc", "metric": "miou", "value": 0.1},
         {"backbone": "supervised", "task": "seg.voc", "metric": "miou", "value": 0.9},
     ]
+
+
+def test_use_summary_false_reads_the_eval_files_not_an_earlier_summary(tmp_path):
+    # evaluate.ipynb re-run in a finished point: it shows what it just wrote, not the summary
+    _write(tmp_path / "summary.json", {"ablation": "a", "run_id": "r", "eval.seg.miou": 0.1})
+    _write(tmp_path / "eval.json", {"seg": {"miou": 0.6}})
+    value = {True: 0.1, False: 0.6}
+    for use in (True, False):
+        rows, problem = read_run_metrics(tmp_path, use_summary=use)
+        assert problem is None and [r["value"] for r in rows] == [value[use]]
+
+
+def test_diverged_probes_name_backbone_task_and_message(tmp_path):
+    _write(tmp_path / "eval.json", {"seg": {"miou": 0.6}, "depth": {"diverged": "loss nan"}})
+    _write(tmp_path / "eval_random.json", {"linear": {"diverged": "loss inf"}})
+    (tmp_path / "eval_supervised.json").write_text('{"seg": ')  # read_run_metrics reports it
+    assert diverged_probes(tmp_path) == [
+        "pretrained: depth diverged (loss nan)",
+        "random: linear diverged (loss inf)",
+    ]
+    assert [r["task"] for r in read_run_metrics(tmp_path)[0]] == ["seg"]  # no metric rows
+    assert diverged_probes(tmp_path / "nowhere") == []
 
 
 def _status(rows):
