@@ -12,6 +12,8 @@ each file atomically (:mod:`detcon.atomic`):
 - ``<figures>/<ablation>_curves.png``: loss and collapse indicator against the step, per run;
 - ``<figures>/<ablation>_mask_quality.png`` / ``.pdf``: downstream metric against mask quality,
   when the ablation varies ``masks.source`` and ``<figures>/mask_quality.csv`` exists;
+- ``<figures>/<ablation>_summary.csv``: mean, std and number of seeds of every metric of the
+  ``done`` points, per configuration and backbone (:meth:`AblationScan.seed_summary`);
 - ``<figures>/<ablation>_status.csv``: the completeness table (every point, its state, the
   first error line and the rendered notebook of failures);
 - ``<runs>/<ablation>/index.html``: every point with its state, key metrics and links to its
@@ -85,6 +87,7 @@ class ReportFiles:
     figure_png: Path
     figure_pdf: Path
     table_csv: Path
+    summary_csv: Path
     curves_png: Path
     status_csv: Path
     index_html: Path
@@ -267,6 +270,7 @@ def render_index(scan: AblationScan, files: ReportFiles, *, command: str) -> str
         (files.figure_png, "figure (PNG)"),
         (files.figure_pdf, "PDF"),
         (files.table_csv, "tidy table (CSV)"),
+        (files.summary_csv, "mean over seeds (CSV)"),
         (files.curves_png, "training curves"),
         (files.status_csv, "completeness (CSV)"),
         (files.mask_quality_png, "mask quality vs. transfer"),
@@ -368,6 +372,8 @@ def build_report(
         )
     png, pdf = _save(fig, figures / f"{name}.png"), _save(fig, figures / f"{name}.pdf")
     table_csv = write_text(figures / f"{name}.csv", scan.tidy.to_csv(index=False))
+    summary = scan.seed_summary().to_csv(index=False)
+    summary_csv = write_text(figures / f"{name}_summary.csv", summary)
     curves_png = _save(_curves_figure(scan, layout, title), figures / f"{name}_curves.png")
     status_csv = write_text(figures / f"{name}_status.csv", scan.status.to_csv(index=False))
 
@@ -389,7 +395,15 @@ def build_report(
             )
 
     files = ReportFiles(
-        png, pdf, table_csv, curves_png, status_csv, scan.runs_root / "index.html", mq_png, mq_pdf
+        png,
+        pdf,
+        table_csv,
+        summary_csv,
+        curves_png,
+        status_csv,
+        scan.runs_root / "index.html",
+        mq_png,
+        mq_pdf,
     )
     command = (
         f"detcon report {ablation_path} --profile {profile} --runs-dir {runs_dir} "

@@ -94,6 +94,20 @@ class AblationScan:
         seen = self.status["state"].value_counts().to_dict()
         return {s: int(seen[s]) for s in STATES if s in seen}
 
+    def seed_summary(self) -> pd.DataFrame:
+        """Mean, standard deviation (ddof 1; NaN for one seed) and number of seeds of every
+        metric of the ``done`` points: one row per configuration (the grid parameters) x
+        backbone x task x metric, in the tidy table's order. List values (``crop_scale``) are
+        grouped by their text."""
+        done = self.tidy[self.tidy["state"] == "done"]
+        keys = [*self.param_keys, "backbone", "task", "metric"]
+        as_text = {
+            k: done[k].map(lambda v: str(v) if isinstance(v, (list, tuple)) else v)
+            for k in self.param_keys
+        }
+        grouped = done.assign(**as_text).groupby(keys, dropna=False, sort=False)["value"]
+        return grouped.agg(mean="mean", std="std", seeds="count").reset_index()
+
 
 # --------------------------------------------------------------------------- reading one run
 

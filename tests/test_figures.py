@@ -25,7 +25,14 @@ from detcon.results import scan_ablation
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "results_study"
 REGENERATE = "run `PYTHONPATH=. python scripts/make_results_fixture.py` to regenerate it"
-FIGURES = ["tiny.csv", "tiny.pdf", "tiny.png", "tiny_curves.png", "tiny_status.csv"]
+FIGURES = [
+    "tiny.csv",
+    "tiny.pdf",
+    "tiny.png",
+    "tiny_curves.png",
+    "tiny_status.csv",
+    "tiny_summary.csv",
+]
 
 
 @pytest.fixture()

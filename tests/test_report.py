@@ -35,6 +35,7 @@ def test_report_writes_tables_figures_and_an_index_linking_existing_files(tmp_pa
         "fake.png",
         "fake.pdf",
         "fake.csv",
+        "fake_summary.csv",
         "fake_curves.png",
         "fake_status.csv",
         "index.html",
@@ -50,6 +51,15 @@ def test_report_writes_tables_figures_and_an_index_linking_existing_files(tmp_pa
     )
     status = pd.read_csv(f.status_csv)
     assert status["state"].value_counts().to_dict() == {"done": 4, "failed": 3, "missing": 1}
+    # mean over seeds per configuration x backbone x metric, of the done points only
+    summary = pd.read_csv(f.summary_csv)
+    keys = [*report.scan.param_keys, "backbone", "task", "metric"]
+    assert list(summary.columns) == [*keys, "mean", "std", "seeds"]
+    done = report.scan.tidy[report.scan.tidy["state"] == "done"]
+    assert summary["seeds"].sum() == len(done) and not summary.duplicated(keys).any()
+    for _, row in summary.iterrows():
+        values = done[(done[keys] == row[keys]).all(axis=1)]["value"]
+        assert row["mean"] == pytest.approx(values.mean()) and row["seeds"] == len(values)
     assert (report.layout.x, report.layout.hue) == ("masks.source", "method")
     rows, references = figure_rows(report.scan, report.layout)
     assert set(rows["state"]) == {"done"} and len(rows) == 4 * 2  # 4 done runs x 2 metrics
