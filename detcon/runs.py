@@ -369,6 +369,7 @@ def _device() -> dict[str, Any]:
     return {
         "type": "cpu",
         "count": os.cpu_count(),
+        # the job's default; training and the probes set their own (train.threads, threads)
         "torch_threads": torch.get_num_threads(),
         "name": _cpu_name(),
         "capability": torch.backends.cpu.get_cpu_capability(),
