@@ -43,6 +43,7 @@ from detcon.runs import (
     OFFICIAL_PARAMETER,
     RECORDS,
     ablation_status,
+    default_out_name,
     metric_records,
     read_json,
 )
@@ -206,18 +207,18 @@ def read_run_metrics(
     for name in ("status.json", "point.json"):
         load(name)
     summary = load("summary.json") if use_summary else None
-    references = {b: load(f"eval_{b}.json") for b in REFERENCES}
+    references = {b: load(default_out_name(b)) for b in REFERENCES}
     try:
         if summary is not None:
             rows += _summary_rows(summary)
         else:
             train = load("train_summary.json")
-            evaluation = load("eval.json")
+            evaluation = load(default_out_name("pretrained"))
             rows += _pretrain_rows(train or {})
-            rows += _eval_rows(evaluation or {}, "pretrained", "eval.json")
+            rows += _eval_rows(evaluation or {}, "pretrained", default_out_name("pretrained"))
         for backbone, data in references.items():  # summary.json may hold them already
             if data is not None and not any(r["backbone"] == backbone for r in rows):
-                rows += _eval_rows(data, backbone, f"eval_{backbone}.json")
+                rows += _eval_rows(data, backbone, default_out_name(backbone))
     except ValueError as exc:
         problem = problem or _one_line(f"corrupt results: {exc}")
     return rows, problem
@@ -231,9 +232,8 @@ def diverged_probes(run_dir: str | Path) -> list[str]:
     run_dir = Path(run_dir)
     lines = []
     for backbone in BACKBONES:
-        name = "eval.json" if backbone == "pretrained" else f"eval_{backbone}.json"
         try:
-            data = read_json(run_dir / name)
+            data = read_json(run_dir / default_out_name(backbone))
         except (ValueError, UnicodeDecodeError):
             continue
         for task, metrics in (data or {}).items():

@@ -71,8 +71,16 @@ RECORDS = (ENCODER_RECORD, PROBE_RECORD)
 # The entry of a task in eval.json whose head diverged (a non-finite loss) on that encoder's
 # features: its message, in place of the metrics (detcon.evaluate.evaluate_run); not a metric.
 DIVERGED = "diverged"
+
+
+def default_out_name(backbone: str) -> str:
+    """``eval.json`` for the run's encoder, ``eval_random.json`` for the random baseline, so the
+    baseline never overwrites the run's own results (``detcon evaluate --backbone``)."""
+    return "eval.json" if backbone == "pretrained" else f"eval_{backbone}.json"
+
+
 # A point's evaluation: its encoder's, the random-init floor's and the supervised ceiling's.
-EVAL_FILES = ("eval.json", "eval_random.json", "eval_supervised.json")
+EVAL_FILES = tuple(default_out_name(b) for b in ("pretrained", "random", "supervised"))
 # What a summary.json holds whatever the point (detcon.runs.flatten_summary); without them it is
 # not a point's summary, whatever else it parses to.
 SUMMARY_FIELDS = ("ablation", "run_id", "profile")

@@ -21,6 +21,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from detcon.runs import default_out_name
+
 
 def _metrics(seg: str) -> tuple[tuple[str, str], ...]:
     """(entry, metric) of the table's three columns; the first two get --floor gains."""
@@ -34,10 +36,8 @@ def _reference(name: str) -> str | None:
 
 
 def _eval_file(run: Path, name: str) -> Path:
-    """``detcon evaluate``'s file name (``default_out_name``; not imported: this table needs no
-    torch)."""
-    ref = _reference(name)
-    return run / (f"eval_{ref}.json" if ref else "eval.json")
+    """``detcon evaluate``'s file for this run's backbone."""
+    return run / default_out_name(_reference(name) or "pretrained")
 
 
 def _seed(run: Path) -> str:

@@ -39,7 +39,14 @@ from detcon.evaluate.settings import (
     with_eval_split,
     with_scene_difficulty,
 )
-from detcon.runs import DIVERGED, ENCODER_RECORD, PROBE_RECORD, encoder_record, point_lock
+from detcon.runs import (
+    DIVERGED,
+    ENCODER_RECORD,
+    PROBE_RECORD,
+    default_out_name,
+    encoder_record,
+    point_lock,
+)
 
 __all__ = ["default_out_name", "evaluate_run", "resolve_device", "settings_for_run"]
 
@@ -49,12 +56,6 @@ _RUNNERS: dict[str, Callable] = {
     "linear": evaluate_linear,
     "detection": evaluate_detection,
 }
-
-
-def default_out_name(backbone: str) -> str:
-    """``eval.json`` for the run's encoder, ``eval_random.json`` for the random baseline, so the
-    baseline never overwrites the run's own results."""
-    return "eval.json" if backbone == "pretrained" else f"eval_{backbone}.json"
 
 
 def settings_for_run(settings: EvalSettings, cfg: PretrainConfig) -> EvalSettings:
