@@ -103,6 +103,13 @@ class DataConfig:
         0.0,
         1.0,
     )
+    scene_background_color_spread: float = _f(
+        1.0,
+        "synthetic: spread of the background's base colour around mid-grey (1 = the full "
+        "range, 0 = every background mid-grey; objects keep random colours)",
+        0.0,
+        1.0,
+    )
     num_workers: int = _f(0, "DataLoader worker processes (0 = in the training process)", 0, 256)
 
 

@@ -147,6 +147,11 @@ class SceneSpec:
     # Amplitude of a class texture (of a random class, per-scene period and angle) laid over the
     # background; 0 = none (the default; nothing is drawn, so the scenes are unchanged).
     background_texture: float = 0.0
+    # How far the background's base colour spreads around mid-grey: each channel is
+    # 0.5 + spread * (u - 0.5) for the usual draw u in [0.08, 0.92]; 1 = the full range (the
+    # default; the scenes are unchanged), 0 = every scene's background mid-grey (objects keep
+    # their random colours).
+    background_color_spread: float = 1.0
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
@@ -198,6 +203,8 @@ class SceneSpec:
             fail("texture_scale", "a number > 0")
         if not is_num(self.background_texture) or not 0 <= self.background_texture <= 1:
             fail("background_texture", "a number in [0, 1]")
+        if not is_num(self.background_color_spread) or not 0 <= self.background_color_spread <= 1:
+            fail("background_color_spread", "a number in [0, 1]")
         # Plain Python scalars and tuples (not numpy scalars or lists): the spec stays hashable
         # and its JSON digest stable.
         for name in ("num_object_classes", "min_objects", "max_objects", "placement_attempts"):
@@ -209,6 +216,7 @@ class SceneSpec:
             "pixel_noise",
             "texture_scale",
             "background_texture",
+            "background_color_spread",
         ):
             object.__setattr__(self, name, float(getattr(self, name)))
         object.__setattr__(self, "radius_range", tuple(float(x) for x in self.radius_range))
@@ -226,6 +234,7 @@ class SceneSpec:
             texture_contrast=tuple(data.scene_texture_contrast),
             texture_scale=data.scene_texture_scale,
             background_texture=data.scene_background_texture,
+            background_color_spread=data.scene_background_color_spread,
         )
 
     def digest(self) -> str:
@@ -521,6 +530,8 @@ def _background(
     """(image float64 (H, W, 3) in [0, 1], depth float64 (H, W), base colour (3,))."""
     s = size / _BASE_SIZE
     base = _random_color(rng)
+    if spec.background_color_spread != 1:
+        base = 0.5 + spec.background_color_spread * (base - 0.5)
     # Low-contrast texture: two octaves of smooth luminance noise plus a weaker colour noise.
     lum = 0.65 * _value_noise(rng, size, size, 24 * s) + 0.35 * _value_noise(rng, size, size, 7 * s)
     chroma = _value_noise(rng, size, size, 16 * s)

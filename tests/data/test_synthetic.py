@@ -203,6 +203,7 @@ def test_difficulty_knobs_are_used():
         ({"min_objects": 2.5}, "min_objects"),
         ({"texture_scale": 0.0}, "texture_scale"),
         ({"background_texture": 1.5}, "background_texture"),
+        ({"background_color_spread": -0.1}, "background_color_spread"),
     ],
 )
 def test_invalid_spec_is_a_clear_error(kwargs, name):
@@ -308,3 +309,17 @@ def test_background_texture_textures_the_background_only():
     objects = base.instances > 0
     assert np.all(diff[objects] == 0)
     assert diff[~objects].mean() > 20  # a texture of amplitude 0.4 over the background
+
+
+def test_background_color_spread_zero_makes_every_background_mid_grey():
+    """spread 0: every scene's background base colour is mid-grey (seen exactly once the noise,
+    the illumination gradient and the distractors are off); the objects keep random colours."""
+    flat = {"background_contrast": 0.0, "pixel_noise": 0.0, "distractor_range": (0, 0)}
+    grey = SceneSpec(background_color_spread=0.0, **flat)
+    for index in range(3):
+        scene = generate_scene(index, size=SIZE, spec=grey)
+        assert np.all(scene.image[scene.instances == 0] == 128)
+        assert len(np.unique(scene.image[scene.instances > 0].reshape(-1, 3), axis=0)) > 1
+    scenes = [generate_scene(i, size=SIZE, spec=SceneSpec(**flat)) for i in range(3)]
+    colors = {tuple(s.image[s.instances == 0][0]) for s in scenes}
+    assert len(colors) == 3  # spread 1: each scene its own background colour
