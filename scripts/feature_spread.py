@@ -21,6 +21,12 @@ Then the smallest and largest BatchNorm running variance of each layer.
 With ``--seg``, a last table gives each run's last-stage PR, within and across next to its
 segmentation mIoU (``eval.json``, or ``eval_random.json`` for ``:random``), and, over three runs or
 more, the Spearman rank correlation between the PR and the mIoU (RESULTS.md, § Mask type).
+
+With ``--background``, a last table gives each run's last stage: the per-scene share of the pixel
+features' variance (the variance of the scene means over the variance of all pixels, summed over
+channels) and how much of the scene means the scene's background colour explains: the 5-fold
+cross-validated R^2 of a ridge regression from the mean RGB of the scene's background pixels
+(label 0) to its mean feature (docs/cpu-miniature.md, twenty-fifth round).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from scipy.stats import spearmanr
 from torch.utils.data import Subset
@@ -57,6 +64,43 @@ def spread(features: torch.Tensor) -> dict[str, float]:
     }
 
 
+def per_scene_share(features: torch.Tensor) -> float:
+    """Variance of the scene means over the variance of all pixels (channels summed)."""
+    f = features.double()
+    pixels = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+    return float(f.mean((2, 3)).var(0).sum() / pixels.var(0).sum())
+
+
+def ridge_cv_r2(x: np.ndarray, y: np.ndarray, folds: int = 5, ridge: float = 1e-2) -> float:
+    """Cross-validated R^2 of a ridge regression of ``y`` (N, D) on ``x`` (N, P): standardised
+    inputs, an intercept, penalty ``ridge`` x the training size; the residual and total sums of
+    squares are pooled over folds and outputs (each fold's total about its training mean)."""
+    if len(x) < 2 * folds:
+        raise ValueError(f"ridge_cv_r2: {len(x)} samples; expected at least {2 * folds}")
+    x = (x - x.mean(0)) / (x.std(0) + 1e-12)
+    index = np.arange(len(x))
+    sse = sst = 0.0
+    for held in np.array_split(index, folds):
+        fit = np.setdiff1d(index, held)
+        a = np.c_[x[fit], np.ones(len(fit))]
+        w = np.linalg.solve(a.T @ a + ridge * len(fit) * np.eye(a.shape[1]), a.T @ y[fit])
+        pred = np.c_[x[held], np.ones(len(held))] @ w
+        sse += float(((y[held] - pred) ** 2).sum())
+        sst += float(((y[held] - y[fit].mean(0)) ** 2).sum())
+    return 1.0 - sse / sst
+
+
+def background_colors(scenes) -> np.ndarray:
+    """(N, 3): the mean RGB (0-255) of each scene's background pixels (semantic label 0)."""
+    out = []
+    for i in range(len(scenes)):
+        item = scenes[i]
+        image = item["image"].double()
+        background = item["semantic"] == 0
+        out.append(image[:, background].mean(1).numpy() if background.any() else np.zeros(3))
+    return np.stack(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR[:random]")
@@ -64,7 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seg", action="store_true", help="last stage against each run's segmentation mIoU"
     )
+    parser.add_argument(
+        "--background",
+        action="store_true",
+        help="last stage: per-scene share of the variance, R^2 of the scene means from the "
+        "background colour",
+    )
     args = parser.parse_args(argv)
+    if args.background and args.images < 10:
+        parser.error(f"--images {args.images}: --background needs at least 10 scenes (5 folds)")
     if args.images < 2:
         parser.error(f"--images {args.images}: expected at least 2 scenes (the across-scene std)")
     runs = []
@@ -83,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     store = DataStore()
     last: list[tuple[str, dict[str, float], float]] = []
+    colour: list[tuple[str, float, float]] = []
     for arg, run, which, seed, source, cfg, miou in runs:
         data = settings_for_run(get_settings("cpu"), cfg).segmentation[0].data
         train = store.get(data, "train")
@@ -100,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {s['across']:.3f} |"
             )
         last.append((arg, rows[-1][1], miou))
+        if args.background:
+            f = feats[max(feats)]
+            r2 = ridge_cv_r2(background_colors(scenes), f.double().mean((2, 3)).numpy())
+            colour.append((arg, per_scene_share(f), r2))
         bn = [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         ranges = " ".join(f"{m.running_var.min():.2g}/{m.running_var.max():.2g}" for m in bn)
         print(f"\nBatchNorm running_var min/max per layer: {ranges}")
@@ -110,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         if len(last) >= 3:
             rho = spearmanr([s["PR"] for _, s, _ in last], [m for _, _, m in last]).statistic
             print(f"\nSpearman rank correlation, last-stage PR against seg mIoU: {rho:.2f}")
+    if args.background:
+        print(
+            "\n| run | per-scene share of the variance | R^2 of the scene means from the "
+            "background colour |\n|---|---|---|"
+        )
+        for arg, share, r2 in colour:
+            print(f"| {arg} | {share:.2f} | {r2:.2f} |")
     return 0
 
 

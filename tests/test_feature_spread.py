@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from scipy.stats import spearmanr
@@ -120,3 +121,34 @@ def test_random_takes_the_seed_its_floor_was_probed_at(tmp_path, script, capsys)
     assert module.random_seed(str(tmp_path), cfg.seed) == (0, "eval_random.json")
     assert module.main([f"{tmp_path}:random", "--images", "2"]) == 0
     assert "(random, seed 0 from eval_random.json, 2 scenes)" in capsys.readouterr().out
+
+
+def test_ridge_r2_is_near_one_for_a_linear_map_and_near_zero_for_noise(script):
+    mod = script("feature_spread")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    y = x @ rng.normal(size=(3, 5)) + 0.01 * rng.normal(size=(200, 5))
+    assert mod.ridge_cv_r2(x, y) > 0.97
+    assert abs(mod.ridge_cv_r2(x, rng.normal(size=(200, 5)))) < 0.1
+    with pytest.raises(ValueError, match="9 samples; expected at least 10"):
+        mod.ridge_cv_r2(x[:9], y[:9])
+
+
+def test_per_scene_share_separates_a_code_per_scene_from_pixel_variation(script):
+    share = script("feature_spread").per_scene_share
+    gen = torch.Generator().manual_seed(0)
+    per_scene = torch.randn(64, 4, 1, 1, generator=gen).expand(64, 4, 6, 6)
+    assert share(per_scene) == pytest.approx(1.0, abs=0.02)
+    assert share(torch.randn(64, 4, 6, 6, generator=gen)) < 0.1
+
+
+def test_background_prints_share_and_r2_of_each_run(tmp_path, script, capsys):
+    cfg = load_pretrain_config({}, profile="cpu")
+    (tmp_path / "config.json").write_text(json.dumps(to_dict(cfg)))
+    mod = script("feature_spread")
+    assert mod.main([f"{tmp_path}:random", "--images", "12", "--background"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.endswith(" |")][-1]
+    share, r2 = (float(v) for v in row.strip("| ").split(" | ")[1:])
+    assert row.startswith(f"| {tmp_path}:random") and 0 < share < 1 and r2 <= 1
+    with pytest.raises(SystemExit):
+        mod.main([f"{tmp_path}:random", "--images", "4", "--background"])
