@@ -379,11 +379,18 @@ def test_cluster_profile_with_a_key_given_twice_is_refused(tmp_path):
 
 
 def _old_short_digest(config) -> str:
-    """The run-id digest as it was computed before it was lengthened on demand (6 hex digits)."""
+    """The run-id digest as it was computed before it was lengthened on demand (6 hex digits),
+    over the fields that existed then (without those of DIGEST_NEW_FIELDS)."""
     import hashlib
     import json
 
-    text = json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
+    from detcon.grid import DIGEST_NEW_FIELDS
+
+    data = to_dict(config)
+    for dotted in DIGEST_NEW_FIELDS:
+        section, name = dotted.split(".")
+        del data[section][name]
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 
@@ -425,3 +432,18 @@ def test_short_digests_are_the_shortest_unique_prefixes():
     digests = ["abcdef01" + "0" * 56, "abcdef02" + "0" * 56, "123456" + "f" * 58]
     assert short_digests(digests) == ["abcdef01", "abcdef02", "123456"]
     assert short_digests(digests[:1]) == ["abcdef"]
+
+
+def test_fields_added_after_the_study_leave_run_ids_alone_at_their_default():
+    """A field of DIGEST_NEW_FIELDS is a real config field with that default; at the default it
+    does not enter the digest (the committed results keep their run ids; test_figures checks the
+    fixture's), and any other value does."""
+    from detcon.config import load_pretrain_config
+    from detcon.grid import DIGEST_NEW_FIELDS, config_digest
+
+    base = load_pretrain_config({}, profile="cpu")
+    for dotted, default in DIGEST_NEW_FIELDS.items():
+        section, name = dotted.split(".")
+        assert to_dict(base)[section][name] == default, dotted
+        other = load_pretrain_config({section: {name: 0.5}}, profile="cpu")
+        assert config_digest(other) != config_digest(base)
