@@ -238,8 +238,13 @@ class SceneSpec:
         )
 
     def digest(self) -> str:
-        """Short stable hash of the knobs (names the cache directory of scenes made with it)."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """Short stable hash of the knobs (names the cache directory of scenes made with it).
+        ``background_color_spread``, added later, is left out at its default 1, so the caches
+        of the specs from before it keep their names."""
+        knobs = dataclasses.asdict(self)
+        if knobs["background_color_spread"] == 1.0:
+            del knobs["background_color_spread"]
+        text = json.dumps(knobs, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -323,3 +323,10 @@ def test_background_color_spread_zero_makes_every_background_mid_grey():
     scenes = [generate_scene(i, size=SIZE, spec=SceneSpec(**flat)) for i in range(3)]
     colors = {tuple(s.image[s.instances == 0][0]) for s in scenes}
     assert len(colors) == 3  # spread 1: each scene its own background colour
+
+
+def test_spec_digest_of_the_defaults_is_the_committed_one():
+    """The cache directory's spec digest: the default spec's is what it was before
+    background_color_spread existed (left out at its default 1), any other spread gets its own."""
+    assert SceneSpec().digest() == "a40910f79473"
+    assert SceneSpec(background_color_spread=0.5).digest() != SceneSpec().digest()
