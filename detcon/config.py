@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 import math
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -503,6 +503,23 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         return v
 
     return conv(cfg)
+
+
+def identity_dict(obj: Any, added_later: Sequence[str]) -> dict[str, Any]:
+    """``to_dict(obj)`` without each dotted field of ``added_later`` that holds its declared
+    default: what a digest hashes, so that a field added after names were made from the digest
+    leaves those names alone until a config sets it (:func:`detcon.grid.config_digest`,
+    :meth:`detcon.data.synthetic.SceneSpec.digest`)."""
+    data = to_dict(obj)
+    for dotted in added_later:
+        *parents, name = dotted.split(".")
+        owner, section = obj, data
+        for key in parents:
+            owner, section = getattr(owner, key), section[key]
+        declared = next(f for f in dataclasses.fields(owner) if f.name == name)
+        if getattr(owner, name) == declared.default:
+            del section[name]
+    return data
 
 
 def config_differences(old: Any, new: Any) -> list[str]:

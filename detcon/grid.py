@@ -64,9 +64,9 @@ from detcon.config import (
     ConfigError,
     PretrainConfig,
     available_profiles,
+    identity_dict,
     load_pretrain_config,
     load_yaml,
-    to_dict,
 )
 
 __all__ = [
@@ -476,29 +476,22 @@ def _token(key: str, value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", tok).strip("_") or "x"
 
 
-# Config fields added after the committed study's results were made, with their default: at that
-# value a field is left out of the digest, so every run id from before it existed stays the same
+# Config fields added after the committed study's results were made: at their declared default
+# a field is left out of the digest, so every run id from before it existed stays the same
 # (results/, RESULTS.md's commands); any other value is part of the point's identity as usual.
 # A new field goes here unless its addition is meant to move every run id.
-DIGEST_NEW_FIELDS: dict[str, Any] = {"data.scene_background_color_spread": 1.0}
+DIGEST_NEW_FIELDS: tuple[str, ...] = ("data.scene_background_color_spread",)
 
 
 def config_digest(config: PretrainConfig, notebook_params: Mapping[str, Any] | None = None) -> str:
     """SHA-256 (64 hex digits) of the resolved config (canonical JSON), and of the point's
     notebook parameters when it has any (without them the digest is the config's). Fields of
-    :data:`DIGEST_NEW_FIELDS` at their default are left out.
+    :data:`DIGEST_NEW_FIELDS` at their default are left out (:func:`detcon.config.identity_dict`).
 
     All of it is the point's identity: a 6-digit prefix alone collides (``optim.base_lr`` 4.73
     and 5.527 share one; at ~5,000 points some pair does about every other grid).
     """
-    data: Any = to_dict(config)
-    for dotted, default in DIGEST_NEW_FIELDS.items():
-        *parents, name = dotted.split(".")
-        section = data
-        for key in parents:
-            section = section[key]
-        if section[name] == default:
-            del section[name]
+    data: Any = identity_dict(config, DIGEST_NEW_FIELDS)
     if notebook_params:
         data = {"config": data, "notebook": dict(notebook_params)}
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))

@@ -34,7 +34,6 @@ would move a pixel only if its centre lay within an ulp of an edge. Changing the
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -51,6 +50,7 @@ import torch
 from torch.utils.data import Dataset
 
 from detcon.atomic import atomic_write
+from detcon.config import identity_dict
 
 __all__ = [
     "CLASS_NAMES",
@@ -104,6 +104,10 @@ _BASE_SIZE = 96  # texture periods, noise cells and noise amplitudes are tuned a
 _BG_DEPTH_TOP, _BG_DEPTH_BOTTOM, _BG_TILT = 10.0, 7.0, 0.25
 # Object depths lie in [_OBJ_DEPTH_NEAR, _OBJ_DEPTH_NEAR + _OBJ_DEPTH_SPAN] < background minimum.
 _OBJ_DEPTH_NEAR, _OBJ_DEPTH_SPAN = 1.2, 4.5
+
+
+# SceneSpec knobs added after scene caches were named by its digest (SceneSpec.digest).
+_KNOBS_ADDED_LATER = ("background_color_spread",)
 
 
 @dataclass(frozen=True)
@@ -239,12 +243,9 @@ class SceneSpec:
 
     def digest(self) -> str:
         """Short stable hash of the knobs (names the cache directory of scenes made with it).
-        ``background_color_spread``, added later, is left out at its default 1, so the caches
-        of the specs from before it keep their names."""
-        knobs = dataclasses.asdict(self)
-        if knobs["background_color_spread"] == 1.0:
-            del knobs["background_color_spread"]
-        text = json.dumps(knobs, sort_keys=True)
+        Knobs added later are left out at their default, so the caches of the specs from before
+        them keep their names."""
+        text = json.dumps(identity_dict(self, _KNOBS_ADDED_LATER), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
