@@ -110,6 +110,13 @@ class DataConfig:
         0.0,
         1.0,
     )
+    scene_classes_per_scene: int = _f(
+        0,
+        "synthetic: classes one scene's objects are drawn from (0 = any; 1 = every object of a "
+        "scene shares one class, as in an object-centric photo)",
+        0,
+        8,
+    )
     num_workers: int = _f(0, "DataLoader worker processes (0 = in the training process)", 0, 256)
 
 

@@ -480,7 +480,10 @@ def _token(key: str, value: Any) -> str:
 # a field is left out of the digest, so every run id from before it existed stays the same
 # (results/, RESULTS.md's commands); any other value is part of the point's identity as usual.
 # A new field goes here unless its addition is meant to move every run id.
-DIGEST_NEW_FIELDS: tuple[str, ...] = ("data.scene_background_color_spread",)
+DIGEST_NEW_FIELDS: tuple[str, ...] = (
+    "data.scene_background_color_spread",
+    "data.scene_classes_per_scene",
+)
 
 
 def config_digest(config: PretrainConfig, notebook_params: Mapping[str, Any] | None = None) -> str:

@@ -107,7 +107,7 @@ _OBJ_DEPTH_NEAR, _OBJ_DEPTH_SPAN = 1.2, 4.5
 
 
 # SceneSpec knobs added after scene caches were named by its digest (SceneSpec.digest).
-_KNOBS_ADDED_LATER = ("background_color_spread",)
+_KNOBS_ADDED_LATER = ("background_color_spread", "classes_per_scene")
 
 
 @dataclass(frozen=True)
@@ -156,6 +156,10 @@ class SceneSpec:
     # default; the scenes are unchanged), 0 = every scene's background mid-grey (objects keep
     # their random colours).
     background_color_spread: float = 1.0
+    # How many classes one scene's objects are drawn from: 0 = any of the num_object_classes (the
+    # default; the scenes are unchanged); k >= 1 = k classes drawn per scene, so with 1 every
+    # object of a scene has the same class (most ImageNet photos show one kind of object).
+    classes_per_scene: int = 0
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
@@ -209,9 +213,22 @@ class SceneSpec:
             fail("background_texture", "a number in [0, 1]")
         if not is_num(self.background_color_spread) or not 0 <= self.background_color_spread <= 1:
             fail("background_color_spread", "a number in [0, 1]")
+        if not is_int(self.classes_per_scene) or not (
+            0 <= self.classes_per_scene <= self.num_object_classes
+        ):
+            fail(
+                "classes_per_scene",
+                f"an integer in [0, num_object_classes={self.num_object_classes}] (0 = any class)",
+            )
         # Plain Python scalars and tuples (not numpy scalars or lists): the spec stays hashable
         # and its JSON digest stable.
-        for name in ("num_object_classes", "min_objects", "max_objects", "placement_attempts"):
+        for name in (
+            "num_object_classes",
+            "min_objects",
+            "max_objects",
+            "placement_attempts",
+            "classes_per_scene",
+        ):
             object.__setattr__(self, name, int(getattr(self, name)))
         for name in (
             "min_visible_fraction",
@@ -239,6 +256,7 @@ class SceneSpec:
             texture_scale=data.scene_texture_scale,
             background_texture=data.scene_background_texture,
             background_color_spread=data.scene_background_color_spread,
+            classes_per_scene=data.scene_classes_per_scene,
         )
 
     def digest(self) -> str:
@@ -307,7 +325,8 @@ def scene_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.G
     if seed < 0 or index < 0:
         raise ValueError(f"seed={seed}, index={index}: expected non-negative integers")
     split_key = int.from_bytes(hashlib.sha256(split.encode()).digest()[:8], "little")
-    # stream > 0: an independent stream of the same scene (the background texture), so that
+    # stream > 0: an independent stream of the same scene (1: the background texture, 2: the
+    # scene's classes), so that
     # drawing from it leaves the layout drawn from stream 0 unchanged.
     key = [int(seed), split_key, int(index)] + ([int(stream)] if stream else [])
     return np.random.default_rng(np.random.SeedSequence(key))
@@ -601,10 +620,24 @@ def _paint_distractors(rng: np.random.Generator, img: np.ndarray, spec: SceneSpe
         region[m] = (color * shade[by, bx][..., None])[m]
 
 
+def _scene_classes(rng: np.random.Generator, spec: SceneSpec) -> tuple[int, ...]:
+    """The classes this scene's objects are drawn from (``spec.classes_per_scene`` of them, drawn
+    from their own stream ``rng`` so the layout's stream is unchanged; all when it is 0)."""
+    every = tuple(range(1, spec.num_object_classes + 1))
+    if spec.classes_per_scene == 0:
+        return every
+    order = np.argsort(rng.random(len(every)), kind="stable")
+    return tuple(sorted(every[i] for i in order[: spec.classes_per_scene]))
+
+
 def _sample_object(
-    rng: np.random.Generator, size: int, spec: SceneSpec, bg_color: np.ndarray
+    rng: np.random.Generator,
+    size: int,
+    spec: SceneSpec,
+    bg_color: np.ndarray,
+    classes: tuple[int, ...],
 ) -> SceneObject:
-    class_id = 1 + _randint(rng, 0, spec.num_object_classes - 1)
+    class_id = classes[_randint(rng, 0, len(classes) - 1)]
     rlo, rhi = spec.radius_range
     # Log-uniform radius: as many objects per octave of size, so many are small.
     t = float(rng.random())
@@ -658,6 +691,7 @@ def generate_scene(
     img, bg_depth, bg_color = _background(rng, size, spec)
     _paint_background_texture(scene_rng(seed, split, index, stream=1), img, spec)
     _paint_distractors(rng, img, spec)
+    classes = _scene_classes(scene_rng(seed, split, index, stream=2), spec)
 
     ids = np.zeros((size, size), np.int64)  # 0 = background, k = k-th placed object
     zbuf = np.full((size, size), np.inf)
@@ -669,7 +703,7 @@ def generate_scene(
     for _ in range(spec.placement_attempts * target):
         if len(objects) == target:
             break
-        obj = _sample_object(rng, size, spec, bg_color)
+        obj = _sample_object(rng, size, spec, bg_color, classes)
         box = _footprint_box(obj)
         mask, _, _, y0, x0 = box
         area = int(np.count_nonzero(mask))

@@ -204,6 +204,8 @@ def test_difficulty_knobs_are_used():
         ({"texture_scale": 0.0}, "texture_scale"),
         ({"background_texture": 1.5}, "background_texture"),
         ({"background_color_spread": -0.1}, "background_color_spread"),
+        ({"num_object_classes": 4, "classes_per_scene": 5}, "classes_per_scene"),
+        ({"classes_per_scene": 1.0}, "classes_per_scene"),
     ],
 )
 def test_invalid_spec_is_a_clear_error(kwargs, name):
@@ -325,8 +327,27 @@ def test_background_color_spread_zero_makes_every_background_mid_grey():
     assert len(colors) == 3  # spread 1: each scene its own background colour
 
 
+def test_one_class_per_scene_gives_each_scene_one_class():
+    """classes_per_scene=1: every object of a scene has the same class, and the class varies
+    across scenes; the layout (placements) is drawn as without it."""
+    spec = SceneSpec(num_object_classes=4, classes_per_scene=1)
+    seen = set()
+    for index in range(12):
+        scene = generate_scene(index, size=SIZE, spec=spec)
+        classes = {o.class_id for o in scene.objects}
+        assert len(classes) == 1 and classes <= {1, 2, 3, 4}
+        assert set(np.unique(scene.semantic)) <= {0} | classes
+        seen |= classes
+    assert len(seen) >= 3
+    two = [generate_scene(i, size=SIZE, spec=SceneSpec(classes_per_scene=2)) for i in range(6)]
+    assert all(len({o.class_id for o in s.objects}) <= 2 for s in two)
+    assert any(len({o.class_id for o in s.objects}) == 2 for s in two)
+
+
 def test_spec_digest_of_the_defaults_is_the_committed_one():
     """The cache directory's spec digest: the default spec's is what it was before
-    background_color_spread existed (left out at its default 1), any other spread gets its own."""
+    background_color_spread and classes_per_scene existed (left out at their defaults), any
+    other value gets its own."""
     assert SceneSpec().digest() == "a40910f79473"
     assert SceneSpec(background_color_spread=0.5).digest() != SceneSpec().digest()
+    assert SceneSpec(classes_per_scene=1).digest() != SceneSpec().digest()
