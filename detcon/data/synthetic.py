@@ -326,8 +326,7 @@ def scene_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.G
         raise ValueError(f"seed={seed}, index={index}: expected non-negative integers")
     split_key = int.from_bytes(hashlib.sha256(split.encode()).digest()[:8], "little")
     # stream > 0: an independent stream of the same scene (1: the background texture, 2: the
-    # scene's classes), so that
-    # drawing from it leaves the layout drawn from stream 0 unchanged.
+    # scene's classes), so that drawing from it leaves the stream 0 draws unchanged.
     key = [int(seed), split_key, int(index)] + ([int(stream)] if stream else [])
     return np.random.default_rng(np.random.SeedSequence(key))
 
@@ -621,8 +620,9 @@ def _paint_distractors(rng: np.random.Generator, img: np.ndarray, spec: SceneSpe
 
 
 def _scene_classes(rng: np.random.Generator, spec: SceneSpec) -> tuple[int, ...]:
-    """The classes this scene's objects are drawn from (``spec.classes_per_scene`` of them, drawn
-    from their own stream ``rng`` so the layout's stream is unchanged; all when it is 0)."""
+    """The classes this scene's objects are drawn from: ``spec.classes_per_scene`` of them, drawn
+    from a stream of their own (``rng``), or all when it is 0 (nothing is drawn, so the default
+    scenes are unchanged)."""
     every = tuple(range(1, spec.num_object_classes + 1))
     if spec.classes_per_scene == 0:
         return every

@@ -329,7 +329,7 @@ def test_background_color_spread_zero_makes_every_background_mid_grey():
 
 def test_one_class_per_scene_gives_each_scene_one_class():
     """classes_per_scene=1: every object of a scene has the same class, and the class varies
-    across scenes; the layout (placements) is drawn as without it."""
+    across scenes; 2: at most two classes a scene."""
     spec = SceneSpec(num_object_classes=4, classes_per_scene=1)
     seen = set()
     for index in range(12):
