@@ -341,6 +341,11 @@ class PretrainConfig:
         for name, (lo, hi) in pairs:
             if lo > hi:
                 raise ConfigError(f"{name}=({lo}, {hi}): the first value must be <= the second")
+        if self.data.scene_classes_per_scene > self.data.scene_classes:
+            raise ConfigError(
+                f"data.scene_classes_per_scene={self.data.scene_classes_per_scene}: expected at "
+                f"most data.scene_classes={self.data.scene_classes} (0 = any class)"
+            )
         if self.model.backbone == "small" and self.model.small_stride not in (8, 16):
             raise ConfigError(f"model.small_stride={self.model.small_stride}: expected 8 or 16")
 

@@ -69,6 +69,8 @@ def test_cross_field_rules():
             PretrainConfig,
             {"masks": {"source": "ground_truth"}, "data": {"dataset": "imagefolder"}},
         )
+    with pytest.raises(ConfigError, match=r"data.scene_classes_per_scene=5: expected at most "):
+        from_dict(PretrainConfig, {"data": {"scene_classes": 4, "scene_classes_per_scene": 5}})
     ok = from_dict(
         PretrainConfig, {"method": "simclr", "masks": {"source": "image", "num_samples": 1}}
     )
