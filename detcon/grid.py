@@ -479,7 +479,8 @@ def _token(key: str, value: Any) -> str:
 # Config fields added after the committed study's results were made: at their declared default
 # a field is left out of the digest, so every run id from before it existed stays the same
 # (results/, RESULTS.md's commands); any other value is part of the point's identity as usual.
-# A new field goes here unless its addition is meant to move every run id.
+# A new field goes here unless its addition is meant to move every run id (a new scene knob also
+# into detcon.data.synthetic._KNOBS_ADDED_LATER, which keeps the scene caches' names).
 DIGEST_NEW_FIELDS: tuple[str, ...] = (
     "data.scene_background_color_spread",
     "data.scene_classes_per_scene",

@@ -106,7 +106,9 @@ _BG_DEPTH_TOP, _BG_DEPTH_BOTTOM, _BG_TILT = 10.0, 7.0, 0.25
 _OBJ_DEPTH_NEAR, _OBJ_DEPTH_SPAN = 1.2, 4.5
 
 
-# SceneSpec knobs added after scene caches were named by its digest (SceneSpec.digest).
+# SceneSpec knobs added after scene caches were named by its digest (SceneSpec.digest). A knob
+# that is also a config field (data.scene_*) goes into detcon.grid.DIGEST_NEW_FIELDS as well,
+# which keeps the run ids; this list keeps the scene caches' names.
 _KNOBS_ADDED_LATER = ("background_color_spread", "classes_per_scene")
 
 
@@ -623,11 +625,10 @@ def _scene_classes(rng: np.random.Generator, spec: SceneSpec) -> tuple[int, ...]
     """The classes this scene's objects are drawn from: ``spec.classes_per_scene`` of them, drawn
     from a stream of their own (``rng``), or all when it is 0 (nothing is drawn, so the default
     scenes are unchanged)."""
-    every = tuple(range(1, spec.num_object_classes + 1))
     if spec.classes_per_scene == 0:
-        return every
-    order = np.argsort(rng.random(len(every)), kind="stable")
-    return tuple(sorted(every[i] for i in order[: spec.classes_per_scene]))
+        return tuple(range(1, spec.num_object_classes + 1))
+    order = np.argsort(rng.random(spec.num_object_classes), kind="stable")
+    return tuple(sorted(int(i) + 1 for i in order[: spec.classes_per_scene]))
 
 
 def _sample_object(
