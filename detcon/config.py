@@ -209,6 +209,11 @@ class ModelConfig:
     bn_momentum: float = _f(
         0.1, "BatchNorm momentum, torch convention (release decay 0.9)", 0.0, 1.0
     )
+    target_init: Literal["independent", "copy"] = _f(
+        "independent",
+        "BYOL/DetCon-B target network at step 0: its own random weights (the BYOL and DetCon "
+        "releases) or a copy of the online backbone and projector",
+    )
 
 
 @dataclass(frozen=True)

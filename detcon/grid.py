@@ -484,6 +484,7 @@ def _token(key: str, value: Any) -> str:
 DIGEST_NEW_FIELDS: tuple[str, ...] = (
     "data.scene_background_color_spread",
     "data.scene_classes_per_scene",
+    "model.target_init",
 )
 
 

@@ -303,7 +303,8 @@ class PretrainModel(nn.Module):
     """One model for the four methods.
 
     - ``detcon_b``: online backbone+projector+predictor; target = EMA of backbone+projector,
-      initialised independently (release ``_make_initial_state``), no gradient, train-mode BN;
+      initialised independently (release ``_make_initial_state``; ``model.target_init=copy``
+      starts it as the online's copy), no gradient, train-mode BN;
       contrastive detection loss.
     - ``detcon_s``: one backbone+projector; the loss with ``target = pred`` (SimCLR-style).
     - ``byol``: as detcon_b with one whole-image mask and BYOL's regression loss.
@@ -316,9 +317,15 @@ class PretrainModel(nn.Module):
         self.loss_cfg = cfg.loss
         self.uses_target = cfg.method in ("detcon_b", "byol")
         self.online = _Branch(cfg.model, predictor=self.uses_target)
-        # Built after the online branch, so it draws different initial weights.
+        # Built after the online branch, so it draws different initial weights; built (and the
+        # generator advanced) with target_init "copy" too, so later draws are the same.
         self.target = _Branch(cfg.model, predictor=False) if self.uses_target else None
         if self.target is not None:
+            if cfg.model.target_init == "copy":
+                for name in ("backbone", "projector"):
+                    getattr(self.target, name).load_state_dict(
+                        getattr(self.online, name).state_dict()
+                    )
             self.target.requires_grad_(False)
         # Heads compute each distinct sampled mask once (same results up to float rounding);
         # a speed switch, not a config field.

@@ -448,6 +448,9 @@ def test_fields_added_after_the_study_leave_run_ids_alone_at_their_default():
         section, name = dotted.split(".")
         declared = {f.name: f.default for f in dataclasses.fields(getattr(base, section))}
         assert to_dict(base)[section][name] == declared[name], dotted
-        value = declared[name] + 1 if isinstance(declared[name], int) else 0.5
+        if isinstance(declared[name], str):
+            value = {"independent": "copy"}[declared[name]]
+        else:
+            value = declared[name] + 1 if isinstance(declared[name], int) else 0.5
         other = load_pretrain_config({section: {name: value}}, profile="cpu")
         assert config_digest(other) != config_digest(base)

@@ -91,12 +91,12 @@ def test_exported_resnet_loads_into_plain_torchvision():
     assert set(torchvision_resnet("resnet18").state_dict()) - set(state) == {"fc.weight", "fc.bias"}
 
 
-def _cpu_model(method, source="fh", k=4):
+def _cpu_model(method, source="fh", k=4, **model):
     cfg = load_pretrain_config(
         {
             "method": method,
             "masks": {"source": source, "num_samples": k},
-            "model": {"small_width": 8, "head_hidden": 32, "head_out": 16},
+            "model": {"small_width": 8, "head_hidden": 32, "head_out": 16, **model},
         },
         profile="cpu",
     )
@@ -110,6 +110,28 @@ def test_target_is_independently_initialised_and_frozen():
     assert not torch.equal(on, tg)
     assert not any(p.requires_grad for p in m.target.parameters())
     assert m.online.predictor is not None and m.target.predictor is None
+
+
+def test_a_copied_target_starts_as_the_online_network_and_later_draws_stay_the_same():
+    """model.target_init=copy: the target's backbone and projector (parameters and BN buffers)
+    equal the online's; the online weights and the generator's state after building are those
+    of the independent init, so nothing else a run draws moves."""
+    independent = _cpu_model("detcon_b")
+    after_independent = torch.rand(3)
+    copied = _cpu_model("detcon_b", target_init="copy")
+    assert torch.equal(torch.rand(3), after_independent)
+    for name in ("backbone", "projector"):
+        online = getattr(copied.online, name).state_dict()
+        target = getattr(copied.target, name).state_dict()
+        assert online.keys() == target.keys()
+        for key in online:
+            assert torch.equal(online[key], target[key]), key
+            assert torch.equal(online[key], getattr(independent.online, name).state_dict()[key])
+    stem = copied.target.backbone.stem[0].weight
+    assert not torch.equal(stem, independent.target.backbone.stem[0].weight)
+    assert not any(p.requires_grad for p in copied.target.parameters())
+    stem.add_(1.0)  # a copy, not shared storage
+    assert not torch.equal(stem, copied.online.backbone.stem[0].weight)
 
 
 def test_ema_update_moves_target_towards_online():
