@@ -439,6 +439,7 @@ def test_fields_added_after_the_study_leave_run_ids_alone_at_their_default():
     keeps; at the default it does not enter the digest (the committed results keep their run ids;
     test_figures checks the fixture's), and any other value does."""
     import dataclasses
+    import typing
 
     from detcon.config import load_pretrain_config
     from detcon.grid import DIGEST_NEW_FIELDS, config_digest
@@ -448,8 +449,9 @@ def test_fields_added_after_the_study_leave_run_ids_alone_at_their_default():
         section, name = dotted.split(".")
         declared = {f.name: f.default for f in dataclasses.fields(getattr(base, section))}
         assert to_dict(base)[section][name] == declared[name], dotted
-        if isinstance(declared[name], str):
-            value = {"independent": "copy"}[declared[name]]
+        if isinstance(declared[name], str):  # a Literal field: another of its values
+            choices = typing.get_args(typing.get_type_hints(type(getattr(base, section)))[name])
+            value = next(v for v in choices if v != declared[name])
         else:
             value = declared[name] + 1 if isinstance(declared[name], int) else 0.5
         other = load_pretrain_config({section: {name: value}}, profile="cpu")
