@@ -19,7 +19,12 @@ from detcon.evaluate.backbones import (
     load_torchvision_resnet,
     make_backbone,
 )
-from detcon.evaluate.run import default_out_name, evaluate_run, settings_for_run
+from detcon.evaluate.run import (
+    default_out_name,
+    evaluate_references,
+    evaluate_run,
+    settings_for_run,
+)
 from detcon.evaluate.settings import (
     TASKS,
     DataSpec,
@@ -46,6 +51,7 @@ __all__ = [
     "backbone_state",
     "cpu_settings",
     "default_out_name",
+    "evaluate_references",
     "evaluate_run",
     "get_settings",
     "load_run_config",

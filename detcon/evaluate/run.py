@@ -43,12 +43,19 @@ from detcon.runs import (
     DIVERGED,
     ENCODER_RECORD,
     PROBE_RECORD,
+    PointBusyError,
     default_out_name,
     encoder_record,
     point_lock,
 )
 
-__all__ = ["default_out_name", "evaluate_run", "resolve_device", "settings_for_run"]
+__all__ = [
+    "default_out_name",
+    "evaluate_references",
+    "evaluate_run",
+    "resolve_device",
+    "settings_for_run",
+]
 
 _RUNNERS: dict[str, Callable] = {
     "segmentation": evaluate_segmentation,
@@ -104,6 +111,7 @@ def evaluate_run(
     split: str | None = None,
     reference_cache: str | Path | None = None,
     replace: bool = True,
+    wait: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Evaluate the encoder of ``run_dir`` and write ``run_dir/out_name`` atomically.
 
@@ -138,6 +146,9 @@ def evaluate_run(
         replace: whether results probed otherwise (another split, probe seed or data) may
             be replaced; ``False`` refuses before any work (``detcon evaluate`` without
             ``--replace``).
+        wait: with ``reference_cache``, when another process is computing the same reference:
+            wait for it and reuse its result (``True``), or raise :class:`PointBusyError` before
+            any work (``False``; :func:`evaluate_references` computes another one meanwhile).
     Returns:
         ``{name: {metric: value}}`` for the entries evaluated now, e.g.
         ``{"segmentation": {"miou": .., "pixel_acc": ..}, "depth": {"rmse": .., "delta1": ..},
@@ -149,6 +160,7 @@ def evaluate_run(
         FileNotFoundError: no run directory, ``config.json`` or ``backbone.pt``.
         FileExistsError: ``replace`` is false and the file holds results probed otherwise.
         ValueError: unknown task, profile, backbone or device.
+        PointBusyError: ``wait`` is false and another process is computing this reference.
     """
     run_dir = Path(run_dir)
     tasks = _check_tasks(tasks)
@@ -211,7 +223,7 @@ def evaluate_run(
             cached_path.parent.mkdir(parents=True, exist_ok=True)
             # Two points of one seed evaluated side by side (two lanes, a job array) would both
             # train the same ceiling: the second waits for the first and reuses its result.
-            hold.enter_context(point_lock(cached_path.parent, wait=True, name=f".{digest}.lock"))
+            hold.enter_context(point_lock(cached_path.parent, wait=wait, name=f".{digest}.lock"))
             if cached_path.is_file():
                 results = json.loads(cached_path.read_text())
                 log(f"{backbone} reference: reused {cached_path}")
@@ -286,6 +298,47 @@ def evaluate_run(
         if cached_path is not None:
             write_json(cached_path, results)
         return results
+
+
+def evaluate_references(
+    run_dir: str | Path,
+    backbones: Sequence[Literal["random", "supervised"]],
+    *,
+    reference_cache: str | Path,
+    **kwargs,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """:func:`evaluate_run` of each reference backbone in ``backbones`` (``random``: the floor,
+    ``supervised``: the ceiling) through ``reference_cache``, each one another process is
+    computing right now left for last.
+
+    Points evaluated side by side (two lanes, a job array) that share their references would
+    otherwise compute them one after the other: the first to arrive trains the floor, then the
+    ceiling, while the second waits on each in turn. Taking the free one first, the second trains
+    the ceiling while the first probes the floor, and each then reuses the other's result.
+
+    Args:
+        backbones: the references, in the order they are computed when none is busy.
+        kwargs: passed on to :func:`evaluate_run` (``tasks``, ``profile``, ``seed``, ...).
+    Returns:
+        ``{backbone: results}``, each as :func:`evaluate_run` returns it.
+    """
+    unknown = [b for b in backbones if b not in ("random", "supervised")]
+    if unknown:
+        raise ValueError(f"backbones={list(backbones)!r}: expected 'random' and/or 'supervised'")
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    busy = []
+    for backbone in dict.fromkeys(backbones):  # in order, once each
+        try:
+            results[backbone] = evaluate_run(
+                run_dir, backbone=backbone, reference_cache=reference_cache, wait=False, **kwargs
+            )
+        except PointBusyError:
+            busy.append(backbone)
+    for backbone in busy:  # computed elsewhere meanwhile: wait for it, then reuse it
+        results[backbone] = evaluate_run(
+            run_dir, backbone=backbone, reference_cache=reference_cache, **kwargs
+        )
+    return {b: results[b] for b in dict.fromkeys(backbones)}
 
 
 def probe_record(settings: EvalSettings, split: str | None, seed: int) -> dict:

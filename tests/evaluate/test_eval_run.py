@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -335,6 +336,67 @@ def test_a_reference_asked_for_twice_at_once_is_computed_once(tmp_path, monkeypa
     assert json.loads((a / "eval_random.json").read_text()) == json.loads(
         (b / "eval_random.json").read_text()
     )
+
+
+def test_references_side_by_side_take_the_free_one_first(tmp_path, monkeypatch):
+    """Two points evaluating the same floor and ceiling at once: the second trains the ceiling
+    while the first still computes the floor, instead of waiting for it, and each reference is
+    computed once."""
+    import threading
+    import time
+
+    from detcon.evaluate import evaluate_references
+    from detcon.evaluate import run as run_module
+    from detcon.runs import PointBusyError
+
+    a, b = make_run_dir(tmp_path / "a", seed=1), make_run_dir(tmp_path / "b", seed=2)
+    cache = tmp_path / "refs"
+    spans: dict[str, list[float]] = {}  # backbone -> [start, end] of its computation
+    release = threading.Event()
+    real_run = run_module.evaluate_run
+
+    def spy(run_dir, *, backbone="pretrained", **kwargs):
+        messages = []
+        t0 = time.monotonic()
+        results = real_run(run_dir, backbone=backbone, progress=messages.append, **kwargs)
+        if not any("reused" in m for m in messages):  # computed here, not read from the cache
+            spans[f"{Path(run_dir).name}:{backbone}"] = [t0, time.monotonic()]
+        return results
+
+    real_linear = run_module._RUNNERS["linear"]
+
+    def held(ctx, settings):  # the floor of point a stays in progress until released
+        if threading.current_thread().name == "a" and "a:random" not in spans:
+            release.wait(timeout=60)
+        return real_linear(ctx, settings)
+
+    monkeypatch.setattr(run_module, "evaluate_run", spy)
+    monkeypatch.setitem(run_module._RUNNERS, "linear", held)
+    kwargs = dict(settings=QUICK, tasks=("linear",), reference_cache=cache)
+    first = threading.Thread(
+        name="a", target=evaluate_references, args=(a, ["random", "supervised"]), kwargs=kwargs
+    )
+    first.start()
+    deadline = time.monotonic() + 60
+    while not list(cache.glob(".*.lock")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # point a holds the floor's lock
+    with pytest.raises(PointBusyError):
+        run_module.evaluate_run(b, backbone="random", wait=False, **kwargs)
+    second = threading.Thread(
+        name="b", target=evaluate_references, args=(b, ["random", "supervised"]), kwargs=kwargs
+    )
+    second.start()
+    while "b:supervised" not in spans and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "b:supervised" in spans and "a:random" not in spans  # the ceiling, meanwhile
+    release.set()
+    for t in (first, second):
+        t.join(timeout=120)
+    assert sorted(spans) == ["a:random", "b:supervised"]  # each computed once
+    for name in ("eval_random.json", "eval_supervised.json"):
+        assert json.loads((a / name).read_text()) == json.loads((b / name).read_text())
+    with pytest.raises(ValueError, match="'pretrained'"):
+        evaluate_references(a, ["pretrained"], reference_cache=cache)
 
 
 def test_a_probe_that_diverges_is_recorded_and_the_other_tasks_go_on(tmp_path, monkeypatch, capsys):
