@@ -20,6 +20,7 @@ from detcon.evaluate.backbones import (
     make_backbone,
 )
 from detcon.evaluate.run import (
+    ReferenceBusyError,
     default_out_name,
     evaluate_references,
     evaluate_run,
@@ -47,6 +48,7 @@ __all__ = [
     "EvalSettings",
     "LinearSettings",
     "OptimSettings",
+    "ReferenceBusyError",
     "backbone_from_run",
     "backbone_state",
     "cpu_settings",

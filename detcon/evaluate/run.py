@@ -50,12 +50,19 @@ from detcon.runs import (
 )
 
 __all__ = [
+    "ReferenceBusyError",
     "default_out_name",
     "evaluate_references",
     "evaluate_run",
     "resolve_device",
     "settings_for_run",
 ]
+
+
+class ReferenceBusyError(PointBusyError):
+    """Another process is computing the reference (floor or ceiling) that
+    :func:`evaluate_run` was asked not to wait for."""
+
 
 _RUNNERS: dict[str, Callable] = {
     "segmentation": evaluate_segmentation,
@@ -147,8 +154,9 @@ def evaluate_run(
             be replaced; ``False`` refuses before any work (``detcon evaluate`` without
             ``--replace``).
         wait: with ``reference_cache``, when another process is computing the same reference:
-            wait for it and reuse its result (``True``), or raise :class:`PointBusyError` before
-            any work (``False``; :func:`evaluate_references` computes another one meanwhile).
+            wait for it and reuse its result (``True``), or raise :class:`ReferenceBusyError`
+            before any evaluation (``False``; :func:`evaluate_references` computes another
+            reference meanwhile).
     Returns:
         ``{name: {metric: value}}`` for the entries evaluated now, e.g.
         ``{"segmentation": {"miou": .., "pixel_acc": ..}, "depth": {"rmse": .., "delta1": ..},
@@ -160,7 +168,7 @@ def evaluate_run(
         FileNotFoundError: no run directory, ``config.json`` or ``backbone.pt``.
         FileExistsError: ``replace`` is false and the file holds results probed otherwise.
         ValueError: unknown task, profile, backbone or device.
-        PointBusyError: ``wait`` is false and another process is computing this reference.
+        ReferenceBusyError: ``wait`` is false and another process is computing this reference.
     """
     run_dir = Path(run_dir)
     tasks = _check_tasks(tasks)
@@ -222,8 +230,18 @@ def evaluate_run(
             cached_path = Path(reference_cache) / f"{backbone}-{digest}.json"
             cached_path.parent.mkdir(parents=True, exist_ok=True)
             # Two points of one seed evaluated side by side (two lanes, a job array) would both
-            # train the same ceiling: the second waits for the first and reuses its result.
-            hold.enter_context(point_lock(cached_path.parent, wait=wait, name=f".{digest}.lock"))
+            # train the same ceiling: the second waits for the first and reuses its result (or,
+            # not waiting, says so before any evaluation; evaluate_references computes another).
+            try:
+                hold.enter_context(
+                    point_lock(cached_path.parent, wait=wait, name=f".{digest}.lock")
+                )
+            except PointBusyError:
+                raise ReferenceBusyError(
+                    f"the {backbone} reference {cached_path} is being computed by another "
+                    f"process (it holds .{digest}.lock there); wait for it (wait=True) to reuse "
+                    "its result"
+                ) from None
             if cached_path.is_file():
                 results = json.loads(cached_path.read_text())
                 log(f"{backbone} reference: reused {cached_path}")
@@ -307,9 +325,8 @@ def evaluate_references(
     reference_cache: str | Path,
     **kwargs,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """:func:`evaluate_run` of each reference backbone in ``backbones`` (``random``: the floor,
-    ``supervised``: the ceiling) through ``reference_cache``, each one another process is
-    computing right now left for last.
+    """:func:`evaluate_run` of the references in ``backbones`` through ``reference_cache``; one
+    that another process is computing now is left for last, then reused.
 
     Points evaluated side by side (two lanes, a job array) that share their references would
     otherwise compute them one after the other: the first to arrive trains the floor, then the
@@ -317,28 +334,41 @@ def evaluate_references(
     the ceiling while the first probes the floor, and each then reuses the other's result.
 
     Args:
-        backbones: the references, in the order they are computed when none is busy.
+        run_dir: the point's run directory (``config.json``); the results go to its
+            ``eval_random.json`` and ``eval_supervised.json``.
+        backbones: ``random`` (the floor) and/or ``supervised`` (the ceiling), in the order
+            they are computed when none is busy; empty: nothing to do.
+        reference_cache: the folder of cached references (:func:`evaluate_run`).
         kwargs: passed on to :func:`evaluate_run` (``tasks``, ``profile``, ``seed``, ...).
     Returns:
         ``{backbone: results}``, each as :func:`evaluate_run` returns it.
+    Raises:
+        ValueError: a backbone other than the two references, or a keyword this function sets
+            (``backbone``, ``wait``) or that would send both to one file (``out_name``).
     """
+    if isinstance(backbones, str):
+        backbones = [backbones]
+    backbones = list(dict.fromkeys(backbones))  # in order, once each
     unknown = [b for b in backbones if b not in ("random", "supervised")]
     if unknown:
-        raise ValueError(f"backbones={list(backbones)!r}: expected 'random' and/or 'supervised'")
+        raise ValueError(f"backbones={backbones!r}: expected 'random' and/or 'supervised'")
+    taken = sorted({"backbone", "wait", "out_name"} & set(kwargs))
+    if taken:
+        raise ValueError(f"{taken}: evaluate_references sets these itself; not accepted")
     results: dict[str, dict[str, dict[str, float]]] = {}
     busy = []
-    for backbone in dict.fromkeys(backbones):  # in order, once each
+    for backbone in backbones:
         try:
             results[backbone] = evaluate_run(
                 run_dir, backbone=backbone, reference_cache=reference_cache, wait=False, **kwargs
             )
-        except PointBusyError:
+        except ReferenceBusyError:
             busy.append(backbone)
     for backbone in busy:  # computed elsewhere meanwhile: wait for it, then reuse it
         results[backbone] = evaluate_run(
             run_dir, backbone=backbone, reference_cache=reference_cache, **kwargs
         )
-    return {b: results[b] for b in dict.fromkeys(backbones)}
+    return {b: results[b] for b in backbones}
 
 
 def probe_record(settings: EvalSettings, split: str | None, seed: int) -> dict:

@@ -344,59 +344,60 @@ def test_references_side_by_side_take_the_free_one_first(tmp_path, monkeypatch):
     computed once."""
     import threading
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
-    from detcon.evaluate import evaluate_references
+    from detcon.evaluate import ReferenceBusyError, evaluate_references
     from detcon.evaluate import run as run_module
-    from detcon.runs import PointBusyError
 
     a, b = make_run_dir(tmp_path / "a", seed=1), make_run_dir(tmp_path / "b", seed=2)
     cache = tmp_path / "refs"
-    spans: dict[str, list[float]] = {}  # backbone -> [start, end] of its computation
-    release = threading.Event()
-    real_run = run_module.evaluate_run
+    computed = []  # "run:backbone" of each reference computed, not read from the cache
+    entered, release = threading.Event(), threading.Event()
+    real_run, real_linear = run_module.evaluate_run, run_module._RUNNERS["linear"]
 
     def spy(run_dir, *, backbone="pretrained", **kwargs):
         messages = []
-        t0 = time.monotonic()
         results = real_run(run_dir, backbone=backbone, progress=messages.append, **kwargs)
-        if not any("reused" in m for m in messages):  # computed here, not read from the cache
-            spans[f"{Path(run_dir).name}:{backbone}"] = [t0, time.monotonic()]
+        if not any("reused" in m for m in messages):
+            computed.append(f"{Path(run_dir).name}:{backbone}")
         return results
 
-    real_linear = run_module._RUNNERS["linear"]
-
-    def held(ctx, settings):  # the floor of point a stays in progress until released
-        if threading.current_thread().name == "a" and "a:random" not in spans:
+    def held(ctx, settings):  # point a's floor stays in progress (its lock held) until released
+        if threading.current_thread().name.startswith("a") and not computed:
+            entered.set()
             release.wait(timeout=60)
         return real_linear(ctx, settings)
 
     monkeypatch.setattr(run_module, "evaluate_run", spy)
     monkeypatch.setitem(run_module._RUNNERS, "linear", held)
     kwargs = dict(settings=QUICK, tasks=("linear",), reference_cache=cache)
-    first = threading.Thread(
-        name="a", target=evaluate_references, args=(a, ["random", "supervised"]), kwargs=kwargs
-    )
-    first.start()
-    deadline = time.monotonic() + 60
-    while not list(cache.glob(".*.lock")) and time.monotonic() < deadline:
-        time.sleep(0.05)  # point a holds the floor's lock
-    with pytest.raises(PointBusyError):
-        run_module.evaluate_run(b, backbone="random", wait=False, **kwargs)
-    second = threading.Thread(
-        name="b", target=evaluate_references, args=(b, ["random", "supervised"]), kwargs=kwargs
-    )
-    second.start()
-    while "b:supervised" not in spans and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "b:supervised" in spans and "a:random" not in spans  # the ceiling, meanwhile
-    release.set()
-    for t in (first, second):
-        t.join(timeout=120)
-    assert sorted(spans) == ["a:random", "b:supervised"]  # each computed once
+    both = ["random", "supervised"]
+    with ThreadPoolExecutor(1, "a") as pool_a, ThreadPoolExecutor(1, "b") as pool_b:
+        try:
+            first = pool_a.submit(evaluate_references, a, both, **kwargs)
+            assert entered.wait(timeout=60)
+            with pytest.raises(ReferenceBusyError, match="random reference"):
+                run_module.evaluate_run(b, backbone="random", wait=False, **kwargs)
+            second = pool_b.submit(evaluate_references, b, both, **kwargs)
+            for _ in range(600):  # up to 60 s
+                if computed or second.done():
+                    break
+                time.sleep(0.1)
+            if second.done():
+                second.result()  # an error in point b: raised here, not hidden
+            # point b has computed the ceiling while a still holds the floor: it did not wait
+            assert computed == ["b:supervised"]
+        finally:
+            release.set()
+        first.result(timeout=120), second.result(timeout=120)  # re-raises their errors
+    assert sorted(computed) == ["a:random", "b:supervised"]  # each computed once
     for name in ("eval_random.json", "eval_supervised.json"):
         assert json.loads((a / name).read_text()) == json.loads((b / name).read_text())
+    assert evaluate_references(a, [], reference_cache=cache) == {}
     with pytest.raises(ValueError, match="'pretrained'"):
         evaluate_references(a, ["pretrained"], reference_cache=cache)
+    with pytest.raises(ValueError, match="out_name"):
+        evaluate_references(a, "random", reference_cache=cache, out_name="x.json")
 
 
 def test_a_probe_that_diverges_is_recorded_and_the_other_tasks_go_on(tmp_path, monkeypatch, capsys):
