@@ -8,6 +8,9 @@ the task heads of a profile and writes ``eval.json`` as ``{task: {metric: value}
 - ``linear``: logistic regression on pooled frozen features, ``top1`` (+ ``presence_map``);
 - ``detection``: Mask R-CNN + FPN, COCO ``ap_bb`` / ``ap_mk`` (IoU .50:.95) and ``ap50_*``.
 
+``evaluate_references(run_dir, ["random", "supervised"], reference_cache=...)`` adds a point's
+floor and ceiling through a cache shared by the points that have the same ones.
+
 Settings per profile are frozen dataclasses in :mod:`detcon.evaluate.settings`.
 """
 
