@@ -389,7 +389,8 @@ def test_references_side_by_side_take_the_free_one_first(tmp_path, monkeypatch):
             assert computed == ["b:supervised"]
         finally:
             release.set()
-        first.result(timeout=120), second.result(timeout=120)  # re-raises their errors
+        for point in (first, second):
+            point.result(timeout=120)  # re-raises its error
     assert sorted(computed) == ["a:random", "b:supervised"]  # each computed once
     for name in ("eval_random.json", "eval_supervised.json"):
         assert json.loads((a / name).read_text()) == json.loads((b / name).read_text())
