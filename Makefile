@@ -37,7 +37,7 @@ test: $(STAMP)
 DEMO_FIGURES := runs/demo/figures
 demo: $(STAMP)
 	$(BIN)/detcon masks quality --profile cpu --quiet --out $(DEMO_FIGURES)/mask_quality.csv
-	$(BIN)/detcon run ablations/demo.yaml --profile cpu --executor local --lanes 2
+	$(BIN)/detcon run ablations/demo.yaml --profile cpu --executor local --lanes 3
 	$(BIN)/detcon report ablations/demo.yaml --profile cpu --figures-dir $(DEMO_FIGURES)
 
 # Figures of the committed study: every ablation exported to results/ (`detcon export`), drawn

@@ -79,6 +79,13 @@ def default_out_name(backbone: str) -> str:
     return "eval.json" if backbone == "pretrained" else f"eval_{backbone}.json"
 
 
+def reference_cache(run_dir: str | Path) -> Path:
+    """Where a point's floor and ceiling are kept (``detcon.evaluate.evaluate_references``):
+    ``<runs folder>/.references`` for ``run_dir`` = ``<runs folder>/<ablation>/<run id>``, so
+    the points of every ablation under one runs folder that share them compute them once."""
+    return Path(run_dir).absolute().parent.parent / ".references"
+
+
 # A point's evaluation: its encoder's, the random-init floor's and the supervised ceiling's.
 EVAL_FILES = tuple(default_out_name(b) for b in ("pretrained", "random", "supervised"))
 # What a summary.json holds whatever the point (detcon.runs.flatten_summary); without them it is

@@ -541,6 +541,90 @@ def test_lanes_run_points_side_by_side_and_isolate_a_failure(tmp_path, fake, cap
     assert "3 points, 2 done, 0 running elsewhere, 1 to run" in capsys.readouterr().out
 
 
+REFERENCE_GRID = """
+grid:
+  product: {masks.grid_size: [2, 4]}
+evaluate: [linear]
+parameters: {evaluate: {random_baseline: true, supervised_ceiling: true, quick: true}}
+"""
+
+
+def test_run_references_computes_each_distinct_set_once_ceiling_first(tmp_path, monkeypatch):
+    """The reference lane's job: the notebook's call with each point's evaluation parameters,
+    in a scratch run directory holding the point's config, through the runs folder's cache;
+    two points of one model and data config share one set."""
+    import detcon.evaluate
+
+    calls = []
+
+    def evaluate_point_references(run_dir, **kwargs):
+        calls.append((Path(run_dir), kwargs))
+        return {}
+
+    monkeypatch.setattr(detcon.evaluate, "evaluate_point_references", evaluate_point_references)
+    path = write_ablation(tmp_path, REFERENCE_GRID)
+    specs = launch.prepare(path, runs_dir=tmp_path / "runs", check_data=False).specs
+    assert launch_point.run_references(specs) == 1
+    ((work, kwargs),) = calls
+    cache = (tmp_path / "runs" / ".references").absolute()
+    assert work == cache / "points" / specs[0].run_id
+    config = json.loads((work / "config.json").read_text())
+    assert config == json.loads(json.dumps(launch.reuse.expected_config(specs[0])))
+    expected = {k: v for k, v in specs[0].eval_parameters.items() if k != "run_dir"}
+    assert kwargs == {"reference_cache": cache, "ceiling_first": True, **expected}
+    # another model: its own set; no references asked for: nothing
+    calls.clear()
+    widths = REFERENCE_GRID.replace("masks.grid_size: [2, 4]", "model.small_width: [8, 16]")
+    wider = write_ablation(tmp_path, widths, "wider")
+    specs = launch.prepare(wider, runs_dir=tmp_path / "runs", check_data=False).specs
+    assert launch_point.run_references(specs) == 2
+    plain = write_ablation(tmp_path, "grid: {point: {}}\nevaluate: [linear]\n", "plain")
+    assert launch_point.run_references(launch.prepare(plain, check_data=False).specs) == 0
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_spare_lane_computes_the_references_while_the_points_run(
+    tmp_path, fake, capsys, monkeypatch, fails
+):
+    """Three lanes, two points asking for the floor and the ceiling: the third lane runs the
+    reference job from the start; its failure is reported and the points still finish (each
+    computes what it lacks). Two lanes, or no references asked for: no reference lane."""
+    monkeypatch.setattr(launch_executors, "_LANE_START_METHOD", "fork")  # the fakes reach them
+    seen = tmp_path / "references.txt"
+
+    def run_references(specs):
+        seen.write_text(" ".join(spec.run_id for spec in specs))
+        if fails:
+            raise RuntimeError("no ceiling today\nsecond line")
+        return 1
+
+    monkeypatch.setattr(launch_executors, "run_references", run_references)
+    path = write_ablation(tmp_path, REFERENCE_GRID)
+    runs = tmp_path / "runs"
+    assert main(["run", str(path), "--runs-dir", str(runs), "--lanes", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    ids = run_ids(path)
+    assert seen.read_text() == " ".join(ids)
+    start = lines.index("[references] the floor and the ceiling, in the spare lane ...")
+    assert start < min(i for i, line in enumerate(lines) if " done (" in line)
+    (end,) = [line for line in lines[start + 1 :] if line.startswith("[references] ")]
+    if fails:
+        assert end.startswith(
+            "[references] FAILED: RuntimeError: no ceiling today (each point computes the "
+            "references it lacks) ("
+        )
+    else:
+        assert end.startswith("[references] done (")
+    assert {point_state(runs / "abl" / rid, rid).state for rid in ids} == {"done"}
+
+    seen.unlink()
+    again = write_ablation(tmp_path, REFERENCE_GRID.replace("[2, 4]", "[5, 6]"), "again")
+    assert main(["run", str(again), "--runs-dir", str(runs), "--lanes", "2"]) == 0
+    plain = write_ablation(tmp_path, "grid: {point: {}}\nevaluate: [linear]\n", "plain")
+    assert main(["run", str(plain), "--runs-dir", str(runs), "--lanes", "3"]) == 0
+    assert "[references]" not in capsys.readouterr().out and not seen.exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -566,11 +650,13 @@ def test_bad_lanes_are_a_clear_error(tmp_path, fake, capsys, args, message):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lanes", ["1", "2"])
+@pytest.mark.parametrize("lanes", ["1", "2", "3"])
 def test_end_to_end_local_run_with_real_notebooks(tmp_path, capsys, lanes):
     """Two points through papermill + nbconvert: one trains and evaluates (quick linear probe),
     one fails in its notebook (an empty external mask store); a rerun skips the finished one.
-    With two lanes the points run side by side in spawned worker processes."""
+    With two lanes the points run side by side in spawned worker processes; with three, the
+    third computes the floor and the ceiling meanwhile, keyed as the notebook keys them (one
+    cached file each, whoever computed it)."""
     empty = tmp_path / "empty-store"
     empty.mkdir()
     path = write_ablation(
@@ -610,6 +696,9 @@ def test_end_to_end_local_run_with_real_notebooks(tmp_path, capsys, lanes):
     assert summary["pretrain.steps"] == 2 and "eval.linear.top1" in summary
     # the notebook's floor and ceiling (eval_random.json, eval_supervised.json) reach the summary
     assert "eval_random.linear.top1" in summary and "eval_supervised.linear.top1" in summary
+    cached = sorted(p.name.split("-")[0] for p in (runs / ".references").glob("*.json"))
+    assert cached == ["random", "supervised"]
+    assert ("[references] done (" in out) == (lanes == "3")
     executed = nbformat.read(str(d / "pretrain.ipynb"), as_version=4)
     tags = [c.metadata.get("tags", []) for c in executed.cells]
     assert ["injected-parameters"] in tags

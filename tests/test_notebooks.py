@@ -138,3 +138,23 @@ def test_mask_gallery_executes(tmp_path):
     assert any("image/png" in o.get("data", {}) for o in last)
     table = next(o for o in last if o.output_type == "execute_result")["data"]["text/plain"]
     assert "mean_best_iou" in table and "ground_truth" in table
+
+
+def test_the_reference_lane_reads_the_evaluate_notebooks_parameters_as_the_notebook_does():
+    """``evaluate_point_references`` takes the evaluate notebook's parameters (but ``run_dir``)
+    with the notebook's defaults: the launcher's reference lane passes a point's evaluation
+    parameters to it, and a name or default that drifted apart would key another cache entry
+    (a ceiling trained twice) or fail the lane."""
+    import inspect
+
+    from detcon.evaluate import evaluate_point_references
+
+    signature = inspect.signature(evaluate_point_references).parameters
+    for name, param in notebook_parameters(NOTEBOOK_DIR / "evaluate.ipynb").items():
+        if name == "run_dir":
+            continue
+        assert name in signature, name
+        default = signature[name].default
+        if isinstance(default, tuple):  # TASKS; the notebook's default is a list
+            default = list(default)
+        assert default == ast.literal_eval(param["default"]), name

@@ -9,7 +9,8 @@ the task heads of a profile and writes ``eval.json`` as ``{task: {metric: value}
 - ``detection``: Mask R-CNN + FPN, COCO ``ap_bb`` / ``ap_mk`` (IoU .50:.95) and ``ap50_*``.
 
 ``evaluate_references(run_dir, ["random", "supervised"], reference_cache=...)`` adds a point's
-floor and ceiling through a cache shared by the points that have the same ones.
+floor and ceiling through a cache shared by the points that have the same ones;
+``evaluate_point_references`` asks for them as the evaluate notebook's parameters do.
 
 Settings per profile are frozen dataclasses in :mod:`detcon.evaluate.settings`.
 """
@@ -25,6 +26,7 @@ from detcon.evaluate.backbones import (
 from detcon.evaluate.run import (
     ReferenceBusyError,
     default_out_name,
+    evaluate_point_references,
     evaluate_references,
     evaluate_run,
     settings_for_run,
@@ -56,6 +58,7 @@ __all__ = [
     "backbone_state",
     "cpu_settings",
     "default_out_name",
+    "evaluate_point_references",
     "evaluate_references",
     "evaluate_run",
     "get_settings",

@@ -52,6 +52,7 @@ from detcon.runs import (
 __all__ = [
     "ReferenceBusyError",
     "default_out_name",
+    "evaluate_point_references",
     "evaluate_references",
     "evaluate_run",
     "resolve_device",
@@ -369,6 +370,49 @@ def evaluate_references(
             run_dir, backbone=backbone, reference_cache=reference_cache, **kwargs
         )
     return {b: results[b] for b in backbones}
+
+
+def evaluate_point_references(
+    run_dir: str | Path,
+    *,
+    reference_cache: str | Path,
+    random_baseline: bool = False,
+    supervised_ceiling: bool = False,
+    ceiling_first: bool = False,
+    tasks: Sequence[str] = TASKS,
+    profile: str = "cpu",
+    quick: bool = False,
+    device: str | torch.device = "auto",
+    data_root: str | Path | None = "",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The references a point's evaluation asks for, from the evaluate notebook's parameters
+    (same names, same defaults): :func:`evaluate_references` of the floor (``random_baseline``)
+    and the ceiling (``supervised_ceiling``; left out, and said through ``progress``, where the
+    profile has no supervised recipe: the paper profile's ceiling is an imported checkpoint).
+
+    The notebook and the launcher's reference lane (:func:`detcon.launch.point.run_references`)
+    both call it, so that they key the shared cache alike. ``ceiling_first``: train the ceiling
+    before probing the floor (the reference lane, ahead of the points, starts with the longest
+    job); a point takes the floor first. ``data_root`` ``""`` or None: none (cpu profile).
+    """
+    wanted = ["random"] if random_baseline else []
+    if supervised_ceiling and get_settings(profile, quick).supervised is None:
+        if progress is not None:
+            progress(f"supervised_ceiling: skipped, the {profile} profile has no supervised recipe")
+    elif supervised_ceiling:
+        wanted.insert(0 if ceiling_first else len(wanted), "supervised")
+    return evaluate_references(
+        run_dir,
+        wanted,
+        reference_cache=reference_cache,
+        tasks=tasks,
+        profile=profile,
+        quick=quick,
+        device=device,
+        data_root=data_root or None,
+        progress=progress,
+    )
 
 
 def probe_record(settings: EvalSettings, split: str | None, seed: int) -> dict:

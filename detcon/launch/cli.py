@@ -151,7 +151,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="local executor: run N points side by side (default 1); for points that use "
         "fewer threads than the machine has cores, e.g. two lanes of the cpu profile's "
-        "one-thread points on two cores",
+        "one-thread points on two cores. A lane no point needs computes the floor and the "
+        "ceiling the points ask for while they pretrain (make demo: 3 lanes, 2 points)",
     )
     p.set_defaults(func=_cmd_run)
 

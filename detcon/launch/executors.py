@@ -8,7 +8,8 @@ yet done becomes one job (:class:`~detcon.launch.point.PointJob`) through an exe
   changes the working directory of the process that runs it, so points cannot share one): for
   points that use fewer threads than the machine has cores, e.g. the cpu profile's one-thread
   points on a 2-core machine (`make demo`'s two points: 563 s in two lanes, 540 + 225 s one
-  after the other; docs/cpu-miniature.md).
+  after the other; docs/cpu-miniature.md). A lane no point needs computes the floor and the
+  ceiling the points will ask for while they pretrain (:func:`_run_lanes`).
 - ``slurm``: one SLURM job array through submitit (``AutoExecutor(cluster="slurm")``), resources
   and array parallelism from a cluster profile (``ablations/clusters/<name>.yaml``), a fresh
   submitit folder per launch. Jobs are ``submitit.helpers.Checkpointable``: on USR2 (preemption,
@@ -41,7 +42,15 @@ import submitit
 
 from detcon.atomic import write_json
 from detcon.launch.plan import Plan, describe_plan, prepare
-from detcon.launch.point import PointFailedError, PointJob, PointSpec, planned_source, run_point
+from detcon.launch.point import (
+    PointFailedError,
+    PointJob,
+    PointSpec,
+    planned_source,
+    run_point,
+    run_references,
+    wants_references,
+)
 from detcon.launch.reuse import Source
 from detcon.runs import point_state
 
@@ -163,7 +172,7 @@ def run_ablation(
         echo(line)
     if not todo:
         return result
-    if executor == "local" and lanes > 1 and len(todo) > 1:
+    if executor == "local" and lanes > 1 and (len(todo) > 1 or _spare_lane(todo, lanes)):
         _run_lanes(todo, result, echo, lanes)
     elif executor == "local":
         _run_local(todo, result, echo)
@@ -238,13 +247,36 @@ def _run_in_lane(spec: PointSpec) -> dict[str, Any]:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _references_in_lane(specs: Sequence[PointSpec]) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return run_references(specs)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _spare_lane(todo: Sequence[PointSpec], lanes: int) -> bool:
+    """A lane no point needs, and points whose evaluation asks for the floor or the ceiling."""
+    return lanes > len(todo) and any(wants_references(spec) for spec in todo)
+
+
+_REFERENCES_TAG = "[references]"
+
+
 def _run_lanes(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable, lanes: int) -> None:
     """``_run_local`` with up to ``lanes`` points at once, each in a worker process; a point
-    starts as soon as a lane is free, and its ``[i/n]`` lines are written as it starts and ends."""
+    starts as soon as a lane is free, and its ``[i/n]`` lines are written as it starts and ends.
+
+    A lane that no point needs (``lanes`` > points) computes the references the points'
+    evaluations ask for while they pretrain (:func:`run_references`): on two cores, three
+    one-thread processes instead of a ceiling trained after the pretrainings. Its failure is
+    reported and changes nothing else: each point computes what it still lacks.
+    """
     queue = list(enumerate(todo, 1))
-    pending: dict[Future, tuple[str, PointSpec, float]] = {}
+    pending: dict[Future, tuple[str, PointSpec | None, float]] = {}
     context = multiprocessing.get_context(_LANE_START_METHOD)
-    workers = min(lanes, len(todo))
+    spare = _spare_lane(todo, lanes)
+    workers = min(lanes, len(todo) + spare)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_lane_init) as pool:
 
         def start() -> None:
@@ -255,14 +287,31 @@ def _run_lanes(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable, 
 
         while queue and len(pending) < lanes:
             start()
+        if spare:
+            echo(f"{_REFERENCES_TAG} the floor and the ceiling, in the spare lane ...")
+            future = pool.submit(_references_in_lane, todo)
+            pending[future] = (_REFERENCES_TAG, None, time.perf_counter())
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 tag, spec, t0 = pending.pop(future)
-                msg = _outcome_line(spec, future.result, result)
+                if spec is None:
+                    msg = _references_line(future)
+                else:
+                    msg = _outcome_line(spec, future.result, result)
                 echo(f"{tag} {msg} ({time.perf_counter() - t0:.0f} s)")
                 if queue:
                     start()
+
+
+def _references_line(future: Future) -> str:
+    """The end of the reference lane's line; a failure is reported, the points go on."""
+    try:
+        future.result()
+    except Exception as exc:  # noqa: BLE001 - reported; each point computes what it lacks
+        text = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        return f"FAILED: {text} (each point computes the references it lacks)"
+    return "done"
 
 
 def _run_debug(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable) -> None:

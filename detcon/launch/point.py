@@ -12,10 +12,11 @@ points.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from detcon.runs import (
     read_json,
     read_status,
     read_summary,
+    reference_cache,
     reused_source,
     summary_of,
     write_status,
@@ -284,6 +286,42 @@ def _run_locked(spec: PointSpec) -> dict[str, Any]:
             **reused,
         )
         raise PointFailedError(f"{spec.run_id}: {line}") from exc
+
+
+def wants_references(spec: PointSpec) -> bool:
+    """The point's evaluation asks for the random-init floor or the supervised ceiling."""
+    params = spec.eval_parameters or {}
+    return bool(params.get("random_baseline") or params.get("supervised_ceiling"))
+
+
+def run_references(specs: Sequence[PointSpec]) -> int:
+    """Compute, ahead of the points, the floor and the ceiling their evaluations will ask for
+    (the local executor's spare lane): the evaluate notebook's call
+    (:func:`detcon.evaluate.evaluate_point_references`) with the points' own evaluation
+    parameters and cache, so that each point then reuses them, or, meeting one still being
+    computed, computes the other first. The ceiling first: the longest job, started earliest.
+
+    The references depend on a point's model and data config and its evaluation parameters
+    only: each distinct set once, in a scratch run directory ``<cache>/points/<run id>/``
+    holding the point's ``config.json``. Returns how many sets were asked for.
+    """
+    from detcon.evaluate import evaluate_point_references
+
+    seen: set[str] = set()
+    for spec in specs:
+        if not wants_references(spec):
+            continue
+        params = {k: v for k, v in (spec.eval_parameters or {}).items() if k != "run_dir"}
+        config = expected_config(spec)
+        key = json.dumps([config["model"], config["data"], params], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        cache = reference_cache(spec.run_dir)
+        work = cache / "points" / spec.run_id
+        write_json(work / "config.json", config)
+        evaluate_point_references(work, reference_cache=cache, ceiling_first=True, **params)
+    return len(seen)
 
 
 class PointJob(submitit.helpers.Checkpointable):
