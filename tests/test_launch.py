@@ -12,6 +12,7 @@ import contextlib
 import json
 import shutil
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import nbformat
@@ -579,50 +580,92 @@ def test_run_references_computes_each_distinct_set_once_ceiling_first(tmp_path, 
     specs = launch.prepare(wider, runs_dir=tmp_path / "runs", check_data=False).specs
     assert launch_point.run_references(specs) == 2
     plain = write_ablation(tmp_path, "grid: {point: {}}\nevaluate: [linear]\n", "plain")
-    assert launch_point.run_references(launch.prepare(plain, check_data=False).specs) == 0
+    specs = launch.prepare(plain, runs_dir=tmp_path / "runs", check_data=False).specs
+    assert launch_point.run_references(specs) == 0
 
 
-@pytest.mark.parametrize("fails", [False, True])
-def test_a_spare_lane_computes_the_references_while_the_points_run(
-    tmp_path, fake, capsys, monkeypatch, fails
-):
-    """Three lanes, two points asking for the floor and the ceiling: the third lane runs the
-    reference job from the start; its failure is reported and the points still finish (each
-    computes what it lacks). Two lanes, or no references asked for: no reference lane."""
-    monkeypatch.setattr(launch_executors, "_LANE_START_METHOD", "fork")  # the fakes reach them
-    seen = tmp_path / "references.txt"
+def _lane_stand_in(tmp_path: Path, how: str) -> Callable[[list], int]:
+    """A stand-in for ``run_references`` in the reference lane's process: writes the run ids
+    it was given, then ends as ``how`` says."""
+    import os
+    import time
 
     def run_references(specs):
-        seen.write_text(" ".join(spec.run_id for spec in specs))
-        if fails:
+        (tmp_path / "references.txt").write_text(" ".join(spec.run_id for spec in specs))
+        if how == "fails":
             raise RuntimeError("no ceiling today\nsecond line")
+        if how == "crashes":
+            os._exit(3)
+        if how == "outlives":  # longer than any point: stopped when the last one ends
+            time.sleep(120)
         return 1
 
-    monkeypatch.setattr(launch_executors, "run_references", run_references)
+    return run_references
+
+
+@pytest.mark.parametrize(
+    ("how", "end"),
+    [
+        ("done", "[references] done ("),
+        (
+            "fails",
+            "[references] FAILED: RuntimeError: no ceiling today (each point computes the "
+            "references it lacks) (",
+        ),
+        (
+            "crashes",
+            "[references] FAILED: its process ended with exit code 3 (each point computes the "
+            "references it lacks) (",
+        ),
+        ("outlives", "[references] stopped: every point has ended, none is left to use them"),
+    ],
+)
+def test_a_spare_lane_computes_the_references_while_the_points_run(
+    tmp_path, fake, capsys, monkeypatch, how, end
+):
+    """Three lanes, two points asking for the floor and the ceiling: the third lane runs the
+    reference job from the start, in a process of its own; its failure, even a crash, is
+    reported and the points still finish (each computes what it lacks); when it outlives every
+    point it is stopped."""
+    import time
+
+    monkeypatch.setattr(launch_executors, "_LANE_START_METHOD", "fork")  # the fakes reach them
+    monkeypatch.setattr(launch_executors, "run_references", _lane_stand_in(tmp_path, how))
     path = write_ablation(tmp_path, REFERENCE_GRID)
     runs = tmp_path / "runs"
+    t0 = time.monotonic()
     assert main(["run", str(path), "--runs-dir", str(runs), "--lanes", "3"]) == 0
+    assert time.monotonic() - t0 < 60  # a guard: "outlives" sleeps 120 s unless stopped
     lines = capsys.readouterr().out.splitlines()
     ids = run_ids(path)
-    assert seen.read_text() == " ".join(ids)
+    assert (tmp_path / "references.txt").read_text() == " ".join(ids)
     start = lines.index("[references] the floor and the ceiling, in the spare lane ...")
     assert start < min(i for i, line in enumerate(lines) if " done (" in line)
-    (end,) = [line for line in lines[start + 1 :] if line.startswith("[references] ")]
-    if fails:
-        assert end.startswith(
-            "[references] FAILED: RuntimeError: no ceiling today (each point computes the "
-            "references it lacks) ("
-        )
-    else:
-        assert end.startswith("[references] done (")
+    (last,) = [line for line in lines[start + 1 :] if line.startswith("[references] ")]
+    assert last.startswith(end)
     assert {point_state(runs / "abl" / rid, rid).state for rid in ids} == {"done"}
 
-    seen.unlink()
-    again = write_ablation(tmp_path, REFERENCE_GRID.replace("[2, 4]", "[5, 6]"), "again")
-    assert main(["run", str(again), "--runs-dir", str(runs), "--lanes", "2"]) == 0
+
+def test_the_spare_lane_serves_only_points_that_will_evaluate(tmp_path, fake, capsys, monkeypatch):
+    """One point and two lanes: the second computes its references. No lane when no point to
+    run asks for references, or when the one that does takes its evaluation from a finished
+    run of the same config (another ablation's)."""
+    monkeypatch.setattr(launch_executors, "_LANE_START_METHOD", "fork")
+    monkeypatch.setattr(launch_executors, "run_references", _lane_stand_in(tmp_path, "done"))
+    runs = tmp_path / "runs"
+    one = write_ablation(tmp_path, REFERENCE_GRID.replace("[2, 4]", "[2]"), "one")
+    assert main(["run", str(one), "--runs-dir", str(runs), "--lanes", "2"]) == 0
+    assert "[references] done (" in capsys.readouterr().out
+    assert (tmp_path / "references.txt").read_text() == run_ids(one)[0]
+
+    (tmp_path / "references.txt").unlink()
+    again = write_ablation(tmp_path, REFERENCE_GRID.replace("[2, 4]", "[2]"), "again")
     plain = write_ablation(tmp_path, "grid: {point: {}}\nevaluate: [linear]\n", "plain")
-    assert main(["run", str(plain), "--runs-dir", str(runs), "--lanes", "3"]) == 0
-    assert "[references]" not in capsys.readouterr().out and not seen.exists()
+    for path in (again, plain):
+        assert main(["run", str(path), "--runs-dir", str(runs), "--lanes", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "reuses the pretraining and evaluation of one/" in out
+    assert "[references]" not in out and not (tmp_path / "references.txt").exists()
 
 
 @pytest.mark.parametrize(
@@ -712,11 +755,12 @@ def test_end_to_end_local_run_with_real_notebooks(tmp_path, capsys, lanes):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lanes", [1, 2])
+@pytest.mark.parametrize("lanes", [1, 2, 3])
 def test_ctrl_c_during_a_run_prints_one_line_and_exits_130(tmp_path, lanes):
     """SIGINT to `detcon run`'s process group (what Ctrl-C in a terminal does) while a point's
     notebook runs: one line, exit code 130 (the kernel's shutdown printed a ZMQError traceback).
-    With two lanes, both points' notebooks run when it comes, and both stop."""
+    With two lanes, both points' notebooks run when it comes, and both stop; with three, the
+    spare lane training the ceiling (the cpu profile's, minutes) stops too, silently."""
     import os
     import signal
     import subprocess
@@ -736,10 +780,14 @@ def test_ctrl_c_during_a_run_prints_one_line_and_exits_130(tmp_path, lanes):
     kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": kernelspec})
     nbformat.write(nb, str(tmp_path / "sleep.ipynb"))
-    seeds = list(range(lanes))
-    path = write_ablation(
-        tmp_path, f"notebook: sleep.ipynb\ngrid: {{point: {{}}}}\nseeds: {seeds}\n"
-    )
+    points = min(lanes, 2)
+    text = f"notebook: sleep.ipynb\ngrid: {{point: {{}}}}\nseeds: {list(range(points))}\n"
+    if lanes == 3:
+        text += (
+            "evaluate: [linear]\n"
+            "parameters: {evaluate: {random_baseline: true, supervised_ceiling: true}}\n"
+        )
+    path = write_ablation(tmp_path, text)
     rids = run_ids(path)
     started = [tmp_path / "runs" / "abl" / rid / "started" for rid in rids]
     cmd = [sys.executable, "-m", "detcon", "run", str(path), "--runs-dir", str(tmp_path / "runs")]
@@ -768,8 +816,9 @@ def test_ctrl_c_during_a_run_prints_one_line_and_exits_130(tmp_path, lanes):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err
     assert err.splitlines() == ["detcon run: interrupted"], err
+    assert ("[references] the floor and the ceiling" in out) == (lanes == 3)
     for i, (rid, f) in enumerate(zip(rids, started), 1):
-        assert f"[{i}/{lanes}] {rid} ..." in out
+        assert f"[{i}/{points}] {rid} ..." in out
         # The point resumes on the next run: nobody holds its lock and its status says running.
         assert point_state(f.parent, rid).state == "interrupted"
 

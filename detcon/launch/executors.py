@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,7 @@ def run_ablation(
         return result
     _check_writable(plan.runs_root)
     todo: list[PointSpec] = []
+    evaluated: list[PointSpec] = []  # points that will run the evaluate notebook
     notes: list[str] = []
     for spec in plan.specs:
         state = point_state(spec.run_dir, spec.run_id)
@@ -155,6 +157,8 @@ def run_ablation(
         else:
             source = planned_source(spec)
             todo.append(spec if source is None else replace(spec, reuse=source.run_dir))
+            if source is None or not source.evaluation:
+                evaluated.append(spec)
             if state.state == "corrupt":
                 notes.append(f"  {spec.run_id}: corrupt ({state.error}), run again")
             if source is not None:
@@ -172,8 +176,10 @@ def run_ablation(
         echo(line)
     if not todo:
         return result
-    if executor == "local" and lanes > 1 and (len(todo) > 1 or _spare_lane(todo, lanes)):
-        _run_lanes(todo, result, echo, lanes)
+    # A lane no point needs computes the references the evaluated points ask for (_run_lanes).
+    references = [s for s in evaluated if wants_references(s)] if lanes > len(todo) else []
+    if executor == "local" and lanes > 1 and (len(todo) > 1 or references):
+        _run_lanes(todo, result, echo, lanes, references)
     elif executor == "local":
         _run_local(todo, result, echo)
     elif executor == "debug":
@@ -247,36 +253,76 @@ def _run_in_lane(spec: PointSpec) -> dict[str, Any]:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _references_in_lane(specs: Sequence[PointSpec]) -> int:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+def _reference_lane(specs: Sequence[PointSpec], conn: Connection) -> None:
+    """The reference lane's process: :func:`run_references`, its outcome sent through ``conn``
+    (``None``: done; else the error's line). Ctrl-C stops it quietly: the launch reports it."""
     try:
-        return run_references(specs)
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _spare_lane(todo: Sequence[PointSpec], lanes: int) -> bool:
-    """A lane no point needs, and points whose evaluation asks for the floor or the ceiling."""
-    return lanes > len(todo) and any(wants_references(spec) for spec in todo)
+        run_references(specs)
+    except KeyboardInterrupt:
+        conn.send("interrupted")
+        return
+    except Exception as exc:  # noqa: BLE001 - reported by the launch; the points go on
+        conn.send(f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+        return
+    conn.send(None)
 
 
 _REFERENCES_TAG = "[references]"
+_EACH_POINT = "each point computes the references it lacks"
+# How often the launch looks at the reference lane's process while points run (seconds).
+_POLL_S = 1.0
 
 
-def _run_lanes(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable, lanes: int) -> None:
+class _ReferenceLane:
+    """The spare lane: a process of its own running :func:`_reference_lane`, and the pipe its
+    outcome comes through."""
+
+    def __init__(self, context: Any, specs: Sequence[PointSpec]) -> None:
+        self.receive, send = context.Pipe(duplex=False)
+        self.process = context.Process(target=_reference_lane, args=(list(specs), send))
+        self.process.start()
+        send.close()  # the child holds its end
+        self.t0 = time.perf_counter()
+
+    def outcome(self) -> str | None:
+        """None while it runs, else the end of its ``[references]`` line."""
+        if self.process.is_alive():
+            return None
+        try:
+            message = self.receive.recv()
+        except EOFError:  # it died before sending anything (killed, a crash)
+            message = f"its process ended with exit code {self.process.exitcode}"
+        text = "done" if message is None else f"FAILED: {message} ({_EACH_POINT})"
+        return f"{text} ({time.perf_counter() - self.t0:.0f} s)"
+
+    def stop(self) -> None:
+        """Its cache writes are atomic and its locks end with it: stopping loses only work."""
+        self.process.terminate()
+        self.process.join()
+
+
+def _run_lanes(
+    todo: Sequence[PointSpec],
+    result: LaunchResult,
+    echo: Callable,
+    lanes: int,
+    references: Sequence[PointSpec] = (),
+) -> None:
     """``_run_local`` with up to ``lanes`` points at once, each in a worker process; a point
     starts as soon as a lane is free, and its ``[i/n]`` lines are written as it starts and ends.
 
-    A lane that no point needs (``lanes`` > points) computes the references the points'
-    evaluations ask for while they pretrain (:func:`run_references`): on two cores, three
-    one-thread processes instead of a ceiling trained after the pretrainings. Its failure is
-    reported and changes nothing else: each point computes what it still lacks.
+    ``references``: the points whose evaluation will ask for the floor or the ceiling, given when
+    a lane is left over (``lanes`` > points): that lane computes them while the points pretrain
+    (:func:`run_references`; on two cores, three one-thread processes instead of a ceiling
+    trained after the pretrainings). It is a process of its own, outside the points' pool, so
+    that even its crash fails nothing else: each point then computes what it still lacks. When
+    every point has ended before it, nobody is left to use what it computes: it is stopped.
     """
     queue = list(enumerate(todo, 1))
-    pending: dict[Future, tuple[str, PointSpec | None, float]] = {}
+    pending: dict[Future, tuple[str, PointSpec, float]] = {}
     context = multiprocessing.get_context(_LANE_START_METHOD)
-    spare = _spare_lane(todo, lanes)
-    workers = min(lanes, len(todo) + spare)
+    workers = min(lanes, len(todo))
+    lane: _ReferenceLane | None = None
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_lane_init) as pool:
 
         def start() -> None:
@@ -287,31 +333,27 @@ def _run_lanes(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable, 
 
         while queue and len(pending) < lanes:
             start()
-        if spare:
-            echo(f"{_REFERENCES_TAG} the floor and the ceiling, in the spare lane ...")
-            future = pool.submit(_references_in_lane, todo)
-            pending[future] = (_REFERENCES_TAG, None, time.perf_counter())
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                tag, spec, t0 = pending.pop(future)
-                if spec is None:
-                    msg = _references_line(future)
-                else:
+        try:
+            if references:
+                echo(f"{_REFERENCES_TAG} the floor and the ceiling, in the spare lane ...")
+                lane = _ReferenceLane(context, references)
+            while pending:
+                timeout = None if lane is None else _POLL_S
+                finished, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    tag, spec, t0 = pending.pop(future)
                     msg = _outcome_line(spec, future.result, result)
-                echo(f"{tag} {msg} ({time.perf_counter() - t0:.0f} s)")
-                if queue:
-                    start()
-
-
-def _references_line(future: Future) -> str:
-    """The end of the reference lane's line; a failure is reported, the points go on."""
-    try:
-        future.result()
-    except Exception as exc:  # noqa: BLE001 - reported; each point computes what it lacks
-        text = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        return f"FAILED: {text} (each point computes the references it lacks)"
-    return "done"
+                    echo(f"{tag} {msg} ({time.perf_counter() - t0:.0f} s)")
+                    if queue:
+                        start()
+                if lane is not None and (end := lane.outcome()) is not None:
+                    echo(f"{_REFERENCES_TAG} {end}")
+                    lane = None
+            if lane is not None:
+                echo(f"{_REFERENCES_TAG} stopped: every point has ended, none is left to use them")
+        finally:
+            if lane is not None:  # every point has ended, or the launch is interrupted
+                lane.stop()
 
 
 def _run_debug(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable) -> None:
