@@ -7,9 +7,10 @@ yet done becomes one job (:class:`~detcon.launch.point.PointJob`) through an exe
   ``lanes`` > 1, that many points run side by side, each in a spawned worker process (papermill
   changes the working directory of the process that runs it, so points cannot share one): for
   points that use fewer threads than the machine has cores, e.g. the cpu profile's one-thread
-  points on a 2-core machine (`make demo`'s two points: 563 s in two lanes, 540 + 225 s one
-  after the other; docs/cpu-miniature.md). A lane no point needs computes the floor and the
-  ceiling the points will ask for while they pretrain (:func:`_run_lanes`).
+  points on a 2-core machine (the demo's two points at recipe E on a 2-core Xeon: 563 s in two
+  lanes, 540 + 225 s one after the other; docs/cpu-miniature.md). A lane no point needs
+  computes the floor and the ceiling the points will ask for while they pretrain
+  (:func:`_run_lanes`).
 - ``slurm``: one SLURM job array through submitit (``AutoExecutor(cluster="slurm")``), resources
   and array parallelism from a cluster profile (``ablations/clusters/<name>.yaml``), a fresh
   submitit folder per launch. Jobs are ``submitit.helpers.Checkpointable``: on USR2 (preemption,
