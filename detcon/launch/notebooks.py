@@ -5,6 +5,8 @@ to HTML."""
 from __future__ import annotations
 
 import ast
+import logging
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,7 @@ def execute_notebook(
     """
     import papermill
 
+    _hush_interrupted_teardown()
     papermill.execute_notebook(
         str(notebook),
         str(output),
@@ -132,6 +135,47 @@ def execute_notebook(
         # After the last cell every output has arrived, so nothing is lost either way.
         shutdown_kernel="immediate",
     )
+
+
+class _InterruptedTeardown(logging.Filter):
+    """Drops what papermill's kernel teardown logs after Ctrl-C, which only repeats the interrupt.
+
+    Ctrl-C raises KeyboardInterrupt in the event loop that runs a cell and leaves nbclient's
+    tasks for that cell pending in it. The teardown (``shutdown_kernel="immediate"``) runs that
+    loop again: when it takes longer than nbclient's one-second kernel poll (a loaded machine),
+    the poll sees the stopped kernel, logs "Kernel died while waiting for execute reply." and
+    the cell's task ends with a DeadKernelError nobody retrieves, which asyncio logs with a
+    traceback when the task is collected (at exit). The caller prints one line for the
+    interrupt (``detcon run: interrupted``); these records would follow it on the terminal.
+    Records are dropped only while a KeyboardInterrupt unwinds (papermill's logger) or after
+    such a drop (asyncio's DeadKernelError); everything else passes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "asyncio":
+            from nbclient.exceptions import DeadKernelError
+
+            exc = record.exc_info[1] if record.exc_info else None
+            return not (self.interrupted and isinstance(exc, DeadKernelError))
+        if isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            self.interrupted = True
+            return False
+        return True
+
+
+_TEARDOWN_FILTER = _InterruptedTeardown()
+
+
+def _hush_interrupted_teardown() -> None:
+    """Attach :class:`_InterruptedTeardown` to papermill's and asyncio's loggers (once)."""
+    for name in ("papermill", "asyncio"):
+        logger = logging.getLogger(name)
+        if _TEARDOWN_FILTER not in logger.filters:
+            logger.addFilter(_TEARDOWN_FILTER)
 
 
 def render_html(notebook: Path) -> Path:
