@@ -754,45 +754,24 @@ def test_end_to_end_local_run_with_real_notebooks(tmp_path, capsys, lanes):
     assert "1 points, 1 done, 0 running elsewhere, 0 to run" in capsys.readouterr().out
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("lanes", [1, 2, 3])
-def test_ctrl_c_during_a_run_prints_one_line_and_exits_130(tmp_path, lanes):
-    """SIGINT to `detcon run`'s process group (what Ctrl-C in a terminal does) while a point's
-    notebook runs: one line, exit code 130 (the kernel's shutdown printed a ZMQError traceback).
-    With two lanes, both points' notebooks run when it comes, and both stop; with three, the
-    spare lane training the ceiling (the cpu profile's, minutes) stops too, silently."""
+def _write_sleeping_notebook(path: Path, cells: list) -> None:
+    """A python3 notebook of ``cells`` (the last one sleeps, to be interrupted)."""
+    kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(
+        nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": kernelspec}), str(path)
+    )
+
+
+def _ctrl_c_once_started(cmd: list[str], started: list[Path]) -> tuple[int, str, str]:
+    """Start ``cmd`` in a session of its own, wait until every ``started`` file exists, send
+    SIGINT to its process group (a terminal's Ctrl-C) and return (exit code, stdout, stderr)."""
     import os
     import signal
     import subprocess
-    import sys
     import time
 
-    cells = [
-        nbformat.v4.new_code_cell(
-            'profile = "cpu"\noverrides = {}\nrun_dir = "."\nprogress = True',
-            metadata={"tags": ["parameters"]},
-        ),
-        nbformat.v4.new_code_cell(
-            "import time\nfrom pathlib import Path\n"
-            'Path(run_dir, "started").write_text("")\ntime.sleep(600)'
-        ),
-    ]
-    kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": kernelspec})
-    nbformat.write(nb, str(tmp_path / "sleep.ipynb"))
-    points = min(lanes, 2)
-    text = f"notebook: sleep.ipynb\ngrid: {{point: {{}}}}\nseeds: {list(range(points))}\n"
-    if lanes == 3:
-        text += (
-            "evaluate: [linear]\n"
-            "parameters: {evaluate: {random_baseline: true, supervised_ceiling: true}}\n"
-        )
-    path = write_ablation(tmp_path, text)
-    rids = run_ids(path)
-    started = [tmp_path / "runs" / "abl" / rid / "started" for rid in rids]
-    cmd = [sys.executable, "-m", "detcon", "run", str(path), "--runs-dir", str(tmp_path / "runs")]
     proc = subprocess.Popen(
-        [*cmd, "--lanes", str(lanes)],
+        cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -814,7 +793,42 @@ def test_ctrl_c_during_a_run_prints_one_line_and_exits_130(tmp_path, lanes):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err
+    return proc.returncode, out, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+def test_ctrl_c_during_a_run_prints_one_line_and_exits_130(tmp_path, lanes):
+    """SIGINT to `detcon run`'s process group (what Ctrl-C in a terminal does) while a point's
+    notebook runs: one line, exit code 130 (the kernel's shutdown printed a ZMQError traceback).
+    With two lanes, both points' notebooks run when it comes, and both stop; with three, the
+    spare lane training the ceiling (the cpu profile's, minutes) stops too, silently."""
+    import sys
+
+    cells = [
+        nbformat.v4.new_code_cell(
+            'profile = "cpu"\noverrides = {}\nrun_dir = "."\nprogress = True',
+            metadata={"tags": ["parameters"]},
+        ),
+        nbformat.v4.new_code_cell(
+            "import time\nfrom pathlib import Path\n"
+            'Path(run_dir, "started").write_text("")\ntime.sleep(600)'
+        ),
+    ]
+    _write_sleeping_notebook(tmp_path / "sleep.ipynb", cells)
+    points = min(lanes, 2)
+    text = f"notebook: sleep.ipynb\ngrid: {{point: {{}}}}\nseeds: {list(range(points))}\n"
+    if lanes == 3:
+        text += (
+            "evaluate: [linear]\n"
+            "parameters: {evaluate: {random_baseline: true, supervised_ceiling: true}}\n"
+        )
+    path = write_ablation(tmp_path, text)
+    rids = run_ids(path)
+    started = [tmp_path / "runs" / "abl" / rid / "started" for rid in rids]
+    cmd = [sys.executable, "-m", "detcon", "run", str(path), "--runs-dir", str(tmp_path / "runs")]
+    returncode, out, err = _ctrl_c_once_started([*cmd, "--lanes", str(lanes)], started)
+    assert returncode == 130, err
     assert err.splitlines() == ["detcon run: interrupted"], err
     assert ("[references] the floor and the ceiling" in out) == (lanes == 3)
     for i, (rid, f) in enumerate(zip(rids, started), 1):
@@ -850,41 +864,18 @@ def test_ctrl_c_with_a_slow_kernel_teardown_adds_nothing_to_stderr(tmp_path):
     """The rare failure of the test above, made certain: when stopping the kernel after Ctrl-C
     outlasts nbclient's kernel poll, nbclient logged "Kernel died while waiting for execute
     reply." and asyncio a DeadKernelError traceback at exit; execute_notebook drops both."""
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     cells = [
         nbformat.v4.new_code_cell(
             'from pathlib import Path\nimport time\nPath("started").write_text("")\ntime.sleep(600)'
         )
     ]
-    kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": kernelspec})
-    nbformat.write(nb, str(tmp_path / "sleep.ipynb"))
+    _write_sleeping_notebook(tmp_path / "sleep.ipynb", cells)
     (tmp_path / "drive.py").write_text(_SLOW_TEARDOWN)
-    proc = subprocess.Popen(
-        [sys.executable, str(tmp_path / "drive.py"), str(tmp_path)],
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in the test above
-    )
-    try:
-        deadline = time.monotonic() + 300  # a guard, not a measurement: the kernel's start
-        while not (tmp_path / "started").exists() and proc.poll() is None:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert (tmp_path / "started").exists(), proc.communicate()
-        os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err
+    cmd = [sys.executable, str(tmp_path / "drive.py"), str(tmp_path)]
+    returncode, _, err = _ctrl_c_once_started(cmd, [tmp_path / "started"])
+    assert returncode == 130, err
     assert err.splitlines() == ["interrupted"], err
 
 
