@@ -8,7 +8,8 @@ and the ceiling), the seeds, pretraining steps and the mean wall time of a point
 With --floor NAME (e.g. random) two more columns: each run's gain over that run of the same seed,
 on segmentation mIoU and depth delta1, mean ± std over the seeds (a paired difference).
 With --seg ENTRY the segmentation column reads another entry of the eval files, e.g.
-``segmentation_linear`` (written by scripts/seg_probe_linear.py); names without it are left out.
+``segmentation_linear`` or ``segmentation_finetune`` (written by scripts/seg_probe.py); names
+without it are left out.
 """
 
 from __future__ import annotations

@@ -419,7 +419,7 @@ def probe_record(settings: EvalSettings, split: str | None, seed: int) -> dict:
     """How an eval file's tasks were probed: the profile, the split (``None``: each dataset's
     own), the probe seed and a digest of the data every task and the supervised recipe read
     (datasets, splits, sizes, scene settings). Entries probed otherwise are not kept next to new
-    ones; a task added with other head settings on the same data (``scripts/seg_probe_linear.py``)
+    ones; a task added with other head settings on the same data (``scripts/seg_probe.py``)
     is."""
     specs = [s.data for kind in TASKS for s in settings.for_task(kind)]
     if settings.supervised is not None:

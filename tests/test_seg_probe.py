@@ -1,7 +1,9 @@
-"""scripts/seg_probe_linear.py: the linear segmentation probe, added to a run's eval file."""
+"""scripts/seg_probe.py: the linear and fine-tuned segmentation probes, added to a run's eval
+file."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -23,8 +25,8 @@ def _run_dir(path):
 
 
 def test_the_probe_is_a_standardised_linear_head_next_to_the_fcn_entry(tmp_path, script):
-    module = script("seg_probe_linear")
-    settings = module.linear_probe_settings(module.cpu_settings())
+    module = script("seg_probe")
+    settings = module.probe_settings(module.cpu_settings(), "linear")
     (probe,) = settings.segmentation
     assert (probe.name, probe.head_convs, probe.standardize) == ("segmentation_linear", 0, True)
     assert settings.depth == module.cpu_settings().depth
@@ -41,7 +43,7 @@ def test_the_probe_is_a_standardised_linear_head_next_to_the_fcn_entry(tmp_path,
 
 def test_a_directory_not_named_like_a_miniature_run_is_refused(tmp_path, script, capsys):
     with pytest.raises(SystemExit):
-        script("seg_probe_linear").main([str(_run_dir(tmp_path / "lr8"))])
+        script("seg_probe").main([str(_run_dir(tmp_path / "lr8"))])
     assert (
         "expected a scripts/miniature.sh run directory named NAME-sSEED" in capsys.readouterr().err
     )
@@ -50,7 +52,7 @@ def test_a_directory_not_named_like_a_miniature_run_is_refused(tmp_path, script,
 def test_a_bad_second_argument_is_refused_before_the_first_is_probed(tmp_path, script, capsys):
     run = _run_dir(tmp_path / "lr8-s1")
     with pytest.raises(SystemExit):
-        script("seg_probe_linear").main([str(run), str(tmp_path / "missing-s0"), "--quick"])
+        script("seg_probe").main([str(run), str(tmp_path / "missing-s0"), "--quick"])
     assert "missing-s0: no config.json" in capsys.readouterr().err
     assert not (run / "eval.json").exists()
 
@@ -63,6 +65,24 @@ def test_the_entry_joins_an_eval_file_that_records_its_probe(tmp_path, script):
     run = _run_dir(tmp_path / "lr8-s0")
     evaluate_run(run, settings=cpu_settings(quick=True), tasks=("linear",), split="val")
     before = json.loads((run / "eval.json").read_text())
-    assert script("seg_probe_linear").main([str(run), "--quick", "--split", "val"]) == 0
+    assert script("seg_probe").main([str(run), "--quick", "--split", "val"]) == 0
     after = json.loads((run / "eval.json").read_text())
     assert after["linear"] == before["linear"] and "segmentation_linear" in after
+
+
+def test_the_finetune_probe_trains_the_encoder_with_the_fcn_head(tmp_path, script):
+    module = script("seg_probe")
+    fcn = module.cpu_settings().segmentation[0]
+    (probe,) = module.probe_settings(module.cpu_settings(), "finetune").segmentation
+    assert probe == dataclasses.replace(
+        fcn, name="segmentation_finetune", train_backbone=True, flip=True
+    )
+    run = _run_dir(tmp_path / "lr8-s0")
+    assert module.main([str(run), "--probe", "finetune", "--quick", "--split", "val"]) == 0
+    assert 0.0 <= json.loads((run / "eval.json").read_text())["segmentation_finetune"]["miou"] <= 1
+
+
+def test_an_unknown_probe_is_refused_by_name(script):
+    module = script("seg_probe")
+    with pytest.raises(ValueError, match="unknown probe 'mlp': expected one of linear, finetune"):
+        module.probe_settings(module.cpu_settings(), "mlp")
