@@ -27,23 +27,23 @@ from pathlib import Path
 from detcon.evaluate.run import evaluate_run
 from detcon.evaluate.settings import EvalSettings, cpu_settings
 
-PROBES = ("linear", "finetune")
+# What each probe changes in the profile's FCN probe: a 1x1 head on standardised frozen features,
+# or the FCN head trained with the encoder on flipped scenes.
+CHANGES = {
+    "linear": {"head_convs": 0, "standardize": True},
+    "finetune": {"train_backbone": True, "flip": True},
+}
+PROBES = tuple(CHANGES)
 
 
 def probe_settings(settings: EvalSettings, probe: str) -> EvalSettings:
-    """``settings`` whose only segmentation probe is ``probe``, named ``segmentation_<probe>``:
-    ``linear`` a 1x1 head on standardised frozen features, ``finetune`` the FCN head trained
-    with the encoder on flipped scenes."""
-    fcn = settings.segmentation[0]
-    if probe == "linear":
-        changes = {"head_convs": 0, "standardize": True}
-    elif probe == "finetune":
-        changes = {"train_backbone": True, "flip": True}
-    else:
+    """``settings`` whose only segmentation probe is ``probe`` (:data:`CHANGES`), named
+    ``segmentation_<probe>``."""
+    if probe not in CHANGES:
         raise ValueError(f"unknown probe {probe!r}: expected one of {', '.join(PROBES)}")
-    return dataclasses.replace(
-        settings, segmentation=(dataclasses.replace(fcn, name=f"segmentation_{probe}", **changes),)
-    )
+    fcn = settings.segmentation[0]
+    changed = dataclasses.replace(fcn, name=f"segmentation_{probe}", **CHANGES[probe])
+    return dataclasses.replace(settings, segmentation=(changed,))
 
 
 def main(argv: list[str]) -> int:
