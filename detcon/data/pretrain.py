@@ -20,7 +20,8 @@ from detcon.config import PretrainConfig
 
 __all__ = [
     "MASK_CACHE_BYTES",
-    "MaskCache",
+    "SCENE_CACHE_BYTES",
+    "BoundedCache",
     "PretrainDataset",
     "StepBatchSampler",
     "build_base_dataset",
@@ -71,15 +72,29 @@ def build_base_dataset(cfg: PretrainConfig) -> Dataset:
 # would change every run id.
 MASK_CACHE_BYTES = 256 * 2**20
 
+# Bytes of generated synthetic scenes (image and instance map) a PretrainDataset keeps per
+# process: the cpu profile's 1,024 scenes of 64 px take 44 MiB. Generating a scene costs about
+# as much as the rest of its item (crops, resizing) together: ~70% of the loader's time at the
+# cpu profile, every epoch, for the same pixels. Files of real datasets are not kept (the OS
+# caches them; an ImageNet would not fit). Not a config field, for the reason above.
+SCENE_CACHE_BYTES = 256 * 2**20
 
-class MaskCache:
-    """Masks by image index, least recently used dropped first so they never hold more than
-    ``max_bytes`` (``ndarray.nbytes``); masks larger than the budget alone are not kept."""
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, Mapping):
+        return sum(_nbytes(v) for v in value.values())
+    return int(value.nbytes)
+
+
+class BoundedCache:
+    """Values by image index (arrays, tensors, or mappings of them), least recently used dropped
+    first so they never hold more than ``max_bytes`` together; a value larger than the budget
+    alone is not kept."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.nbytes = 0
-        self._items: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._items: OrderedDict[int, tuple[Any, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -87,21 +102,23 @@ class MaskCache:
     def keys(self) -> list[int]:
         return list(self._items)
 
-    def get(self, index: int) -> np.ndarray | None:
-        masks = self._items.get(index)
-        if masks is not None:
-            self._items.move_to_end(index)
-        return masks
+    def get(self, index: int) -> Any | None:
+        item = self._items.get(index)
+        if item is None:
+            return None
+        self._items.move_to_end(index)
+        return item[0]
 
-    def put(self, index: int, masks: np.ndarray) -> None:
+    def put(self, index: int, value: Any) -> None:
         if index in self._items:
-            self.nbytes -= self._items.pop(index).nbytes
-        if masks.nbytes > self.max_bytes:
+            self.nbytes -= self._items.pop(index)[1]
+        size = _nbytes(value)
+        if size > self.max_bytes:
             return
-        self._items[index] = masks
-        self.nbytes += masks.nbytes
+        self._items[index] = (value, size)
+        self.nbytes += size
         while self.nbytes > self.max_bytes:
-            self.nbytes -= self._items.popitem(last=False)[1].nbytes
+            self.nbytes -= self._items.popitem(last=False)[1][1]
 
 
 class PretrainDataset(Dataset):
@@ -109,13 +126,21 @@ class PretrainDataset(Dataset):
 
     Masks are computed once per image at full resolution, before cropping (docs/design.md
     §4.10), read from a mask store when one is configured, else computed and kept in a
-    per-process :class:`MaskCache` of ``cache_bytes`` (a miss computes them again: same masks).
+    per-process :class:`BoundedCache` of ``cache_bytes`` (a miss computes them again: same
+    masks). Synthetic scenes are kept the same way, in ``scene_cache_bytes`` (a miss generates
+    the scene again: same pixels).
     """
 
     def __init__(
-        self, base: Dataset, cfg: PretrainConfig, *, cache_bytes: int = MASK_CACHE_BYTES
+        self,
+        base: Dataset,
+        cfg: PretrainConfig,
+        *,
+        cache_bytes: int = MASK_CACHE_BYTES,
+        scene_cache_bytes: int = SCENE_CACHE_BYTES,
     ) -> None:
         from detcon.augment import TwoViewGeometry
+        from detcon.data.synthetic import SyntheticScenes
         from detcon.masks.sources import build_mask_source
 
         self.base = base
@@ -134,10 +159,22 @@ class PretrainDataset(Dataset):
             from detcon.masks.store import open_for_training
 
             self.store = open_for_training(cfg.masks.store, self.source, base)
-        self.cache = MaskCache(cache_bytes)
+        self.cache = BoundedCache(cache_bytes)
+        self.scenes = BoundedCache(scene_cache_bytes if isinstance(base, SyntheticScenes) else 0)
 
     def __len__(self) -> int:
         return len(self.base)
+
+    def sample(self, index: int) -> Mapping[str, Any]:
+        """``base[index]``, from the scene cache for synthetic scenes (only what the views and
+        the masks read: nothing here writes into its tensors)."""
+        sample = self.scenes.get(index)
+        if sample is None:
+            sample = self.base[index]
+            if self.scenes.max_bytes:
+                sample = {k: sample[k] for k in ("image", "instances")}
+                self.scenes.put(index, sample)
+        return sample
 
     def masks_for(self, index: int, sample: Mapping[str, Any]) -> np.ndarray:
         if self.store is not None:
@@ -157,7 +194,7 @@ class PretrainDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Tensor]:
         epoch, index = key
-        sample = self.base[index]
+        sample = self.sample(index)
         masks = torch.from_numpy(np.ascontiguousarray(self.masks_for(index, sample)))
         if masks.dtype != torch.bool:
             masks = masks.long()

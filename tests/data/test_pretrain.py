@@ -51,3 +51,45 @@ def test_cached_and_recomputed_masks_give_the_same_views():
     cpu = load_pretrain_config({}, profile="cpu")
     pixels = cpu.data.num_images * cpu.data.scene_size**2
     assert pixels * max(4, cpu.masks.mcg_num_proposals) <= MASK_CACHE_BYTES
+
+
+class _Counting(torch.utils.data.Dataset):
+    """A dataset that is not SyntheticScenes (as a real reader is), counting its reads."""
+
+    def __init__(self, base):
+        self.base, self.reads = base, 0
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        self.reads += 1
+        return self.base[index]
+
+
+def test_synthetic_scenes_are_generated_once_per_process_and_give_the_same_views(monkeypatch):
+    # Generating a scene cost ~70% of the cpu profile's loader time, every epoch, for the same
+    # pixels: PretrainDataset keeps them (image and instances), real datasets' images it does not.
+    from detcon.data import synthetic
+
+    generated = []
+    real_generate = synthetic.generate_scene
+    monkeypatch.setattr(
+        synthetic,
+        "generate_scene",
+        lambda index, **kw: generated.append(index) or real_generate(index, **kw),
+    )
+    cfg = tiny_fh_cfg()
+    kept = PretrainDataset(build_base_dataset(cfg), cfg)
+    regenerated = PretrainDataset(build_base_dataset(cfg), cfg, scene_cache_bytes=0)
+    for epoch in range(3):
+        for index in range(8):
+            a, b = kept[(epoch, index)], regenerated[(epoch, index)]
+            assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(kept.scenes) == 8 and len(regenerated.scenes) == 0
+    assert len(generated) == 8 + 3 * 8  # kept: once each; regenerated: every epoch
+    reader = _Counting(build_base_dataset(cfg))
+    not_synthetic = PretrainDataset(reader, cfg)
+    for epoch in range(2):
+        not_synthetic[(epoch, 0)]
+    assert reader.reads == 2 and len(not_synthetic.scenes) == 0
