@@ -59,9 +59,8 @@ from detcon.augment import (
     release_crop_window,
 )
 from detcon.config import AugmentConfig, PretrainConfig, load_pretrain_config
-from detcon.data.pretrain import PretrainDataset, collate_views
+from detcon.data.pretrain import PretrainDataset, build_base_dataset, collate_views
 from detcon.data.readers import ImageFolderDataset
-from detcon.data.synthetic import SyntheticScenes
 
 TARGET_RATIO = 0.8  # ours / BYOL tv2 per-core throughput (issue, part 3)
 GPU_TARGETS = (1000, 1500)  # img/s DetCon-B ResNet-50 at 224 px on one H100: required, aim
@@ -457,9 +456,13 @@ def cpu_profile_section(args: argparse.Namespace) -> None:
     cfg = load_pretrain_config(profile="cpu")
     aug = cfg.augment
     n = 4 if args.quick else 16
-    scenes = SyntheticScenes(split="train", num_images=n, size=cfg.data.scene_size, seed=0)
+    scenes = build_base_dataset(cfg)  # the profile's scenes, as its loader makes them
     base = _InMemory([scenes[i] for i in range(n)])
     ours = pretrain_dataset(base, cfg, None)  # the real FH masks of the scenes, computed once
+    # the loader before synthetic scenes were kept: each item generates its scene again
+    regenerated = PretrainDataset(scenes, cfg, cache_bytes=sys.maxsize, scene_cache_bytes=0)
+    for i in range(n):
+        regenerated.cache.put(i, ours.cache.get(i))
     images = [base[i]["image"] for i in range(n)]
     bicubic = byol_geometry(aug.crop_size, aug.crop_scale, InterpolationMode.BICUBIC)
     full = [byol_view(aug.crop_size, aug, v) for v in (0, 1)]
@@ -467,6 +470,7 @@ def cpu_profile_section(args: argparse.Namespace) -> None:
     views = collate_views([ours[(0, i % n)] for i in range(batch)])["view1"]
     cases = [
         Case("A", lambda i: ours[(i, i % n)]),
+        Case("G", lambda i: regenerated[(i, i % n)]),
         Case("B", lambda i: (bicubic(images[i % n]), bicubic(images[i % n]))),
         Case("E", lambda i: (full[0](images[i % n]), full[1](images[i % n])), calls=4),
         Case(
@@ -483,13 +487,15 @@ def cpu_profile_section(args: argparse.Namespace) -> None:
         f"synthetic scenes with their FH masks (no decoding); crop scale {aug.crop_scale}"
     )
     labels = {
-        "A": "A  ours loader item, FH id map",
+        "A": "A  ours loader item, FH id map (scene kept, as from the second epoch)",
+        "G": "G  same, the scene generated again (no scene cache)",
         "B": "B  BYOL tv2 geometry, bicubic",
         "E": "E  BYOL tv2 full per-sample CPU pipeline",
         "F": f"F  ours batched photometric on CPU, per sample (B={batch})",
         "A+F": "A+F ours geometry + photometric all on CPU",
     }
     pairs = [
+        ("scene cache: A vs G", "A", "G"),
         ("geometry only: A vs B", "A", "B"),
         ("full per-sample CPU (ours: photometric on device): A vs E", "A", "E"),
         ("full, everything on CPU: A+F vs E", "A+F", "E"),
