@@ -73,8 +73,8 @@ def build_base_dataset(cfg: PretrainConfig) -> Dataset:
 MASK_CACHE_BYTES = 256 * 2**20
 
 # Bytes of generated synthetic scenes (image and instance map) a PretrainDataset keeps per
-# process: the cpu profile's 1,024 scenes of 64 px take 44 MiB. Generating a scene costs about
-# as much as the rest of its item (crops, resizing) together: ~70% of the loader's time at the
+# process: the cpu profile's 1,024 scenes of 64 px take 44 MiB. Generating a scene cost nearly
+# three times the rest of its item (crops, resizing, seeding): ~70% of the loader's time at the
 # cpu profile, every epoch, for the same pixels. Files of real datasets are not kept (the OS
 # caches them; an ImageNet would not fit). Not a config field, for the reason above.
 SCENE_CACHE_BYTES = 256 * 2**20
