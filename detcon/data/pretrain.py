@@ -66,17 +66,18 @@ def build_base_dataset(cfg: PretrainConfig) -> Dataset:
 
 
 # Bytes of computed masks a PretrainDataset keeps per process (each DataLoader worker has its
-# own): all of the cpu profile's 1,024 scenes of 96 x 96 px (FH int32 id maps: 36 MiB; 16 MCG-style
-# bool masks each: 144 MiB), ~500 ImageNet FH id maps. Without a bound a real dataset filled every
+# own): all of the cpu profile's 1,024 scenes of 64 x 64 px (FH int32 id maps: 16 MiB; 16 MCG-style
+# bool masks each: 64 MiB), ~500 ImageNet FH id maps. Without a bound a real dataset filled every
 # worker's memory (~0.5 MB per image). Not a config field: it changes no result, and a new field
 # would change every run id.
 MASK_CACHE_BYTES = 256 * 2**20
 
 # Bytes of generated synthetic scenes (image and instance map) a PretrainDataset keeps per
 # process: the cpu profile's 1,024 scenes of 64 px take 44 MiB. Generating a scene cost nearly
-# three times the rest of its item (crops, resizing, seeding): ~70% of the loader's time at the
-# cpu profile, every epoch, for the same pixels. Files of real datasets are not kept (the OS
-# caches them; an ImageNet would not fit). Not a config field, for the reason above.
+# three times the rest of its item (crops, resizing, seeding; benchmarks/bench_augment.py: 2.91
+# ms an item against 0.76 ms with the scene kept), every epoch, for the same pixels. Files of
+# real datasets are not kept (the OS caches them; an ImageNet would not fit). Not a config
+# field, for the reason above.
 SCENE_CACHE_BYTES = 256 * 2**20
 
 

@@ -1,5 +1,5 @@
-"""The pretraining dataset (detcon.data.pretrain): masks computed on the fly are cached in a
-bounded number of bytes per process."""
+"""The pretraining dataset (detcon.data.pretrain): masks computed on the fly, and synthetic
+scenes, are cached in a bounded number of bytes per process."""
 
 from __future__ import annotations
 
@@ -68,8 +68,9 @@ class _Counting(torch.utils.data.Dataset):
 
 
 def test_synthetic_scenes_are_generated_once_per_process_and_give_the_same_views(monkeypatch):
-    # Generating a scene cost ~70% of the cpu profile's loader time, every epoch, for the same
-    # pixels: PretrainDataset keeps them (image and instances), real datasets' images it does not.
+    # Generating a scene cost about three quarters of the cpu profile's loader item, every epoch,
+    # for the same pixels: PretrainDataset keeps them (image and instances); real datasets'
+    # images it does not keep.
     from detcon.data import synthetic
 
     generated = []
