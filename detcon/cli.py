@@ -51,12 +51,15 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         stop_after=args.stop_after,
         lock=True,  # one writer per run directory
     )
-    steps = f"{result.steps} steps"
-    if result.resumed_from:
+    steps = f"{result.steps} steps in"
+    if result.resumed_from:  # the time is every run's: the checkpoint carries it
         ran = result.steps - result.resumed_from
-        steps = f"steps {result.resumed_from + 1}-{result.steps} (resumed; {ran} in this run)"
+        steps = (
+            f"steps {result.resumed_from + 1}-{result.steps} (resumed; {ran} in this run), "
+            f"{result.steps} in"
+        )
     print(
-        f"pretrained {cfg.method} ({cfg.masks.source} masks) for {steps} in "
+        f"pretrained {cfg.method} ({cfg.masks.source} masks) for {steps} "
         f"{result.wall_s:.1f} s ({result.images_per_s:.1f} img/s); final loss "
         f"{result.final_loss:.4f}; run directory {args.out}"
     )

@@ -75,6 +75,8 @@ _WRITTEN = (
     "metrics.jsonl",
 )
 CHECKPOINT_FORMAT = 1
+# train_summary.json's final_loss: the mean loss of the last steps.
+FINAL_LOSS_STEPS = 10
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -84,6 +86,10 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What a pretraining run did, over every process that trained it (resumptions included):
+    ``final_loss`` the mean of the last ``FINAL_LOSS_STEPS`` losses, ``wall_s`` the training wall
+    time summed over the processes, ``resumed_from`` the step this process started at."""
+
     steps: int
     final_loss: float
     wall_s: float
@@ -170,8 +176,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     fix = (
-        f"the run cannot resume from it: move it away (`mv {path} {path}.bad`) to train the run "
-        "from step 0, or put back a good copy"
+        f"the run cannot resume from it: move it away (`mv {path} {path}.bad`), with the run's "
+        "backbone and evaluation files if it has any, to train the run from step 0, or put back "
+        "a good copy"
     )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -181,6 +188,28 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a detcon checkpoint of format {CHECKPOINT_FORMAT}; {fix}")
     return ckpt
+
+
+# What a trained encoder leaves beside its checkpoint: its weights, their record, the summary and
+# the evaluations of those weights.
+_ENCODER_OUTPUTS = ("backbone.pt", "backbone.json", "train_summary.json", "eval*.json")
+
+
+def _refuse_previous_outputs(out: Path) -> None:
+    """A start from step 0 (no checkpoint) must not train beside an earlier encoder's outputs:
+    until it finished they would pass for its own, and its evaluation could keep their entries.
+
+    Raises:
+        FileExistsError: naming the files and how to keep them.
+    """
+    found = sorted({p.name for pattern in _ENCODER_OUTPUTS for p in out.glob(pattern)})
+    if found:
+        raise FileExistsError(
+            f"run directory {out} has no {CHECKPOINT} to resume from but holds an earlier "
+            f"encoder's outputs ({', '.join(found)}): training from step 0 beside them would "
+            f"pass them off as the new run's; keep them elsewhere (`mkdir {out}/previous && "
+            f"cd {out} && mv {' '.join(found)} previous/`), or train into a new run directory"
+        )
 
 
 def _truncate_metrics(path: Path, before_step: int) -> None:
@@ -548,7 +577,9 @@ def _pretrain(
     optimizer = build_optimizer(cfg, model, speed)
 
     ckpt_path = out / CHECKPOINT
-    start = 0
+    # The summary covers every trained step, across resumptions: the checkpoint carries the wall
+    # time so far and the last losses (checkpoints written before they did: this process's only).
+    start, prior_wall, timed_from, losses = 0, 0.0, 0, []
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
         stored = from_dict(PretrainConfig, ckpt["config"])
@@ -563,9 +594,14 @@ def _pretrain(
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["torch_rng"])
         start = int(ckpt["step"])
+        prior_wall = float(ckpt.get("wall_s", 0.0))
+        timed_from = 0 if "wall_s" in ckpt else start
+        losses = [float(x) for x in ckpt.get("loss_tail", [])]
         # A stop before the checkpoint's step trains nothing: the checkpoint keeps its step (it
         # was rewritten as that earlier step beside the later weights).
         end = max(end, start)
+    else:
+        _refuse_previous_outputs(out)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(out, _WRITTEN)
@@ -583,6 +619,8 @@ def _pretrain(
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "torch_rng": torch.get_rng_state(),
+                    "wall_s": prior_wall + time.perf_counter() - t_run,
+                    "loss_tail": losses[-FINAL_LOSS_STEPS:],
                 },
             )
 
@@ -599,7 +637,7 @@ def _pretrain(
         dynamic_ncols=True,
     )
     metrics_file = (out / "metrics.jsonl").open("a") if rank == 0 else None
-    t_run, last_loss, losses = time.perf_counter(), math.nan, []
+    t_run, last_loss = time.perf_counter(), math.nan
     try:
         for step, batch in enumerate(_batches(loader), start=start):  # noqa: B007
             t0 = time.perf_counter()
@@ -637,13 +675,13 @@ def _pretrain(
         bar.close()
         if metrics_file is not None:
             metrics_file.close()
-    wall = time.perf_counter() - t_run
-    n_steps = done - start
+    wall = prior_wall + time.perf_counter() - t_run
+    tail = losses[-FINAL_LOSS_STEPS:]
     result = TrainResult(
         steps=done,
-        final_loss=float(sum(losses[-10:]) / max(1, len(losses[-10:]))) if losses else math.nan,
+        final_loss=float(sum(tail) / len(tail)) if tail else math.nan,
         wall_s=wall,
-        images_per_s=n_steps * cfg.optim.batch_size / wall if wall else 0.0,
+        images_per_s=(done - timed_from) * cfg.optim.batch_size / wall if wall else 0.0,
         resumed_from=start,
     )
     if rank == 0:
@@ -654,8 +692,9 @@ def _pretrain(
         save_torch(out / "backbone.pt", export_backbone(model))
         write_json(out / "backbone.json", {"step": done, "planned_steps": planned_end})
         # A rerun of a finished run trains no step: it exports backbone.pt again (the fix for a
-        # damaged one) and keeps the summary of the steps that were trained.
-        if done == planned_end and (losses or not (out / "train_summary.json").exists()):
+        # damaged one) and keeps the summary of the steps that were trained (or writes it from
+        # the checkpoint, after a kill between the last checkpoint and the summary).
+        if done == planned_end and (done > start or not (out / "train_summary.json").exists()):
             write_json(
                 out / "train_summary.json",
                 {

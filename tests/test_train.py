@@ -1,6 +1,7 @@
 """The training loop: every method learns, resume is exact (also after a kill), DDP == 1 process."""
 
 import json
+import math
 import os
 import signal
 import socket
@@ -155,6 +156,53 @@ def test_resume_gives_the_same_final_weights(tmp_path, optimizer):
     assert {"lars": {"momentum_buffer"}, "adamw": {"step", "exp_avg", "exp_avg_sq"}}[
         optimizer
     ] == set(next(iter(saved.values())))
+
+
+def test_the_summary_of_a_resumed_run_spans_every_step(tmp_path):
+    # final_loss was the mean of the last segment's losses only, wall_s its time only.
+    cfg = tiny_cfg(train={"max_steps": 6, "checkpoint_every": 2, "threads": 1})
+    straight = pretrain(cfg, tmp_path / "straight", progress=False)
+    first = pretrain(cfg, tmp_path / "resumed", progress=False, stop_after=5)
+    second = pretrain(cfg, tmp_path / "resumed", progress=False)
+    summary = json.loads((tmp_path / "resumed" / "train_summary.json").read_text())
+    assert second.final_loss == straight.final_loss == summary["final_loss"]
+    assert summary["wall_s"] == second.wall_s > first.wall_s
+    assert summary["resumed_from"] == 5
+
+
+def test_a_kill_between_the_last_checkpoint_and_the_summary_loses_no_figure(tmp_path):
+    # The rerun trained no step and wrote final_loss NaN and images_per_s 0 into the summary.
+    cfg = tiny_cfg(train={"max_steps": 3, "threads": 1})
+    pretrain(cfg, tmp_path, progress=False)
+    summary = tmp_path / "train_summary.json"
+    before = json.loads(summary.read_text())
+    summary.unlink()  # what a kill just after the final checkpoint leaves
+    pretrain(cfg, tmp_path, progress=False)
+    after = json.loads(summary.read_text())
+    assert after["final_loss"] == before["final_loss"] and math.isfinite(after["final_loss"])
+    assert after["wall_s"] >= before["wall_s"] * 0.5 and after["images_per_s"] > 0
+    assert after["steps"] == 3 and after["resumed_from"] == 3
+
+
+def test_a_start_from_step_0_beside_an_earlier_encoders_outputs_is_refused(tmp_path):
+    # With its checkpoint moved away (the advice for a damaged one), a run trained from step 0
+    # beside the old backbone.pt, train_summary.json and eval.json: until it finished they
+    # passed for its own, and an evaluation with the same step count kept old entries.
+    cfg = tiny_cfg(train={"max_steps": 2, "threads": 1})
+    pretrain(cfg, tmp_path, progress=False)
+    (tmp_path / "eval.json").write_text("{}")
+    (tmp_path / "checkpoint.pt").rename(tmp_path / "checkpoint.pt.bad")
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(FileExistsError) as info:
+        pretrain(tiny_cfg(seed=1, train={"max_steps": 2, "threads": 1}), tmp_path, progress=False)
+    msg = str(info.value)
+    assert "backbone.json, backbone.pt, eval.json, train_summary.json" in msg
+    assert "no checkpoint.pt to resume from" in msg and "mv " in msg
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == kept
+    (tmp_path / "previous").mkdir()
+    for name in ("backbone.json", "backbone.pt", "eval.json", "train_summary.json"):
+        (tmp_path / name).rename(tmp_path / "previous" / name)
+    assert pretrain(cfg, tmp_path, progress=False).steps == 2
 
 
 def test_stop_after_below_the_checkpoint_step_trains_nothing_and_keeps_the_step(tmp_path):
@@ -493,7 +541,7 @@ def test_a_resumed_pretrain_says_which_steps_it_ran(tmp_path, capsys):
     assert main(["pretrain", *TINY_ARGS, "--out", run, "--stop-after", "2"]) == 0
     assert " for 2 steps in " in capsys.readouterr().out
     assert main(["pretrain", *TINY_ARGS, "--out", run]) == 0
-    assert " for steps 3-8 (resumed; 6 in this run) in " in capsys.readouterr().out
+    assert " for steps 3-8 (resumed; 6 in this run), 8 in " in capsys.readouterr().out
 
 
 def test_a_reader_that_goes_away_is_not_an_error():
