@@ -274,7 +274,7 @@ def point_lock(run_dir: str | Path, *, wait: bool = False, name: str = LOCK) -> 
         PointBusyError: another process holds it (not with ``wait``); the message names it.
     """
     path = Path(run_dir) / name
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask, as every file we write
     acquired = False
     try:
         try:

@@ -1,6 +1,6 @@
 """The pretraining input pipeline: images + masks -> two geometrically augmented views.
 
-Every random draw is a function of ``(seed, epoch, index)`` (geometry) or ``(seed, step)`` (the
+Every random draw is a function of ``(seed, epoch, index)`` (geometry) or ``(seed, epoch)`` (the
 data order), never of a process's RNG history: a resumed run, a run with more DataLoader workers
 and a run split across processes see the same views of the same images in the same order.
 """

@@ -101,8 +101,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "run",
         help="validate an ablation grid, then run or submit its points not yet done",
         description="Expand ABLATION into grid points, validate every point (config, "
-        "notebook parameters, data paths), skip finished ones and run the rest: one "
-        "notebook execution per point, rendered to HTML in its run directory.",
+        "notebook parameters, data paths), skip finished ones and run the rest: per point "
+        "the pretraining notebook, then the evaluation notebook when the file lists tasks, "
+        "each rendered to HTML in its run directory.",
     )
     p.add_argument("ablation", type=Path, help="ablation file, e.g. ablations/mask_type.yaml")
     p.add_argument(
