@@ -13,7 +13,8 @@ them, NAME-sSEED: NAME random* / supervised* probes that reference backbone (the
 ceiling is trained again, seeded, so it is the encoder the FCN probe read), anything else the
 run's backbone.pt. The result is added to the run's eval file (eval.json, eval_random.json or
 eval_supervised.json) as the entry ``segmentation_linear`` or ``segmentation_finetune``; read it
-with ``python scripts/miniature_table.py RUNS --seg ENTRY``.
+with ``python scripts/miniature_table.py RUNS --seg ENTRY``. An eval file probed on another split
+(give the --split its other probes had) is refused, not replaced.
 """
 
 from __future__ import annotations
@@ -70,14 +71,21 @@ def main(argv: list[str]) -> int:
     entry = settings.segmentation[0].name
     for run, seed, reference in points:
         backbone = reference or "pretrained"
-        result = evaluate_run(
-            run,
-            tasks=["segmentation"],
-            settings=settings,
-            split=args.split,
-            seed=seed,
-            backbone=backbone,
-        )
+        try:
+            # replace=False: an eval file probed on another split (or seed, or data) is refused,
+            # not emptied of its other probes' entries
+            result = evaluate_run(
+                run,
+                tasks=["segmentation"],
+                settings=settings,
+                split=args.split,
+                seed=seed,
+                backbone=backbone,
+                replace=False,
+            )
+        except FileExistsError as exc:
+            print(f"seg_probe.py: error: {exc}", file=sys.stderr)
+            return 2
         print(f"{run.name} ({backbone}): {entry} mIoU {result[entry]['miou']:.4f}", flush=True)
     return 0
 

@@ -70,6 +70,19 @@ def test_the_entry_joins_an_eval_file_that_records_its_probe(tmp_path, script):
     assert after["linear"] == before["linear"] and "segmentation_linear" in after
 
 
+def test_an_eval_file_probed_on_another_split_is_refused_not_emptied(tmp_path, script, capsys):
+    # The probe replaced it with its one entry: the run's FCN, depth and linear results were
+    # gone, and scripts/miniature.sh took the point for finished.
+    from detcon.evaluate import cpu_settings, evaluate_run
+
+    run = _run_dir(tmp_path / "lr8-s0")
+    evaluate_run(run, settings=cpu_settings(quick=True), tasks=("linear",), split="test")
+    before = (run / "eval.json").read_bytes()
+    assert script("seg_probe").main([str(run), "--quick", "--split", "val"]) == 2
+    assert "holds results probed otherwise" in capsys.readouterr().err
+    assert (run / "eval.json").read_bytes() == before
+
+
 def test_the_finetune_probe_trains_the_encoder_with_the_fcn_head(tmp_path, script):
     module = script("seg_probe")
     fcn = module.cpu_settings().segmentation[0]
