@@ -46,6 +46,7 @@ from detcon.runs import (
     default_out_name,
     metric_records,
     read_json,
+    same_probe,
 )
 
 __all__ = [
@@ -207,13 +208,15 @@ def read_run_metrics(
     for name in ("status.json", "point.json"):
         load(name)
     summary = load("summary.json") if use_summary else None
+    evaluation = load(default_out_name("pretrained"))
+    # a reference file probed otherwise than eval.json (an earlier evaluation's) is left out
     references = {b: load(default_out_name(b)) for b in REFERENCES}
+    references = {b: r if same_probe(evaluation, r) else None for b, r in references.items()}
     try:
         if summary is not None:
             rows += _summary_rows(summary)
         else:
             train = load("train_summary.json")
-            evaluation = load(default_out_name("pretrained"))
             rows += _pretrain_rows(train or {})
             rows += _eval_rows(evaluation or {}, "pretrained", default_out_name("pretrained"))
         for backbone, data in references.items():  # summary.json may hold them already

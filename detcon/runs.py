@@ -52,6 +52,7 @@ __all__ = [
     "read_status",
     "read_summary",
     "reused_source",
+    "same_probe",
     "write_status",
 ]
 
@@ -486,13 +487,25 @@ def flatten_summary(
     return row
 
 
+def same_probe(evaluation: Mapping[str, Any] | None, reference: Mapping[str, Any] | None) -> bool:
+    """Whether a reference's results (``eval_random.json``, ``eval_supervised.json``) were probed
+    as the encoder's (``eval.json``): one left by an earlier evaluation on another split, probe
+    seed or data is no floor or ceiling of this one. Files without a probe record pass."""
+    if not evaluation or not reference:
+        return True
+    ours, theirs = evaluation.get(PROBE_RECORD), reference.get(PROBE_RECORD)
+    return ours is None or theirs is None or ours == theirs
+
+
 def summary_of(point: Mapping[str, Any], run_dir: str | Path, *, evaluated: bool) -> dict[str, Any]:
     """:func:`flatten_summary` of the files in ``run_dir``: ``train_summary.json`` and, when
     ``evaluated``, ``eval.json`` with its references (``eval_random.json``,
-    ``eval_supervised.json``)."""
+    ``eval_supervised.json``) that were probed as it was (:func:`same_probe`)."""
     run_dir = Path(run_dir)
-    evals = [read_json(run_dir / n) if evaluated else None for n in EVAL_FILES]
-    return flatten_summary(point, read_json(run_dir / "train_summary.json"), *evals)
+    evaluation, *references = [read_json(run_dir / n) if evaluated else None for n in EVAL_FILES]
+    references = [r if same_probe(evaluation, r) else None for r in references]
+    train = read_json(run_dir / "train_summary.json")
+    return flatten_summary(point, train, evaluation, *references)
 
 
 # --------------------------------------------------------------------------- scanning

@@ -20,7 +20,7 @@ from detcon.results import (
     read_run_metrics,
     scan_ablation,
 )
-from detcon.runs import flatten_summary, is_locked, point_lock
+from detcon.runs import flatten_summary, is_locked, point_lock, summary_of
 
 ABLATION = """\
 name: fake
@@ -331,6 +331,25 @@ def test_use_summary_false_reads_the_eval_files_not_an_earlier_summary(tmp_path)
     for use in (True, False):
         rows, problem = read_run_metrics(tmp_path, use_summary=use)
         assert problem is None and [r["value"] for r in rows] == [value[use]]
+
+
+def test_a_reference_probed_otherwise_than_eval_json_is_no_floor_of_it(tmp_path):
+    # An earlier job's floor (another split) stayed in the directory and went into summary.json,
+    # the export and the figures as this evaluation's floor.
+    probe = {"profile": "cpu", "split": "val", "seed": 0, "data": "abc"}
+    _write(tmp_path / "eval.json", {"seg": {"miou": 0.6}, "probe": probe})
+    _write(
+        tmp_path / "eval_random.json", {"seg": {"miou": 0.1}, "probe": probe | {"split": "test"}}
+    )
+    _write(tmp_path / "eval_supervised.json", {"seg": {"miou": 0.9}, "probe": probe})
+    rows, problem = read_run_metrics(tmp_path)
+    assert problem is None
+    assert [(r["backbone"], r["value"]) for r in rows] == [("pretrained", 0.6), ("supervised", 0.9)]
+    point = {"ablation": "a", "run_id": "r", "profile": "cpu"}
+    assert summary_of(point, tmp_path, evaluated=True) == point | {
+        "eval.seg.miou": 0.6,
+        "eval_supervised.seg.miou": 0.9,
+    }
 
 
 def test_diverged_probes_name_backbone_task_and_message(tmp_path):
