@@ -8,11 +8,13 @@ photometrics, data order) unchanged, except the networks' initial weights, which
 seed INIT_SEED. Swapping the two between a seed that fails and one that does not tells whether
 the failure comes with the initialisation or with the data. The run's config.json does not
 record the swap (its run id is that of the unswapped run); ``init_swap.json`` in the run
-directory does. Keep such runs out of the study's results directory.
+directory does (a run directory started with another INIT_SEED, or without the swap, is refused).
+Keep such runs out of the study's results directory.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -45,8 +47,16 @@ def run(argv: list[str]) -> int:
             return _derive_seed(init_seed, "init")
         return _derive_seed(*parts)
 
+    # a rerun resumes the run's checkpoint: only one trained with this very swap
+    record, checkpoint = Path(out) / "init_swap.json", Path(out) / "checkpoint.pt"
+    if record.exists():
+        earlier = json.loads(record.read_text()).get("init_seed")
+        if earlier != init_seed:
+            return _usage(f"{out} was started with INIT_SEED {earlier}, not {init_seed}")
+    elif checkpoint.exists():
+        return _usage(f"{out} holds a run started without the swap ({checkpoint})")
     Path(out).mkdir(parents=True, exist_ok=True)
-    write_json(Path(out) / "init_swap.json", {"init_seed": init_seed})
+    write_json(record, {"init_seed": init_seed})
     detcon.train.derive_seed = derive_seed
     try:
         return main(["pretrain", *argv[1:]])

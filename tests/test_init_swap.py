@@ -32,6 +32,22 @@ def test_the_initial_weights_are_the_other_seeds_and_the_patch_is_undone(tmp_pat
     assert not all(torch.equal(swapped[k], seed1[k]) for k in seed1)
 
 
+def test_a_run_started_otherwise_is_refused_not_labelled_swapped(tmp_path, script, capsys):
+    # init_swap.json was written first: a rerun with another INIT_SEED, or on an unswapped run,
+    # resumed its checkpoint under the new label.
+    swap = script("init_swap")
+    plain, swapped = tmp_path / "plain", tmp_path / "swapped"
+    argv = ["--profile", "cpu", "--stop-after", "0", "--quiet", "--out"]
+    assert main(["pretrain", *argv, str(plain)]) == 0
+    assert swap.run(["1", *argv, str(plain)]) == 2
+    assert "started without the swap" in capsys.readouterr().err
+    assert not (plain / "init_swap.json").exists()
+    assert swap.run(["1", *argv, str(swapped)]) == 0
+    assert swap.run(["2", *argv, str(swapped)]) == 2
+    assert "started with INIT_SEED 1, not 2" in capsys.readouterr().err
+    assert swap.run(["1", *argv, str(swapped)]) == 0  # the same swap resumes
+
+
 @pytest.mark.parametrize("argv", [[], ["--out"], ["x", "--out", "y"]])
 def test_without_an_init_seed_it_prints_the_usage(argv, script, capsys):
     assert script("init_swap").run(argv) == 2
