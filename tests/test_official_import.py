@@ -301,3 +301,23 @@ def test_tf_same_hooks_follow_a_later_stride_to_dilation_change(ref):
     h = torch.randn(1, 32, 4, 4, dtype=torch.float64)
     with torch.no_grad():
         assert torch.allclose(net.layer4(h), plain.layer4(h), rtol=0, atol=1e-12)
+
+
+def test_a_crash_while_importing_over_weights_leaves_no_sidecar_beside_the_old_ones(
+    tmp_path, monkeypatch
+):
+    # The new sidecar was written beside the weights it replaced: a crash before the new
+    # weights left it describing (and marking as TF-SAME) the old ones.
+    from detcon.official import importing
+
+    out = tmp_path / "backbone.pt"
+    torch.save({"w": torch.zeros(1)}, out)
+
+    def crash(path, write):
+        raise OSError("killed")
+
+    monkeypatch.setattr(importing, "atomic_write", crash)
+    with pytest.raises(OSError, match="killed"):
+        importing._write_weights(out, {"w": torch.ones(1)}, {"padding": "tf_same"})
+    assert not out.exists()
+    assert json.loads(out.with_suffix(".json").read_text()) == {"padding": "tf_same"}

@@ -146,7 +146,10 @@ def _weights_meta(source: Mapping[str, str], network: str, arch: str, **extra: A
 def _write_weights(out: Path, state: Mapping[str, Tensor], meta: Mapping[str, Any]) -> None:
     """``out`` (torch state dict) and its ``.json`` sidecar, each atomically; the sidecar, which
     marks the weights as needing TF-SAME padding, is written first, so a crash between the two
-    never leaves Haiku weights that look like our own."""
+    never leaves Haiku weights that look like our own, and weights already at ``out`` are
+    removed before it, so that it never describes them either (an import into a run directory
+    that had them)."""
+    out.unlink(missing_ok=True)
     write_json(out.with_suffix(".json"), dict(meta))
     atomic_write(out, lambda f: torch.save(dict(state), f))
 
