@@ -7,8 +7,8 @@
 # random_cls4), evaluates that backbone instead of pretraining (the floor and the ceiling), as
 # miniature_table.py reads it. EVAL_ARGS are appended to every evaluate call (e.g. "--split
 # val"). Finished points (an eval file exists) are skipped, so the queue is resumable; a point
-# finished with other TASKS or EVAL_ARGS (RUNS/NAME-sSEED/eval_args) is refused, not taken for
-# this run's. WORKERS lines run at once, one thread each. Wall times go to RUNS/NAME-sSEED/wall.
+# started with other TASKS or EVAL_ARGS (RUNS/NAME-sSEED/eval_args, written before it runs) is
+# refused, not taken for this run's. WORKERS lines run at once, one thread each. Wall times go to RUNS/NAME-sSEED/wall.
 set -uo pipefail
 QUEUE=${1:?usage: scripts/miniature.sh QUEUE_FILE RUNS_DIR [WORKERS]}
 RUNS=${2:?usage: scripts/miniature.sh QUEUE_FILE RUNS_DIR [WORKERS]}
@@ -25,10 +25,13 @@ run_one() {
     for kv in "$@"; do sets+=(--set "$kv"); done
     local t0=$SECONDS args="$TASKS $EVAL_ARGS"
     if [ -f "$dir/eval_args" ] && [ "$(cat "$dir/eval_args")" != "$args" ]; then
-        echo "FAILED $name-s$seed: finished with '$(cat "$dir/eval_args")', not '$args'" \
+        echo "FAILED $name-s$seed: started with '$(cat "$dir/eval_args")', not '$args'" \
             "(another RUNS_DIR, or remove $dir)"
         return 1
     fi
+    # recorded before any work (a kill after the eval file must not leave it unguarded)
+    mkdir -p "$dir" && echo "$args" > "$dir/.eval_args.tmp" &&
+        mv "$dir/.eval_args.tmp" "$dir/eval_args"
     case ${name%%_*} in
         random|supervised)
             local backbone=${name%%_*}
@@ -46,7 +49,6 @@ run_one() {
             ;;
     esac
     echo "$((SECONDS - t0))" > "$dir/wall"
-    echo "$args" > "$dir/eval_args"
     echo "done $name-s$seed in $((SECONDS - t0)) s"
 }
 export -f run_one

@@ -17,6 +17,7 @@ def _run(tmp_path: Path, queue: str, **env: str) -> tuple[subprocess.CompletedPr
     stub = tmp_path / "detcon"
     stub.write_text(
         f'#!/usr/bin/env bash\necho "$*" >> {log}\nif [ "$1" = pretrain ]; then mkdir -p "$5"; fi\n'
+        '[ "$1" = evaluate ] && exit "${EVAL_RC:-0}"; exit 0\n'
     )
     stub.chmod(0o755)
     (tmp_path / "queue.txt").write_text(queue)
@@ -70,6 +71,17 @@ def test_a_point_finished_with_other_eval_args_is_refused_not_taken(tmp_path):
     (tmp_path / "calls.log").unlink()
     proc, calls = _run(tmp_path, "A 0\n")  # the same folder, now on each dataset's own split
     assert proc.returncode != 0 and calls == []
-    assert "finished with 'segmentation,depth,linear --split val'" in proc.stdout
+    assert "started with 'segmentation,depth,linear --split val'" in proc.stdout
     proc, calls = _run(tmp_path, "A 0\n", EVAL_ARGS="--split val")
     assert proc.returncode == 0 and calls == []  # same arguments: finished, skipped
+
+
+def test_the_arguments_are_recorded_before_the_point_runs(tmp_path):
+    # They were written after the eval file: a kill in between left a finished point that a
+    # queue with other arguments took for its own.
+    proc, _ = _run(tmp_path, "A 0\n", EVAL_ARGS="--split val", EVAL_RC="1")
+    assert proc.returncode != 0 and "FAILED A-s0" in proc.stdout
+    record = tmp_path / "runs" / "A-s0" / "eval_args"
+    assert record.read_text() == "segmentation,depth,linear --split val\n"
+    proc, calls = _run(tmp_path, "A 0\n")
+    assert proc.returncode != 0 and "started with" in proc.stdout
