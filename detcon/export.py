@@ -113,7 +113,7 @@ RESULT_COLUMNS = ("config_digest", "git_commit", "git_dirty", "backbone", "task"
 # Above this the results tree gets heavy for a git repository: say so.
 SIZE_WARNING_BYTES = 40 * 10**6
 # Hidden folders a killed export leaves: a point being built (.tmp) or replaced (.old).
-_LEFTOVER = re.compile(r"\..+\.[0-9a-f]{8}\.(?:tmp|old)")
+_LEFTOVER = re.compile(r"\.(.+)\.[0-9a-f]{8}\.(tmp|old)")
 
 
 @dataclass(frozen=True)
@@ -324,15 +324,26 @@ def stand_in(spec: PointSpec, to: str | Path) -> tuple[str, dict[str, bytes], li
     return name, written, files
 
 
-def remove_leftovers(folder: str | Path) -> list[Path]:
-    """Remove the hidden ``.tmp`` / ``.old`` folders an interrupted export left in ``folder``."""
+def remove_leftovers(folder: str | Path) -> list[str]:
+    """Clear the hidden ``.tmp`` / ``.old`` folders an interrupted export left in ``folder``: an
+    ``.old`` one whose point is missing (a kill between :func:`copy_point`'s two renames) is put
+    back, the others are removed. Returns one line per folder, saying which."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = sorted(p for p in folder.iterdir() if _LEFTOVER.fullmatch(p.name))
-    for path in found:
-        _remove(path)
-    return found
+    done = []
+    for path in sorted(folder.iterdir()):
+        match = _LEFTOVER.fullmatch(path.name)
+        if match is None:
+            continue
+        dest = folder / match.group(1)
+        if match.group(2) == "old" and not (dest.exists() or dest.is_symlink()):
+            os.rename(path, dest)
+            done.append(f"put {path} back as {dest}")
+        else:
+            _remove(path)
+            done.append(f"removed {path}")
+    return done
 
 
 # --------------------------------------------------------------------------- the table
@@ -461,8 +472,8 @@ def export_ablation(
             f"--profile {profile} --runs-dir {runs_dir}` first (or pass the --runs-dir and "
             "--profile it was run with)"
         )
-    for path in remove_leftovers(folder):
-        warn(f"removed {path}, left by an interrupted export")
+    for line in remove_leftovers(folder):
+        warn(f"{line}, left by an interrupted export")
 
     seeds = set(notebook_seeds)
     written = 0

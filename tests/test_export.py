@@ -212,6 +212,21 @@ def test_copy_point_puts_the_earlier_folder_back_when_the_rename_fails(tmp_path,
     assert remove_leftovers(dest.parent) == []
 
 
+def test_a_point_set_aside_by_an_interrupted_export_is_put_back(tmp_path):
+    # A kill between copy_point's two renames left only .point.<hex>.old: the next export
+    # deleted it, and with the run directories gone the point was lost from the working tree.
+    folder = tmp_path / "out"
+    (folder / ".point.0123abcd.old").mkdir(parents=True)
+    (folder / ".point.0123abcd.old" / "a.json").write_text("{}")
+    (folder / ".other.89abcdef.tmp").mkdir()
+    (folder / "kept").mkdir()
+    (folder / ".kept.fedcba98.old").mkdir()  # its point is there: the older copy goes
+    lines = remove_leftovers(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["kept", "point"]
+    assert (folder / "point" / "a.json").read_text() == "{}"
+    assert [line.split()[0] for line in lines] == ["removed", "removed", "put"]
+
+
 def test_no_done_point_is_one_paragraph_and_exit_2(tmp_path, capsys):
     path, runs, _ = make_fake_runs(tmp_path)
     for run in (runs / "fake").iterdir():  # every point's job died before it finished
