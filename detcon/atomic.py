@@ -102,7 +102,10 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
 
     Raises:
         DiskFullError: the disk is full (or over quota); ``path`` is left as it was.
+        IsADirectoryError: ``path`` is a directory (named, before anything is written).
     """
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{path} is a directory: expected the path of a file to write")
     with naming_full_disk(path):
         return _atomic_write(path, write)
 

@@ -25,6 +25,7 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
     KeyError,
     PermissionError,
     NotADirectoryError,
+    IsADirectoryError,
     FileExistsError,
     BlockingIOError,
     FloatingPointError,
@@ -35,6 +36,16 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 def _is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, _USER_ERRORS) or (isinstance(exc, OSError) and exc.errno in _DISK_FULL)
+
+
+def _step_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a step count, a whole number >= 0")
+    return value
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -107,7 +118,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument(
         "--stop-after",
-        type=int,
+        type=_step_count,
         default=None,
         help="stop with a checkpoint after this many steps (the schedule still spans "
         "the whole run); rerun without it to resume",

@@ -288,7 +288,9 @@ class TrainConfig:
     )
     log_every: int = _f(1, "write a metrics.jsonl line every N steps", 1, 1_000_000)
     checkpoint_every: int = _f(50, "write an atomic checkpoint every N steps", 1, 1_000_000)
-    device: str = _f("auto", "'auto' (cuda if available), 'cpu' or 'cuda'")
+    device: Literal["auto", "cpu", "cuda"] = _f(
+        "auto", "'auto' (cuda if available), 'cpu' or 'cuda' (each process its local rank's GPU)"
+    )
     precision: Literal["fp32", "bf16"] = _f(
         "fp32", "bf16 autocast (GPU; on a CPU only with bf16 units: docs/performance.md §1)"
     )

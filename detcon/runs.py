@@ -526,7 +526,8 @@ def metric_records(text: str) -> list[dict[str, Any]]:
 
 
 def last_metrics(run_dir: str | Path) -> dict[str, Any] | None:
-    """The last complete line of ``metrics.jsonl`` (None when there is none)."""
+    """The last complete line of ``metrics.jsonl`` with a whole-number ``step`` (None when there
+    is none); lines that are not (torn, or not ours) are skipped."""
     path = Path(run_dir) / "metrics.jsonl"
     try:
         with path.open("rb") as f:
@@ -540,7 +541,8 @@ def last_metrics(run_dir: str | Path) -> dict[str, Any] | None:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a torn last line (a job killed mid-write) or a cut first one
-        if isinstance(row, dict) and "step" in row:
+        step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
             return row
     return None
 
@@ -635,11 +637,18 @@ def _read_point_state(run_dir: Path, run_id: str, queued_job: str | None) -> Poi
         state=state,
         job_id=status.get("job_id") or queued_job,
         steps=None if metrics is None else int(metrics["step"]) + 1,
-        loss=None if metrics is None or metrics.get("loss") is None else float(metrics["loss"]),
+        loss=_number(metrics.get("loss")) if metrics is not None else None,
         error=error,
         notebook=_rendered_notebook(run_dir, status),
         reused_from=status.get("reused_from"),
     )
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float when it is a JSON number, else None (a hand-edited line's text)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def _queued_jobs(runs_root: Path, profile: str) -> dict[str, str]:

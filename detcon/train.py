@@ -233,8 +233,8 @@ def _device(cfg: PretrainConfig) -> torch.device:
     if cfg.train.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            "train.device='cuda' but no CUDA device is available; use 'cpu' or 'auto'"
+        raise ValueError(
+            "train.device='cuda' but no CUDA device is available here; use 'cpu' or 'auto'"
         )
     return torch.device(cfg.train.device)
 
@@ -534,6 +534,8 @@ def pretrain(
         DiskFullError: no space left while writing a file (naming it; its last version kept).
     """
     out = Path(out_dir)
+    if stop_after is not None and (isinstance(stop_after, bool) or stop_after < 0):
+        raise ValueError(f"stop_after={stop_after!r}: expected a step count, 0 or more")
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(
             f"run directory {str(out)!r} is an existing file: expected a directory (or a path "

@@ -94,3 +94,12 @@ def test_other_os_errors_pass_unchanged(tmp_path):
     with pytest.raises(OSError) as err:
         atomic_write(tmp_path / "x", write)
     assert type(err.value) is OSError and err.value.errno == errno.EIO
+
+
+def test_a_directory_in_place_of_the_file_is_named_before_anything_is_written(tmp_path):
+    # os.replace failed with "[Errno 21] Is a directory: '.out.<hex>.tmp' -> 'out'", after the
+    # work, and the CLI printed a traceback.
+    (tmp_path / "out").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"out is a directory: expected the path of a file"):
+        write_json(tmp_path / "out", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

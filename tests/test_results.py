@@ -20,7 +20,7 @@ from detcon.results import (
     read_run_metrics,
     scan_ablation,
 )
-from detcon.runs import flatten_summary, is_locked, point_lock, summary_of
+from detcon.runs import ablation_status, flatten_summary, is_locked, point_lock, summary_of
 
 ABLATION = """\
 name: fake
@@ -465,3 +465,19 @@ def test_reading_results_does_not_import_torch():
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip() == "False"
+
+
+def test_a_metrics_line_with_a_step_not_a_whole_number_does_not_stop_the_scan(fake):
+    # {"step": null} in one point's metrics.jsonl made status, report and export of the whole
+    # ablation fail with a TypeError; {"step": "x"} with a ValueError naming no file.
+    path, runs, ids = fake
+    run = runs / "fake" / ids["detcon_s", "fh", 1]  # the running point
+    good = '{"step": 4, "loss": 2.5}\n'
+    (run / "metrics.jsonl").write_text(good + '{"step": null}\n{"step": "x", "loss": "y"}\n')
+    assert len(scan_ablation(path, profile="cpu", runs_dir=runs).status) == 8
+    states = {p.run_id: p for p in ablation_status(path, profile="cpu", runs_dir=runs)}
+    point = states[ids["detcon_s", "fh", 1]]
+    assert (point.steps, point.loss) == (5, 2.5)
+    (run / "metrics.jsonl").write_text('{"step": 4, "loss": "nan?"}\n')
+    states = {p.run_id: p for p in ablation_status(path, profile="cpu", runs_dir=runs)}
+    assert (states[point.run_id].steps, states[point.run_id].loss) == (5, None)

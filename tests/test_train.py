@@ -556,3 +556,16 @@ def test_a_reader_that_goes_away_is_not_an_error():
         timeout=120,
     )
     assert proc.stdout.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_negative_stop_after_is_refused_before_anything_is_written(tmp_path, capsys):
+    # --stop-after -3 "pretrained for -3 steps", recorded step -3 in backbone.json and left a
+    # directory no later resume could use.
+    from detcon.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["pretrain", *TINY_ARGS, "--out", str(tmp_path / "cli"), "--stop-after", "-3"])
+    assert "'-3': expected a step count" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="stop_after=-3"):
+        pretrain(tiny_cfg(train={"max_steps": 2, "threads": 1}), tmp_path / "lib", stop_after=-3)
+    assert not (tmp_path / "cli").exists() and not (tmp_path / "lib").exists()
