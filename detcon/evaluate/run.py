@@ -168,11 +168,13 @@ def evaluate_run(
     Raises:
         FileNotFoundError: no run directory, ``config.json`` or ``backbone.pt``.
         FileExistsError: ``replace`` is false and the file holds results probed otherwise.
-        ValueError: unknown task, profile, backbone or device.
+        ValueError: unknown task, profile, backbone or device; an ``out_name`` that is a path
+            or another backbone's file (``eval.json`` for ``random``: the run's own results).
         ReferenceBusyError: ``wait`` is false and another process is computing this reference.
     """
     run_dir = Path(run_dir)
     tasks = _check_tasks(tasks)
+    _check_out_name(out_name, backbone)
     if settings is None:
         settings = get_settings(profile, quick)
     if split is not None:
@@ -317,6 +319,24 @@ def evaluate_run(
         if cached_path is not None:
             write_json(cached_path, results)
         return results
+
+
+def _check_out_name(out_name: str | None, backbone: str) -> None:
+    """Refuse an ``out_name`` outside the run directory or naming another backbone's file."""
+    if out_name is None:
+        return
+    if not out_name or Path(out_name).name != out_name or out_name in (".", ".."):
+        raise ValueError(
+            f"out_name={out_name!r}: expected a file name in the run directory, e.g. "
+            f"{Path(default_out_name(backbone)).stem}_val.json"
+        )
+    for other in ("pretrained", "random", "supervised"):
+        if other != backbone and out_name == default_out_name(other):
+            raise ValueError(
+                f"out_name={out_name!r} holds the {other} backbone's results: the {backbone} "
+                f"one's would pass for them; expected another name, e.g. "
+                f"{Path(default_out_name(backbone)).stem}_2.json"
+            )
 
 
 def evaluate_references(

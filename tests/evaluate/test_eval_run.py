@@ -444,3 +444,26 @@ def test_an_unknown_split_is_refused_before_any_probe_trains(tmp_path, monkeypat
     monkeypatch.setitem(run_module._RUNNERS, "depth", lambda ctx, s: pytest.fail("a probe ran"))
     with pytest.raises(ValueError, match="split='tset': expected one of 'train', 'val', 'test'"):
         evaluate_run(run, settings=QUICK, tasks=("depth",), split="tset")
+
+
+@pytest.mark.parametrize(
+    "backbone, out_name, match",
+    [
+        ("random", "eval.json", "holds the pretrained backbone's results"),
+        ("pretrained", "eval_random.json", "holds the random backbone's results"),
+        ("supervised", "eval_random.json", "holds the random backbone's results"),
+        ("pretrained", "../x.json", "expected a file name in the run directory"),
+        ("pretrained", "sub/x.json", "expected a file name in the run directory"),
+        ("pretrained", ".", "expected a file name in the run directory"),
+    ],
+)
+def test_an_out_name_of_another_backbone_or_outside_the_run_is_refused(
+    tmp_path, backbone, out_name, match
+):
+    # --backbone random --out-name eval.json replaced the trained encoder's results with the
+    # floor's, under the old encoder record: reports and export took them for the encoder's.
+    run = make_run_dir(tmp_path / "run")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match=match):
+        evaluate_run(run, settings=QUICK, tasks=("linear",), backbone=backbone, out_name=out_name)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
