@@ -100,6 +100,8 @@ END = "<!-- claims:end -->"
 COMMAND = "detcon claims --results results --out RESULTS.md"
 MASK_QUALITY_KEY = "mean_best_iou"
 FIGURE_NAME = "claims_mask_quality.png"
+# `detcon claims`'s mask-quality table when none is named (left out when it does not exist)
+_MASK_QUALITY = Path("figures/mask_quality.csv")
 
 VERDICT_RULE = (
     "Each row tests one statistic against the threshold the paper's statement implies "
@@ -1160,6 +1162,8 @@ def write_results(
     Raises:
         ValueError: a malformed table, mask-quality file or marker pair (naming the file).
         NotADirectoryError: ``results_dir`` is a file.
+        FileNotFoundError: ``results_dir`` does not exist (a mistyped folder would have turned
+            every verdict into "not run"; an empty folder is taken as no results yet).
     """
     from detcon.atomic import atomic_write, write_text
     from detcon.results import load_mask_quality
@@ -1167,6 +1171,11 @@ def write_results(
     results_dir, out = Path(results_dir), Path(out)
     if results_dir.exists() and not results_dir.is_dir():
         raise NotADirectoryError(f"--results {str(results_dir)!r} is a file, expected a folder")
+    if not results_dir.exists():
+        raise FileNotFoundError(
+            f"--results {str(results_dir)!r} does not exist: expected the folder of "
+            "<ablation>.csv tables `detcon export` writes (an empty folder for none yet)"
+        )
     tables = load_tables(results_dir)
     quality = load_mask_quality(mask_quality)
     figure = None
@@ -1192,6 +1201,11 @@ def write_results(
 
 
 def _cmd_claims(args: argparse.Namespace) -> int:
+    if args.mask_quality != _MASK_QUALITY and not args.mask_quality.is_file():
+        raise FileNotFoundError(
+            f"--mask-quality {str(args.mask_quality)!r} does not exist: expected the table of "
+            "`detcon masks quality` (without the option: figures/mask_quality.csv, if any)"
+        )
     out, results = write_results(
         args.results,
         args.out,
@@ -1221,7 +1235,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mask-quality",
         type=Path,
-        default=Path("figures/mask_quality.csv"),
+        default=_MASK_QUALITY,
         help="mask-quality table of `detcon masks quality` (default: figures/mask_quality.csv)",
     )
     p.add_argument(

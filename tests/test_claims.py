@@ -490,9 +490,18 @@ def test_detcon_claims_rewrites_results_md_and_draws_the_scatter(tmp_path, capsy
 
     fresh = tmp_path / "new" / "RESULTS.md"
     fresh.parent.mkdir()
+    (tmp_path / "none").mkdir()  # no results yet
     assert cli.main(["claims", "--results", str(tmp_path / "none"), "--out", str(fresh),
                      "--no-figure"]) == 0  # fmt: skip
     assert fresh.read_text().startswith(HEADER) and "**not run**" in fresh.read_text()
+
+    # a mistyped folder or table turned every verdict into "not run", or dropped the scatter
+    before = out.read_text()
+    for bad in (["--results", str(tmp_path / "reslts")], ["--mask-quality", str(tmp_path / "q")]):
+        argv2 = ["claims", "--results", str(folder), "--out", str(out), *bad, "--no-figure"]
+        assert cli.main(argv2) == 2
+        assert "does not exist" in capsys.readouterr().err
+    assert out.read_text() == before
 
     (folder / "mask_type.csv").write_text("ablation,run_id\nmask_type,x\n")
     assert cli.main([*argv, "--no-figure"]) == 2
