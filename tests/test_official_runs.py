@@ -193,3 +193,28 @@ def test_bad_notebook_grid_keys_are_rejected(tmp_path, capsys, key, match):
     path.write_text(f"name: official\ndescription: test\ngrid: {{point: {{{key}: x}}}}\n")
     assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--dry-run"]) == 2
     assert re.search(match, capsys.readouterr().err.replace("\n", " "))
+
+
+@pytest.mark.parametrize("ours", ["checkpoint.pt", "metrics.jsonl", "train_summary.json"])
+def test_an_import_into_one_of_our_pretraining_runs_is_refused(tmp_path, ours):
+    # It replaced config.json, backbone.pt and train_summary.json and left the run's checkpoint,
+    # metrics and eval.json beside the official weights.
+    from detcon.official.importing import import_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ours).write_text('{"steps": 8}')
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(FileExistsError, match=f"holds a pretraining run \\({ours}\\)"):
+        import_run(tmp_path / "release.npy", run)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_an_import_into_an_earlier_imports_run_directory_goes_on(tmp_path):
+    from detcon.official.importing import import_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_summary.json").write_text('{"official": true, "steps": 0}')
+    with pytest.raises(FileNotFoundError):  # past the check: the release file is missing
+        import_run(tmp_path / "release.npy", run)

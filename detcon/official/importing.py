@@ -184,6 +184,26 @@ def import_official(
     return ImportSummary(arch, chosen.label, len(state), has_fc, tuple(ignored), out)
 
 
+def _refuse_trained_run(run_dir: Path) -> None:
+    """An import goes into a new run directory or one an earlier import made, never into one of
+    our pretraining runs."""
+    ours = [n for n in ("checkpoint.pt", "metrics.jsonl") if (run_dir / n).exists()]
+    summary = run_dir / "train_summary.json"
+    if summary.is_file():
+        try:
+            official = bool(json.loads(summary.read_text()).get("official"))
+        except (ValueError, AttributeError):
+            official = False
+        if not official:
+            ours.append(summary.name)
+    if ours:
+        raise FileExistsError(
+            f"{run_dir} holds a pretraining run ({', '.join(ours)}): the imported weights would "
+            "replace its encoder beside its checkpoint and evaluations; import into a new run "
+            "directory"
+        )
+
+
 def import_run(
     path: str | Path,
     run_dir: str | Path,
@@ -219,8 +239,11 @@ def import_run(
         FileNotFoundError: no such file (with where the release's files are).
         ValueError: an unknown layout, a ``.pt`` without the TF-SAME sidecar, or weights whose
             depth is not ``model.backbone``.
+        FileExistsError: ``run_dir`` holds a pretraining run of ours (its checkpoint, metrics
+            and evaluations would stay beside the imported weights).
     """
     path, run_dir = Path(path), Path(run_dir)
+    _refuse_trained_run(run_dir)
     if path.is_file() and _is_release_file(path):
         state, chosen, _ = _state_from_release(path, network)
         source = _release_source(path)
