@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -615,6 +616,17 @@ class _StrictLoader(yaml.SafeLoader):
             except TypeError:
                 continue  # an unhashable key: SafeLoader reports it below
         return super().construct_mapping(node, deep)
+
+
+# YAML 1.1 (PyYAML) reads 1e-6 as a string: its floats need a dot and a signed exponent
+# (1.0e-6). The YAML 1.2 / JSON form is a float too, so that `--set optim.weight_decay=1e-6`
+# means what it says (add_implicit_resolver copies SafeLoader's table first: yaml.safe_load is
+# unchanged).
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def parse_yaml(text: str, where: str) -> Any:

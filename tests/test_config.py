@@ -10,6 +10,7 @@ from detcon.config import (
     from_dict,
     load_pretrain_config,
     parse_dotted,
+    parse_yaml,
     scaled_lr,
     to_dict,
     total_steps,
@@ -211,3 +212,15 @@ def test_a_store_per_source_is_filled_in_for_fh_and_mcg_only():
     assert store("grid") == store("ground_truth") == store("image") == ""
     plain = load_pretrain_config({"masks": {"source": "fh", "store": "s/x"}}, profile="cpu")
     assert plain.masks.store == "s/x"
+
+
+def test_exponent_numbers_without_a_dot_are_numbers():
+    # YAML 1.1 read `--set optim.weight_decay=1e-6` as the string '1e-6': "expected a number,
+    # got str". Only our loader changes: yaml.safe_load keeps PyYAML's reading.
+    import yaml
+
+    assert parse_dotted(["optim.weight_decay=1e-6"]) == {"optim": {"weight_decay": 1e-6}}
+    cfg = load_pretrain_config(parse_dotted(["optim.weight_decay=5e-5"]), profile="cpu")
+    assert cfg.optim.weight_decay == 5e-5
+    assert parse_yaml("[1.5e6, -2E+2, 1e, e5, 1.0e-6]", "x") == [1.5e6, -200.0, "1e", "e5", 1e-6]
+    assert yaml.safe_load("1e-6") == "1e-6"
