@@ -406,8 +406,10 @@ def _type_name(tp: Any) -> str:
 def _check_range(value: float, meta: Mapping[str, Any], where: str) -> None:
     lo, hi = meta.get("range", (None, None))
     if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = [f"{lo} <="] if lo is not None else []
+        bounds += ["value"] + ([f"<= {hi}"] if hi is not None else [])
         raise ConfigError(
-            f"{where}={value!r} is out of range: expected {lo} <= value <= {hi} "
+            f"{where}={value!r} is out of range: expected {' '.join(bounds)} "
             f"({meta.get('help', '')})"
         )
 

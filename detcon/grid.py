@@ -82,6 +82,7 @@ __all__ = [
     "nest",
     "resolve_config",
     "run_id",
+    "select_points",
     "short_digests",
 ]
 
@@ -558,6 +559,25 @@ def _check_values(
                 )
 
 
+def select_points(
+    points: Sequence[GridPoint], only: str | None, ablation: str, profile: str
+) -> list[GridPoint]:
+    """The points whose run id contains ``only`` (all of them without it).
+
+    Raises:
+        ValueError: ``only`` matches no run id (a typo; the message shows some of them).
+    """
+    if not only:
+        return list(points)
+    chosen = [p for p in points if only in p.run_id]
+    if not chosen:
+        raise ValueError(
+            f"--only {only!r} matches no run id of {ablation} at profile {profile!r}; "
+            f"ids: {', '.join(p.run_id for p in points[:8])}" + (", ..." if len(points) > 8 else "")
+        )
+    return chosen
+
+
 def expand(ablation: Ablation, profile: str) -> list[GridPoint]:
     """Every point of ``ablation`` at ``profile``, each config validated strictly.
 
@@ -578,6 +598,16 @@ def expand(ablation: Ablation, profile: str) -> list[GridPoint]:
     _check_values(grid_points, section.values, f"{where}: profiles.{profile}")
     resolved: list[tuple[dict[str, Any], dict[str, Any], PretrainConfig, str, dict[str, Any]]] = []
     seen: dict[str, str] = {}
+    for name, fixed in (
+        ("base", ablation.base),
+        (f"profiles.{profile}.overrides", section.overrides),
+    ):
+        if "seed" in fixed:
+            # every point's seed comes from `seeds:`: this one would be dropped without a word
+            raise ConfigError(
+                f"{where}: {name} sets 'seed' ({fixed['seed']!r}); list seeds under 'seeds:' "
+                f"(or profiles.{profile}.seeds)"
+            )
     for seed in ablation.seeds_for(profile):
         for raw in grid_points:
             if "seed" in raw:

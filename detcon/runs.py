@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from detcon.atomic import write_json
-from detcon.grid import expand, load_ablation
+from detcon.grid import expand, load_ablation, select_points
 
 __all__ = [
     "ENCODER_RECORD",
@@ -671,9 +671,10 @@ def ablation_status(
     runs_dir: str | Path = "runs",
     only: str | None = None,
 ) -> list[PointState]:
-    """The state of every point of the ablation at ``profile`` (nothing is written)."""
+    """The state of every point of the ablation at ``profile`` (nothing is written); with
+    ``only``, of the points whose run id contains it (ValueError when none does)."""
     ablation = load_ablation(ablation_path)
-    points = [p for p in expand(ablation, profile) if not only or only in p.run_id]
+    points = select_points(expand(ablation, profile), only, ablation.name, profile)
     runs_root = Path(runs_dir) / ablation.name
     queued = _queued_jobs(runs_root, profile)
     return [point_state(runs_root / p.run_id, p.run_id, queued.get(p.run_id)) for p in points]

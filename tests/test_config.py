@@ -224,3 +224,11 @@ def test_exponent_numbers_without_a_dot_are_numbers():
     assert cfg.optim.weight_decay == 5e-5
     assert parse_yaml("[1.5e6, -2E+2, 1e, e5, 1.0e-6]", "x") == [1.5e6, -200.0, "1e", "e5", 1e-6]
     assert yaml.safe_load("1e-6") == "1e-6"
+
+
+def test_a_bound_on_one_side_only_reads_as_one():
+    # "expected 1 <= value <= None" for a cluster profile's nodes: 0
+    from detcon.launch.plan import ClusterProfile
+
+    with pytest.raises(ConfigError, match=r"nodes=0 is out of range: expected 1 <= value \("):
+        from_dict(ClusterProfile, {"nodes": 0})

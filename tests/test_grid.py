@@ -320,6 +320,17 @@ def test_seed_in_grid_duplicates_and_unused_values_are_rejected(tmp_path):
     seed = write(tmp_path, "grid:\n  product: {seed: [0, 1]}\n", "seed")
     with pytest.raises(ConfigError, match=r"sets 'seed'.*seeds:"):
         expand(load_ablation(seed), "cpu")
+    # a seed in base or a profile's overrides was dropped without a word (run ids of seed 0)
+    base = write(tmp_path, "base: {seed: 5}\ngrid:\n  product: {method: [byol]}\n", "base")
+    with pytest.raises(ConfigError, match=r"base sets 'seed' \(5\); list seeds under 'seeds:'"):
+        expand(load_ablation(base), "cpu")
+    over = write(
+        tmp_path,
+        "grid:\n  product: {method: [byol]}\nprofiles:\n  cpu: {overrides: {seed: 5}}\n",
+        "over",
+    )
+    with pytest.raises(ConfigError, match=r"profiles\.cpu\.overrides sets 'seed' \(5\)"):
+        expand(load_ablation(over), "cpu")
     dup = write(tmp_path, "grid:\n  union: [{point: {}}, {point: {method: detcon_b}}]\n", "dup")
     with pytest.raises(ConfigError, match="resolve to the same config"):
         expand(load_ablation(dup), "cpu")

@@ -292,6 +292,14 @@ def test_only_filters_points_and_rejects_no_match(tmp_path):
         launch.prepare(path, only="nothing-like-this")
 
 
+def test_status_with_an_only_that_matches_nothing_says_so(tmp_path, capsys):
+    # `detcon status --only zzz` printed "0 points:" and exited 0; `detcon run` refused it
+    path = grid3(tmp_path)
+    rc = main(["status", str(path), "--runs-dir", str(tmp_path / "runs"), "--only", "zzz"])
+    assert rc == 2 and "--only 'zzz' matches no run id" in capsys.readouterr().err
+    assert main(["status", str(path), "--runs-dir", str(tmp_path / "runs"), "--only", "grid3"]) == 0
+
+
 def test_slurm_executor_needs_a_cluster_profile_and_sbatch(tmp_path, monkeypatch):
     path = grid3(tmp_path)
     with pytest.raises(ValueError, match="--executor slurm needs a cluster profile"):

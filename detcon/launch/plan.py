@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from detcon.config import STORE_SOURCES, ConfigError, from_dict
-from detcon.grid import Ablation, GridPoint, expand, load_ablation
+from detcon.grid import Ablation, GridPoint, expand, load_ablation, select_points
 from detcon.launch.notebooks import (
     EVALUATE_NOTEBOOK,
     REPO,
@@ -319,16 +319,7 @@ def prepare(
     if executor not in EXECUTORS:
         raise ValueError(f"executor={executor!r}: expected one of {', '.join(EXECUTORS)}")
     ablation = load_ablation(ablation_path)
-    points = expand(ablation, profile)
-    if only:
-        chosen = [p for p in points if only in p.run_id]
-        if not chosen:
-            raise ValueError(
-                f"--only {only!r} matches no run id of {ablation.name} at profile {profile!r}; "
-                f"ids: {', '.join(p.run_id for p in points[:8])}"
-                + (", ..." if len(points) > 8 else "")
-            )
-        points = chosen
+    points = select_points(expand(ablation, profile), only, ablation.name, profile)
     _check_tasks(ablation)
     base_dir = ablation.path.resolve().parent
     main_nb = notebook_path(ablation.notebook, base_dir)
