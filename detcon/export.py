@@ -447,10 +447,18 @@ def export_ablation(
         The :class:`ExportResult`.
     Raises:
         FileNotFoundError: no point of the ablation is done under ``runs_dir``.
-        ValueError: ``to`` is ``runs_dir`` (the export would replace the run directories).
+        ValueError: ``to`` is ``runs_dir`` (the export would replace the run directories), or a
+            notebook seed is none of the ablation's (a typo would drop exported notebooks).
     """
     ablation = load_ablation(ablation_path)
     name = ablation.name
+    unknown = sorted(set(notebook_seeds) - set(ablation.seeds_for(profile)))
+    if unknown:
+        raise ValueError(
+            f"--notebook-seeds {' '.join(map(str, unknown))}: no point of {name} at profile "
+            f"{profile!r} has that seed; expected some of "
+            f"{' '.join(map(str, ablation.seeds_for(profile)))} (the option alone: none)"
+        )
     source, folder = Path(runs_dir) / name, Path(to) / name
     if folder.resolve() == source.resolve():
         raise ValueError(

@@ -672,7 +672,10 @@ def ablation_status(
     only: str | None = None,
 ) -> list[PointState]:
     """The state of every point of the ablation at ``profile`` (nothing is written); with
-    ``only``, of the points whose run id contains it (ValueError when none does)."""
+    ``only``, of the points whose run id contains it (ValueError when none does).
+    NotADirectoryError: ``runs_dir`` is a file (every point would read as broken)."""
+    if Path(runs_dir).exists() and not Path(runs_dir).is_dir():
+        raise NotADirectoryError(f"--runs-dir {str(runs_dir)!r} is a file, expected a folder")
     ablation = load_ablation(ablation_path)
     points = select_points(expand(ablation, profile), only, ablation.name, profile)
     runs_root = Path(runs_dir) / ablation.name

@@ -246,6 +246,19 @@ def test_exporting_into_the_runs_dir_is_refused(fake, capsys):
     assert list((runs / "fake").glob("*/checkpoint.pt"))
 
 
+def test_a_notebook_seed_no_point_has_is_refused(fake, tmp_path, capsys):
+    # --notebook-seeds 7 was taken, and a re-export with it removed the notebooks exported before
+    path, runs, _ = fake
+    to = tmp_path / "results"
+    args = ["export", str(path), "--runs-dir", str(runs), "--to", str(to), "--notebook-seeds"]
+    assert cli.main([*args, "0", "7"]) == 2
+    assert (
+        "--notebook-seeds 7: no point of fake at profile 'cpu' has that seed; expected some of 0 1"
+        in (capsys.readouterr().err)
+    )
+    assert not to.exists()
+
+
 def test_cli_export_options_and_the_size_warning(fake, tmp_path, capsys, monkeypatch):
     path, runs, ids = fake
     monkeypatch.setattr(export, "SIZE_WARNING_BYTES", 1000)

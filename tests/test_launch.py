@@ -298,6 +298,11 @@ def test_status_with_an_only_that_matches_nothing_says_so(tmp_path, capsys):
     rc = main(["status", str(path), "--runs-dir", str(tmp_path / "runs"), "--only", "zzz"])
     assert rc == 2 and "--only 'zzz' matches no run id" in capsys.readouterr().err
     assert main(["status", str(path), "--runs-dir", str(tmp_path / "runs"), "--only", "grid3"]) == 0
+    (tmp_path / "afile").write_text(
+        ""
+    )  # every point read as broken: "status.json: Not a directory"
+    assert main(["status", str(path), "--runs-dir", str(tmp_path / "afile")]) == 2
+    assert "--runs-dir" in capsys.readouterr().err
 
 
 def test_slurm_executor_needs_a_cluster_profile_and_sbatch(tmp_path, monkeypatch):

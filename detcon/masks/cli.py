@@ -91,8 +91,14 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
     from detcon.data.pretrain import build_base_dataset
     from detcon.masks.store import precompute_store
 
-    overrides = merge({"masks": {"source": args.source}}, parse_dotted(args.set or []))
-    cfg = load_pretrain_config(overrides, profile=args.profile)
+    given = parse_dotted(args.set or [])
+    masks = given.get("masks")
+    if isinstance(masks, dict) and masks.get("source", args.source) != args.source:
+        raise ValueError(
+            f"--set masks.source={given['masks']['source']!r} contradicts --source "
+            f"{args.source}: the store's source is --source's (leave masks.source out of --set)"
+        )
+    cfg = load_pretrain_config(merge({"masks": {"source": args.source}}, given), args.profile)
     dataset = build_base_dataset(cfg)
     # Recorded in the store's manifest: what errors name to finish or repair the store.
     command = shlex.join(

@@ -165,3 +165,12 @@ def test_a_damaged_shard_read_in_a_loader_worker_is_one_paragraph(tmp_path, caps
     assert rc == 2 and err.count("\n") == 1, err
     assert "DataLoader worker" not in err and "Traceback" not in err
     assert f"mask store shard {str(shard)!r} is" in err and "masks precompute" in err
+
+
+def test_a_set_masks_source_that_contradicts_source_is_refused(tmp_path, capsys):
+    # `--source grid --set masks.source=fh` built an fh store (and `=image` an 'image' one)
+    out = tmp_path / "store"
+    argv = ["masks", "precompute", "--source", "grid", "--out", str(out), "--quiet"]
+    assert main([*argv, "--set", "masks.source=fh"]) == 2
+    assert "masks.source='fh' contradicts --source grid" in capsys.readouterr().err
+    assert not out.exists()
