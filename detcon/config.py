@@ -645,9 +645,17 @@ def parse_yaml(text: str, where: str) -> Any:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with errors that name the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder, expected a YAML or JSON file")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    data = parse_yaml(path.read_text(), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a text file in UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
+    data = parse_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, Mapping):

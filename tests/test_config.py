@@ -232,3 +232,14 @@ def test_a_bound_on_one_side_only_reads_as_one():
 
     with pytest.raises(ConfigError, match=r"nodes=0 is out of range: expected 1 <= value \("):
         from_dict(ClusterProfile, {"nodes": 0})
+
+
+def test_a_config_path_that_is_a_folder_or_not_utf8_is_named_as_such(tmp_path):
+    # both read "does not exist" or a bare "'utf-8' codec can't decode"
+    from detcon.config import load_yaml
+
+    with pytest.raises(ConfigError, match="is a folder, expected a YAML or JSON file"):
+        load_yaml(tmp_path)
+    (tmp_path / "c.yaml").write_bytes(b"\xff\xfemethod: byol\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: not a text file in UTF-8"):
+        load_yaml(tmp_path / "c.yaml")

@@ -45,6 +45,8 @@ BACKBONE_FILE = "backbone.pt"
 def load_run_config(run_dir: str | Path) -> PretrainConfig:
     """The PretrainConfig stored in ``run_dir/config.json``, parsed strictly."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"run directory {str(run_dir)!r} is a file, expected a folder")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist")
     path = run_dir / CONFIG_FILE

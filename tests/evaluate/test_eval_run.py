@@ -467,3 +467,9 @@ def test_an_out_name_of_another_backbone_or_outside_the_run_is_refused(
     with pytest.raises(ValueError, match=match):
         evaluate_run(run, settings=QUICK, tasks=("linear",), backbone=backbone, out_name=out_name)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_a_run_directory_that_is_a_file_is_named_as_such(tmp_path):
+    (tmp_path / "run").write_text("")
+    with pytest.raises(NotADirectoryError, match="is a file, expected a folder"):
+        evaluate_run(tmp_path / "run", settings=QUICK, tasks=("linear",))
