@@ -403,13 +403,19 @@ def load_ablation(path: str | Path) -> Ablation:
         _expect(cluster, str, f"{where}: cluster", "a cluster profile name")
     grid = data["grid"]
     _expect(grid, Mapping, f"{where}: grid", "a grid node (product/zip/union/point)")
+    base = _mapping(data.get("base"), f"{where}: base")
+    try:  # the grid's structure and base's keys, checked here so that their errors name the file
+        expand_grid(dict(grid))
+        base = flatten(base)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     return Ablation(
         name=name,
         description=_expect(data["description"], str, f"{where}: description", "a string"),
         notebook=_expect(data.get("notebook", "pretrain"), str, f"{where}: notebook", "a name"),
         parameters=_parameters(data.get("parameters"), f"{where}: parameters"),
         seeds=_seeds(data.get("seeds", [0]), f"{where}: seeds"),
-        base=flatten(_mapping(data.get("base"), f"{where}: base")),
+        base=base,
         grid=dict(grid),
         profiles=profiles,
         evaluate=tuple(evaluate),

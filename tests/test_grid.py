@@ -467,3 +467,15 @@ def test_fields_added_after_the_study_leave_run_ids_alone_at_their_default():
             value = declared[name] + 1 if isinstance(declared[name], int) else 0.5
         other = load_pretrain_config({section: {name: value}}, profile="cpu")
         assert config_digest(other) != config_digest(base)
+
+
+def test_grid_and_base_errors_name_the_file(tmp_path):
+    # "grid.union: expected a non-empty list", "config key ... is given twice": which file?
+    empty = write(tmp_path, "grid:\n  union: []\n", "empty")
+    with pytest.raises(ConfigError, match=r"empty\.yaml: grid\.union: expected a non-empty list"):
+        load_ablation(empty)
+    twice = write(
+        tmp_path, "grid:\n  point: {}\nbase: {masks: {source: grid}, masks.source: fh}\n", "twice"
+    )
+    with pytest.raises(ConfigError, match=r"twice\.yaml: config key 'masks\.source' is given"):
+        load_ablation(twice)
