@@ -499,7 +499,12 @@ def export_ablation(
         reused.append((rid, src))
         echo(f"  {rid}: not under {source}; taken from the exported {src} (the same config)")
 
-    not_done = [(r, s) for r, s in zip(others["run_id"], others["state"]) if r not in stand_ins]
+    # the state with its reason where there is one ("failed: corrupt status.json ..."), cut short
+    states = [
+        s if not isinstance(e, str) or not e else f"{s}: {e if len(e) <= 80 else e[:77] + '...'}"
+        for s, e in zip(others["state"], others["error"])
+    ]
+    not_done = [(r, s) for r, s in zip(others["run_id"], states) if r not in stand_ins]
     kept = [rid for rid, _ in not_done if (folder / rid / "summary.json").is_file()]
     left_out = [(rid, state) for rid, state in not_done if rid not in kept]
     if left_out:

@@ -75,8 +75,10 @@ def test_export_copies_the_small_files_of_done_points_only(fake, tmp_path):
     assert result.bytes_written == copied + result.table_csv.stat().st_size
     # the failed, interrupted, corrupt and missing points are named on stderr
     assert re.search(r"^4 of 8 points not done, left out: ", err, re.M)
-    for key in [("detcon_s", "fh", 0), ("detcon_s", "fh", 1), ("detcon_b", "fh", 0)]:
-        assert f"{ids[key]} (failed)" in err
+    # each with its reason: a corrupt point read as plainly "failed"
+    assert f"{ids['detcon_s', 'fh', 0]} (failed: RuntimeError: evaluation blew up)" in err
+    assert f"{ids['detcon_s', 'fh', 1]} (failed: interrupted: status.json says running" in err
+    assert f"{ids['detcon_b', 'fh', 0]} (failed: corrupt summary.json" in err
     assert f"{ids['detcon_b', 'fh', 1]} (missing)" in err
     assert "[4/4]" in out and f"4 points in {to / 'fake'}" in out
     assert not list(to.rglob(".*"))  # no temp folder, no lock
