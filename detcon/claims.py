@@ -1185,8 +1185,15 @@ def write_results(
         if rows["source"].nunique() >= 2:
             from detcon.plotting import mask_quality_figure
 
+            table = tables["mask_type"]
+            refs = table[table["backbone"].isin(["random", "supervised"])]
+            refs = refs[(refs["task"] == "segmentation") & (refs["metric"] == "miou")]
             fig = mask_quality_figure(
-                rows, hue="method", title="mask_type: segmentation against mask quality"
+                rows,
+                hue="method",
+                references=refs if len(refs) else None,
+                title="mask_type: mIoU against mask quality",
+                panel_inches=3.6,
             )
             path = Path(figures_dir) / FIGURE_NAME
             atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=150))

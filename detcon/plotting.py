@@ -121,6 +121,17 @@ _REFERENCE_LINES = {
 }
 # Margin of a panel's y axis around its data and reference lines, as a fraction of their span.
 _Y_MARGIN = 0.08
+# One colour per method and per mask source in every figure where they are the colour (matplotlib's
+# default cycle, in the order the shipped ablations used them): DetCon-B is orange everywhere.
+_METHOD_COLORS = {"detcon_s": "C0", "detcon_b": "C1", "simclr": "C2", "byol": "C3"}
+_SOURCE_COLORS = {
+    "fh": "C0",
+    "mcg": "C1",
+    "ground_truth": "C2",
+    "grid": "C4",
+    "image": "C5",
+    "external": "C6",
+}
 
 
 def _metric_title(task: str, metric: str) -> str:
@@ -166,6 +177,62 @@ def _legend_below(fig: Figure, handles: list[Any], labels: list[str], title: str
     fig.legend(handles, labels, loc="outside lower center", ncol=ncol, title=title, frameon=False)
 
 
+def _palette(levels: Sequence[Any]) -> list[Any]:
+    """Colours for the hue ``levels``: the fixed ones of methods or of mask sources when the
+    levels are all one or the other, so that a method keeps its colour from figure to figure;
+    otherwise seaborn's default cycle in the levels' order."""
+    import seaborn as sns
+
+    names = [str(level) for level in levels]
+    for fixed in (_METHOD_COLORS, _SOURCE_COLORS):
+        if names and all(name in fixed for name in names):
+            return [fixed[name] for name in names]
+    return sns.color_palette(n_colors=len(names))
+
+
+def _reference_levels(
+    ax: Any, references: pd.DataFrame | None, task: str, metric: str, drawn: set[str]
+) -> list[float]:
+    """Draw the floor's and the ceiling's lines of one panel (``references``: rows ``backbone,
+    task, metric, value``); returns their levels and adds the backbones drawn to ``drawn``."""
+    levels: list[float] = []
+    if references is None:
+        return levels
+    ref = references[(references["task"] == task) & (references["metric"] == metric)]
+    for backbone, (_, style) in _REFERENCE_LINES.items():
+        values = ref.loc[ref["backbone"] == backbone, "value"]
+        if len(values):
+            levels.append(float(values.mean()))
+            ax.axhline(levels[-1], **style)
+            drawn.add(backbone)
+    return levels
+
+
+def _check_references(references: pd.DataFrame | None, what: str) -> None:
+    if references is None:
+        return
+    _check_columns(references, ("backbone", "task", "metric", "value"), "references")
+    unknown = sorted(set(references["backbone"]) - set(_REFERENCE_LINES))
+    if unknown:
+        raise ValueError(
+            f"{what}: references hold backbone(s) {', '.join(map(repr, unknown))}; "
+            f"expected {' or '.join(map(repr, _REFERENCE_LINES))}"
+        )
+
+
+def _with_reference_legend(
+    handles: list[Any], labels: list[str], drawn: set[str]
+) -> tuple[list[Any], list[str]]:
+    import matplotlib.lines as mlines
+
+    handles, labels = list(handles), list(labels)
+    for backbone, (label, style) in _REFERENCE_LINES.items():
+        if backbone in drawn:
+            handles.append(mlines.Line2D([], [], **style))
+            labels.append(label)
+    return handles, labels
+
+
 def _span_y(ax: Any, values: Sequence[float]) -> None:
     """Fit ``ax``'s y axis to ``values`` (a panel's seeds and reference levels) plus a margin, so
     the floor and the ceiling stay on the panel however far they are from the points. (The
@@ -196,6 +263,7 @@ def ablation_figure(
     references: pd.DataFrame | None = None,
     title: str = "",
     expected: Sequence[str] = (),
+    notes: Sequence[str] = (),
     panel_inches: float = 2.8,
 ) -> Figure:
     """One panel per (task, metric): mean over seeds with a 95% bootstrap CI, and every seed,
@@ -214,24 +282,17 @@ def ablation_figure(
         title: figure title.
         expected: what the paper reports for this comparison, one line each (e.g. "DetCon-B
             transfers better than BYOL"), printed under the title: the direction to look for.
+        notes: further lines under those, as they are (e.g. what the axis values stand for).
         panel_inches: width of one panel.
     Returns:
         The figure; panels in the order (task, metric) first appear in ``data``. Error bars are
         seaborn's bootstrap CI (``errorbar=("ci", 95)``, fixed ``seed=0`` so the figure is
         reproducible); with one seed per point there is no bar.
     """
-    import matplotlib.lines as mlines
     import seaborn as sns
 
     _check_columns(data, ("task", "metric", "value", x, hue), "ablation_figure")
-    if references is not None:
-        _check_columns(references, ("backbone", "task", "metric", "value"), "references")
-        unknown = sorted(set(references["backbone"]) - set(_REFERENCE_LINES))
-        if unknown:
-            raise ValueError(
-                f"ablation_figure: references hold backbone(s) {', '.join(map(repr, unknown))}; "
-                f"expected {' or '.join(map(repr, _REFERENCE_LINES))}"
-            )
+    _check_references(references, "ablation_figure")
     if hue is not None and not hue_order:
         raise ValueError("ablation_figure: hue given without hue_order")
     panels = list(dict.fromkeys(zip(data["task"], data["metric"])))
@@ -246,9 +307,11 @@ def ablation_figure(
             len(panels),
             width=max(panel_inches, 0.45 * len(order) * max(n_hue, 2) ** 0.5),
             height=2.5 + (0.5 if rotate else 0.0),
-            extra_height=0.5 + 0.2 * (bool(title) + len(expected)) + (0.15 if title else 0.0),
+            extra_height=0.5
+            + 0.2 * (bool(title) + len(expected) + len(notes))
+            + (0.15 if title else 0.0),
         )
-        palette = sns.color_palette(n_colors=n_hue) if hue is not None else None
+        palette = _palette(hue_order or []) if hue is not None else None
         legend: tuple[list[Any], list[str]] = ([], [])
         drawn: set[str] = set()  # reference backbones with a line on some panel
         for i, (ax, (task, metric)) in enumerate(zip(axes, panels)):
@@ -286,15 +349,7 @@ def ablation_figure(
                 color=None if hue is not None else "C0",
                 legend=hue is not None and i == 0,
             )
-            levels = []
-            if references is not None:
-                ref = references[(references["task"] == task) & (references["metric"] == metric)]
-                for backbone, (_, style) in _REFERENCE_LINES.items():
-                    values = ref.loc[ref["backbone"] == backbone, "value"]
-                    if len(values):
-                        levels.append(float(values.mean()))
-                        ax.axhline(levels[-1], **style)
-                        drawn.add(backbone)
+            levels = _reference_levels(ax, references, task, metric, drawn)
             _span_y(ax, [*sub["value"], *levels])
             if i == 0:
                 legend = _take_legend(ax)
@@ -305,18 +360,14 @@ def ablation_figure(
                 ax.tick_params(axis="x", labelrotation=30)
                 for label in ax.get_xticklabels():
                     label.set_horizontalalignment("right")
-        handles, labels = legend
-        for backbone, (label, style) in _REFERENCE_LINES.items():
-            if backbone in drawn:
-                handles.append(mlines.Line2D([], [], **style))
-                labels.append(label)
+        handles, labels = _with_reference_legend(*legend, drawn)
         _legend_below(fig, handles, labels, hue)
         note = (
             "diamonds: mean over seeds with 95% bootstrap CI; dots: individual seeds; "
             "↑/↓: higher/lower is better"
         )
         head = [title] if title else []
-        head += [f"paper: {line}" for line in expected]
+        head += [f"paper: {line}" for line in expected] + list(notes)
         # Long lines wrapped to the figure's width (about 13 characters per inch at 9 pt).
         width = max(40, int(fig.get_figwidth() * 13))
         lines = [textwrap.fill(line, width, subsequent_indent="  ") for line in [*head, note]]
@@ -394,11 +445,12 @@ def mask_quality_figure(
     quality: str = "mean_best_iou",
     hue: str | None = None,
     hue_order: Sequence[str] | None = None,
+    references: pd.DataFrame | None = None,
     title: str = "",
     panel_inches: float = 2.8,
 ) -> Figure:
     """Downstream metric against the quality of the pretraining masks (the paper's "better
-    masks, better transfer"), one point per mask source.
+    masks, better transfer"), one point per mask source (per ``hue`` value).
 
     Args:
         data: tidy rows of finished runs with columns ``source`` (the mask source), ``quality``
@@ -407,24 +459,30 @@ def mask_quality_figure(
         quality: the mask-quality column on the x axis.
         hue: a further varying parameter (e.g. ``method``): one line per value; or None.
         hue_order: its values.
+        references: the floor's and the ceiling's rows, as for :func:`ablation_figure`.
         title: figure title.
     Returns:
         The figure: per panel, seeds as faint dots, the mean per source with a 95% bootstrap CI,
-        joined in order of quality, each source named, and the Pearson correlation of the
-        per-source means with quality in the panel title (3 or more sources).
+        joined in order of quality, each source named under its x position, the floor and the
+        ceiling as lines, and in the panel title the Pearson correlation of the per-source means
+        with quality (3 or more sources), one per line (``hue`` value), never pooled over them.
     """
     import seaborn as sns
 
     _check_columns(data, ("source", quality, "task", "metric", "value", hue), "mask_quality")
+    _check_references(references, "mask_quality_figure")
     panels = list(dict.fromkeys(zip(data["task"], data["metric"])))
     common: dict[str, Any] = {"x": quality, "y": "value"}
+    levels_order: list[Any] = []
     if hue is not None:
-        common |= {"hue": hue, "hue_order": list(hue_order or dict.fromkeys(data[hue]))}
+        levels_order = list(hue_order or dict.fromkeys(data[hue]))
+        common |= {"hue": hue, "hue_order": levels_order, "palette": _palette(levels_order)}
     with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
         fig, axes = _panel_grid(
-            len(panels), width=panel_inches, height=2.6, extra_height=0.5 + 0.3 * bool(title)
+            len(panels), width=panel_inches, height=2.6, extra_height=0.7 + 0.3 * bool(title)
         )
         legend: tuple[list[Any], list[str]] = ([], [])
+        drawn: set[str] = set()
         for i, (ax, (task, metric)) in enumerate(zip(axes, panels)):
             sub = data[(data["task"] == task) & (data["metric"] == metric)]
             sns.scatterplot(data=sub, **common, ax=ax, s=10, alpha=0.35, legend=False)
@@ -441,28 +499,40 @@ def mask_quality_figure(
                 legend=hue is not None and i == 0,
                 err_kws={"capsize": 2},
             )
-            means = sub.groupby("source", sort=False).agg(
-                q=(quality, "first"), value=("value", "mean")
+            levels = _reference_levels(ax, references, task, metric, drawn)
+            _span_y(ax, [*sub["value"], *levels])
+            # each source named on a top axis at its quality, clear of the lines and the bars
+            qualities = sub.groupby("source", sort=False)[quality].first().sort_values()
+            top = ax.secondary_xaxis("top")
+            top.set_xticks(list(qualities), labels=[str(s) for s in qualities.index])
+            top.tick_params(labelsize=6, length=2, pad=1, labelcolor="0.25")
+            lines = (
+                [(lv, sub[sub[hue] == lv]) for lv in levels_order if (sub[hue] == lv).any()]
+                if hue is not None
+                else [(None, sub)]
             )
-            for source, row in means.iterrows():
-                ax.annotate(
-                    str(source),
-                    (row["q"], row["value"]),
-                    textcoords="offset points",
-                    xytext=(3, 4),
-                    fontsize=6,
-                    color="0.25",
+            found = []
+            for level, rows in lines:
+                means = rows.groupby("source", sort=False).agg(
+                    q=(quality, "first"), value=("value", "mean")
                 )
+                if len(means) >= 3 and means["q"].std() > 0 and means["value"].std() > 0:
+                    r = float(np.corrcoef(means["q"], means["value"])[0, 1])
+                    found.append(f"{level} {r:.2f}" if level is not None else f"{r:.2f}")
+                    n_sources = len(means)
             heading = _metric_title(task, metric)
-            if len(means) >= 3 and means["q"].std() > 0 and means["value"].std() > 0:
-                r = float(np.corrcoef(means["q"], means["value"])[0, 1])
-                heading += f"\nPearson r = {r:.2f} over {len(means)} sources"
+            if found:
+                heading += f"\nPearson r over {n_sources} sources:\n" + textwrap.fill(
+                    ", ".join(found), max(30, int(panel_inches * 14))
+                )
             ax.set_title(heading, fontsize=8)
             ax.set_xlabel(f"mask quality ({quality})")
             ax.set_ylabel(metric)
             if i == 0:
                 legend = _take_legend(ax)
-        _legend_below(fig, *legend, hue)
-        if title:
-            fig.suptitle(title, fontsize=9)
+        _legend_below(fig, *_with_reference_legend(*legend, drawn), hue)
+        note = "points: mean over seeds with 95% bootstrap CI; dots: individual seeds"
+        width = max(40, int(fig.get_figwidth() * 13))
+        head = [title] if title else []
+        fig.suptitle("\n".join(textwrap.fill(t, width) for t in [*head, note]), fontsize=9)
     return fig

@@ -48,7 +48,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from detcon.atomic import atomic_write, write_text
-from detcon.grid import load_ablation
+from detcon.grid import Ablation, load_ablation
 from detcon.plotting import ablation_figure, mask_quality_figure, training_curves
 from detcon.results import (
     REFERENCES,
@@ -313,6 +313,17 @@ def paper_expectations(ablation: str) -> list[str]:
     )
 
 
+def stand_in_lines(ablation: Ablation, profile: str) -> list[str]:
+    """What the profile's values stand for (``profiles.<profile>.values``), one line per key,
+    e.g. ``"at cpu: augment.crop_size 64 for 224, 112 for 384, 144 for 512"``: the paper's
+    statements name the paper's values, the axes show the profile's."""
+    return [
+        f"at {profile}: {key} "
+        + ", ".join(f"{ours} for {paper}" for paper, ours in mapping.items())
+        for key, mapping in ablation.section(profile).values.items()
+    ]
+
+
 def build_report(
     ablation_path: str | Path,
     *,
@@ -369,6 +380,7 @@ def build_report(
             references=references if len(references) else None,
             title=title,
             expected=paper_expectations(name),
+            notes=stand_in_lines(scan.ablation, profile),
         )
     png, pdf = _save(fig, figures / f"{name}.png"), _save(fig, figures / f"{name}.pdf")
     table_csv = write_text(figures / f"{name}.csv", scan.tidy.to_csv(index=False))
@@ -382,7 +394,12 @@ def build_report(
     if MASK_SOURCE_KEY in scan.param_keys and quality is not None and not rows.empty:
         joined, hue = _mask_quality_rows(rows, quality, layout)
         if joined["source"].nunique() >= 2:
-            mq = mask_quality_figure(joined, hue=hue, title=title)
+            mq = mask_quality_figure(
+                joined,
+                hue=hue,
+                references=references if len(references) else None,
+                title=title,
+            )
             mq_png = _save(mq, figures / f"{name}_mask_quality.png")
             mq_pdf = _save(mq, figures / f"{name}_mask_quality.pdf")
         else:

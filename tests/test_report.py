@@ -379,3 +379,41 @@ def test_an_executed_report_notebook_keeps_nothing_that_changes_between_executio
     assert nb["cells"][0]["id"] == "injected-parameters"
     assert nb["cells"][1]["metadata"] == {"papermill": {"status": "completed"}}
     assert nb["cells"][1]["outputs"][0]["text"] == "x\n"
+
+
+def test_the_mask_quality_figure_has_references_and_one_correlation_per_line():
+    # r was pooled over the methods' points (-0.72 where they were -0.44 and -0.91), and the
+    # floor and the ceiling were missing.
+    rows = []
+    for method, slope in (("detcon_s", 1.0), ("detcon_b", -1.0)):
+        for source, q in (("grid", 0.2), ("fh", 0.5), ("ground_truth", 1.0)):
+            for seed in range(2):
+                value = 0.4 + slope * 0.1 * q + 0.01 * seed
+                rows.append({"method": method, "source": source, "mean_best_iou": q,
+                             "task": "segmentation", "metric": "miou", "value": value})  # fmt: skip
+    refs = pd.DataFrame(
+        [
+            {"backbone": "random", "task": "segmentation", "metric": "miou", "value": 0.25},
+            {"backbone": "supervised", "task": "segmentation", "metric": "miou", "value": 0.8},
+        ]
+    )
+    fig = mask_quality_figure(pd.DataFrame(rows), hue="method", references=refs)
+    ax = fig.axes[0]
+    title = " ".join(ax.get_title().split())
+    assert "Pearson r over 3 sources: detcon_s 1.00, detcon_b -1.00" in title
+    styles = {ln.get_linestyle() for ln in ax.lines}
+    assert {"--", "-."} <= styles and ax.get_ylim()[0] < 0.25 and ax.get_ylim()[1] > 0.8
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[-2:] == ["random init (floor)", "supervised (ceiling)"]
+    assert "95% bootstrap CI" in " ".join(fig._suptitle.get_text().split())
+
+
+def test_the_figure_says_what_the_profiles_values_stand_for():
+    from detcon.grid import load_ablation
+    from detcon.report import stand_in_lines
+
+    resolution = load_ablation(Path(__file__).parents[1] / "ablations" / "resolution.yaml")
+    assert stand_in_lines(resolution, "cpu") == [
+        "at cpu: augment.crop_size 64 for 224, 112 for 384, 144 for 512"
+    ]
+    assert stand_in_lines(resolution, "paper") == []
