@@ -410,7 +410,15 @@ class PlotLayout:
 
 
 def _label(row: Mapping[str, Any], keys: Sequence[str]) -> str:
-    return " / ".join(str(row[k]) for k in keys)
+    return " / ".join(_text(row[k]) for k in keys)
+
+
+def _text(value: Any) -> str:
+    """A parameter value as a figure shows it: a whole float without its ``.0`` (a column of
+    2.4, 4.8 and 24 epochs reads back from CSV as floats; 24, as the ablation file says)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _determined_by(table: pd.DataFrame, key: str, by: Sequence[str]) -> bool:

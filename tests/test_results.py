@@ -481,3 +481,11 @@ def test_a_metrics_line_with_a_step_not_a_whole_number_does_not_stop_the_scan(fa
     (run / "metrics.jsonl").write_text('{"step": 4, "loss": "nan?"}\n')
     states = {p.run_id: p for p in ablation_status(path, profile="cpu", runs_dir=runs)}
     assert (states[point.run_id].steps, states[point.run_id].loss) == (5, None)
+
+
+def test_a_whole_float_parameter_is_labelled_without_its_point_zero():
+    # epochs 2.4, 4.8, 7.2 and 24 read back from CSV as floats: the axis said "24.0"
+    from detcon.results import join_labels
+
+    table = pd.DataFrame({"optim.epochs": [2.4, 24.0], "method": ["byol", "simclr"]})
+    assert join_labels(table, ["optim.epochs", "method"]) == ["2.4 / byol", "24 / simclr"]
