@@ -491,8 +491,8 @@ def same_probe(evaluation: Mapping[str, Any] | None, reference: Mapping[str, Any
     """Whether a reference's results (``eval_random.json``, ``eval_supervised.json``) were probed
     as the encoder's (``eval.json``): one left by an earlier evaluation on another split, probe
     seed or data is no floor or ceiling of this one. Files without a probe record pass."""
-    if not evaluation or not reference:
-        return True
+    if not isinstance(evaluation, Mapping) or not isinstance(reference, Mapping):
+        return True  # none, or not an eval file at all: the readers report that
     ours, theirs = evaluation.get(PROBE_RECORD), reference.get(PROBE_RECORD)
     return ours is None or theirs is None or ours == theirs
 
@@ -672,8 +672,12 @@ def ablation_status(
     only: str | None = None,
 ) -> list[PointState]:
     """The state of every point of the ablation at ``profile`` (nothing is written); with
-    ``only``, of the points whose run id contains it (ValueError when none does).
-    NotADirectoryError: ``runs_dir`` is a file (every point would read as broken)."""
+    ``only``, of the points whose run id contains it.
+
+    Raises:
+        ValueError: ``only`` matches no run id.
+        NotADirectoryError: ``runs_dir`` is a file (every point would read as broken).
+    """
     if Path(runs_dir).exists() and not Path(runs_dir).is_dir():
         raise NotADirectoryError(f"--runs-dir {str(runs_dir)!r} is a file, expected a folder")
     ablation = load_ablation(ablation_path)

@@ -489,3 +489,10 @@ def test_a_whole_float_parameter_is_labelled_without_its_point_zero():
 
     table = pd.DataFrame({"optim.epochs": [2.4, 24.0], "method": ["byol", "simclr"]})
     assert join_labels(table, ["optim.epochs", "method"]) == ["2.4 / byol", "24 / simclr"]
+
+
+def test_an_eval_file_that_is_no_mapping_is_a_problem_not_a_crash(tmp_path):
+    _write(tmp_path / "eval.json", [1, 2])
+    _write(tmp_path / "eval_random.json", {"seg": {"miou": 0.1}, "probe": {"split": "val"}})
+    rows, problem = read_run_metrics(tmp_path, use_summary=False)
+    assert problem is not None and problem.startswith("corrupt eval.json")
