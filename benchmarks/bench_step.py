@@ -18,6 +18,9 @@ too, as it is less sensitive to other processes. Target: DetCon-B / BYOL <= 1.05
 cpu profile's sizes (batch 32, 64 px views, small ResNet, 512->128 heads, K=16).
 
 ``--profile`` adds a torch.profiler table of DetCon-B and BYOL steps (self CPU time by op).
+``--compile`` times the steps with the backbones ``torch.compile``d (``PretrainModel.
+compile_networks``; on a CPU inductor needs a C++ compiler) and prints each method's first step,
+compilation included: what a run of N steps gains is N times the step's saving less that.
 ``--set KEY=VALUE`` overrides a config field for every method, e.g. ``--set train.precision=bf16
 --set train.channels_last=true`` (bf16 autocast on the CPU: docs/performance.md §1).
 
@@ -147,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table")
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the backbones (the first step's time, compilation included, printed)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
@@ -161,13 +169,21 @@ def main(argv: list[str] | None = None) -> int:
 
     print(machine_header("bench_step: DetCon-B training step vs BYOL (model-only, one thread)"))
     runners = [Runner(m, base, n_batches=2 if args.quick else 4) for m in METHODS]
+    if args.compile:
+        for r in runners:
+            r.model.compile_networks()
+            t0 = time.perf_counter()
+            r.step(record=False)
+            print(f"compile: {r.method}'s first step, compilation included: "
+                  f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
     c = runners[0].cfg
     print(
         f"sizes: batch {c.optim.batch_size}, {c.augment.crop_size} px views, backbone "
         f"{c.model.backbone} (width {c.model.small_width}, stride {c.model.small_stride}), heads "
         f"{c.model.head_hidden}->{c.model.head_out}, K={c.masks.num_samples} "
         f"({c.masks.source} masks), {c.train.precision}"
-        f"{', channels_last' if c.train.channels_last else ''}; {warmup} warm-up + {rounds} "
+        f"{', channels_last' if c.train.channels_last else ''}"
+        f"{', torch.compile' if args.compile else ''}; {warmup} warm-up + {rounds} "
         "interleaved rounds"
     )
     run_interleaved(runners, warmup, rounds)

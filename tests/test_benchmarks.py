@@ -105,6 +105,22 @@ def test_bench_step_set_overrides_every_method(monkeypatch):
     assert all(c.train.precision == "bf16" and c.train.channels_last for c in configs)
 
 
+def test_bench_step_compile_compiles_every_method_before_timing(monkeypatch, capsys):
+    # compiling for real takes ~40 s a method: what is checked is that each model is compiled
+    # and its first step reported before the timed rounds
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_step
+
+    from detcon.models import PretrainModel
+
+    compiled = []
+    monkeypatch.setattr(PretrainModel, "compile_networks", lambda self: compiled.append(self))
+    assert bench_step.main(["--quick", "--rounds", "1", "--compile"]) == 0
+    out = capsys.readouterr().out
+    assert len(compiled) == 4 and out.count("first step, compilation included") == 4
+    assert ", torch.compile;" in out
+
+
 def test_benchmark_counts_are_checked_and_an_explicit_zero_kept(monkeypatch):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_step.py"), "--rounds", "0"],
