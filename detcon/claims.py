@@ -1166,7 +1166,7 @@ def write_results(
             every verdict into "not run"; an empty folder is taken as no results yet).
     """
     from detcon.atomic import atomic_write, write_text
-    from detcon.results import load_mask_quality
+    from detcon.results import REFERENCES, load_mask_quality
 
     results_dir, out = Path(results_dir), Path(out)
     if results_dir.exists() and not results_dir.is_dir():
@@ -1186,7 +1186,7 @@ def write_results(
             from detcon.plotting import mask_quality_figure
 
             table = tables["mask_type"]
-            refs = table[table["backbone"].isin(["random", "supervised"])]
+            refs = table[table["backbone"].isin(REFERENCES)]
             refs = refs[(refs["task"] == "segmentation") & (refs["metric"] == "miou")]
             fig = mask_quality_figure(
                 rows,

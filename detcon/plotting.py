@@ -233,6 +233,14 @@ def _with_reference_legend(
     return handles, labels
 
 
+def _headline(fig: Figure, lines: Sequence[str], indent: str = "") -> None:
+    """The figure's title lines, each wrapped to the figure's width (about 13 characters per inch
+    at 9 pt), ``indent`` before a wrapped line's continuation."""
+    width = max(40, int(fig.get_figwidth() * 13))
+    text = [textwrap.fill(line, width, subsequent_indent=indent) for line in lines]
+    fig.suptitle("\n".join(text), fontsize=9)
+
+
 def _span_y(ax: Any, values: Sequence[float]) -> None:
     """Fit ``ax``'s y axis to ``values`` (a panel's seeds and reference levels) plus a margin, so
     the floor and the ceiling stay on the panel however far they are from the points. (The
@@ -368,10 +376,7 @@ def ablation_figure(
         )
         head = [title] if title else []
         head += [f"paper: {line}" for line in expected] + list(notes)
-        # Long lines wrapped to the figure's width (about 13 characters per inch at 9 pt).
-        width = max(40, int(fig.get_figwidth() * 13))
-        lines = [textwrap.fill(line, width, subsequent_indent="  ") for line in [*head, note]]
-        fig.suptitle("\n".join(lines), fontsize=9)
+        _headline(fig, [*head, note], indent="  ")
     return fig
 
 
@@ -532,7 +537,5 @@ def mask_quality_figure(
                 legend = _take_legend(ax)
         _legend_below(fig, *_with_reference_legend(*legend, drawn), hue)
         note = "points: mean over seeds with 95% bootstrap CI; dots: individual seeds"
-        width = max(40, int(fig.get_figwidth() * 13))
-        head = [title] if title else []
-        fig.suptitle("\n".join(textwrap.fill(t, width) for t in [*head, note]), fontsize=9)
+        _headline(fig, [*([title] if title else []), note])
     return fig
