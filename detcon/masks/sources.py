@@ -141,9 +141,10 @@ def image_masks(height: int, width: int) -> np.ndarray:
 def read_external_masks(path: str | os.PathLike, *, max_masks: int | None = None) -> np.ndarray:
     """Read masks computed outside this package (e.g. the official MCG Matlab output, converted).
 
-    * ``.png``: an id map, returned as an ``int32 (H, W)`` partition. Modes: ``L``/``P`` (8 bit),
-      ``I;16`` and ``I`` (16/32 bit ids), or ``RGB`` read as ``id = R + 256 G + 256**2 B`` (the
-      COCO panoptic PNG convention).
+    * ``.png``: an id map, returned as an ``int32 (H, W)`` partition with its ids relabelled
+      ``0..k-1`` in increasing order (each id present is one mask, 0 included). Modes: ``L``/``P``
+      (8 bit), ``I;16`` and ``I`` (16/32 bit ids), or ``RGB`` read as ``id = R + 256 G + 256**2 B``
+      (the COCO panoptic PNG convention).
     * ``.npz``: key ``masks``, ``bool (M, H, W)`` overlapping masks, and optionally ``scores``
       ``(M,)`` finite floats; with scores the masks are returned best first (stable sort).
 
@@ -192,7 +193,10 @@ def _read_png_partition(path: Path) -> np.ndarray:
             f"external mask file {str(path)!r}: ids must lie in [0, 2^31), got "
             f"[{ids.min()}, {ids.max()}]"
         )
-    return ids.astype(np.int32)
+    # Relabel 0..k-1 in increasing id: the pooling tensors are dense in the largest id, and a
+    # panoptic RGB id such as 1971210 would make them gigabytes for two segments.
+    _, dense = np.unique(ids, return_inverse=True)
+    return dense.reshape(ids.shape).astype(np.int32)
 
 
 def _read_npz_overlapping(path: Path, max_masks: int | None) -> np.ndarray:

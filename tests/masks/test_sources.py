@@ -141,11 +141,23 @@ def test_png_partitions_in_several_modes(tmp_path):
     Image.fromarray((ids % 256).astype(np.uint8)).save(tmp_path / "a8.png")
     rgb = np.stack([ids % 256, ids // 256, np.zeros_like(ids)], axis=-1).astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "argb.png")
-    np.testing.assert_array_equal(read_external_masks(tmp_path / "a16.png"), ids)
-    np.testing.assert_array_equal(read_external_masks(tmp_path / "a8.png"), ids % 256)
+    dense = np.array([[0, 1, 2], [4, 4, 3]])  # ids relabelled 0..k-1 in increasing order
+    np.testing.assert_array_equal(read_external_masks(tmp_path / "a16.png"), dense)
+    np.testing.assert_array_equal(read_external_masks(tmp_path / "a8.png"), dense)
     out = read_external_masks(tmp_path / "argb.png")
     assert out.dtype == np.int32
-    np.testing.assert_array_equal(out, ids)
+    np.testing.assert_array_equal(out, dense)
+
+
+def test_png_panoptic_ids_are_made_dense(tmp_path):
+    # COCO panoptic RGB ids run into the millions; the pooling tensors are dense in the largest
+    # id, so raw ids would make them gigabytes for two segments.
+    ids = np.zeros((8, 8), dtype=np.int64)
+    ids[:, :3], ids[:, 3:] = 287944, 1971210
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "pan.png")
+    out = read_external_masks(tmp_path / "pan.png")
+    np.testing.assert_array_equal(out, (ids == 1971210).astype(np.int32))
 
 
 def test_npz_overlapping_sorted_by_score_and_truncated(tmp_path):
