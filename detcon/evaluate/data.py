@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -57,21 +58,27 @@ class _Materialised(Dataset):
 
 
 class _Capped(Dataset):
-    """The first ``n`` items of a dataset (deterministic subsets for capped real datasets)."""
+    """``n`` items of a dataset drawn without replacement from ``seed``, in their original order.
 
-    def __init__(self, base: Dataset, n: int) -> None:
-        self.base, self.n = base, min(n, len(base))
+    Not the first ``n``: readers list their samples sorted (ImageFolder by class, COCO by image
+    id, Cityscapes by city), so a prefix would keep a few classes or one city.
+    """
+
+    def __init__(self, base: Dataset, n: int, seed: int) -> None:
+        self.base = base
+        rng = np.random.default_rng(seed)
+        self.indices = np.sort(rng.choice(len(base), size=min(n, len(base)), replace=False))
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.indices)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < self.n:
+        if not 0 <= index < len(self.indices):
             raise IndexError(index)
-        return self.base[index]
+        return self.base[int(self.indices[index])]
 
     def __getattr__(self, name: str) -> Any:  # num_classes, coco, category_ids, ...
-        if name == "base":
+        if name in ("base", "indices"):
             raise AttributeError(name)
         return getattr(self.base, name)
 
@@ -138,7 +145,7 @@ class DataStore:
             base = readers.ImageFolderDataset(root / split)
         else:
             raise ValueError(f"unknown dataset {spec.dataset!r}")
-        return _Capped(base, n) if n > 0 else base
+        return _Capped(base, n, spec.seed) if n > 0 else base
 
 
 def num_classes(dataset: Dataset) -> int:

@@ -120,6 +120,30 @@ def test_imagefolder_returns_image_label_key(tmp_path):
     }
 
 
+def test_capped_real_data_is_a_seeded_sample_not_a_prefix(tmp_path):
+    """``num_train`` > 0 on a real dataset draws that many samples from the spec's seed; the
+    readers list samples sorted by class, so the first ``n`` would hold one or two classes."""
+    from detcon.evaluate.data import DataStore
+    from detcon.evaluate.settings import DataSpec
+
+    for c in range(10):
+        for i in range(5):
+            _save(tmp_path / "train" / f"c{c}" / f"{i}.png", _rgb(10 * c + i, 8, 8))
+
+    def keys(**kw):
+        spec = DataSpec("imagefolder", str(tmp_path), image_size=0, **kw)
+        ds = DataStore().get(spec, "train")
+        return [ds[i]["key"] for i in range(len(ds))], ds
+
+    picked, ds = keys(num_train=10)
+    assert len(picked) == 10 and ds.classes == [f"c{c}" for c in range(10)]  # attrs pass through
+    assert len({k.split("/")[0] for k in picked}) >= 5  # a prefix of 10 covers 2 classes
+    assert picked == sorted(picked)  # the readers' order kept
+    assert keys(num_train=10)[0] == picked  # deterministic
+    assert keys(num_train=10, seed=1)[0] != picked
+    assert len(keys(num_train=0)[0]) == 50 and len(keys(num_train=99)[0]) == 50
+
+
 def test_imagefolder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"<root>/<class>/<image>"):
         ImageFolderDataset(tmp_path / "missing")
