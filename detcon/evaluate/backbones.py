@@ -238,11 +238,15 @@ class BackboneStages(nn.Module):
                 "torchvision ResNet"
             )
         self.stages = nn.ModuleList([first, *rest])
-        was_training = self.training
+        # The dry run in eval mode (no BatchNorm statistics move), then every module back to its
+        # own mode: the wrapper is new, so its flag says nothing about the backbone's.
+        modes = [(m, m.training) for m in self.stages.modules()]
         self.eval()
         with torch.no_grad():
             outs = self(torch.zeros(1, 3, 64, 64))
-        self.train(was_training)
+        for module, training in modes:
+            module.training = training
+        self.training = net.training
         self.channels = [o.shape[1] for o in outs]
         self.strides = [64 // o.shape[-1] for o in outs]
 

@@ -142,6 +142,17 @@ def test_stages_expose_channels_strides_and_end_at_the_backbone_output(model_cfg
     assert stages.channels[-1] == net.out_channels
 
 
+def test_stages_leave_every_module_in_its_mode():
+    net = build_backbone(ModelConfig(backbone="small", small_width=8)).eval()
+    stages = BackboneStages(net)
+    assert not stages.training and not any(m.training for m in net.modules())
+    net.train()
+    frozen = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)).eval()
+    stages = BackboneStages(net)
+    assert stages.training and not frozen.training
+    assert all(m.training for m in net.modules() if m is not frozen)
+
+
 def test_dilation_matches_torchvision_for_bottleneck_resnets():
     from torchvision.models.resnet import Bottleneck, ResNet
 
