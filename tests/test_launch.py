@@ -323,6 +323,10 @@ def test_cluster_profiles_are_strict_and_map_to_submitit(tmp_path):
     assert "gpus_per_node" not in params  # a CPU job asks for no GPU
     gpu = launch.load_cluster_profile("gpu-32").submitit_parameters()
     assert gpu["gpus_per_node"] == 8 and gpu["tasks_per_node"] == 8
+    # a constructor argument: update_parameters() refuses it
+    assert launch.load_cluster_profile("gpu-32").executor_arguments() == {
+        "slurm_max_num_timeout": 20
+    }
     (tmp_path / "bad.yaml").write_text("partition: x\ngpus: 2\n")
     with pytest.raises(ConfigError, match=r"unknown config key 'gpus'"):
         launch.load_cluster_profile("bad", tmp_path)

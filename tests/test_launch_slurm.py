@@ -90,6 +90,9 @@ def test_grid_runs_as_one_array_failures_isolated_reruns_skip(slurm_cluster, tmp
     )
     record = read_json(result.folder / "launch.json")
     assert sorted(record["jobs"].values()) == sorted(j.job_id for j in jobs)
+    # the profile's requeue budget reached the submitted job (submitit's own default is 3)
+    countdown = jobs[0].submission()._timeout_countdown
+    assert countdown == launch.load_cluster_profile("local").max_num_timeout == 20
     wait_done(jobs)
 
     states = {s.run_id: s for s in launch.ablation_status(path, runs_dir=runs)}

@@ -381,8 +381,8 @@ def _submit_slurm(todo: Sequence[PointSpec], result: LaunchResult, echo: Callabl
             "start the local cluster with `make slurm-up`, or use --executor local"
         )
     folder = _launch_folder(plan.runs_root)
-    ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
     assert plan.cluster is not None  # prepare() requires one for slurm
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm", **plan.cluster.executor_arguments())
     ex.update_parameters(name=f"detcon-{plan.ablation.name}", **plan.cluster.submitit_parameters())
     with ex.batch():
         jobs = [ex.submit(PointJob(spec)) for spec in todo]

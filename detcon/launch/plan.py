@@ -62,11 +62,18 @@ class ClusterProfile:
     cpus_per_task: int = _cf(1, "CPU cores per process (data loading workers + 1)", 1)
     mem_gb: float = _cf(4.0, "memory per node in GB", 0.0)
     timeout_min: int = _cf(60, "time limit per job; longer points are requeued and resume", 1)
+    max_num_timeout: int = _cf(
+        20, "time-limit requeues before a point counts as failed (submitit's own default: 3)", 0
+    )
     array_parallelism: int = _cf(8, "grid points running at the same time", 1)
     account: str = _cf("", "SLURM account (empty: none)")
     qos: str = _cf("", "SLURM QOS (empty: none)")
     constraint: str = _cf("", "SLURM node constraint (empty: none)")
     setup: str = _cf("", "shell lines run before the job starts (module load, conda activate)")
+
+    def executor_arguments(self) -> dict[str, Any]:
+        """Keyword arguments for the ``AutoExecutor`` constructor (not ``update_parameters``)."""
+        return {"slurm_max_num_timeout": self.max_num_timeout}
 
     def submitit_parameters(self) -> dict[str, Any]:
         """Keyword arguments for ``AutoExecutor.update_parameters``."""
