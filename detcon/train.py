@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,7 +232,15 @@ def _truncate_metrics(path: Path, before_step: int) -> None:
 
 def _device(cfg: PretrainConfig) -> torch.device:
     if cfg.train.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if cfg.model.backbone != "small":  # e.g. a CPU-only torch build on a GPU node
+            warnings.warn(
+                f"train.device='auto' found no CUDA device: training the {cfg.model.backbone} "
+                "on the CPU (set train.device=cuda to make this an error)",
+                stacklevel=2,
+            )
+        return torch.device("cpu")
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             "train.device='cuda' but no CUDA device is available here; use 'cpu' or 'auto'"

@@ -569,3 +569,20 @@ def test_a_negative_stop_after_is_refused_before_anything_is_written(tmp_path, c
     with pytest.raises(ValueError, match="stop_after=-3"):
         pretrain(tiny_cfg(train={"max_steps": 2, "threads": 1}), tmp_path / "lib", stop_after=-3)
     assert not (tmp_path / "cli").exists() and not (tmp_path / "lib").exists()
+
+
+def test_auto_device_without_cuda_warns_for_a_paper_scale_backbone(monkeypatch):
+    """A CPU-only torch on a GPU node would otherwise train a ResNet-50 on the CPU silently."""
+    import warnings
+
+    from detcon.train import _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match=r"found no CUDA device: training the resnet50 on the CPU"):
+        assert _device(load_pretrain_config({}, profile="paper")) == torch.device("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the cpu profile's small network: no warning
+        assert _device(load_pretrain_config({}, profile="cpu")) == torch.device("cpu")
+    cuda = load_pretrain_config({"train": {"device": "cuda"}}, profile="paper")
+    with pytest.raises(ValueError, match="no CUDA device is available here"):
+        _device(cuda)
