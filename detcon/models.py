@@ -290,7 +290,8 @@ class _Branch(nn.Module):
 
 
 def _featurewise_std(x: Tensor) -> Tensor:
-    """Mean over features of the std over vectors (release ``featurewise_std``).
+    """Mean over features of the std over all vectors, mask slots pooled (the release's
+    ``featurewise_std`` takes it per slot; docs/deviations.md L16).
 
     Two-pass (mean, then mean squared deviation): the same value as ``std(dim=0,
     unbiased=False)`` up to rounding, without torch's slow strided Welford reduction on CPU.
