@@ -651,7 +651,7 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _queued_jobs(runs_root: Path, profile: str) -> dict[str, str]:
+def launched_jobs(runs_root: Path, profile: str) -> dict[str, str]:
     """run id -> job id of the most recent SLURM launch of each point at ``profile``."""
     jobs: dict[str, str] = {}
     for record in sorted((runs_root / ".submitit").glob("*/launch.json")):
@@ -683,5 +683,5 @@ def ablation_status(
     ablation = load_ablation(ablation_path)
     points = select_points(expand(ablation, profile), only, ablation.name, profile)
     runs_root = Path(runs_dir) / ablation.name
-    queued = _queued_jobs(runs_root, profile)
+    queued = launched_jobs(runs_root, profile)
     return [point_state(runs_root / p.run_id, p.run_id, queued.get(p.run_id)) for p in points]

@@ -316,6 +316,41 @@ def test_slurm_executor_needs_a_cluster_profile_and_sbatch(tmp_path, monkeypatch
         )
 
 
+def _fake_slurm(bin_dir: Path, squeue: str) -> None:
+    """``sbatch`` that must not be called and an ``squeue`` script body, on a PATH of their own."""
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in (("sbatch", "echo sbatch called >&2; exit 1"), ("squeue", squeue)):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+
+
+def test_a_point_slurm_still_queues_is_not_submitted_again(tmp_path, monkeypatch):
+    # Rerunning `detcon run --executor slurm` to retry failures while earlier jobs wait in the
+    # queue submitted those points a second time (their files said "not started").
+    path = grid3(tmp_path)
+    ids = run_ids(path)
+    runs = tmp_path / "r"
+    record = runs / "abl" / ".submitit" / "20261207-120000-1" / "launch.json"
+    jobs = {ids[0]: "77_0", ids[1]: "77_1", ids[2]: "77_2"}
+    write_json(record, {"ablation": "abl", "profile": "cpu", "jobs": jobs})
+    _fake_slurm(
+        tmp_path / "bin",
+        'echo "77_0 PENDING"; echo "77_1 REQUEUED"; echo "77_2 RUNNING"; echo "78_0 PENDING"',
+    )
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    lines: list[str] = []
+    result = launch.run_ablation(
+        path, executor="slurm", cluster="local", runs_dir=runs, echo=lines.append
+    )
+    assert sorted(result.busy) == sorted(ids) and not result.jobs
+    assert f"  {ids[0]}: SLURM job 77_0 is PENDING, skipped" in lines
+    assert f"  {ids[1]}: SLURM job 77_1 is REQUEUED, skipped" in lines
+    assert launch_executors._live_slurm_jobs({"77_0", "79_0"}) == {"77_0": "PENDING"}
+    _fake_slurm(tmp_path / "bin", "echo 'squeue: error: Invalid user' >&2; exit 1")
+    with pytest.raises(RuntimeError, match="Invalid user.*would be submitted again"):
+        launch.run_ablation(path, executor="slurm", cluster="local", runs_dir=runs)
+
+
 def test_cluster_profiles_are_strict_and_map_to_submitit(tmp_path):
     local = launch.load_cluster_profile("local")
     params = local.submitit_parameters()

@@ -14,7 +14,8 @@ yet done becomes one job (:class:`~detcon.launch.point.PointJob`) through an exe
 - ``slurm``: one SLURM job array through submitit (``AutoExecutor(cluster="slurm")``), resources
   and array parallelism from a cluster profile (``ablations/clusters/<name>.yaml``), a fresh
   submitit folder per launch. Jobs are ``submitit.helpers.Checkpointable``: on USR2 (preemption,
-  time limit) submitit requeues them and the point resumes from its training checkpoint.
+  time limit) submitit requeues them and the point resumes from its training checkpoint. A point
+  whose job from an earlier launch SLURM still queues or runs (``squeue``) is not submitted again.
 - ``debug``: ``submitit.DebugExecutor``, in-process, dropping into pdb on a failure.
 
 Before running, each point not yet done is looked up among the finished runs under the same runs
@@ -27,10 +28,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import getpass
 import multiprocessing
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -54,7 +57,7 @@ from detcon.launch.point import (
     wants_references,
 )
 from detcon.launch.reuse import Source
-from detcon.runs import point_state
+from detcon.runs import launched_jobs, point_state
 
 
 @dataclass
@@ -142,6 +145,12 @@ def run_ablation(
         echo("dry run: nothing was written or submitted")
         return result
     _check_writable(plan.runs_root)
+    live: dict[str, tuple[str, str]] = {}
+    if executor == "slurm":
+        _require_sbatch()
+        launched = launched_jobs(plan.runs_root, profile)
+        states = _live_slurm_jobs(set(launched.values()))
+        live = {run_id: (job, states[job]) for run_id, job in launched.items() if job in states}
     todo: list[PointSpec] = []
     evaluated: list[PointSpec] = []  # points that will run the evaluate notebook
     notes: list[str] = []
@@ -152,6 +161,10 @@ def run_ablation(
         elif state.state == "running":
             result.busy.append(spec.run_id)
             notes.append(f"  {spec.run_id}: running elsewhere (its lock is held), skipped")
+        elif spec.run_id in live:  # pending, or requeued between two runs of its job
+            job, job_state = live[spec.run_id]
+            result.busy.append(spec.run_id)
+            notes.append(f"  {spec.run_id}: SLURM job {job} is {job_state}, skipped")
         elif state.state == "broken":  # one point's problem: report it, run the others
             result.broken.append(spec.run_id)
             notes.append(f"  {spec.run_id}: broken ({state.error}), skipped")
@@ -373,13 +386,62 @@ def _run_debug(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable) 
         echo(f"{tag} {msg}")
 
 
-def _submit_slurm(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable) -> None:
-    plan = result.plan
+def _require_sbatch() -> None:
     if shutil.which("sbatch") is None:
         raise FileNotFoundError(
             "--executor slurm needs SLURM's sbatch on PATH (none found); run on a login node, "
             "start the local cluster with `make slurm-up`, or use --executor local"
         )
+
+
+# squeue's states of a job that still waits for, holds or will rerun its point
+_LIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "CONFIGURING",
+        "RUNNING",
+        "COMPLETING",
+        "SUSPENDED",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+    }
+)
+
+
+def _live_slurm_jobs(job_ids: set[str]) -> dict[str, str]:
+    """job id -> state, for those of ``job_ids`` that SLURM still queues or runs.
+
+    One ``squeue`` call for this user's jobs, array tasks one a line (``123_4``, as submitit
+    names them). A job SLURM has forgotten is not listed: its point's files say what it did.
+
+    Raises:
+        RuntimeError: squeue failed (without it a queued point would be submitted twice).
+    """
+    if not job_ids:
+        return {}
+    cmd = ["squeue", "--noheader", "--array", "--format=%i %T", "--user", getpass.getuser()]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None) or exc
+        raise RuntimeError(
+            f"cannot ask SLURM which points are still queued ({' '.join(cmd)}: "
+            f"{str(detail).strip()}); without it a queued point would be submitted again"
+        ) from None
+    live = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in job_ids and parts[1] in _LIVE_STATES:
+            live[parts[0]] = parts[1]
+    return live
+
+
+def _submit_slurm(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable) -> None:
+    plan = result.plan
     folder = _launch_folder(plan.runs_root)
     assert plan.cluster is not None  # prepare() requires one for slurm
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", **plan.cluster.executor_arguments())
