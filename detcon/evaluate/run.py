@@ -134,7 +134,10 @@ def evaluate_run(
             probe seed and a digest of the data (:func:`probe_record`); for ``pretrained``
             also ``"encoder"``: the pretraining step of ``backbone.pt``
             (:func:`detcon.runs.encoder_record`); evaluating a run that has not finished
-            pretraining warns on stderr.
+            pretraining warns on stderr. Each task's result is kept in ``.<out_name>.partial``
+            as it finishes: an evaluation cut off (a job's time limit, a kill) and run again
+            with the same encoder weights, settings, seed, split and device goes on from its
+            last finished task; the file is removed once ``out_name`` is written.
         backbone: ``pretrained`` (``backbone.pt``), ``random`` (same architecture, random
             initialisation from ``seed``: the floor) or ``supervised`` (that initialisation
             trained with the profile's segmentation labels, ``settings.supervised``: the
@@ -256,6 +259,14 @@ def evaluate_run(
         if settings.threads:
             torch.set_num_threads(settings.threads)
         results: dict[str, dict[str, float]] = {}
+        # Each task's result is kept as it finishes, so that an evaluation cut off (a job's time
+        # limit, a kill) goes on from its last finished task; keyed by everything a task's
+        # result depends on, the encoder's weights included.
+        partial_path = out_path.with_name(f".{out_path.name}.partial")
+        partial_key = _partial_key(
+            state, backbone, tf_same, settings, seed, split, dev, data_root, GENERATOR_VERSION
+        )
+        earlier_tasks = _partial(partial_path, partial_key)
         # The tasks seed torch's global RNG; the caller's RNG state is restored afterwards.
         with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
             try:
@@ -289,9 +300,14 @@ def evaluate_run(
                 ):
                     if kind in tasks:
                         for s in settings.for_task(kind):
-                            ctx.bank.reserve(s.data, module.bank_stages(s, stages.strides))
+                            if s.name not in earlier_tasks:
+                                ctx.bank.reserve(s.data, module.bank_stages(s, stages.strides))
                 for kind in tasks:
                     for s in settings.for_task(kind):
+                        if s.name in earlier_tasks:
+                            results[s.name] = earlier_tasks[s.name]
+                            log(f"{s.name}: taken from the evaluation cut off ({partial_path})")
+                            continue
                         t0 = time.perf_counter()
                         log(f"{s.name}: start ({backbone} backbone, {settings.profile} profile)")
                         try:
@@ -308,8 +324,9 @@ def evaluate_run(
                                 file=sys.stderr,
                                 flush=True,
                             )
-                            continue
-                        log(f"{s.name}: done in {time.perf_counter() - t0:.1f} s")
+                        else:
+                            log(f"{s.name}: done in {time.perf_counter() - t0:.1f} s")
+                        write_json(partial_path, {"key": partial_key, "results": results})
             finally:
                 torch.set_num_threads(threads)
         stored = {**_kept(out_path, probe, record), **results, PROBE_RECORD: probe}
@@ -318,7 +335,32 @@ def evaluate_run(
         write_json(out_path, stored)
         if cached_path is not None:
             write_json(cached_path, results)
+        partial_path.unlink(missing_ok=True)
         return results
+
+
+def _partial_key(state: dict[str, torch.Tensor], *parts: object) -> str:
+    """A digest of the encoder's weights and of everything else a task's result depends on."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    for part in parts:
+        text = str(part.type) if isinstance(part, torch.device) else repr(part)
+        h.update(text.encode())
+    return h.hexdigest()[:32]
+
+
+def _partial(path: Path, key: str) -> dict[str, dict]:
+    """Task results an evaluation with the same ``key`` finished before it was cut off."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # none, or unreadable: evaluate every task
+        return {}
+    if not isinstance(data, dict) or data.get("key") != key:
+        return {}
+    results = data.get("results")
+    return results if isinstance(results, dict) else {}
 
 
 def _check_out_name(out_name: str | None, backbone: str) -> None:

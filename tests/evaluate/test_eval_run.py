@@ -473,3 +473,46 @@ def test_a_run_directory_that_is_a_file_is_named_as_such(tmp_path):
     (tmp_path / "run").write_text("")
     with pytest.raises(NotADirectoryError, match="is a file, expected a folder"):
         evaluate_run(tmp_path / "run", settings=QUICK, tasks=("linear",))
+
+
+def test_an_evaluation_cut_off_goes_on_from_its_last_finished_task(full_run, tmp_path, monkeypatch):
+    """A job's time limit during a long evaluation must not throw away the tasks it finished."""
+    import detcon.evaluate.run as run_module
+
+    run, results, _ = full_run
+    copy = make_run_dir(tmp_path / "copy")  # the same seed: the same weights as full_run's
+    runners = dict(run_module._RUNNERS)
+    calls = []
+
+    def cut_off(ctx, s):
+        raise KeyboardInterrupt  # a kill after the first task
+
+    def counted(kind):
+        def runner(ctx, s):
+            calls.append(s.name)
+            return runners[kind](ctx, s)
+
+        return runner
+
+    monkeypatch.setitem(run_module._RUNNERS, "depth", counted("depth"))
+    monkeypatch.setitem(run_module._RUNNERS, "linear", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(copy, settings=QUICK, tasks=("depth", "linear"))
+    assert not (copy / "eval.json").exists()  # the result file says nothing until complete
+    assert (copy / ".eval.json.partial").is_file()
+    monkeypatch.setitem(run_module._RUNNERS, "linear", counted("linear"))
+    messages = []
+    again = evaluate_run(copy, settings=QUICK, tasks=("depth", "linear"), progress=messages.append)
+    assert calls == ["depth", "linear"]  # depth was not run a second time
+    assert any("depth: taken from the evaluation cut off" in m for m in messages)
+    assert again == {k: results[k] for k in ("depth", "linear")}  # as one uninterrupted run
+    assert not (copy / ".eval.json.partial").exists()
+    # kept only for the same encoder and probe: other weights (or a seed) evaluate every task
+    monkeypatch.setitem(run_module._RUNNERS, "linear", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(copy, settings=QUICK, tasks=("depth", "linear"))
+    calls.clear()
+    make_run_dir(copy, seed=2)
+    monkeypatch.setitem(run_module._RUNNERS, "linear", counted("linear"))
+    evaluate_run(copy, settings=QUICK, tasks=("depth", "linear"))
+    assert calls == ["depth", "linear"]
