@@ -158,3 +158,29 @@ def test_the_reference_lane_reads_the_evaluate_notebooks_parameters_as_the_noteb
         if isinstance(default, tuple):  # TASKS; the notebook's default is a list
             default = list(default)
         assert default == ast.literal_eval(param["default"]), name
+
+
+def test_a_python3_kernel_of_another_interpreter_is_refused(monkeypatch, tmp_path):
+    # Without make install's detcon-venv kernel the launcher falls back to 'python3'; a
+    # user-level kernelspec of another Python (JupyterHub clusters) takes precedence there, and
+    # every point failed with "No module named detcon" or ran another torch.
+    import sys
+    from types import SimpleNamespace
+
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    argv = ["/opt/other/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    monkeypatch.setattr(KernelSpecManager, "find_kernel_specs", lambda self: {"python3": "x"})
+    monkeypatch.setattr(
+        KernelSpecManager, "get_kernel_spec", lambda self, n: SimpleNamespace(argv=argv)
+    )
+    with pytest.raises(
+        RuntimeError, match=r"runs /opt/other/bin/python, not this Python.*--sys-prefix"
+    ):
+        kernel_name()
+    for program in ("python", "python3", sys.executable):  # what jupyter_client runs as this one
+        argv[0] = program
+        assert kernel_name() == "python3"
+    monkeypatch.setattr(KernelSpecManager, "find_kernel_specs", lambda self: {"detcon-venv": "y"})
+    argv[0] = "/opt/other/bin/python"
+    assert kernel_name() == "detcon-venv"

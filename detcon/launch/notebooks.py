@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -101,10 +102,34 @@ def check_parameters(path: Path, given: Mapping[str, Any]) -> None:
 
 
 def kernel_name() -> str:
-    """``detcon-venv`` (installed by ``make install``) when present, else ``python3``."""
+    """``detcon-venv`` (installed by ``make install``) when present, else ``python3``.
+
+    Raises:
+        RuntimeError: the ``python3`` kernel runs another interpreter than this process (a
+            user-level kernelspec, common on clusters with JupyterHub, takes precedence over
+            the environment's own): the notebooks would import another environment's packages.
+    """
     from jupyter_client.kernelspec import KernelSpecManager
 
-    return "detcon-venv" if "detcon-venv" in KernelSpecManager().find_kernel_specs() else "python3"
+    manager = KernelSpecManager()
+    if "detcon-venv" in manager.find_kernel_specs():
+        return "detcon-venv"
+    try:
+        argv = manager.get_kernel_spec("python3").argv
+    except KeyError:  # jupyter_client's NoSuchKernel: papermill says so when it starts one
+        return "python3"
+    program = argv[0] if argv else ""
+    # jupyter_client starts a kernel whose program is a bare "python..." with sys.executable
+    major, minor = sys.version_info[:2]
+    bare = {"python", f"python{major}", f"python{major}.{minor}"}
+    if program not in bare and os.path.realpath(program) != os.path.realpath(sys.executable):
+        raise RuntimeError(
+            f"the Jupyter kernel 'python3' runs {program}, not this Python ({sys.executable}): "
+            "the notebooks would import another environment's packages; register this "
+            f"environment's kernel: {sys.executable} -m ipykernel install --sys-prefix "
+            "--name detcon-venv"
+        )
+    return "python3"
 
 
 def execute_notebook(
