@@ -12,15 +12,17 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import fcntl
+import getpass
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,8 @@ __all__ = [
     "git_state",
     "job_id_from_env",
     "last_metrics",
+    "launched_jobs",
+    "live_slurm_jobs",
     "metric_records",
     "point_lock",
     "point_state",
@@ -664,6 +668,51 @@ def launched_jobs(runs_root: Path, profile: str) -> dict[str, str]:
     return jobs
 
 
+# squeue's states of a job that still waits for, holds or will rerun its point (COMPLETING and
+# STAGE_OUT come after its program ended: its point's files say how)
+_LIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "CONFIGURING",
+        "RUNNING",
+        "SUSPENDED",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESIZING",
+        "SIGNALING",
+    }
+)
+
+
+def live_slurm_jobs(job_ids: set[str]) -> dict[str, str]:
+    """job id -> state, for those of ``job_ids`` that SLURM still queues or runs.
+
+    One ``squeue`` call for this user's jobs, array tasks one a line (``123_4``, as submitit
+    names them). A job SLURM has forgotten is not listed: its point's files say what it did.
+
+    Raises:
+        RuntimeError: squeue failed (without it a queued point would be submitted twice).
+    """
+    if not job_ids:
+        return {}
+    cmd = ["squeue", "--noheader", "--array", "--format=%i %T", "--user", getpass.getuser()]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None) or exc
+        raise RuntimeError(
+            f"cannot ask SLURM which points are still queued ({' '.join(cmd)}: "
+            f"{str(detail).strip()}); without it a queued point would be submitted again"
+        ) from None
+    live = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in job_ids and parts[1] in _LIVE_STATES:
+            live[parts[0]] = parts[1]
+    return live
+
+
 def ablation_status(
     ablation_path: str | Path,
     *,
@@ -684,4 +733,30 @@ def ablation_status(
     points = select_points(expand(ablation, profile), only, ablation.name, profile)
     runs_root = Path(runs_dir) / ablation.name
     queued = launched_jobs(runs_root, profile)
-    return [point_state(runs_root / p.run_id, p.run_id, queued.get(p.run_id)) for p in points]
+    states = [point_state(runs_root / p.run_id, p.run_id, queued.get(p.run_id)) for p in points]
+    return _forgotten_by_slurm(states)
+
+
+def _forgotten_by_slurm(states: list[PointState]) -> list[PointState]:
+    """A ``pending`` point (submitted, no file of its own yet) whose job SLURM no longer lists
+    ended without starting it (an error on the node before the point began, ``scancel``, a
+    node failure): ``not started``, saying so, so that it does not read pending for ever.
+    Without a working ``squeue`` (a copied runs folder on a laptop) the states stay as read."""
+    pending = {s.job_id for s in states if s.state == "pending" and s.job_id}
+    if not pending or shutil.which("squeue") is None:
+        return states
+    try:
+        live = live_slurm_jobs(pending)
+    except RuntimeError:
+        return states
+    return [
+        replace(
+            s,
+            state="not started",
+            error=f"SLURM job {s.job_id} left the queue without starting the point (its log: "
+            f"the launch's .submitit folder); `detcon run` submits it again",
+        )
+        if s.state == "pending" and s.job_id not in live
+        else s
+        for s in states
+    ]

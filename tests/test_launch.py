@@ -25,7 +25,7 @@ from detcon.config import ConfigError, to_dict
 from detcon.grid import resolve_config
 from detcon.launch import executors as launch_executors
 from detcon.launch import point as launch_point
-from detcon.runs import flatten_summary, point_lock, point_state, write_status
+from detcon.runs import flatten_summary, live_slurm_jobs, point_lock, point_state, write_status
 
 REPO = Path(__file__).resolve().parent.parent
 ABLATIONS = sorted((REPO / "ablations").glob("*.yaml"))
@@ -345,10 +345,30 @@ def test_a_point_slurm_still_queues_is_not_submitted_again(tmp_path, monkeypatch
     assert sorted(result.busy) == sorted(ids) and not result.jobs
     assert f"  {ids[0]}: SLURM job 77_0 is PENDING, skipped" in lines
     assert f"  {ids[1]}: SLURM job 77_1 is REQUEUED, skipped" in lines
-    assert launch_executors._live_slurm_jobs({"77_0", "79_0"}) == {"77_0": "PENDING"}
+    assert live_slurm_jobs({"77_0", "79_0"}) == {"77_0": "PENDING"}
     _fake_slurm(tmp_path / "bin", "echo 'squeue: error: Invalid user' >&2; exit 1")
     with pytest.raises(RuntimeError, match="Invalid user.*would be submitted again"):
         launch.run_ablation(path, executor="slurm", cluster="local", runs_dir=runs)
+
+
+def test_status_says_when_slurm_forgot_a_pending_point(tmp_path, monkeypatch):
+    # A job that died before its point wrote a file (an import error on the node, scancel)
+    # read "pending" for ever; `detcon run` would submit it again, so status says so.
+    path = grid3(tmp_path)
+    ids = run_ids(path)
+    runs = tmp_path / "r"
+    record = runs / "abl" / ".submitit" / "20261207-120000-1" / "launch.json"
+    jobs = {ids[0]: "77_0", ids[1]: "77_1", ids[2]: "77_2"}
+    write_json(record, {"ablation": "abl", "profile": "cpu", "jobs": jobs})
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    _fake_slurm(tmp_path / "bin", 'echo "77_0 PENDING"; echo "77_2 COMPLETED"')
+    states = {s.run_id: s for s in launch.ablation_status(path, runs_dir=runs)}
+    assert states[ids[0]].state == "pending" and states[ids[0]].error is None
+    for lost in (ids[1], ids[2]):
+        assert states[lost].state == "not started" and states[lost].job_id == jobs[lost]
+        assert f"SLURM job {jobs[lost]} left the queue without starting" in states[lost].error
+    _fake_slurm(tmp_path / "bin", "exit 1")  # no answer: the files' word stands
+    assert {s.state for s in launch.ablation_status(path, runs_dir=runs)} == {"pending"}
 
 
 def test_cluster_profiles_are_strict_and_map_to_submitit(tmp_path):
@@ -548,9 +568,11 @@ def test_a_run_directory_replaced_by_a_file_breaks_that_point_only(tmp_path, fak
     assert (runs / "abl" / a).read_text() == "not a directory"
 
 
-def test_status_of_points_never_started_and_queued(tmp_path):
+def test_status_of_points_never_started_and_queued(tmp_path, monkeypatch):
     path = grid3(tmp_path)
     ids = run_ids(path)
+    _fake_slurm(tmp_path / "bin", 'echo "77_1 PENDING"')  # SLURM still queues it
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
     folder = tmp_path / "runs" / "abl" / ".submitit" / "20260101-000000-1"
     write_json(folder / "launch.json", {"profile": "cpu", "jobs": {ids[1]: "77_1"}})
     states = {s.run_id: s for s in launch.ablation_status(path, runs_dir=tmp_path / "runs")}

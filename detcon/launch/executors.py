@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import getpass
 import multiprocessing
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -57,7 +55,7 @@ from detcon.launch.point import (
     wants_references,
 )
 from detcon.launch.reuse import Source
-from detcon.runs import launched_jobs, point_state
+from detcon.runs import launched_jobs, live_slurm_jobs, point_state
 
 
 @dataclass
@@ -149,7 +147,7 @@ def run_ablation(
     if executor == "slurm":
         _require_sbatch()
         launched = launched_jobs(plan.runs_root, profile)
-        states = _live_slurm_jobs(set(launched.values()))
+        states = live_slurm_jobs(set(launched.values()))
         live = {run_id: (job, states[job]) for run_id, job in launched.items() if job in states}
     todo: list[PointSpec] = []
     evaluated: list[PointSpec] = []  # points that will run the evaluate notebook
@@ -161,7 +159,9 @@ def run_ablation(
         elif state.state == "running":
             result.busy.append(spec.run_id)
             notes.append(f"  {spec.run_id}: running elsewhere (its lock is held), skipped")
-        elif spec.run_id in live:  # pending, or requeued between two runs of its job
+        elif spec.run_id in live and state.state in ("not started", "pending", "interrupted"):
+            # waiting to start, or requeued between two runs of its job (a failed point's job
+            # may still be listed for a moment after its program ended: that one runs again)
             job, job_state = live[spec.run_id]
             result.busy.append(spec.run_id)
             notes.append(f"  {spec.run_id}: SLURM job {job} is {job_state}, skipped")
@@ -392,52 +392,6 @@ def _require_sbatch() -> None:
             "--executor slurm needs SLURM's sbatch on PATH (none found); run on a login node, "
             "start the local cluster with `make slurm-up`, or use --executor local"
         )
-
-
-# squeue's states of a job that still waits for, holds or will rerun its point
-_LIVE_STATES = frozenset(
-    {
-        "PENDING",
-        "CONFIGURING",
-        "RUNNING",
-        "COMPLETING",
-        "SUSPENDED",
-        "REQUEUED",
-        "REQUEUE_HOLD",
-        "REQUEUE_FED",
-        "RESIZING",
-        "SIGNALING",
-        "STAGE_OUT",
-    }
-)
-
-
-def _live_slurm_jobs(job_ids: set[str]) -> dict[str, str]:
-    """job id -> state, for those of ``job_ids`` that SLURM still queues or runs.
-
-    One ``squeue`` call for this user's jobs, array tasks one a line (``123_4``, as submitit
-    names them). A job SLURM has forgotten is not listed: its point's files say what it did.
-
-    Raises:
-        RuntimeError: squeue failed (without it a queued point would be submitted twice).
-    """
-    if not job_ids:
-        return {}
-    cmd = ["squeue", "--noheader", "--array", "--format=%i %T", "--user", getpass.getuser()]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        detail = getattr(exc, "stderr", None) or exc
-        raise RuntimeError(
-            f"cannot ask SLURM which points are still queued ({' '.join(cmd)}: "
-            f"{str(detail).strip()}); without it a queued point would be submitted again"
-        ) from None
-    live = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] in job_ids and parts[1] in _LIVE_STATES:
-            live[parts[0]] = parts[1]
-    return live
 
 
 def _submit_slurm(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable) -> None:
