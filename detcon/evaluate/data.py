@@ -80,6 +80,8 @@ class _Capped(Dataset):
     def __getattr__(self, name: str) -> Any:  # num_classes, coco, category_ids, ...
         if name in ("base", "indices"):
             raise AttributeError(name)
+        if name == "samples":  # per item (ImageFolder's (key, label) list): this subset's
+            return [self.base.samples[int(i)] for i in self.indices]
         return getattr(self.base, name)
 
 

@@ -139,6 +139,9 @@ def test_capped_real_data_is_a_seeded_sample_not_a_prefix(tmp_path):
     assert len(picked) == 10 and ds.classes == [f"c{c}" for c in range(10)]  # attrs pass through
     assert len({k.split("/")[0] for k in picked}) >= 5  # a prefix of 10 covers 2 classes
     assert picked == sorted(picked)  # the readers' order kept
+    # per-item lists follow the subset (the linear probe reads its labels from `samples`)
+    assert [key for key, _ in ds.samples] == picked
+    assert [label for _, label in ds.samples] == [ds[i]["label"] for i in range(len(ds))]
     assert keys(num_train=10)[0] == picked  # deterministic
     assert keys(num_train=10, seed=1)[0] != picked
     assert len(keys(num_train=0)[0]) == 50 and len(keys(num_train=99)[0]) == 50
