@@ -224,30 +224,33 @@ def evaluate_detection(ctx: EvalContext, s: DetectionSettings) -> dict[str, floa
         optimizer_step(optimizer, loss, name=s.name, step=step, steps=s.optim.steps, log=ctx.log)
 
     model.eval()
-    outputs, image_ids, sizes, gt_targets = [], [], [], []
+    image_ids, sizes, gt_targets = [], [], []
     coco_gt = getattr(val, "coco", None)
+    category_ids = None if coco_gt is None else val.category_ids
+    # Each batch's outputs become COCO results at once: kept whole, the full-resolution mask
+    # probabilities of COCO's 5,000 val images at 100 detections each would take ~600 GB.
+    dets: dict[str, list[dict]] = {"bbox": [], "segm": []}
     with torch.no_grad():
         for start in range(0, len(val), 8):
             idx = list(range(start, min(start + 8, len(val))))
             items = [val[i] for i in idx]
             images = [it["image"].float().div(255.0).to(dev) for it in items]
             feats = [f[idx] for f in val_feats] if val_feats is not None else None
-            outputs += [
+            outputs = [
                 {k: v.cpu() for k, v in o.items()} for o in _forward(model, images, None, feats)
             ]
-            for i, it in zip(idx, items):
-                image_ids.append(int(it["image_id"]) if coco_gt is not None else i)
-                if coco_gt is None:
+            ids = [int(it["image_id"]) if coco_gt is not None else i for i, it in zip(idx, items)]
+            for iou_type, found in dets.items():
+                found += coco_detections(ids, outputs, iou_type, category_ids)
+            image_ids += ids
+            if coco_gt is None:
+                for it in items:
                     sizes.append(tuple(it["image"].shape[-2:]))
                     gt_targets.append(_targets(it))
-    if coco_gt is None:
-        gt, category_ids = coco_ground_truth(sizes, gt_targets, n_classes), None
-    else:
-        gt, category_ids = coco_gt, val.category_ids
+    gt = coco_gt if coco_gt is not None else coco_ground_truth(sizes, gt_targets, n_classes)
     result: dict[str, float] = {}
     for iou_type, key in (("bbox", "bb"), ("segm", "mk")):
-        dets = coco_detections(image_ids, outputs, iou_type, category_ids)
-        ap = coco_average_precision(gt, dets, iou_type, image_ids)
+        ap = coco_average_precision(gt, dets[iou_type], iou_type, image_ids)
         result[f"ap_{key}"], result[f"ap50_{key}"] = ap["ap"], ap["ap50"]
     ctx.log(f"{s.name}: {result} in {time.perf_counter() - t0:.1f} s")
     return result
