@@ -14,8 +14,9 @@ and the :class:`Criterion` the paper's statement implies. Every measurement is a
 compared points' means over seeds; its 95% CI is a percentile bootstrap over seeds
 (:func:`bootstrap`: seeds resampled jointly across the points when they share their seeds,
 which pairs them, else per point; a fixed RNG seed, so RESULTS.md is deterministic). With the
-three seeds of our ablation files the CI is crude: a resample of three seeds takes few distinct
-values, and a CI from three seeds that all agree still leaves out a lot.
+three seeds of our ablation files the CI is crude: for a paired difference it is the range of
+the three per-seed differences (a resample repeating one seed has probability 1/27 > 2.5%), whose
+coverage under normal noise is 1 - 2 (1/2)^3 = 75%, not 95%.
 
 The verdict rule (:data:`VERDICT_RULE`, applied to every row by :func:`verdict`):
 ``reproduced`` when the whole CI satisfies the test (lies on the paper's side of its
@@ -113,7 +114,10 @@ VERDICT_RULE = (
     "missing or lacks the points. CIs are "
     f"percentile bootstraps over seeds ({BOOTSTRAP_SAMPLES} resamples, RNG seed "
     f"{BOOTSTRAP_SEED}; seeds resampled jointly across the compared points when they share "
-    "them, i.e. paired). With 3 seeds they are crude: a resample of 3 seeds takes few values."
+    "them, i.e. paired). With 3 seeds they are crude: for a paired difference the interval is "
+    "the range of the 3 per-seed differences (a resample repeating one seed has probability "
+    "1/27, over 2.5%), so *reproduced* means every seed lies on the paper's side, and such an "
+    "interval holds the true value about 75% of the time under normal noise, not 95%."
 )
 
 HEADER = """\
