@@ -441,8 +441,8 @@ def choose_layout(status: pd.DataFrame, param_keys: Sequence[str]) -> PlotLayout
     4. otherwise (union arms): x is all of them combined, no hue.
     """
     table = status.copy()
-    for key in param_keys:  # lists (crop_scale) are unhashable: compare their text
-        table[key] = table[key].map(str)
+    for key in param_keys:  # lists (crop_scale) are unhashable: compare their text, as drawn
+        table[key] = table[key].map(_text)
     varying = [k for k in param_keys if table[k].nunique(dropna=False) > 1]
     kept: list[str] = []
     for key in varying:

@@ -389,6 +389,15 @@ def test_layout_ties_and_three_keys():
     )
 
 
+def test_layout_orders_whole_floats_as_the_rows_are_labelled():
+    # A column of 2.4, 4.8, 7.2 and 24 epochs reads back from CSV as floats; the order said
+    # "24.0" while the rows said "24", and the figure dropped the 24-epoch points.
+    st = _status([{"m": m, "e": e} for m in "ab" for e in (2.4, 4.8, 7.2, 24.0)])
+    layout = choose_layout(st, ["m", "e"])
+    assert layout.x_order == ("2.4", "4.8", "7.2", "24")
+    assert set(label_rows(st, layout)["e"]) == set(layout.x_order)
+
+
 def test_layout_union_arms_drop_determined_keys_and_combine_the_rest():
     st = _status(
         [
