@@ -14,7 +14,7 @@ An ablation file (``ablations/<name>.yaml``) is data only::
     profiles:                        # per-profile settings (profile names: detcon/profiles/*.yaml)
       cpu:
         overrides: {...}             # dotted overrides for this profile
-        values: {augment.crop_size: {224: 64}}   # grid values in paper terms -> this scale
+        values: {augment.crop_size: {224: 64}}   # every grid value in paper terms -> this scale
         seeds: [0]                   # optional: other seeds at this scale
         cluster: local               # optional: cluster profile for this scale
     evaluate: [segmentation, depth]  # downstream tasks run after pretraining
@@ -557,12 +557,28 @@ def _check_values(
         used = [p[key] for p in points if key in p]
         if not used:
             raise ConfigError(f"{where}.values.{key}: no grid point sets {key!r}")
+        grid_values = ", ".join(map(repr, _distinct(used)))
         for src in table:
             if src not in used:
                 raise ConfigError(
                     f"{where}.values.{key} maps {src!r}, which no grid point uses "
-                    f"(grid values: {', '.join(map(repr, dict.fromkeys(used)))})"
+                    f"(grid values: {grid_values})"
                 )
+        for value in _distinct(used):  # an unmapped value would run at the paper's scale
+            if not isinstance(value, (list, tuple)) and value not in table:
+                raise ConfigError(
+                    f"{where}.values.{key} has no entry for the grid value {value!r} (grid "
+                    f"values: {grid_values}); map every one, e.g. {value!r}: {value!r} to keep it"
+                )
+
+
+def _distinct(values: Sequence[Any]) -> list[Any]:
+    """``values`` without repeats, in order (lists compared by value, though unhashable)."""
+    out: list[Any] = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out
 
 
 def select_points(

@@ -347,6 +347,19 @@ def test_seed_in_grid_duplicates_and_unused_values_are_rejected(tmp_path):
     with pytest.raises(ConfigError, match=r"maps 225, which no grid point uses.*224"):
         expand(load_ablation(values), "cpu")
     assert expand(load_ablation(values), "paper")[0].config.augment.crop_size == 224
+    # a grid value the table leaves out ran at the paper's scale (500 epochs at cpu): refused
+    unmapped = write(
+        tmp_path,
+        """
+        grid:
+          product: {augment.crop_size: [224, 384]}
+        profiles:
+          cpu: {values: {augment.crop_size: {224: 64}}}
+        """,
+        "unmapped",
+    )
+    with pytest.raises(ConfigError, match=r"no entry for the grid value 384 .*384: 384"):
+        expand(load_ablation(unmapped), "cpu")
 
 
 def test_flatten_and_nest_are_inverse():
