@@ -47,6 +47,8 @@ from detcon.runs import (
     default_out_name,
     encoder_record,
     point_lock,
+    read_json,
+    summary_of,
 )
 
 __all__ = [
@@ -253,6 +255,7 @@ def evaluate_run(
                 log(f"{backbone} reference: reused {cached_path}")
                 kept = _kept(out_path, probe, record=None)
                 write_json(out_path, {**kept, **results, PROBE_RECORD: probe})
+                _refresh_summary(run_dir)
                 return results
 
         threads = torch.get_num_threads()
@@ -336,7 +339,17 @@ def evaluate_run(
         if cached_path is not None:
             write_json(cached_path, results)
         partial_path.unlink(missing_ok=True)
+        _refresh_summary(run_dir)
         return results
+
+
+def _refresh_summary(run_dir: Path) -> None:
+    """Rebuild a finished launcher point's ``summary.json`` (what ``detcon report``, ``export``
+    and the claims read) from its eval files, so that a re-evaluation (``--replace``, a task
+    added, a reference) reaches them. Other run directories have none: nothing to do."""
+    summary, point = run_dir / "summary.json", run_dir / "point.json"
+    if summary.is_file() and point.is_file():
+        write_json(summary, summary_of(read_json(point), run_dir, evaluated=True))
 
 
 def _partial_key(state: dict[str, torch.Tensor], *parts: object) -> str:

@@ -516,3 +516,30 @@ def test_an_evaluation_cut_off_goes_on_from_its_last_finished_task(full_run, tmp
     monkeypatch.setitem(run_module._RUNNERS, "linear", counted("linear"))
     evaluate_run(copy, settings=QUICK, tasks=("depth", "linear"))
     assert calls == ["depth", "linear"]
+
+
+def test_evaluating_a_finished_point_again_refreshes_its_summary(tmp_path):
+    """Reports, exports and the claims read a point's summary.json: a re-evaluation by hand
+    (`detcon evaluate --replace`, a task added) never reached them."""
+    run = make_run_dir(tmp_path / "abl" / "r")
+    point = {"ablation": "abl", "run_id": "r", "profile": "cpu", "params": {"method": "detcon_b"}}
+    write_json(run / "point.json", point)
+    write_json(
+        run / "summary.json",
+        {
+            **{k: point[k] for k in point if k != "params"},
+            "method": "detcon_b",
+            "eval.linear.top1": 0.999,
+        },
+    )
+    results = evaluate_run(run, settings=QUICK, tasks=("linear",))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval.linear.top1"] == results["linear"]["top1"] != 0.999
+    assert summary["method"] == "detcon_b" and summary["run_id"] == "r"
+    floor = evaluate_run(run, settings=QUICK, tasks=("linear",), backbone="random")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval_random.linear.top1"] == floor["linear"]["top1"]
+    # a run directory of no launcher point gets none
+    other = make_run_dir(tmp_path / "plain")
+    evaluate_run(other, settings=QUICK, tasks=("linear",))
+    assert not (other / "summary.json").exists()
