@@ -189,8 +189,9 @@ def random_scale_crop(
     generator: torch.Generator,
 ) -> tuple[Tensor, Tensor]:
     """Joint training augmentation for dense tasks: random rescale (image bilinear, target
-    nearest), pad to at least ``crop`` (image 0, target ``fill``: ignore / invalid depth), random
-    crop ``crop = (h, w)`` (0 keeps the full size), horizontal flip p=0.5 if ``flip``.
+    nearest-exact: both with half-pixel centres), pad to at least ``crop`` (image 0, target
+    ``fill``: ignore / invalid depth), random crop ``crop = (h, w)`` (0 keeps the full size),
+    horizontal flip p=0.5 if ``flip``.
 
     Args:
         image: uint8 ``(3, H, W)``; target: ``(H, W)`` labels or depth.
@@ -208,9 +209,11 @@ def random_scale_crop(
             .clamp(0, 255)
             .to(torch.uint8)
         )
-        target = F.interpolate(target[None, None].float(), size=size, mode="nearest")[0, 0].to(
-            target.dtype
-        )
+        # nearest-exact: half-pixel centres, as the image's bilinear (align_corners=False);
+        # legacy "nearest" shifted labels against the image by up to a pixel (deviations A3)
+        target = F.interpolate(target[None, None].float(), size=size, mode="nearest-exact")[
+            0, 0
+        ].to(target.dtype)
         h, w = size
     ch, cw = crop[0] or h, crop[1] or w
     ph, pw = max(0, ch - h), max(0, cw - w)

@@ -201,6 +201,26 @@ def test_batch_indices_cover_each_epoch_and_are_seeded():
     assert run(0) == batches and run(1) != batches
 
 
+def test_random_scale_crop_rescales_the_target_on_the_images_pixel_centres():
+    # Output pixel j samples source coordinate (j + 0.5) / s - 0.5 in the image's bilinear
+    # (align_corners=False); the label must come from the source pixel holding that point's
+    # centre, floor((j + 0.5) / s), not floor(j / s) (legacy nearest: up to a pixel off).
+    w, s = 20, 0.7
+    image = torch.arange(w, dtype=torch.uint8).repeat(3, 4, 1)
+    target = torch.arange(w).repeat(4, 1)
+    _, t = random_scale_crop(
+        image,
+        target,
+        scale_range=(s, s),
+        crop=(0, 0),
+        flip=False,
+        fill=255,
+        generator=torch.Generator().manual_seed(0),
+    )
+    j = torch.arange(t.shape[1])
+    assert torch.equal(t[0], ((j + 0.5) / s).floor().long())
+
+
 def test_random_scale_crop_moves_image_and_target_together():
     image = torch.arange(16, dtype=torch.uint8).reshape(1, 4, 4).repeat(3, 1, 1)
     target = torch.arange(16).reshape(4, 4)
