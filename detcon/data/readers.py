@@ -26,6 +26,7 @@ import contextlib
 import io
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -124,9 +125,12 @@ def _require_file(path: Path, layout: str) -> None:
 
 
 def _read_id_list(path: Path, layout: str) -> list[str]:
-    """Read a split file with one sample id per line (VOC ``ImageSets``, NYU split lists)."""
+    """Read a split file with one sample id per line (VOC ``ImageSets``, NYU split lists). A
+    line that starts with a path (DeepLab's ``train_aug.txt``: ``/JPEGImages/<id>.jpg
+    /SegmentationClassAug/<id>.png``) gives the file name's stem."""
     _require_file(path, layout)
     ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids = [Path(i).stem if "/" in i else i for i in ids]
     if not ids:
         raise ValueError(f"split file {path} lists no samples; expected one id per line")
     return ids
@@ -337,7 +341,9 @@ class VocSegmentation(Dataset):
     come from ``ImageSets/Segmentation/<split>.txt``, images from ``JPEGImages/<id>.jpg`` and labels
     from ``<label_dir>/<id>.png``: the official palette PNGs in ``SegmentationClass``, or the
     grey-level ``SegmentationClassAug`` of the 10,582-image ``train_aug`` set (SBD + VOC) that
-    BYOL/DetCon fine-tune on, with its ``train_aug.txt`` placed in ``ImageSets/Segmentation``.
+    BYOL/DetCon fine-tune on, with its ``train_aug.txt`` placed in ``ImageSets/Segmentation``
+    (one id a line, or DeepLab's pairs of paths). ``label_dir`` None: ``SegmentationClassAug``
+    for ``train_aug`` where that folder exists, else ``SegmentationClass``.
 
     Sample: ``image`` uint8 ``(3, H, W)``; ``semantic`` int64 ``(H, W)`` with classes
     ``0..20`` (0 background) and 255 = ignore (the object borders); ``key`` the image id.
@@ -353,11 +359,14 @@ class VocSegmentation(Dataset):
         self,
         root: str | os.PathLike[str],
         split: str = "train",
-        label_dir: str = "SegmentationClass",
+        label_dir: str | None = None,
     ) -> None:
         root = Path(root)
         if not (root / "JPEGImages").is_dir() and (root / "VOCdevkit" / "VOC2012").is_dir():
             root = root / "VOCdevkit" / "VOC2012"
+        if label_dir is None:
+            aug = split == "train_aug" and (root / "SegmentationClassAug").is_dir()
+            label_dir = "SegmentationClassAug" if aug else "SegmentationClass"
         self.root, self.split, self.label_dir = root, split, label_dir
         _require_dir(root, self.LAYOUT)
         _require_dir(root / "JPEGImages", self.LAYOUT)
@@ -496,9 +505,10 @@ class NyuDepthV2(Dataset):
        ``images`` is ``(N, 3, W, H)`` uint8 and ``depths`` ``(N, W, H)`` float metres, so both are
        transposed back here. The split is chosen by ``split_file``: the official ``splits.mat``
        (``trainNdxs`` / ``testNdxs``, 1-based) or a text file of 1-based frame indices, one per
-       line, for that split. Without one, the first ``round(N * 795 / 1449)`` frames are
-       ``train`` and the rest ``test`` (exactly 795 / 654 for the full file). That rule is *not*
-       the official split, which interleaves scenes; pass ``splits.mat`` to reproduce the paper.
+       line, for that split; without one, ``splits.mat`` beside the ``.mat`` file. Without
+       either, the first ``round(N * 795 / 1449)`` frames are ``train`` and the rest ``test``
+       (exactly 795 / 654 for the full file), with a warning: that rule is *not* the official
+       split, which interleaves scenes.
     2. A folder ``<root>/<split>/rgb/<name>.png`` with ``<root>/<split>/depth/<name>.png`` (uint16
        millimetres) or ``<name>.npy`` (float metres).
 
@@ -536,7 +546,18 @@ class NyuDepthV2(Dataset):
                 f"no NYU Depth v2 data at {path} for split {split!r}; expected {self.LAYOUT}"
             )
         if self.mat_path is not None:
+            official = self.mat_path.parent / "splits.mat"
+            if split_file is None and official.is_file():
+                split_file = official  # the official split where it lies beside the data
             self.indices = self._mat_indices(split, split_file)
+            if split_file is None:
+                warnings.warn(
+                    f"NYU Depth v2: no split_file and no splits.mat beside {self.mat_path}: "
+                    f"the first {NYU_NUM_TRAIN}/{NYU_NUM_LABELLED} of the frames are train, not "
+                    "the official split (which interleaves scenes); numbers will not compare "
+                    "with the paper's",
+                    stacklevel=2,
+                )
             self.keys = [str(i) for i in self.indices]
         else:
             if split_file is not None:

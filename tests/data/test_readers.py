@@ -368,6 +368,26 @@ def test_voc_returns_palette_indices_with_ignore(tmp_path):
     assert [s["key"] for s in VocSegmentation(tmp_path, split="val")] == ["2007_000039"]
 
 
+def test_voc_train_aug_in_its_native_layout(tmp_path):
+    # The 10,582-image train_aug set ships its grey-level labels in SegmentationClassAug and,
+    # from DeepLab, a list of path pairs; the reader looked in SegmentationClass and took
+    # "/JPEGImages/<id>.jpg" for an id.
+    labels = _voc(tmp_path)
+    voc = tmp_path / "VOCdevkit" / "VOC2012"
+    aug_only = "2008_000002"  # an SBD image: no SegmentationClass label
+    _save(voc / "JPEGImages" / f"{aug_only}.jpg", _rgb(7), quality=95)
+    (voc / "SegmentationClassAug").mkdir()
+    grey = {**labels, aug_only: np.full((H, W), 3, dtype=np.uint8)}
+    for sample_id, label in grey.items():
+        Image.fromarray(label, mode="L").save(voc / "SegmentationClassAug" / f"{sample_id}.png")
+    lines = [f"/JPEGImages/{i}.jpg /SegmentationClassAug/{i}.png" for i in grey]
+    (voc / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("\n".join(lines) + "\n")
+    ds = VocSegmentation(tmp_path, split="train_aug")
+    assert [s["key"] for s in ds] == list(grey)
+    assert set(ds[2]["semantic"].unique().tolist()) == {3}
+    assert VocSegmentation(tmp_path, split="train").label_dir == "SegmentationClass"
+
+
 def test_voc_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"JPEGImages/<id>\.jpg"):
         VocSegmentation(tmp_path / "missing")
@@ -493,6 +513,7 @@ def _nyu_mat(path: Path, n: int = 3) -> tuple[np.ndarray, np.ndarray]:
     return images, depths
 
 
+@pytest.mark.filterwarnings("ignore:NYU Depth v2. no split_file")
 def test_nyu_mat_transposes_and_splits(tmp_path):
     images, depths = _nyu_mat(tmp_path / NyuDepthV2.MAT_NAME)
     train = NyuDepthV2(tmp_path / NyuDepthV2.MAT_NAME, split="train")
@@ -531,6 +552,14 @@ def test_nyu_mat_split_files(tmp_path):
     (tmp_path / "bad.txt").write_text("4\n")
     with pytest.raises(ValueError, match="outside 1..3"):
         NyuDepthV2(tmp_path / "nyu.mat", "test", split_file=tmp_path / "bad.txt")
+    # splits.mat beside the data is the split when none is named (the paper profile names none)
+    assert NyuDepthV2(tmp_path / "nyu.mat", split="train").keys == ["0", "2"]
+
+
+def test_nyu_mat_without_a_split_file_warns_that_its_split_is_not_official(tmp_path):
+    _nyu_mat(tmp_path / "nyu.mat")
+    with pytest.warns(UserWarning, match="not the official split"):
+        assert NyuDepthV2(tmp_path / "nyu.mat", split="train").keys == ["0", "1"]
 
 
 def test_nyu_folder_png_and_npy(tmp_path):
