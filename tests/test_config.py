@@ -172,6 +172,21 @@ def test_yaml_merge_keys_still_work_and_tags_are_still_refused(tmp_path):
         load_yaml(path)
 
 
+def test_yaml_octal_and_base_60_ints_are_refused():
+    # YAML 1.1 read `--set seed=010` as seed 8 and `--set optim.epochs=1:30` as 90 epochs
+    with pytest.raises(ConfigError, match=r"'010' reads as 8 in YAML 1.1 \(octal\)"):
+        parse_yaml("seed: 010", "--set")
+    with pytest.raises(ConfigError, match=r"'1:30' reads as 90 in YAML 1.1 \(base 60\)"):
+        parse_yaml("epochs: 1:30", "--set")
+    assert parse_yaml("a: 10\nb: 0\nc: 0x10\nd: '010'\ne: -3", "x") == {
+        "a": 10,
+        "b": 0,
+        "c": 16,
+        "d": "010",
+        "e": -3,
+    }
+
+
 def test_scene_difficulty_is_configuration():
     """The synthetic scenes' difficulty lives in the config (cpu recipe), checked like any field,
     and becomes the SceneSpec that pretraining and evaluation generate scenes with."""
