@@ -430,8 +430,10 @@ def paper_settings(quick: bool = False) -> EvalSettings:
             "segmentation_cityscapes", cityscapes, city_opt, crop_size=(512, 1024), **fcn
         ),
     )
-    # NYU-Depth v2 (Laina et al. 2016 protocol as BYOL App. D.5): 7.5k steps at batch 256,
-    # 228x304 crops of the 480x640 frames, depth capped at 10 m.
+    # NYU-Depth v2 (after Laina et al. 2016 as BYOL App. D.5): 7.5k steps at batch 256, depth
+    # capped at 10 m, 228x304 crops. Not Laina's: those are cropped from frames halved to
+    # 240x320 first, ours from the full 480x640 frames (a quarter of their field of view), and we
+    # score at full resolution; following them needs halved frames at evaluation too (not built).
     nyu = DataSpec("nyu", "nyu", "train", "test", num_train=0, num_val=0, image_size=0)
     nyu_opt = OptimSettings(
         steps=7_500, batch_size=256, lr=0.16, optimizer="sgd", weight_decay=0.0, schedule="cosine"
