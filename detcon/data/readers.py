@@ -655,6 +655,11 @@ class NyuDepthV2(Dataset):
             raise ValueError(
                 f"{path}: depth shape {depth.shape} does not match its image size {_hw(image)}"
             )
+        if not np.issubdtype(depth.dtype, np.floating):  # millimetres, most likely
+            raise ValueError(
+                f"{path}: depth of dtype {depth.dtype}; a .npy holds float metres (uint16 "
+                "millimetres go in a .png)"
+            )
         return image, depth.astype(np.float32)
 
     # -- both ------------------------------------------------------------------------------------

@@ -600,6 +600,10 @@ def test_nyu_errors(tmp_path):
     np.save(tmp_path / "train" / "depth" / "0001.npy", np.zeros((H, W + 2), np.float32))
     with pytest.raises(ValueError, match="does not match"):
         NyuDepthV2(tmp_path)[0]
+    # millimetres in a .npy read as metres put every pixel past the 10 m cap: refused
+    np.save(tmp_path / "train" / "depth" / "0001.npy", np.full((H, W), 2500, np.uint16))
+    with pytest.raises(ValueError, match="dtype uint16; a .npy holds float metres"):
+        NyuDepthV2(tmp_path)[0]
     _corrupt(tmp_path / "train" / "rgb" / "0001.png")
     with pytest.raises(ValueError, match="0001.png"):
         NyuDepthV2(tmp_path)[0]
