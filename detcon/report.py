@@ -368,12 +368,12 @@ def build_report(
     title = f"{name} (profile {profile})"
 
     rows, references = figure_rows(scan, layout)
-    for column, order in ((layout.x, layout.x_order), (layout.hue, layout.hue_order)):
-        stray = set(rows[column]) - set(order or ()) if column and not rows.empty else set()
+    for column, order in ((layout.x, layout.x_order), (layout.hue, layout.hue_order or ())):
+        stray = set(rows[column]) - set(order) if column and not rows.empty else set()
         if stray:  # seaborn would drop them without a word
             raise RuntimeError(
                 f"{name}: the figure's {column} values {sorted(stray)} are not in its order "
-                f"{list(order or ())}: the points would be left out (a labelling bug)"
+                f"{list(order)}: the points would be left out (a labelling bug)"
             )
     if rows.empty:
         fig = _message_figure(f"{title}: no finished point yet ({_counts_text(scan)})")

@@ -324,20 +324,27 @@ def _fake_slurm(bin_dir: Path, squeue: str) -> None:
         (bin_dir / name).chmod(0o755)
 
 
-def test_a_point_slurm_still_queues_is_not_submitted_again(tmp_path, monkeypatch):
-    # Rerunning `detcon run --executor slurm` to retry failures while earlier jobs wait in the
-    # queue submitted those points a second time (their files said "not started").
+def _launched_grid3(tmp_path: Path, monkeypatch) -> tuple[Path, list[str], Path, dict]:
+    """grid3's points recorded as SLURM jobs 77_0..77_2 of an earlier launch, with PATH set for
+    :func:`_fake_slurm`'s commands: (ablation, run ids, runs folder, run id -> job id)."""
     path = grid3(tmp_path)
     ids = run_ids(path)
     runs = tmp_path / "r"
+    jobs = {run_id: f"77_{i}" for i, run_id in enumerate(ids)}
     record = runs / "abl" / ".submitit" / "20261207-120000-1" / "launch.json"
-    jobs = {ids[0]: "77_0", ids[1]: "77_1", ids[2]: "77_2"}
     write_json(record, {"ablation": "abl", "profile": "cpu", "jobs": jobs})
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    return path, ids, runs, jobs
+
+
+def test_a_point_slurm_still_queues_is_not_submitted_again(tmp_path, monkeypatch):
+    # Rerunning `detcon run --executor slurm` to retry failures while earlier jobs wait in the
+    # queue submitted those points a second time (their files said "not started").
+    path, ids, runs, _ = _launched_grid3(tmp_path, monkeypatch)
     _fake_slurm(
         tmp_path / "bin",
         'echo "77_0 PENDING"; echo "77_1 REQUEUED"; echo "77_2 RUNNING"; echo "78_0 PENDING"',
     )
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
     lines: list[str] = []
     result = launch.run_ablation(
         path, executor="slurm", cluster="local", runs_dir=runs, echo=lines.append
@@ -354,13 +361,7 @@ def test_a_point_slurm_still_queues_is_not_submitted_again(tmp_path, monkeypatch
 def test_status_says_when_slurm_forgot_a_pending_point(tmp_path, monkeypatch):
     # A job that died before its point wrote a file (an import error on the node, scancel)
     # read "pending" for ever; `detcon run` would submit it again, so status says so.
-    path = grid3(tmp_path)
-    ids = run_ids(path)
-    runs = tmp_path / "r"
-    record = runs / "abl" / ".submitit" / "20261207-120000-1" / "launch.json"
-    jobs = {ids[0]: "77_0", ids[1]: "77_1", ids[2]: "77_2"}
-    write_json(record, {"ablation": "abl", "profile": "cpu", "jobs": jobs})
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    path, ids, runs, jobs = _launched_grid3(tmp_path, monkeypatch)
     _fake_slurm(tmp_path / "bin", 'echo "77_0 PENDING"; echo "77_2 COMPLETED"')
     states = {s.run_id: s for s in launch.ablation_status(path, runs_dir=runs)}
     assert states[ids[0]].state == "pending" and states[ids[0]].error is None
