@@ -147,6 +147,12 @@ class PretrainDataset(Dataset):
         self.base = base
         self.seed = cfg.seed
         self.source = build_mask_source(cfg.masks)
+        if self.source.name == "external" and isinstance(base, SyntheticScenes):
+            raise ValueError(
+                "masks.source='external' reads <external_dir>/<image key>.png|.npz, and "
+                "synthetic scenes have no image keys: expected data.dataset 'imagefolder' or "
+                "'coco' (a scene's own masks are masks.source='ground_truth')"
+            )
         aug = cfg.augment
         self.geometry = TwoViewGeometry(
             aug.crop_size,

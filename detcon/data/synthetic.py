@@ -40,6 +40,7 @@ import math
 import os
 import warnings
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -881,7 +882,7 @@ class SyntheticScenes(Dataset):
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in _CACHE_KEYS}
             self._validate(arrays)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
             warnings.warn(
                 f"corrupt synthetic-scene cache file {path} ({err}); regenerating it",
                 RuntimeWarning,
@@ -959,6 +960,11 @@ def scene_statistics(dataset: SyntheticScenes, indices: Sequence[int]) -> dict[s
         areas.extend(area.tolist())
         colors.extend((sums / area[:, None]).tolist())
         labels.extend(cls[1:].tolist())
+    if not labels:
+        raise ValueError(
+            f"no object in the {len(indices)} given scene(s): the statistics need at least one "
+            "object (SceneSpec min_objects/max_objects)"
+        )
     colors_a, labels_a, areas_a = np.asarray(colors), np.asarray(labels), np.asarray(areas)
     train, test = np.arange(0, len(labels_a), 2), np.arange(1, len(labels_a), 2)
     present = np.unique(labels_a[train])

@@ -322,6 +322,11 @@ def with_eval_split(settings: EvalSettings, split: str) -> EvalSettings:
     def scored_on(d: DataSpec) -> DataSpec:
         if d.dataset == "synthetic" and split not in SPLITS:  # refused before any probe trains
             raise ValueError(f"split={split!r}: expected one of {', '.join(map(repr, SPLITS))}")
+        if split == d.train_split:  # scores on what the probe was fitted to
+            raise ValueError(
+                f"split={split!r} is the split {d.dataset}'s probes train on: expected a split "
+                "they do not see, such as 'val' or 'test'"
+            )
         return dataclasses.replace(d, val_split=split)
 
     return _replace_data(settings, scored_on, tasks_only=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,7 +209,7 @@ def _read_npz_overlapping(path: Path, max_masks: int | None) -> np.ndarray:
             keys = list(data.files)
             masks = data["masks"] if "masks" in keys else None
             scores = data["scores"] if "scores" in keys else None
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as exc:
         raise ValueError(f"external mask file {str(path)!r} is not a readable .npz: {exc}") from exc
     if masks is None:
         raise ValueError(

@@ -3,6 +3,7 @@ scenes, are cached in a bounded number of bytes per process."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from detcon.config import load_pretrain_config
@@ -94,3 +95,14 @@ def test_synthetic_scenes_are_generated_once_per_process_and_give_the_same_views
     for epoch in range(2):
         not_synthetic[(epoch, 0)]
     assert reader.reads == 2 and len(not_synthetic.scenes) == 0
+
+
+def test_external_masks_for_synthetic_scenes_are_refused_at_construction(tmp_path):
+    # external masks are read by image file name; scenes have none (it failed at the first item
+    # with advice for callers of the mask source)
+    (tmp_path / "a.png").write_bytes(b"")  # the directory holds a mask file: no earlier error
+    cfg = load_pretrain_config(
+        {"masks": {"source": "external", "external_dir": str(tmp_path)}}, profile="cpu"
+    )
+    with pytest.raises(ValueError, match="synthetic scenes have no image keys"):
+        PretrainDataset(build_base_dataset(cfg), cfg)

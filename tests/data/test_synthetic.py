@@ -249,7 +249,7 @@ def test_cache_round_trip(tmp_path, monkeypatch):
         assert torch.equal(again[key], first[key])
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "wrong_shape"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "deflate", "wrong_shape"])
 def test_corrupt_cache_file_is_regenerated(tmp_path, damage):
     ds = SyntheticScenes(num_images=2, size=SIZE, cache_dir=tmp_path)
     expected = ds[0]
@@ -258,6 +258,10 @@ def test_corrupt_cache_file_is_regenerated(tmp_path, damage):
         path.write_bytes(b"not an npz file")
     elif damage == "truncated":
         path.write_bytes(path.read_bytes()[:100])
+    elif damage == "deflate":  # bytes inside a compressed member: zlib's own error, not zipfile's
+        data = bytearray(path.read_bytes())
+        data[77:85] = bytes(8)
+        path.write_bytes(bytes(data))
     else:
         z = np.zeros((SIZE, SIZE // 2), np.uint8)
         np.savez(path.with_suffix(""), image=z, instances=z, semantic=z, depth=z.astype(np.float32))
@@ -351,3 +355,11 @@ def test_spec_digest_of_the_defaults_is_the_committed_one():
     assert SceneSpec().digest() == "a40910f79473"
     assert SceneSpec(background_color_spread=0.5).digest() != SceneSpec().digest()
     assert SceneSpec(classes_per_scene=1).digest() != SceneSpec().digest()
+
+
+def test_statistics_of_scenes_without_objects_say_so():
+    empty = SceneSpec(min_objects=0, max_objects=0)
+    ds = SyntheticScenes(num_images=2, size=SIZE, difficulty=empty)
+    assert int(ds[0]["instances"].max()) == 0  # such scenes generate
+    with pytest.raises(ValueError, match="no object in the 2 given scene"):
+        scene_statistics(ds, range(2))

@@ -161,6 +161,8 @@ def test_split_scores_other_scenes(full_run):
     run, results, _ = full_run
     assert cpu_settings().segmentation[0].data.val_split == "test"
     assert with_eval_split(QUICK, "val").linear[0].data.val_split == "val"
+    with pytest.raises(ValueError, match="'train' is the split synthetic's probes train on"):
+        with_eval_split(QUICK, "train")  # it would score on the probes' own training scenes
     val = evaluate_run(run, settings=QUICK, tasks=("linear",), split="val", out_name="val.json")
     test = evaluate_run(run, settings=QUICK, tasks=("linear",), split="test", out_name="t.json")
     assert test == {"linear": results["linear"]}  # the profile's own split is 'test'

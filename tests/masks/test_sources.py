@@ -196,6 +196,12 @@ def test_external_reader_errors(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
     with pytest.raises(ValueError, match="not a readable .npz"):
         read_external_masks(tmp_path / "junk.npz")
+    np.savez_compressed(tmp_path / "damaged.npz", masks=np.eye(64, dtype=bool)[None])
+    data = bytearray((tmp_path / "damaged.npz").read_bytes())
+    data[52:60] = bytes(8)  # inside the deflated member: zlib's own error
+    (tmp_path / "damaged.npz").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        read_external_masks(tmp_path / "damaged.npz")
     Image.fromarray(np.zeros((3, 3, 4), dtype=np.uint8)).save(tmp_path / "rgba.png")
     with pytest.raises(ValueError, match="PNG mode 'RGBA'"):
         read_external_masks(tmp_path / "rgba.png")
