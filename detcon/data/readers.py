@@ -185,6 +185,11 @@ class ImageFolderDataset(Dataset):
         key, label = self.samples[index]
         return {"image": read_image(self.root / key), "label": label, "key": key}
 
+    def item_keys(self) -> list[str]:
+        """Every item's ``key``, in index order, without reading an image (mask stores record
+        a hash of them: a store is positional)."""
+        return [key for key, _ in self.samples]
+
 
 # ------------------------------------------------------------------------------------------------
 # COCO instances
@@ -268,6 +273,11 @@ class CocoInstances(Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def item_keys(self) -> list[str]:
+        """Every item's ``key`` (the image's file name), in index order, without reading an
+        image (mask stores record a hash of them: a store is positional)."""
+        return [self.coco.imgs[i]["file_name"] for i in self.ids]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_id = self.ids[index]

@@ -29,8 +29,8 @@ def mask_weights(masks: Tensor, grid: tuple[int, int], num_ids: int | None = Non
       ``M = num_ids`` (default: max id + 1 in the batch). A mask that is the majority in no cell
       is absent (all-zero row).
     - Overlapping masks, bool (B, M, H, W): a soft average pool per mask (our extension for
-      proposals that overlap, docs/design.md §4.2): each cell holds the fraction of it the mask
-      covers.
+      proposals that overlap, docs/design.md §4.2): each cell holds the fraction of its pixels
+      (the same cells as partitions') the mask covers.
 
     The pooled one-hot is computed with a scatter-add of pixel counts, so no (B, M, H, W) one-hot
     is materialised.
@@ -63,10 +63,15 @@ def mask_weights(masks: Tensor, grid: tuple[int, int], num_ids: int | None = Non
         b, m, hh, ww = masks.shape
         if hh < h or ww < w:
             raise ValueError(f"mask_weights: masks of {hh}x{ww} px cannot cover a {h}x{w} grid")
-        pooled = torch.nn.functional.adaptive_avg_pool2d(
-            masks.float().view(b * m, 1, hh, ww), (h, w)
-        )
-        return pooled.view(b, m, h * w)
+        # the same pixel-to-cell map as partitions (adaptive pooling's windows overlap by a
+        # pixel when the size is not a multiple of the grid)
+        cy = _cell_index(hh, h, masks.device)
+        cx = _cell_index(ww, w, masks.device)
+        cell = (cy[:, None] * w + cx[None, :]).reshape(-1)
+        area = torch.bincount(cell, minlength=h * w).float()
+        covered = torch.zeros(b * m, h * w, device=masks.device)
+        covered.index_add_(1, cell, masks.reshape(b * m, hh * ww).float())
+        return (covered / area).view(b, m, h * w)
     raise ValueError(
         f"mask_weights: masks have shape {tuple(masks.shape)} and dtype "
         f"{masks.dtype}; expected an integer id map (B, H, W) or a bool stack "

@@ -58,7 +58,8 @@ __all__ = [
     "shard_path",
 ]
 
-FORMAT_VERSION = 1
+# 2: the dataset fingerprint hashes the items' keys (stores of version 1 are recomputed)
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 # Manifest fields that must agree for a store to be reused (the rest is informational).
 _CHECKED = (
@@ -129,13 +130,20 @@ def _to_hwc(image: np.ndarray) -> np.ndarray:
 
 
 def _fingerprint(dataset: Any) -> str:
-    """A hash of the first image: catches a store reused for another dataset of the same length,
-    or a dataset that augments in ``__getitem__`` (masks must come from the raw images)."""
+    """A hash of the first image and, for datasets that list them (``item_keys()``: image
+    folders, COCO), of every item's key in order. A store is positional: the keys catch an
+    image added, removed or renamed in a folder of the same length, which would pair every
+    later image with another's masks; the first image catches a store reused for another
+    dataset, or a dataset that augments in ``__getitem__`` (masks must come from the raw
+    images). An image edited in place under its old name is not caught."""
     if len(dataset) == 0:
         return "empty"
     image, _, _ = _item_arrays(dataset[0], 0)
-    digest = hashlib.sha256(str(image.shape).encode() + image.tobytes()).hexdigest()
-    return f"sha256:{digest[:16]}"
+    digest = hashlib.sha256(str(image.shape).encode() + image.tobytes())
+    item_keys = getattr(dataset, "item_keys", None)
+    if item_keys is not None:
+        digest.update("\n".join(item_keys()).encode())
+    return f"sha256:{digest.hexdigest()[:16]}"
 
 
 # --------------------------------------------------------------------------- files
@@ -424,7 +432,7 @@ def precompute_store(
     todo, damaged = _check_shards(out_dir, wanted, shard_size, length)
     for s, problem in damaged.items():
         name = shard_path(out_dir, s).name
-        echo(f"mask store {str(out_dir)!r}: {name} is {problem}; computing it again")
+        echo(f"mask store {str(out_dir)!r}: {name}: {problem}; computing it again")
     num_images = sum(len(_shard_range(s, shard_size, length)) for s in todo)
     with tqdm(
         total=num_images,
@@ -504,7 +512,8 @@ class MaskStore:
         if self.manifest["format_version"] != FORMAT_VERSION:
             raise ValueError(
                 f"mask store {str(self.out_dir)!r} has format version "
-                f"{self.manifest['format_version']}, expected {FORMAT_VERSION}"
+                f"{self.manifest['format_version']}, expected {FORMAT_VERSION}: recompute it "
+                "into a new directory (`detcon masks precompute ... --out NEW_DIR`)"
             )
         self.kind: str = self.manifest["kind"]
         self.source: str = self.manifest["source"]
@@ -585,7 +594,7 @@ class MaskStore:
 
     def _damaged(self, path: Path, problem: str) -> ValueError:
         return ValueError(
-            f"mask store shard {str(path)!r} is {problem}: {self.repair_hint()} to compute it "
+            f"mask store shard {str(path)!r}: {problem}; {self.repair_hint()} to compute it "
             "again (precompute checks every shard and redoes damaged ones)"
         )
 
@@ -663,7 +672,7 @@ def open_for_training(
     if truncated:
         name, problem = next(iter(truncated.items()))
         raise ValueError(
-            f"mask store shard {str(Path(out_dir) / name)!r} is {problem}: truncated or "
+            f"mask store shard {str(Path(out_dir) / name)!r}: {problem}, truncated or "
             f"overwritten ({len(truncated)} damaged shards in all); {store.repair_hint()} to "
             "compute them again"
         )

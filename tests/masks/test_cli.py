@@ -146,7 +146,7 @@ def test_precompute_redoes_a_truncated_shard_and_pretrain_names_it(tmp_path, cap
     # The named command repairs the store (it used to say "complete" and change nothing).
     assert _precompute("grid", store) == 0
     out = capsys.readouterr().out
-    assert "shard-00001.npz is" in out and "computing it again" in out and "complete" in out
+    assert "shard-00001.npz: " in out and "computing it again" in out and "complete" in out
     assert shard.read_bytes() == good
     assert _pretrain(store, tmp_path / "run") == 0
 
@@ -164,7 +164,7 @@ def test_a_damaged_shard_read_in_a_loader_worker_is_one_paragraph(tmp_path, caps
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1, err
     assert "DataLoader worker" not in err and "Traceback" not in err
-    assert f"mask store shard {str(shard)!r} is" in err and "masks precompute" in err
+    assert f"mask store shard {str(shard)!r}: " in err and "masks precompute" in err
 
 
 def test_a_set_masks_source_that_contradicts_source_is_refused(tmp_path, capsys):

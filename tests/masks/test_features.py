@@ -35,6 +35,25 @@ def test_overlapping_masks_soft_pool():
     torch.testing.assert_close(w[0, 1], torch.tensor([0.5, 0.5, 0, 0]))
 
 
+def test_overlapping_masks_use_the_partitions_cells():
+    # A multiple of the grid: exactly VALID average pooling (the release's). Otherwise each pixel
+    # belongs to one cell, floor(i * cells / size), as for partitions (deviations.md L9): a stack
+    # of the partition's one-hot masks pools to its fractions, whose argmax is the partition's.
+    torch.manual_seed(0)
+    m = torch.rand(2, 5, 64, 64) > 0.5
+    torch.testing.assert_close(
+        mask_weights(m, (8, 8)), torch.nn.functional.avg_pool2d(m.float(), 8).flatten(2)
+    )
+    ids = torch.randint(0, 4, (2, 100, 100))
+    onehot = torch.nn.functional.one_hot(ids, 4).permute(0, 3, 1, 2).bool()
+    soft = mask_weights(onehot, (13, 13))
+    torch.testing.assert_close(soft.sum(1), torch.ones(2, 169))  # each pixel counted once
+    hard = mask_weights(ids, (13, 13), num_ids=4)
+    torch.testing.assert_close(
+        torch.nn.functional.one_hot(soft.argmax(1), 4).permute(0, 2, 1).float(), hard
+    )
+
+
 def test_sampling_draws_only_present_ids_uniformly():
     w = torch.zeros(2, 6, 4)
     w[0, [1, 4], 0] = 1

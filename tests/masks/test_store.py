@@ -201,8 +201,8 @@ def test_precompute_redoes_truncated_and_corrupted_shards(tmp_path):
     assert store.complete
     assert [shard_path(out, s).read_bytes() for s in range(3)] == good
     assert len(lines) == 2
-    assert "shard-00001.npz is" in lines[0] and "truncated" in lines[0]
-    assert "shard-00002.npz is" in lines[1] and "SHA-256" in lines[1]
+    assert "shard-00001.npz: " in lines[0] and "truncated" in lines[0]
+    assert "shard-00002.npz: " in lines[1] and "SHA-256" in lines[1]
     # An array task checks its shard the same way.
     shard_path(out, 0).write_bytes(good[0][:10])
     precompute_shard(functools.partial(FakeScenes, n=6), FH, out, 0, shard_size=2)
@@ -221,7 +221,7 @@ def test_shards_without_a_record_are_checked_then_recorded(tmp_path):
     lines = []
     precompute_store(dataset, GRID, out, shard_size=2, progress=False, echo=lines.append)
     assert [shard_path(out, s).read_bytes() for s in range(3)] == good
-    assert len(lines) == 1 and "shard-00001.npz is unreadable" in lines[0]
+    assert len(lines) == 1 and "shard-00001.npz: unreadable" in lines[0]
     assert sorted(_manifest(out)["shards"]) == [shard_path(out, s).name for s in range(3)]
 
 
@@ -246,6 +246,27 @@ def test_training_refuses_a_store_of_other_masks_naming_both(tmp_path):
     assert open_for_training(out, build_mask_source(replace(FH, num_samples=2)), dataset)
 
 
+def test_training_refuses_a_store_of_a_folder_whose_images_moved(tmp_path):
+    """A store is positional: one image renamed in a folder of the same length paired every
+    later image with another's masks, silently when the sizes matched."""
+    from PIL import Image
+
+    from detcon.data.readers import ImageFolderDataset
+    from detcon.masks.store import open_for_training
+
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        (tmp_path / "data" / "a").mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "data" / "a" / f"img{i}.png")
+    out = tmp_path / "s"
+    precompute_store(ImageFolderDataset(tmp_path / "data"), GRID, out, progress=False)
+    assert open_for_training(out, build_mask_source(GRID), ImageFolderDataset(tmp_path / "data"))
+    (tmp_path / "data" / "a" / "img1.png").rename(tmp_path / "data" / "a" / "img9.png")
+    with pytest.raises(ValueError, match=r"dataset_fingerprint: store has 'sha256:"):
+        open_for_training(out, build_mask_source(GRID), ImageFolderDataset(tmp_path / "data"))
+
+
 def test_training_names_a_missing_truncated_or_damaged_shard_and_the_repair(tmp_path):
     from detcon.masks.store import open_for_training
 
@@ -254,7 +275,7 @@ def test_training_names_a_missing_truncated_or_damaged_shard_and_the_repair(tmp_
     source = build_mask_source(GRID)
     good = shard_path(out, 1).read_bytes()
     shard_path(out, 1).write_bytes(good[:-3])
-    with pytest.raises(ValueError, match=r"shard-00001\.npz' is \d+ bytes.*run `make-it` again"):
+    with pytest.raises(ValueError, match=r"shard-00001\.npz': \d+ bytes.*run `make-it` again"):
         open_for_training(out, source, dataset)
     shard_path(out, 1).unlink()
     with pytest.raises(FileNotFoundError, match=r"1 of 3 shards missing.*run `make-it` again"):
@@ -265,7 +286,7 @@ def test_training_names_a_missing_truncated_or_damaged_shard_and_the_repair(tmp_
     flipped[start] ^= 0xFF
     shard_path(out, 1).write_bytes(bytes(flipped))
     store = open_for_training(out, source, dataset)
-    with pytest.raises(ValueError, match=r"shard-00001\.npz' is (damaged|unreadable).*make-it"):
+    with pytest.raises(ValueError, match=r"shard-00001\.npz': (damaged|unreadable).*make-it"):
         [store[i] for i in (2, 3)]
     # A store made through the API (no command recorded) names the command's generic form.
     precompute_store(dataset, GRID, tmp_path / "api", shard_size=2, progress=False)
