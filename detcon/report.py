@@ -316,12 +316,14 @@ def paper_expectations(ablation: str) -> list[str]:
 def stand_in_lines(ablation: Ablation, profile: str) -> list[str]:
     """What the profile's values stand for (``profiles.<profile>.values``), one line per key,
     e.g. ``"at cpu: augment.crop_size 64 for 224, 112 for 384, 144 for 512"``: the paper's
-    statements name the paper's values, the axes show the profile's."""
-    return [
-        f"at {profile}: {key} "
-        + ", ".join(f"{ours} for {paper}" for paper, ours in mapping.items())
-        for key, mapping in ablation.section(profile).values.items()
-    ]
+    statements name the paper's values, the axes show the profile's. A value the profile keeps
+    (``{1: 1, 128: 8}``: "8 for 128") is left out."""
+    lines = []
+    for key, mapping in ablation.section(profile).values.items():
+        changed = [f"{ours} for {paper}" for paper, ours in mapping.items() if ours != paper]
+        if changed:
+            lines.append(f"at {profile}: {key} " + ", ".join(changed))
+    return lines
 
 
 def build_report(

@@ -1416,8 +1416,11 @@ def test_one_store_template_serves_every_source_of_a_paper_grid(tmp_path, monkey
     specs = launch.prepare(path, profile="paper", check_data=False).specs
     stores = {s.point.config.masks.source: s.point.config.masks.store for s in specs}
     assert stores == {"grid": "", "fh": "stores/fh", "mcg": "stores/mcg"}
-    with pytest.raises(FileNotFoundError, match=r"needs masks.store but it is 'stores/fh'"):
+    with pytest.raises(FileNotFoundError, match="2 points read mask stores") as missing:
         launch.prepare(path, profile="paper")
+    for source in ("fh", "mcg"):  # every missing store's command, not the first one's only
+        assert f"--source {source} " in str(missing.value)
+        assert f"--out stores/{source}` (point {source}-s0-" in str(missing.value)
     images = [{"image": np.full((3, 8, 8), i, dtype=np.uint8)} for i in range(2)]
     for spec in specs:
         masks = spec.point.config.masks

@@ -417,3 +417,5 @@ def test_the_figure_says_what_the_profiles_values_stand_for():
         "at cpu: augment.crop_size 64 for 224, 112 for 384, 144 for 512"
     ]
     assert stand_in_lines(resolution, "paper") == []
+    negatives = load_ablation(Path(__file__).parents[1] / "ablations" / "negatives.yaml")
+    assert stand_in_lines(negatives, "cpu") == ["at cpu: loss.negative_groups 8 for 128"]

@@ -177,7 +177,10 @@ def _notebook_params(point: GridPoint) -> dict[str, Any]:
     return params
 
 
-def _check_data(point: GridPoint, overrides: Mapping[str, Any], where: Path) -> None:
+def _check_data(point: GridPoint, overrides: Mapping[str, Any], where: Path) -> bool:
+    """Refuse a point whose data, external masks or official checkpoint is missing, or whose
+    mask store was made for other masks. Returns False when its mask store does not exist yet
+    (:func:`_missing_stores_error` names the command that makes each), True otherwise."""
     cfg = point.config
     official = point.notebook_params.get(OFFICIAL_PARAMETER)
     if official:  # nothing is trained: only the checkpoint has to be there
@@ -188,12 +191,10 @@ def _check_data(point: GridPoint, overrides: Mapping[str, Any], where: Path) -> 
                 "download the release's .npy files (README, 'Official checkpoints') and set "
                 "notebook.official_checkpoint to their path"
             )
-        return
+        return True
     checks = []
     if cfg.data.dataset != "synthetic":
         checks.append(("data.root", cfg.data.root, overrides.get("data.root", "")))
-    if cfg.masks.store:
-        checks.append(("masks.store", cfg.masks.store, overrides["masks.store"]))
     if cfg.masks.source == "external":
         checks.append(
             ("masks.external_dir", cfg.masks.external_dir, overrides.get("masks.external_dir", ""))
@@ -210,6 +211,8 @@ def _check_data(point: GridPoint, overrides: Mapping[str, Any], where: Path) -> 
                 f"{shown}; set {key} under profiles.{point.profile}.overrides (or base) to the "
                 "directory"
             )
+    if cfg.masks.store and not Path(overrides["masks.store"]).exists():
+        return False
     if cfg.masks.store:  # its source, parameters and shards; training checks the dataset too
         from detcon.masks.sources import build_mask_source
         from detcon.masks.store import open_for_training
@@ -218,6 +221,30 @@ def _check_data(point: GridPoint, overrides: Mapping[str, Any], where: Path) -> 
             open_for_training(overrides["masks.store"], build_mask_source(cfg.masks))
         except (ValueError, FileNotFoundError) as exc:
             raise type(exc)(f"{where}: point {point.run_id}: {exc}") from None
+    return True
+
+
+def _missing_stores_error(points: Sequence[GridPoint], where: Path) -> FileNotFoundError:
+    """The error for points whose ``masks.store`` does not exist: the command that makes each
+    store (one per folder), and which points read it."""
+    stores: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for point in points:
+        key = (point.config.masks.store, _precompute_args(point))
+        stores.setdefault(key, []).append(point.run_id)
+    commands = []
+    for (out, args), ids in stores.items():
+        shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        command = shlex.join(["detcon", "masks", "precompute", *args, "--out", out])
+        commands.append(f"`{command}` (point{'s' if len(ids) > 1 else ''} {shown})")
+    reads = (
+        "1 point reads a mask store that does"
+        if len(points) == 1
+        else (f"{len(points)} points read mask stores that do")
+    )
+    return FileNotFoundError(
+        f"{where}: {reads} not exist yet (masks.store, relative to the current directory "
+        f"{os.getcwd()}). Precompute each once: {'; '.join(commands)}"
+    )
 
 
 def _check_identity(point: GridPoint, run_dir: Path) -> None:
@@ -365,10 +392,11 @@ def prepare(
     data_root = Path(data_root).absolute()
     runs_root = Path(runs_dir) / ablation.name
     specs = []
+    without_store = []
     for point in points:
         overrides = _job_overrides(point)
-        if check_data:
-            _check_data(point, overrides, ablation.path)
+        if check_data and not _check_data(point, overrides, ablation.path):
+            without_store.append(point)
         run_dir = (runs_root / point.run_id).absolute()
         _check_identity(point, run_dir)
         params = {
@@ -392,6 +420,8 @@ def prepare(
         specs.append(
             PointSpec(point, run_dir, main_nb, params, eval_nb, eval_params, kernel, executor)
         )
+    if without_store:
+        raise _missing_stores_error(without_store, ablation.path)
     if check_data:
         _check_mask_stores(points, ablation.path)
     if check_data and ablation.evaluate:
