@@ -419,6 +419,12 @@ def build_report(
                 f"in {MASK_QUALITY_FILE}, and {name} has {', '.join(measured) or 'none'}"
                 + (f" (no quality for {', '.join(other)})" if other else "")
             )
+    elif MASK_SOURCE_KEY in scan.param_keys and quality is None and not rows.empty:
+        echo(
+            f"mask quality figure: not drawn; {figures / MASK_QUALITY_FILE} does not exist "
+            f"(`detcon masks quality --profile {profile} --out {figures / MASK_QUALITY_FILE}` "
+            "writes it)"
+        )
 
     files = ReportFiles(
         png,

@@ -136,6 +136,14 @@ def test_mask_quality_for_one_source_only_says_why_no_figure(tmp_path):
         "mask quality figure: not drawn; it needs 2 or more mask sources with a quality in "
         "mask_quality.csv, and fake has fh (no quality for grid)"
     ) in lines
+    (figures / "mask_quality.csv").unlink()  # the README's report command has none: say so
+    lines.clear()
+    report = build_report(path, runs_dir=runs, figures_dir=figures, echo=lines.append)
+    assert report.files.mask_quality_png is None
+    assert (
+        f"mask quality figure: not drawn; {figures / 'mask_quality.csv'} does not exist "
+        f"(`detcon masks quality --profile cpu --out {figures / 'mask_quality.csv'}` writes it)"
+    ) in lines
 
 
 def test_no_runs_at_all_is_a_clear_error_and_nonzero_exit(tmp_path, monkeypatch, capsys):

@@ -216,9 +216,9 @@ def evaluate_run(
     if not replace and earlier != probe:
         raise FileExistsError(
             f"{out_path} holds results probed otherwise ({_probe_text(earlier)}; now "
-            f"{_probe_text(probe)}), which this evaluation would replace: give another out_name "
-            f"(e.g. {Path(out_path.stem + '_' + (split or 'own') + '.json')}) to keep both, "
-            "or remove the file"
+            f"{_probe_text(probe)}), which this evaluation would replace: keep both under "
+            f"another name (--out-name {Path(out_path.stem + '_' + (split or 'own') + '.json')};"
+            " out_name= in Python), or overwrite it (--replace; replace=True)"
         )
     with contextlib.ExitStack() as hold:
         cached_path = None
