@@ -107,10 +107,20 @@ def init_distributed() -> tuple[int, int]:
     dist = torch.distributed
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        import submitit
+    tasks = os.environ.get("SLURM_NTASKS", "1")
+    if "RANK" not in os.environ and tasks.isdigit() and int(tasks) > 1:
+        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":  # one task of a submitit job
+            import submitit
 
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        else:  # e.g. a shell of `salloc -n 2`: one process, whatever the allocation holds
+            warnings.warn(
+                f"SLURM_NTASKS={tasks} but this is not a task of a submitit job and RANK is not "
+                "set: training in this process alone (`detcon run --executor slurm` or torchrun "
+                "train on several)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1

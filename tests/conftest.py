@@ -122,6 +122,27 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         yield SlurmCluster(partition=SLURM_PARTITION, node=node, conf=conf)
 
 
+# What makes a process a rank of a distributed job (torchrun's, or a submitit SLURM task's).
+# `make test` inside `salloc -n 2` or an sbatch script has some of them; a test that wants them
+# sets them itself.
+_JOB_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SUBMITIT_EXECUTOR",
+)
+
+
+@pytest.fixture(autouse=True)
+def _not_a_rank_of_a_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _JOB_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(autouse=True)
 def _slurm_marker_needs_cluster(request: pytest.FixtureRequest) -> None:
     """Give every test marked ``slurm`` the cluster check (skip, or fail under CI=true)."""

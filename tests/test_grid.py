@@ -418,10 +418,26 @@ def _old_short_digest(config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 
+@pytest.mark.parametrize(
+    "path",
+    [p for p in ABLATIONS if (REPO / "results" / p.stem).is_dir()],
+    ids=lambda p: p.stem,
+)
+def test_shipped_cpu_points_are_the_committed_results_points(path):
+    """The committed study's run ids (results/<ablation>/<run id>/) are those the shipped files
+    expand to: a config field added without its entry in DIGEST_NEW_FIELDS, or a profile value
+    changed, moves every run id and orphans the committed results."""
+    ablation = load_ablation(path)
+    committed = REPO / "results" / ablation.name
+    ids = {p.run_id for p in expand(ablation, "cpu")}
+    assert ids == {d.name for d in committed.iterdir() if d.is_dir()}
+
+
 @pytest.mark.parametrize("profile", ["cpu", "paper"])
 @pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.stem)
 def test_shipped_run_ids_keep_their_six_digit_digest(path, profile):
-    """Existing run directories of the shipped ablations keep their names."""
+    """Run ids keep six digits, as digests over the fields that existed before
+    DIGEST_NEW_FIELDS (the committed results pin them: the test above)."""
     for p in expand(load_ablation(path), profile):
         if not p.notebook_params:
             assert p.run_id.endswith("-" + _old_short_digest(p.config)), p.run_id

@@ -12,6 +12,10 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "miniature.sh"
 
 
+# the script's own knobs come from each test, not from the shell that runs pytest
+_CALLER_ENV = {k: v for k, v in os.environ.items() if k not in ("TASKS", "EVAL_ARGS", "EVAL_RC")}
+
+
 def _run(tmp_path: Path, queue: str, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     log = tmp_path / "calls.log"
     stub = tmp_path / "detcon"
@@ -24,7 +28,7 @@ def _run(tmp_path: Path, queue: str, **env: str) -> tuple[subprocess.CompletedPr
     proc = subprocess.run(
         ["bash", str(SCRIPT), str(tmp_path / "queue.txt"), str(tmp_path / "runs"), "1"],
         cwd=REPO,
-        env={**os.environ, "DETCON": str(stub), **env},
+        env={**_CALLER_ENV, "DETCON": str(stub), **env},
         capture_output=True,
         text=True,
         timeout=60,

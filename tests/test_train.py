@@ -522,9 +522,10 @@ with point_lock({str(tmp_path)!r}):
 """
     proc = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.time() + 60
-    while not (tmp_path / "ready").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    child = int((tmp_path / "ready").read_text())
+    ready = tmp_path / "ready"
+    while not (ready.exists() and ready.read_text()) and time.time() < deadline:
+        time.sleep(0.05)  # the file exists before its text is written
+    child = int(ready.read_text())
     try:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -586,3 +587,13 @@ def test_auto_device_without_cuda_warns_for_a_paper_scale_backbone(monkeypatch):
     cuda = load_pretrain_config({"train": {"device": "cuda"}}, profile="paper")
     with pytest.raises(ValueError, match="no CUDA device is available here"):
         _device(cuda)
+
+
+def test_a_multi_task_allocation_outside_a_submitit_job_trains_alone(monkeypatch):
+    """`make test` or `detcon pretrain` in the shell of `salloc -n 2`: submitit's environment
+    raised "Could not figure out which environment the job is runnning in"."""
+    from detcon.train import init_distributed
+
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    with pytest.warns(RuntimeWarning, match="SLURM_NTASKS=2 but this is not a task of a submitit"):
+        assert init_distributed() == (0, 1)
