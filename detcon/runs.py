@@ -622,6 +622,9 @@ def _read_point_state(run_dir: Path, run_id: str, queued_job: str | None) -> Poi
         problems.append(str(exc))
     metrics = last_metrics(run_dir)
     error = problems[0] if problems else None
+    if not problems and summary is None and status.get("state") == "done":
+        problems.append(f"{run_dir / 'summary.json'} is missing while status.json says done")
+        error = problems[0]
     if problems:
         state = "corrupt"
     elif summary is not None:

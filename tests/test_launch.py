@@ -83,6 +83,8 @@ class FakeNotebooks:
         overrides = dict(parameters["overrides"])
         if overrides.get("masks.grid_size") == 3:
             raise ValueError("grid of 3 is cursed\nsecond line")
+        if self.wrong_config == "none":  # a notebook that trains nothing
+            return
         if self.wrong_config:
             overrides["optim.epochs"] = 99
         write_json(
@@ -214,6 +216,21 @@ def test_paper_points_on_real_data_need_precomputed_fh_and_mcg_masks(tmp_path, m
     )
     _mask_stores(stored, "paper")
     assert len(launch.prepare(stored, profile="paper").specs) == 2
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        # the notebook trained, then the check of its config.json refused the run
+        ("point: {masks.source: grid, notebook.max_steps: 1}", r"use the config key train\.max"),
+        # each point's values, not the first point's only
+        ("product: {notebook.num_examples: [1, 2.5]}", r"num_examples=2\.5 has type float"),
+    ],
+)
+def test_bad_notebook_grid_keys_are_rejected_before_anything_runs(tmp_path, grid, message):
+    path = write_ablation(tmp_path, f"grid: {{{grid}}}\n")
+    with pytest.raises(ValueError, match=message):
+        launch.prepare(path)
 
 
 @pytest.mark.parametrize(
@@ -487,13 +504,17 @@ def test_the_floor_and_the_ceiling_reach_summary_json(tmp_path, fake):
     assert summary["eval_supervised.linear.top1"] == 0.9
 
 
-def test_a_notebook_that_trains_another_config_fails_the_point(tmp_path, fake):
-    fake.wrong_config = True
+@pytest.mark.parametrize(
+    ("wrong", "error"),
+    [(True, "differs from the point's"), ("none", "finished without config.json")],
+)
+def test_a_notebook_that_trains_another_config_fails_the_point(tmp_path, fake, wrong, error):
+    fake.wrong_config = wrong
     path = write_ablation(tmp_path, "grid: {point: {}}\n")
     result = launch.run_ablation(path, runs_dir=tmp_path / "runs", echo=lambda line: None)
     (rid,) = result.failed
     status = json.loads((tmp_path / "runs" / "abl" / rid / "status.json").read_text())
-    assert "differs from the point's" in status["error"]
+    assert error in status["error"]
 
 
 def test_a_locked_point_is_reported_running_elsewhere(tmp_path, fake):
@@ -550,6 +571,34 @@ def test_a_corrupt_status_or_summary_is_reported_and_rerun(tmp_path, fake, capsy
     write_json(root / ok2 / "summary.json", {"ablation": "abl"})
     state = point_state(root / ok2, ok2)
     assert state.state == "corrupt" and "lacks run_id, profile" in state.error
+
+    # The corrupt-summary error says "delete it to start the point over": the point, its
+    # status done, then runs again (it stayed done without a summary, never rewritten).
+    (root / ok2 / "summary.json").unlink()
+    state = point_state(root / ok2, ok2)
+    assert state.state == "corrupt" and "summary.json is missing while status.json" in state.error
+    fake.calls.clear()
+    assert launch.run_ablation(path, runs_dir=runs, only=ok2, echo=lambda line: None).ran == [ok2]
+    assert fake.calls == [(ok2, "evaluate")] and point_state(root / ok2, ok2).state == "done"
+
+
+def test_a_finished_point_whose_evaluation_changed_is_evaluated_again(tmp_path, fake):
+    """A finished grid given another task or evaluate parameter: `detcon run` said "1 done, 0
+    to run" and the new task never ran."""
+    path = write_ablation(tmp_path, "grid: {point: {}}\nevaluate: [linear]\n")
+    runs = tmp_path / "runs"
+    (rid,) = launch.run_ablation(path, runs_dir=runs, echo=lambda line: None).ran
+    path.write_text(path.read_text().replace("[linear]", "[linear, depth]"))
+    fake.calls.clear()
+    lines: list[str] = []
+    assert launch.run_ablation(path, runs_dir=runs, echo=lines.append).ran == [rid]
+    assert fake.calls == [(rid, "evaluate")]  # the pretraining is kept
+    assert f"  {rid}: evaluated with other settings (point.json), evaluated again" in lines
+    recorded = json.loads((runs / "abl" / rid / "point.json").read_text())
+    assert recorded["eval_parameters"]["tasks"] == ["linear", "depth"]
+    fake.calls.clear()  # and then it is done
+    assert launch.run_ablation(path, runs_dir=runs, echo=lambda line: None).done == [rid]
+    assert fake.calls == []
 
 
 def test_a_run_directory_replaced_by_a_file_breaks_that_point_only(tmp_path, fake, capsys):
@@ -1127,7 +1176,7 @@ def test_the_cpu_evaluation_is_reused_across_checkouts_at_other_paths(tmp_path, 
     """The cpu profile's probes read generated scenes, not the data root: a launch from another
     checkout (another absolute --data-root) takes the evaluation over too; where the tasks read
     the data root (paper profile), it must agree."""
-    from detcon.launch.reuse import _eval_settings
+    from detcon.launch.reuse import eval_settings
 
     first, other = two_files(tmp_path)
     runs = tmp_path / "runs"
@@ -1140,11 +1189,11 @@ def test_the_cpu_evaluation_is_reused_across_checkouts_at_other_paths(tmp_path, 
     assert b4 in result.reused and fake.calls == [(b5, "pretrain"), (b5, "evaluate")]
 
     cpu = {"profile": "cpu", "tasks": ["linear"], "data_root": "/a", "run_dir": "/r"}
-    assert _eval_settings(cpu) == {"profile": "cpu", "tasks": ["linear"]}
+    assert eval_settings(cpu) == {"profile": "cpu", "tasks": ["linear"]}
     paper = {"profile": "paper", "tasks": ["segmentation"], "data_root": "/a", "run_dir": "/r"}
-    assert _eval_settings(paper) == {k: v for k, v in paper.items() if k != "run_dir"}
+    assert eval_settings(paper) == {k: v for k, v in paper.items() if k != "run_dir"}
     odd = {"profile": "nope", "tasks": ["linear"], "data_root": "/a"}
-    assert _eval_settings(odd) == odd
+    assert eval_settings(odd) == odd
 
 
 def _failed(run_dir: Path) -> None:  # pretraining finished, evaluation failed

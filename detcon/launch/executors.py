@@ -49,6 +49,7 @@ from detcon.launch.point import (
     PointFailedError,
     PointJob,
     PointSpec,
+    evaluated_otherwise,
     planned_source,
     run_point,
     run_references,
@@ -154,7 +155,13 @@ def run_ablation(
     notes: list[str] = []
     for spec in plan.specs:
         state = point_state(spec.run_dir, spec.run_id)
-        if state.state == "done":
+        if state.state == "done" and evaluated_otherwise(spec):
+            todo.append(spec)
+            evaluated.append(spec)
+            notes.append(
+                f"  {spec.run_id}: evaluated with other settings (point.json), evaluated again"
+            )
+        elif state.state == "done":
             result.done.append(spec.run_id)
         elif state.state == "running":
             result.busy.append(spec.run_id)

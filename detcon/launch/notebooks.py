@@ -71,8 +71,9 @@ def _declared_type(param: Mapping[str, Any]) -> str | None:
     return name if name in _PY_TYPES else None
 
 
-def check_parameters(path: Path, given: Mapping[str, Any]) -> None:
-    """Reject parameters ``path`` does not declare (papermill only warns) or of the wrong type.
+def check_parameters(path: Path, *given: Mapping[str, Any]) -> None:
+    """Reject parameters ``path`` does not declare (papermill only warns) or of the wrong type,
+    in each of ``given`` (one mapping per point; the notebook is inspected once).
 
     Raises:
         ValueError: naming the parameter and the notebook's parameters.
@@ -80,7 +81,7 @@ def check_parameters(path: Path, given: Mapping[str, Any]) -> None:
     declared = notebook_parameters(path)
     types = {n: _declared_type(p) for n, p in declared.items()}
     listing = ", ".join(f"{n} ({types[n] or 'any'})" for n in declared)
-    for name, value in given.items():
+    for name, value in (item for params in given for item in params.items()):
         if name not in declared:
             import difflib
 

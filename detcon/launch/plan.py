@@ -364,6 +364,12 @@ def prepare(
                 f"{ablation.path}: grid key notebook.{name} is a parameter the launcher sets for "
                 "every point; remove it"
             )
+        if name == "max_steps":  # the notebook would train another config than the point's
+            raise ValueError(
+                f"{ablation.path}: grid key notebook.{name} would train a config other than the "
+                f"point's (the check after training refuses it); use the config key "
+                "train.max_steps instead"
+            )
     for stage, params in ablation.parameters.items():
         for name in params:
             if name in _LAUNCHER_PARAMETERS[stage]:
@@ -426,13 +432,8 @@ def prepare(
         _check_mask_stores(points, ablation.path)
     if check_data and ablation.evaluate:
         _check_eval_data(ablation, profile, data_root)
-    # Points differ in their names only through notebook.* grid keys: check each distinct set.
-    checked: set[tuple[str, ...]] = set()
-    for spec in specs:
-        names = tuple(sorted(spec.parameters))
-        if names not in checked:
-            checked.add(names)
-            check_parameters(main_nb, spec.parameters)
+    # every point's: a grid axis may mix types (notebook.num_examples: [1, 2.5])
+    check_parameters(main_nb, *(spec.parameters for spec in specs))
     if specs and specs[0].eval_parameters is not None:
         check_parameters(eval_nb, specs[0].eval_parameters)
     return Plan(

@@ -26,7 +26,14 @@ import submitit
 from detcon.atomic import remove_stale_temp_files, write_json
 from detcon.grid import GridPoint, resolve_config
 from detcon.launch.notebooks import EVALUATE_NOTEBOOK, REPO, execute_notebook, render_html
-from detcon.launch.reuse import Source, adopt, check_source, expected_config, find_source
+from detcon.launch.reuse import (
+    Source,
+    adopt,
+    check_source,
+    eval_settings,
+    expected_config,
+    find_source,
+)
 from detcon.runs import (
     OFFICIAL_PARAMETER,
     PointBusyError,
@@ -175,13 +182,32 @@ def _stage_skipped(spec: PointSpec) -> bool:
         return False
 
 
+def evaluated_otherwise(spec: PointSpec) -> bool:
+    """The point's ``point.json`` records other evaluation parameters than ``spec``'s (the
+    ablation's ``evaluate:`` tasks or ``parameters.evaluate`` changed since it ran): its
+    evaluation runs again, its pretraining is kept. False when ``spec`` evaluates nothing or
+    nothing readable is recorded."""
+    if spec.eval_parameters is None:
+        return False
+    try:
+        recorded = read_json(spec.run_dir / "point.json") or {}
+    except (OSError, ValueError):
+        return False
+    if recorded.get("eval_parameters") is None:
+        return False
+    return eval_settings(recorded["eval_parameters"]) != eval_settings(spec.eval_parameters)
+
+
 def _point_done(spec: PointSpec) -> bool:
-    """A valid ``summary.json`` and ``status.json``: a corrupt one makes the point run again."""
+    """A valid ``summary.json`` and ``status.json``, evaluated as ``spec`` evaluates: a corrupt
+    file makes the point run again, other evaluation settings its evaluation."""
     try:
         read_status(spec.run_dir)
-        return read_summary(spec.run_dir, spec.run_id) is not None
+        if read_summary(spec.run_dir, spec.run_id) is None:
+            return False
     except ValueError:
         return False
+    return not evaluated_otherwise(spec)
 
 
 def _follow(spec: PointSpec) -> dict[str, Any]:
@@ -242,6 +268,10 @@ def _run_locked(spec: PointSpec) -> dict[str, Any]:
                 _execute(spec.notebook, out, spec.parameters, run_dir, spec.kernel)
             finally:
                 _render_after(out)
+            if not (run_dir / "config.json").exists():
+                raise PointFailedError(
+                    f"{out.name} finished without config.json: it trained nothing"
+                )
             if read_json(run_dir / "config.json") != expected_config(spec):
                 raise PointFailedError(
                     f"{out.name} trained a config that differs from the point's "

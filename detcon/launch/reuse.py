@@ -92,7 +92,7 @@ def _training_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in parameters.items() if k not in _SHOWING_PARAMETERS}
 
 
-def _eval_settings(parameters: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def eval_settings(parameters: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The evaluate parameters that make two evaluations the same: all but ``run_dir``, and but
     ``data_root`` when the tasks read nothing from it (the cpu profile's generated scenes: two
     checkouts at different paths evaluate alike)."""
@@ -140,7 +140,7 @@ def check_source(spec: PointSpec, run_dir: str | Path, *, weights: bool = True) 
         evaluation = (
             spec.eval_parameters is not None
             and "evaluate" in stages
-            and _eval_settings(point.get("eval_parameters")) == _eval_settings(spec.eval_parameters)
+            and eval_settings(point.get("eval_parameters")) == eval_settings(spec.eval_parameters)
             and read_json(run_dir / "eval.json") is not None
         )
     except (OSError, ValueError):
