@@ -63,7 +63,9 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         lock=True,  # one writer per run directory
     )
     steps = f"{result.steps} steps in"
-    if result.resumed_from:  # the time is every run's: the checkpoint carries it
+    if result.resumed_from and result.steps <= result.resumed_from:
+        steps = f"{result.steps} steps (already done: nothing trained in this run) in"
+    elif result.resumed_from:  # the time is every run's: the checkpoint carries it
         ran = result.steps - result.resumed_from
         steps = (
             f"steps {result.resumed_from + 1}-{result.steps} (resumed; {ran} in this run), "

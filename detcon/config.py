@@ -371,13 +371,15 @@ def scaled_lr(optim: OptimConfig) -> float:
 def _epochs_to_steps(epochs: float, optim: OptimConfig, num_images: int) -> int:
     """``floor(epochs * N / B)``: the release repeats the dataset *before* batching
     (detcon_b_config.py: ``max_steps = num_epochs * images_per_epoch // batch_size``), so a
-    batch may span two epochs and no image is dropped."""
+    batch may span two epochs and no image is dropped. Its float expression, as written there:
+    where ``epochs * N`` rounds below a whole multiple of B (0.29 epochs of 100,000 images at
+    batch 100: 28999.999...), it drops that step too (289, not 290)."""
     if optim.batch_size > num_images:
         raise ConfigError(
             f"optim.batch_size={optim.batch_size} is larger than the dataset "
             f"({num_images} images): expected at most {num_images}"
         )
-    return math.floor(epochs * num_images / optim.batch_size)
+    return int(epochs * num_images // optim.batch_size)
 
 
 def total_steps(optim: OptimConfig, num_images: int) -> int:

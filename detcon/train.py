@@ -29,6 +29,7 @@ from detcon.atomic import (
     write_text,
 )
 from detcon.config import (
+    ConfigError,
     PretrainConfig,
     config_differences,
     from_dict,
@@ -603,13 +604,27 @@ def _pretrain(
     start, prior_wall, timed_from, losses = 0, 0.0, 0, []
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
-        stored = from_dict(PretrainConfig, ckpt["config"])
+        try:
+            stored = from_dict(PretrainConfig, ckpt["config"])
+        except ConfigError as exc:  # e.g. a field renamed by a code update since it was written
+            raise ValueError(
+                f"{ckpt_path} holds a config this code does not read ({exc}): it was written by "
+                "another version of detcon; resume with that version, or train into a new run "
+                "directory"
+            ) from None
         if to_dict(stored) != to_dict(cfg):
             raise ValueError(
                 f"{ckpt_path} was written for a different config (checkpoint -> now: "
                 + "; ".join(config_differences(stored, cfg))
                 + "); resume with the run's own config (its config.json: --config "
                 f"{out / 'config.json'}), or train this one into a new run directory"
+            )
+        if ckpt.get("num_images", len(dataset)) != len(dataset):  # not in the config: a folder
+            raise ValueError(
+                f"{ckpt_path} was written while the dataset held {ckpt['num_images']} images; it "
+                f"holds {len(dataset)} now ({cfg.data.dataset} at {cfg.data.root or 'its default'}"
+                "), which changes the schedule's length: restore the dataset to resume, or "
+                "train into a new run directory"
             )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -637,6 +652,7 @@ def _pretrain(
                     "format": CHECKPOINT_FORMAT,
                     "step": step,
                     "config": to_dict(cfg),
+                    "num_images": len(dataset),
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "torch_rng": torch.get_rng_state(),
@@ -666,8 +682,9 @@ def _pretrain(
                 res = train_step(model, optimizer, batch, step, ctx)
             except NonFiniteLossError as exc:
                 raise NonFiniteLossError(
-                    f"{exc}. The last good checkpoint ({ckpt_path}) is kept; lower "
-                    "optim.base_lr or check the inputs"
+                    f"{exc}. The last good checkpoint ({ckpt_path}) is kept (it resumes this "
+                    "config only); check the inputs, or train with a lower optim.base_lr into "
+                    "a new run directory"
                 ) from None
             lr, tau, outputs, last_loss = res.lr, res.tau, res.outputs, res.loss
             losses.append(last_loss)

@@ -287,6 +287,43 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
         pretrain(tiny_cfg(seed=1, train={"max_steps": 2, "threads": 1}), tmp_path, progress=False)
 
 
+def test_resume_on_a_dataset_of_another_size_is_refused(tmp_path, monkeypatch):
+    """An image folder that gained or lost images between a kill and the resume: the schedule's
+    length moved under the run (steps 0-3 on one schedule, the rest on another; a shrunken
+    folder left a run that could never finish). Not in the config: the checkpoint records it."""
+    import detcon.train
+
+    cfg = tiny_cfg(train={"max_steps": 4, "threads": 1})
+    pretrain(cfg, tmp_path, progress=False, stop_after=2)
+    real = detcon.train.build_pretrain_dataset
+
+    class Fewer:
+        def __init__(self, dataset):
+            self.dataset = dataset
+
+        def __len__(self):
+            return len(self.dataset) - 4
+
+        def __getattr__(self, name):
+            return getattr(self.dataset, name)
+
+    monkeypatch.setattr(detcon.train, "build_pretrain_dataset", lambda c: Fewer(real(c)))
+    with pytest.raises(ValueError, match="while the dataset held 16 images; it holds 12 now"):
+        pretrain(cfg, tmp_path, progress=False)
+
+
+def test_a_checkpoint_of_another_code_version_is_named(tmp_path):
+    from detcon.atomic import save_torch
+
+    cfg = tiny_cfg(train={"max_steps": 2, "threads": 1})
+    pretrain(cfg, tmp_path, progress=False, stop_after=1)
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    ckpt["config"]["train"]["old_field"] = 1  # a field a later version renamed
+    save_torch(tmp_path / "checkpoint.pt", ckpt)
+    with pytest.raises(ValueError, match=r"checkpoint\.pt holds a config this code does not read"):
+        pretrain(cfg, tmp_path, progress=False)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -543,6 +580,8 @@ def test_a_resumed_pretrain_says_which_steps_it_ran(tmp_path, capsys):
     assert " for 2 steps in " in capsys.readouterr().out
     assert main(["pretrain", *TINY_ARGS, "--out", run]) == 0
     assert " for steps 3-8 (resumed; 6 in this run), 8 in " in capsys.readouterr().out
+    assert main(["pretrain", *TINY_ARGS, "--out", run]) == 0  # "steps 9-8" before
+    assert " for 8 steps (already done: nothing trained in this run) in " in capsys.readouterr().out
 
 
 def test_a_reader_that_goes_away_is_not_an_error():
