@@ -1,7 +1,8 @@
 """The one pretraining loop (all methods), with atomic checkpoints, exact resume and DDP.
 
 Run directory contents written here: ``config.json``, ``metrics.jsonl`` (one JSON line per logged
-step), ``checkpoint.pt`` (atomic), ``backbone.pt`` (exported encoder) and ``train_summary.json``.
+step), ``checkpoint.pt`` (atomic), ``backbone.pt`` (exported encoder), ``backbone.json`` (the
+step it is from) and ``train_summary.json`` (docs/run-directory.md).
 """
 
 from __future__ import annotations

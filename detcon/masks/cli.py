@@ -91,6 +91,8 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
     from detcon.data.pretrain import build_base_dataset
     from detcon.masks.store import precompute_store
 
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {str(args.out)!r} is a file: expected a store directory")
     given = parse_dotted(args.set or [])
     masks = given.get("masks")
     if isinstance(masks, dict) and masks.get("source", args.source) != args.source:

@@ -174,3 +174,11 @@ def test_a_set_masks_source_that_contradicts_source_is_refused(tmp_path, capsys)
     assert main([*argv, "--set", "masks.source=fh"]) == 2
     assert "masks.source='fh' contradicts --source grid" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_out_that_is_a_file_is_named(tmp_path, capsys):
+    (tmp_path / "afile").write_text("kept")  # "[Errno 17] File exists: 'afile'" before
+    argv = ["masks", "precompute", "--source", "grid", "--out", str(tmp_path / "afile")]
+    assert main([*argv, "--quiet"]) == 2
+    assert "is a file: expected a store directory" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "kept"
