@@ -93,6 +93,24 @@ def _labels(dataset: Dataset) -> Tensor:
     return torch.tensor([int(dataset[i]["label"]) for i in range(len(dataset))])
 
 
+def _on_train_classes(train: Dataset, val: Dataset, y_val: Tensor) -> Tensor:
+    """``y_val`` as indices of the train split's classes: class folders are numbered per split
+    (sorted names), so a val tree without one of train's classes was scored against the wrong
+    ones. A val class the train split lacks is an error."""
+    train_classes, val_classes = getattr(train, "classes", None), getattr(val, "classes", None)
+    if train_classes is None or val_classes is None or list(val_classes) == list(train_classes):
+        return y_val
+    unknown = sorted(set(val_classes) - set(train_classes))
+    if unknown:
+        raise ValueError(
+            f"the val split has classes the train split lacks ({', '.join(unknown[:5])}"
+            f"{', ...' if len(unknown) > 5 else ''}): the probe cannot score them; expected the "
+            "same class folders in both (or a subset in val)"
+        )
+    index = {name: i for i, name in enumerate(train_classes)}
+    return torch.tensor([index[val_classes[int(y)]] for y in y_val], dtype=y_val.dtype)
+
+
 def evaluate_linear(ctx: EvalContext, s: LinearSettings) -> dict[str, float]:
     """Fit the probe(s) on the train split's pooled features, score them on the val split."""
     t0 = time.perf_counter()
@@ -105,6 +123,7 @@ def evaluate_linear(ctx: EvalContext, s: LinearSettings) -> dict[str, float]:
     result: dict[str, float] = {}
     if s.target == "label":
         y_train, y_val = _labels(train), _labels(val)
+        y_val = _on_train_classes(train, val, y_val)
     elif s.target == "largest_object":
 
         def largest(ds: Dataset) -> Tensor:

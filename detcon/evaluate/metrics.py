@@ -45,11 +45,16 @@ def confusion_matrix(
         raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
     keep = target != ignore_index
     t, p = target[keep].long(), pred[keep].long()
-    bad = (t < 0) | (t >= num_classes) | (p < 0) | (p >= num_classes)
-    if bad.any():
+    bad_t, bad_p = (t < 0) | (t >= num_classes), (p < 0) | (p >= num_classes)
+    if bad_t.any() or bad_p.any():
+        which = [
+            f"{name} {ids[bad].unique().tolist()[:5]}"
+            for name, ids, bad in (("target", t, bad_t), ("pred", p, bad_p))
+            if bad.any()
+        ]
         raise ValueError(
-            f"class ids must lie in [0, {num_classes}) (or be ignore_index={ignore_index}); got "
-            f"target {t[bad].unique().tolist()[:5]} / pred {p[bad].unique().tolist()[:5]}"
+            f"class ids must lie in [0, {num_classes}) (or be ignore_index={ignore_index}); "
+            f"out of range: {', '.join(which)}"
         )
     counts = torch.bincount(t * num_classes + p, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)
@@ -108,6 +113,9 @@ def depth_scores(sums: Tensor) -> dict[str, float]:
 def mean_average_precision(scores: Tensor, labels: Tensor) -> float:
     """Mean over classes of average precision (area under the precision-recall steps, i.e. the
     mean of the precisions at each positive's rank), for classes with at least one positive.
+    Equal scores are one threshold (sklearn's ``average_precision_score``): the positives of a
+    tie share the precision at its end, whatever the images' order (a collapsed encoder's
+    constant scores scored 1.0 or 0.2 by the order of the scenes).
 
     Args:
         scores: float ``(N, C)``; labels: bool/0-1 ``(N, C)``.
@@ -123,10 +131,14 @@ def mean_average_precision(scores: Tensor, labels: Tensor) -> float:
         if not pos.any():
             continue
         order = torch.argsort(scores[:, c], descending=True, stable=True)
-        hits = pos[order].double()
+        ranked, hits = scores[order, c], pos[order].double()
         ranks = torch.arange(1, len(hits) + 1, dtype=torch.float64, device=hits.device)
-        precision = hits.cumsum(0) / ranks
-        aps.append(float((precision * hits).sum() / hits.sum()))
+        found = hits.cumsum(0)
+        ends = torch.ones_like(pos)  # the last rank of each run of equal scores
+        ends[:-1] = ranked[1:] != ranked[:-1]
+        at_ends = found[ends]  # without ties: every rank, and the sum below is the plain one
+        new_hits = torch.diff(at_ends, prepend=at_ends.new_zeros(1))
+        aps.append(float((at_ends / ranks[ends] * new_hits).sum() / hits.sum()))
     if not aps:
         raise ValueError("no class has a positive label")
     return float(np.mean(aps))
@@ -236,12 +248,18 @@ def coco_average_precision(
         raise ValueError(f"iou_type={iou_type!r}: expected 'bbox' or 'segm'")
     if not gt.getAnnIds():
         raise ValueError("the COCO ground truth has no annotations: AP is undefined")
+    ids = None if image_ids is None else sorted(int(i) for i in image_ids)
+    if ids is not None and not gt.getAnnIds(imgIds=ids):
+        raise ValueError(
+            f"none of the {len(ids)} evaluated images has a ground-truth annotation: AP is "
+            "undefined"
+        )
     if not detections:
         return {"ap": 0.0, "ap50": 0.0}
     dets = _quiet(gt.loadRes, detections)
     ev = COCOeval(gt, dets, iou_type)
-    if image_ids is not None:
-        ev.params.imgIds = sorted(int(i) for i in image_ids)
+    if ids is not None:
+        ev.params.imgIds = ids
     _quiet(ev.evaluate)
     _quiet(ev.accumulate)
     _quiet(ev.summarize)

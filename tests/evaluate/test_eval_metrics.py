@@ -48,8 +48,11 @@ def test_miou_hand_case_ignores_label_255_and_unseen_classes():
 
 
 def test_confusion_matrix_rejects_out_of_range_classes():
-    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+    with pytest.raises(ValueError, match=r"\[0, 3\).*out of range: pred \[5\]$"):
         confusion_matrix(torch.tensor([0, 5]), torch.tensor([0, 1]), 3)
+    # raw Cityscapes labelIds: the target is out of range, the predictions are fine
+    with pytest.raises(ValueError, match=r"out of range: target \[26, 33\]$"):
+        confusion_matrix(torch.tensor([0, 1, 2]), torch.tensor([26, 33, 1]), 3)
     with pytest.raises(ValueError, match="shape"):
         confusion_matrix(torch.zeros(3, dtype=torch.long), torch.zeros(4, dtype=torch.long), 3)
 
@@ -98,6 +101,17 @@ def test_mean_average_precision_hand_cases():
     )
     with pytest.raises(ValueError, match="positive"):
         mean_average_precision(torch.zeros(2, 1), torch.zeros(2, 1))
+    # equal scores are one threshold (sklearn's definition): 2 positives of 8 tied images
+    # score 2/8, first or last (1.0 and 0.196 by the images' order before)
+    tied = torch.zeros(8, 1)
+    for positives in ([0, 1], [6, 7]):
+        labels = torch.zeros(8, 1)
+        labels[positives] = 1
+        assert mean_average_precision(tied, labels) == pytest.approx(0.25)
+    # a tie in the middle: ranks 1 (positive), then 2-3 tied (one positive) -> (1 + 2/3) / 2
+    assert mean_average_precision(
+        torch.tensor([[0.9], [0.5], [0.5]]), torch.tensor([[1], [0], [1]])
+    ) == pytest.approx(5 / 6)
 
 
 def _separable_classes() -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,6 +189,17 @@ def test_coco_ap_half_recall_hand_case():
     gt = coco_ground_truth([(16, 16)], [target], num_classes=2)
     dets = coco_detections([0], [_outputs(target, [1])], "bbox")
     assert coco_average_precision(gt, dets, "bbox")["ap"] == pytest.approx(51 / 101)
+
+
+def test_coco_ap_over_images_without_ground_truth_is_undefined():
+    # pycocotools reports -1 there; clamped, it read as AP 0
+    target = instance_targets(*_scene())
+    empty = instance_targets(torch.zeros(16, 16, dtype=torch.long), torch.zeros(16, 16).long())
+    gt = coco_ground_truth([(16, 16), (16, 16)], [target, empty], num_classes=3)
+    dets = coco_detections([0], [_outputs(target, [0, 1])], "bbox")
+    with pytest.raises(ValueError, match="none of the 1 evaluated images has a ground-truth"):
+        coco_average_precision(gt, dets, "bbox", image_ids=[1])
+    assert coco_average_precision(gt, dets, "bbox", image_ids=[0, 1])["ap"] == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------------ training helpers
@@ -272,3 +297,26 @@ def test_metrics_and_linear_fit_run_on_the_features_device():
     assert mean_average_precision(scores.to(dev), multi) == pytest.approx(
         mean_average_precision(scores, multi)
     )
+
+
+def test_val_labels_follow_the_train_splits_class_folders(tmp_path):
+    # each split numbers its class folders by their sorted names: a val tree without one of
+    # train's classes was scored against the wrong classes
+    from PIL import Image
+
+    from detcon.data.readers import ImageFolderDataset
+    from detcon.evaluate.linear import _labels, _on_train_classes
+
+    def tree(root, classes):
+        for name in classes:
+            (root / name).mkdir(parents=True)
+            Image.new("RGB", (4, 4)).save(root / name / "a.png")
+        return ImageFolderDataset(root)
+
+    train = tree(tmp_path / "train", ["n01", "n02", "n03"])
+    val = tree(tmp_path / "val", ["n02", "n03"])
+    assert _on_train_classes(train, val, _labels(val)).tolist() == [1, 2]
+    assert _on_train_classes(train, train, _labels(train)).tolist() == [0, 1, 2]
+    other = tree(tmp_path / "other", ["n02", "n09"])
+    with pytest.raises(ValueError, match="classes the train split lacks \\(n09\\)"):
+        _on_train_classes(train, other, _labels(other))
