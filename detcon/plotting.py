@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import scipy.stats
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -237,7 +238,16 @@ def _headline(fig: Figure, lines: Sequence[str], indent: str = "") -> None:
     """The figure's title lines, each wrapped to the figure's width (about 13 characters per inch
     at 9 pt), ``indent`` before a wrapped line's continuation."""
     width = max(40, int(fig.get_figwidth() * 13))
-    text = [textwrap.fill(line, width, subsequent_indent=indent) for line in lines]
+
+    def keep_citation(line: str) -> str:
+        # "... (paper abstract, Fig. 1)": a line's closing citation is never split (no-break
+        # spaces: textwrap breaks at ASCII whitespace only; matplotlib draws them as spaces)
+        head, sep, cite = line.rpartition(" (")
+        if sep and cite.endswith(")") and "(" not in cite and len(cite) < width // 2:
+            return head + sep + cite.replace(" ", "\u00a0")
+        return line
+
+    text = [textwrap.fill(keep_citation(line), width, subsequent_indent=indent) for line in lines]
     fig.suptitle("\n".join(text), fontsize=9)
 
 
@@ -385,6 +395,8 @@ def training_curves(
     *,
     hue: str | None = None,
     hue_order: Sequence[str] | None = None,
+    style: str | None = None,
+    style_order: Sequence[str] | None = None,
     title: str = "",
     panel_inches: float = 3.6,
 ) -> Figure:
@@ -397,14 +409,18 @@ def training_curves(
             to 0 when the representation collapses).
         hue: the column colouring the runs (a configuration label; seeds of one configuration
             share a colour); None colours by ``run_id``.
-        hue_order: its values in legend order.
+        hue_order: its values in legend order; methods and mask sources keep their colours
+            of every other figure.
+        style: a second column, drawn as the line's dash pattern (e.g. the schedule's length
+            beside the method), or None.
+        style_order: its values in legend order.
         title: figure title.
     Returns:
         The figure, one panel per curve column that holds data.
     """
     import seaborn as sns
 
-    _check_columns(curves, ("run_id", "step", hue), "training_curves")
+    _check_columns(curves, ("run_id", "step", hue, style), "training_curves")
     present = ("loss", "normalized_proj_std")
     columns = [c for c in present if c in curves and curves[c].notna().any()]
     if not columns:
@@ -427,6 +443,9 @@ def training_curves(
                 y=col,
                 hue=colour,
                 hue_order=order,
+                palette=_palette(order) if hue else None,
+                style=style,
+                style_order=list(style_order) if style_order else None,
                 units="run_id",
                 estimator=None,
                 linewidth=1.0,
@@ -438,7 +457,7 @@ def training_curves(
                 legend = _take_legend(ax)
             ax.set_ylabel(ylabels[col])
             ax.set_title(_metric_title("pretrain", col).rstrip(" ↑"), fontsize=8)
-        _legend_below(fig, *legend, colour)
+        _legend_below(fig, *legend, None if style else colour)
         if title:
             fig.suptitle(title, fontsize=9)
     return fig
@@ -469,8 +488,8 @@ def mask_quality_figure(
     Returns:
         The figure: per panel, seeds as faint dots, the mean per source with a 95% bootstrap CI,
         joined in order of quality, each source named under its x position, the floor and the
-        ceiling as lines, and in the panel title the Pearson correlation of the per-source means
-        with quality (3 or more sources), one per line (``hue`` value), never pooled over them.
+        ceiling as lines, and in the panel title the Spearman (rank) correlation of the
+        per-source means with quality (3 or more sources; the claims' measure), one per line (``hue`` value), never pooled over them.
     """
     import seaborn as sns
 
@@ -522,12 +541,13 @@ def mask_quality_figure(
                     q=(quality, "first"), value=("value", "mean")
                 )
                 if len(means) >= 3 and means["q"].std() > 0 and means["value"].std() > 0:
-                    r = float(np.corrcoef(means["q"], means["value"])[0, 1])
+                    # the claims' measure (detcon.claims: rank correlation over the sources)
+                    r = float(scipy.stats.spearmanr(means["q"], means["value"]).statistic)
                     found.append(f"{level} {r:.2f}" if level is not None else f"{r:.2f}")
                     n_sources = len(means)
             heading = _metric_title(task, metric)
             if found:
-                heading += f"\nPearson r over {n_sources} sources:\n" + textwrap.fill(
+                heading += f"\nSpearman ρ over {n_sources} sources:\n" + textwrap.fill(
                     ", ".join(found), max(30, int(panel_inches * 14))
                 )
             ax.set_title(heading, fontsize=8)

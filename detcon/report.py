@@ -156,13 +156,28 @@ def _curves_figure(scan: AblationScan, layout: PlotLayout, title: str) -> Figure
         return _message_figure("no metrics.jsonl in any run directory yet")
     params = scan.status.drop(columns=["seed", "state", "error", "notebook", "run_dir"])
     curves = scan.curves.merge(params, on="run_id", how="left")
-    # Colour by configuration (seeds of one configuration share a colour), keys in grid order.
+    # Colour by configuration (seeds of one configuration share a colour), keys in grid order;
+    # with two or more keys the first is the colour (a method keeps its own) and the rest the
+    # dash pattern: sixteen method x length colours could not be told apart.
     shown = {*layout.x_keys, *layout.hue_keys}
     keys = tuple(k for k in scan.param_keys if k in shown) or ("run_id",)
-    name = " / ".join(keys)
-    curves[name] = join_labels(curves, keys)
-    order = [o for o in dict.fromkeys(join_labels(scan.status, keys)) if o in set(curves[name])]
-    return training_curves(curves, hue=name, hue_order=order, title=title)
+    groups = (keys[:1], keys[1:]) if len(keys) > 1 else (keys, ())
+    names = []
+    for group in groups:
+        if not group:
+            names.append(None)
+            continue
+        name = " / ".join(group)
+        curves[name] = join_labels(curves, group)
+        order = [
+            o for o in dict.fromkeys(join_labels(scan.status, group)) if o in set(curves[name])
+        ]
+        names.append((name, order))
+    (hue, hue_order), styled = names[0], names[1]
+    style, style_order = styled if styled else (None, None)
+    return training_curves(
+        curves, hue=hue, hue_order=hue_order, style=style, style_order=style_order, title=title
+    )
 
 
 def _mask_quality_rows(
