@@ -1232,6 +1232,8 @@ def _cmd_claims(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add ``detcon claims`` (called by :mod:`detcon.cli`)."""
+    from detcon.cli import path_arg
+
     p = subparsers.add_parser(
         "claims",
         help="rewrite the claims table of RESULTS.md from results/<ablation>.csv",
@@ -1240,18 +1242,18 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "header if absent; the rest of the file is kept). Missing ablations are 'not run'.",
     )
     p.add_argument(
-        "--results", type=Path, default=Path("results"), help="folder of <ablation>.csv tables"
+        "--results", type=path_arg, default=Path("results"), help="folder of <ablation>.csv tables"
     )
-    p.add_argument("--out", type=Path, default=Path("RESULTS.md"), help="the file to update")
+    p.add_argument("--out", type=path_arg, default=Path("RESULTS.md"), help="the file to update")
     p.add_argument(
         "--mask-quality",
-        type=Path,
+        type=path_arg,
         default=_MASK_QUALITY,
         help="mask-quality table of `detcon masks quality` (default: figures/mask_quality.csv)",
     )
     p.add_argument(
         "--figures-dir",
-        type=Path,
+        type=path_arg,
         default=Path("figures"),
         help=f"where the mask-quality scatter ({FIGURE_NAME}) goes (default: figures)",
     )

@@ -38,6 +38,14 @@ def _is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, _USER_ERRORS) or (isinstance(exc, OSError) and exc.errno in _DISK_FULL)
 
 
+def path_arg(text: str) -> Path:
+    """An argparse ``type`` for paths: an empty one (``--out "$RUN"`` with RUN unset) is refused
+    instead of read as the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: expected a file or folder name")
+    return Path(text)
+
+
 def _step_count(text: str) -> int:
     try:
         value = int(text)
@@ -104,7 +112,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "pretrain",
         help="pretrain one configuration into a run directory (resumes from its checkpoint)",
     )
-    p.add_argument("--config", type=Path, help="YAML file of config overrides")
+    p.add_argument("--config", type=path_arg, help="YAML file of config overrides")
     p.add_argument(
         "--profile",
         choices=["cpu", "paper"],
@@ -115,9 +123,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="override a field, e.g. --set method=byol --set optim.epochs=2",
+        help="override a field, e.g. --set method=detcon_s --set optim.epochs=2 (SimCLR and BYOL "
+        "also need --set masks.source=image --set masks.num_samples=1)",
     )
-    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--out", type=path_arg, required=True, help="run directory")
     p.add_argument(
         "--stop-after",
         type=_step_count,

@@ -661,8 +661,13 @@ def parse_yaml(text: str, where: str) -> Any:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except _DuplicateKeyError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
+    except yaml.YAMLError as exc:  # one line: PyYAML's own message spans several, with carets
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context = getattr(exc, "context", None)
+        detail = f"{context}: {problem}" if context else problem
+        raise ConfigError(f"{where}: not valid YAML{at}: {detail}") from exc
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -724,7 +729,16 @@ def parse_dotted(assignments: list[str]) -> dict[str, Any]:
         value = parse_yaml(raw, f"override {item!r}") if raw else ""
         node = out
         parts = key.split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(
+                    f"override {item!r}: {'.'.join(parts[: i + 1])} is set to a value by an "
+                    "earlier override, not a section of keys"
+                )
+        if isinstance(node.get(parts[-1]), dict):
+            raise ConfigError(
+                f"override {item!r}: {key} is a section set key by key by an earlier override"
+            )
         node[parts[-1]] = value
     return out

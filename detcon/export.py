@@ -560,6 +560,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add ``detcon export`` (called by :mod:`detcon.cli`)."""
+    from detcon.cli import path_arg
     from detcon.config import available_profiles
 
     p = subparsers.add_parser(
@@ -571,7 +572,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "--notebook-seeds, and write the tidy table TO/<ablation>.csv. `detcon report "
         "--runs-dir TO` and `detcon figures` read that tree alone.",
     )
-    p.add_argument("ablation", type=Path, help="ablation file, e.g. ablations/mask_type.yaml")
+    p.add_argument("ablation", type=path_arg, help="ablation file, e.g. ablations/mask_type.yaml")
     p.add_argument(
         "--profile",
         choices=available_profiles(),
@@ -580,13 +581,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--runs-dir",
-        type=Path,
+        type=path_arg,
         default=Path("runs"),
         help="the --runs-dir of `detcon run` (default: runs)",
     )
     p.add_argument(
         "--to",
-        type=Path,
+        type=path_arg,
         default=Path("results"),
         help="the results tree to write (default: results)",
     )

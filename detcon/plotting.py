@@ -489,7 +489,8 @@ def mask_quality_figure(
         The figure: per panel, seeds as faint dots, the mean per source with a 95% bootstrap CI,
         joined in order of quality, each source named under its x position, the floor and the
         ceiling as lines, and in the panel title the Spearman (rank) correlation of the
-        per-source means with quality (3 or more sources; the claims' measure), one per line (``hue`` value), never pooled over them.
+        per-source means with quality (3 or more sources; the claims' measure), one per line
+        (``hue`` value), never pooled over them.
     """
     import seaborn as sns
 

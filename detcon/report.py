@@ -702,6 +702,7 @@ def _cmd_figures(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add ``detcon report`` and ``detcon figures`` (called by :mod:`detcon.cli`)."""
+    from detcon.cli import path_arg
     from detcon.config import available_profiles
 
     p = subparsers.add_parser(
@@ -712,7 +713,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "table and <runs-dir>/<ablation>/index.html. Missing and failed points are listed, "
         "not fatal.",
     )
-    p.add_argument("ablation", type=Path, help="ablation file, e.g. ablations/mask_type.yaml")
+    p.add_argument("ablation", type=path_arg, help="ablation file, e.g. ablations/mask_type.yaml")
     p.add_argument(
         "--profile",
         choices=available_profiles(),
@@ -721,13 +722,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--runs-dir",
-        type=Path,
+        type=path_arg,
         default=Path("runs"),
         help="the --runs-dir of `detcon run` (default: runs)",
     )
     p.add_argument(
         "--figures-dir",
-        type=Path,
+        type=path_arg,
         default=Path("figures"),
         help="where figures and CSVs go; mask_quality.csv is read from here (default: figures)",
     )
@@ -749,19 +750,19 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--ablations-dir",
-        type=Path,
+        type=path_arg,
         default=Path("ablations"),
         help="the ablation files (default: ablations)",
     )
     p.add_argument(
         "--results-dir",
-        type=Path,
+        type=path_arg,
         default=Path("results"),
         help="the tree `detcon export` wrote (default: results)",
     )
     p.add_argument(
         "--figures-dir",
-        type=Path,
+        type=path_arg,
         default=Path("figures"),
         help="where figures and CSVs go; mask_quality.csv is read from here (default: figures)",
     )

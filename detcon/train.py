@@ -47,7 +47,7 @@ from detcon.data.pretrain import (
 )
 from detcon.models import PretrainModel, convert_sync_batchnorm, export_backbone
 from detcon.optim import LARS, learning_rate, param_groups, target_ema
-from detcon.runs import point_lock
+from detcon.runs import LOCK, point_lock
 
 __all__ = [
     "NonFiniteLossError",
@@ -564,10 +564,20 @@ def pretrain(
         )
     rank, _ = init_distributed()
     held = lock and rank == 0
+    created = held and not out.exists()
     if held:
         out.mkdir(parents=True, exist_ok=True)
-    with point_lock(out) if held else contextlib.nullcontext():
-        return _pretrain(cfg, out, progress=progress, stop_after=stop_after, speed=speed)
+    try:
+        with point_lock(out) if held else contextlib.nullcontext():
+            return _pretrain(cfg, out, progress=progress, stop_after=stop_after, speed=speed)
+    except BaseException:
+        # refused before writing anything (a batch larger than the dataset, a missing data
+        # folder): the directory made for the lock goes too, not a run directory of one .lock
+        if created and {p.name for p in out.iterdir()} <= {LOCK}:
+            with contextlib.suppress(OSError):
+                (out / LOCK).unlink(missing_ok=True)
+                out.rmdir()
+        raise
 
 
 def _pretrain(

@@ -94,6 +94,20 @@ def test_profiles_and_dotted_overrides():
         load_pretrain_config({}, profile="gpu")
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_dotted(["method"])
+    # two overrides of one key, as a value and as a section: a TypeError traceback before
+    with pytest.raises(ConfigError, match="optim.epochs is set to a value by an earlier"):
+        parse_dotted(["optim.epochs=2", "optim.epochs.x=1"])
+    with pytest.raises(ConfigError, match="optim.epochs is a section set key by key"):
+        parse_dotted(["optim.epochs.x=1", "optim.epochs=2"])
+
+
+def test_a_yaml_syntax_error_is_one_line_naming_where():
+    from detcon.config import parse_yaml
+
+    with pytest.raises(ConfigError) as err:
+        parse_yaml("optim: {epochs: 1", "abl.yaml")
+    assert str(err.value).startswith("abl.yaml: not valid YAML at line 1, column 18: ")
+    assert "\n" not in str(err.value)
 
 
 def test_derived_values_are_computed_not_stored():

@@ -315,6 +315,7 @@ def test_status_with_an_only_that_matches_nothing_says_so(tmp_path, capsys):
     rc = main(["status", str(path), "--runs-dir", str(tmp_path / "runs"), "--only", "zzz"])
     assert rc == 2 and "--only 'zzz' matches no run id" in capsys.readouterr().err
     assert main(["status", str(path), "--runs-dir", str(tmp_path / "runs"), "--only", "grid3"]) == 0
+    assert "the runs folder" in capsys.readouterr().err  # a typo read as "nothing started"
     (tmp_path / "afile").write_text(
         ""
     )  # every point read as broken: "status.json: Not a directory"

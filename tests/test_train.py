@@ -636,3 +636,16 @@ def test_a_multi_task_allocation_outside_a_submitit_job_trains_alone(monkeypatch
     monkeypatch.setenv("SLURM_NTASKS", "2")
     with pytest.warns(RuntimeWarning, match="SLURM_NTASKS=2 but this is not a task of a submitit"):
         assert init_distributed() == (0, 1)
+
+
+def test_a_run_refused_before_training_leaves_no_directory_behind(tmp_path, capsys):
+    # a batch larger than the dataset: the directory made for the lock stayed, holding a .lock
+    from detcon.cli import main
+
+    run = tmp_path / "run"
+    argv = ["pretrain", *TINY_ARGS, "--out", str(run), "--set", "optim.batch_size=64"]
+    assert main(argv) == 2
+    assert "larger than the dataset" in capsys.readouterr().err
+    assert not run.exists()
+    run.mkdir()  # a directory the user made is kept
+    assert main(argv) == 2 and run.is_dir()

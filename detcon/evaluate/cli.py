@@ -7,6 +7,8 @@ import argparse
 import time
 from pathlib import Path
 
+from detcon.cli import path_arg
+
 __all__ = ["register_cli"]
 
 
@@ -14,7 +16,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from detcon.evaluate.run import default_out_name, evaluate_run
     from detcon.evaluate.settings import TASKS
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else TASKS
+    tasks = TASKS if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise ValueError(f"--tasks {args.tasks!r}: expected a comma-separated subset of {TASKS}")
+    profile = args.profile or _run_profile(args.run_dir)
     start = time.perf_counter()
 
     def progress(message: str) -> None:
@@ -24,7 +29,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     results = evaluate_run(
         args.run_dir,
         tasks=tasks,
-        profile=args.profile,
+        profile=profile,
         out_name=args.out_name,
         backbone=args.backbone,
         seed=args.seed,
@@ -45,23 +50,46 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_profile(run_dir: Path) -> str:
+    """The profile the run was trained at (its ``config.json``), else ``cpu``: a paper run
+    is probed on the paper's tasks unless ``--profile`` says otherwise."""
+    from detcon.runs import read_json
+
+    try:
+        profile = (read_json(Path(run_dir) / "config.json") or {}).get("profile")
+    except (OSError, ValueError):
+        profile = None  # evaluate_run names what is wrong with the run directory
+    return profile if profile in ("cpu", "paper") else "cpu"
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 0")
+    return value
+
+
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` subcommand to the ``detcon`` command."""
     p = subparsers.add_parser(
         "evaluate", help="downstream evaluation of a run's encoder into RUN_DIR/eval.json"
     )
-    p.add_argument("run_dir", type=Path, help="run directory with config.json and backbone.pt")
+    p.add_argument("run_dir", type=path_arg, help="run directory with config.json and backbone.pt")
     p.add_argument(
         "--tasks",
-        default="",
+        default=None,
         help="comma-separated subset of segmentation,depth,linear,detection (default: all)",
     )
     p.add_argument(
         "--profile",
         choices=["cpu", "paper"],
-        default="cpu",
+        default=None,
         help="cpu: synthetic scenes, minutes on two cores; paper: COCO, VOC, "
-        "Cityscapes, NYU-Depth v2, ImageNet under --data-root",
+        "Cityscapes, NYU-Depth v2, ImageNet under --data-root (default: the run's own, from its "
+        "config.json)",
     )
     p.add_argument(
         "--backbone",
@@ -77,7 +105,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         help="score on this split instead of the profile's (cpu: 'test', the reported "
         "numbers; use 'val' to choose a recipe)",
     )
-    p.add_argument("--seed", type=int, default=0, help="head initialisation and data order")
+    p.add_argument("--seed", type=_seed, default=0, help="head initialisation and data order")
     p.add_argument("--out-name", default=None, help="result file name inside the run directory")
     p.add_argument(
         "--replace",
@@ -87,7 +115,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quick", action="store_true", help="smoke-test sizes (metrics meaningless)")
     p.add_argument(
-        "--data-root", type=Path, default=None, help="folder holding the paper profile's datasets"
+        "--data-root",
+        type=path_arg,
+        default=None,
+        help="folder holding the paper profile's datasets",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

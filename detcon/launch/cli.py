@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from detcon.cli import path_arg
 from detcon.launch.executors import run_ablation
 from detcon.launch.plan import EXECUTORS, _table
 from detcon.runs import PointState, ablation_status
@@ -89,6 +90,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         args.ablation, profile=args.profile, runs_dir=args.runs_dir, only=args.only
     )
     print(format_status(states, title=f"{Path(args.ablation).stem} (profile {args.profile})"))
+    if not Path(args.runs_dir).is_dir():  # a typo reads as "nothing started"
+        print(
+            f"detcon status: note: the runs folder {str(args.runs_dir)!r} does not exist (yet); "
+            "`detcon run` creates it, give its --runs-dir",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -105,7 +112,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "the pretraining notebook, then the evaluation notebook when the file lists tasks, "
         "each rendered to HTML in its run directory.",
     )
-    p.add_argument("ablation", type=Path, help="ablation file, e.g. ablations/mask_type.yaml")
+    p.add_argument("ablation", type=path_arg, help="ablation file, e.g. ablations/mask_type.yaml")
     p.add_argument(
         "--profile",
         choices=profiles,
@@ -122,7 +129,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--runs-dir",
-        type=Path,
+        type=path_arg,
         default=Path("runs"),
         help="runs go to RUNS_DIR/<ablation>/<run id>/ (default: runs)",
     )
@@ -140,7 +147,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--data-root",
-        type=Path,
+        type=path_arg,
         default=Path("data"),
         help="folder of the evaluation datasets of the paper profile (coco/, VOCdevkit/, ...; "
         "default: data)",
@@ -158,8 +165,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_run)
 
     p = subparsers.add_parser("status", help="state of every point of an ablation grid")
-    p.add_argument("ablation", type=Path, help="ablation file")
+    p.add_argument("ablation", type=path_arg, help="ablation file")
     p.add_argument("--profile", choices=profiles, default="cpu")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--runs-dir", type=path_arg, default=Path("runs"))
     p.add_argument("--only", metavar="SUBSTR", help="only the points whose run id contains SUBSTR")
     p.set_defaults(func=_cmd_status)

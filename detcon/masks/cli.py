@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from detcon.cli import path_arg
+
 __all__ = ["mask_quality_table", "quality_dataset", "register_cli"]
 
 QUALITY_SOURCES = ("grid", "fh", "mcg", "ground_truth")
@@ -76,8 +78,18 @@ def quality_dataset(profile: str, num_images: int, root: str, seed: int):
 
 
 def _cmd_quality(args: argparse.Namespace) -> int:
+    import os
+
     from detcon.atomic import write_text
 
+    parent = args.out.parent if str(args.out.parent) else Path(".")
+    if args.out.is_dir() or (parent.exists() and not parent.is_dir()):
+        raise ValueError(f"--out {str(args.out)!r}: expected a file path in a folder")
+    if parent.is_dir() and not os.access(parent, os.W_OK):
+        raise PermissionError(
+            f"--out {str(args.out)!r}: the folder {str(parent)!r} is not writable"
+        )
+    # checked before the masks are computed (minutes on COCO), not after
     dataset, mask_cfg = quality_dataset(args.profile, args.num_images, args.root, args.seed)
     table = mask_quality_table(dataset, mask_cfg, progress=not args.quiet)
     write_text(args.out, table.to_csv(index=False))
@@ -145,11 +157,16 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
         "pretraining mask, per mask source (the paper's mask-quality analysis)",
     )
     q.add_argument("--profile", choices=["cpu", "paper"], default="cpu")
-    q.add_argument("--num-images", type=int, default=64)
+    q.add_argument("--num-images", type=int, default=64, help="images measured (default: 64)")
     q.add_argument("--root", default="", help="COCO root (paper profile)")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", type=Path, default=Path("figures/mask_quality.csv"))
-    q.add_argument("--quiet", action="store_true")
+    q.add_argument("--seed", type=int, default=0, help="the synthetic val scenes' seed (cpu)")
+    q.add_argument(
+        "--out",
+        type=path_arg,
+        default=Path("figures/mask_quality.csv"),
+        help="the CSV to write (default: figures/mask_quality.csv, the committed study's)",
+    )
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=_cmd_quality)
 
     c = msub.add_parser(
@@ -160,7 +177,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--profile", choices=["cpu", "paper"], default="cpu")
     c.add_argument("--source", required=True, choices=["grid", "fh", "mcg", "ground_truth"])
     c.add_argument("--set", action="append", metavar="KEY=VALUE")
-    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--out", type=path_arg, required=True)
     c.add_argument("--shard-size", type=int, default=256)
     c.add_argument("--workers", type=int, default=1)
     c.add_argument("--quiet", action="store_true")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from detcon.cli import path_arg
 from detcon.official.importing import import_official, import_run
 from detcon.official.release import RELEASE_URL
 
@@ -63,11 +63,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "write it as a torch state dict with a .json sidecar. The weights are exact only with "
         "TF-SAME padding (detcon.official.use_tf_same_padding).",
     )
-    p.add_argument("path", type=Path, help="e.g. resnet50_detcon_b_imagenet_1k.npy")
-    p.add_argument("--out", type=Path, help="output state dict, e.g. model.pt")
+    p.add_argument("path", type=path_arg, help="e.g. resnet50_detcon_b_imagenet_1k.npy")
+    p.add_argument("--out", type=path_arg, help="output state dict, e.g. model.pt")
     p.add_argument(
         "--run-dir",
-        type=Path,
+        type=path_arg,
         help="instead of --out: write an evaluation-only run directory (backbone.pt, "
         "config.json, train_summary.json) that `detcon evaluate` takes like one of ours",
     )

@@ -206,6 +206,30 @@ def test_cli_evaluate_and_its_error_message(tmp_path, capsys):
     capsys.readouterr()
     assert main([*argv[:-1], "tset", "--replace", "--tasks", "depth"]) == 2
     assert "split='tset': expected one of 'train', 'val', 'test'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse's exit 2, before any probe (numpy's, after)
+        main(["evaluate", str(run), "--quick", "--seed", "-1"])
+    assert "argument --seed: '-1': expected a whole number >= 0" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--quick", "--tasks", ""]) == 2  # it ran all four
+    assert "--tasks '': expected a comma-separated subset" in capsys.readouterr().err
+
+
+def test_cli_evaluate_probes_a_run_at_its_own_profile(tmp_path, monkeypatch):
+    """A paper run was probed on the cpu profile's synthetic tasks unless --profile said paper."""
+    from detcon.cli import main
+    from detcon.evaluate import cli as eval_cli
+    from detcon.evaluate import run as run_module
+
+    run = make_run_dir(tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    asked = []
+    monkeypatch.setattr(
+        run_module, "evaluate_run", lambda *a, **kw: asked.append(kw["profile"]) or {}
+    )
+    for profile, argv in (("cpu", []), ("paper", []), ("cpu", ["--profile", "cpu"])):
+        (run / "config.json").write_text(json.dumps({**config, "profile": profile}))
+        assert main(["evaluate", str(run), "--quiet", *argv]) == 0
+    assert asked == ["cpu", "paper", "cpu"]
+    assert eval_cli._run_profile(tmp_path / "missing") == "cpu"
 
 
 def test_profile_settings_are_complete_data():

@@ -1,5 +1,7 @@
 import csv
 
+import pytest
+
 from detcon.cli import main
 
 
@@ -182,3 +184,13 @@ def test_an_out_that_is_a_file_is_named(tmp_path, capsys):
     assert main([*argv, "--quiet"]) == 2
     assert "is a file: expected a store directory" in capsys.readouterr().err
     assert (tmp_path / "afile").read_text() == "kept"
+
+
+def test_masks_quality_checks_its_out_before_computing(tmp_path, capsys, monkeypatch):
+    from detcon.masks import cli as masks_cli
+
+    monkeypatch.setattr(masks_cli, "mask_quality_table", lambda *a, **k: pytest.fail("computed"))
+    (tmp_path / "afile").write_text("kept")
+    for out in (tmp_path / "afile" / "q.csv", tmp_path):
+        assert main(["masks", "quality", "--out", str(out), "--quiet"]) == 2
+        assert "expected a file path in a folder" in capsys.readouterr().err
