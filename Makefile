@@ -8,8 +8,9 @@ LINT_PATHS := $(wildcard detcon tests scripts benchmarks)
 
 .PHONY: install test lint format demo figures bench bench-gpu slurm-up slurm-down clean-venv
 
+# A venv that failed half-way (Debian without python3-venv: no pip) is removed, not reused.
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 
 # Re-install when the package metadata or the pins change.
 $(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)

@@ -16,6 +16,7 @@ config field) orphans the exported points; the test then says to run this script
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 import tempfile
@@ -29,9 +30,14 @@ FIXTURE = REPO / "tests" / "fixtures" / "results_study"
 ABLATION = FIXTURE / "ablations" / "tiny.yaml"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    # no options: a parser so that --help (or a typo) says so instead of rewriting the fixture
+    argparse.ArgumentParser(
+        description=f"Regenerate {FIXTURE.relative_to(REPO)} (a tiny study, run and exported)."
+    ).parse_args(argv)
     results = FIXTURE / "results"
-    with tempfile.TemporaryDirectory(prefix="results-fixture-") as tmp:
+    # beside the fixture: a rename from a tmpfs /tmp to the checkout crosses file systems
+    with tempfile.TemporaryDirectory(prefix=".results-fixture-", dir=FIXTURE) as tmp:
         runs = Path(tmp) / "runs"
         common = [str(ABLATION), "--profile", "cpu", "--runs-dir", str(runs)]
         if detcon(["run", *common, "--executor", "local"]) != 0:

@@ -53,6 +53,16 @@ run_one() {
 }
 export -f run_one
 export RUNS DETCON EVAL_ARGS TASKS
-# trailing blanks stripped: `xargs -L 1` would join a line ending in one with the next
-grep -v '^\s*\(#\|$\)' "$QUEUE" | sed 's/[[:space:]]*$//' |
-    xargs -P "$WORKERS" -L 1 bash -c 'run_one "$@"' _
+# every process under this one, deepest first (pgrep: procps)
+kill_tree() {
+    local child
+    for child in $(pgrep -P "$1"); do kill_tree "$child"; done
+    kill "$1" 2>/dev/null
+}
+# killed, it stops its workers and their detcon processes too (they outlived it)
+trap 'for child in $(pgrep -P $$); do kill_tree "$child"; done; exit 143' INT TERM
+# trailing blanks stripped: `xargs -L 1` would join a line ending in one with the next; -r: a
+# queue of comments only runs nothing (not one empty point)
+{ grep -v '^\s*\(#\|$\)' "$QUEUE" || true; } | sed 's/[[:space:]]*$//' |
+    xargs -r -P "$WORKERS" -L 1 bash -c 'run_one "$@"' _ &
+wait $!

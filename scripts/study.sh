@@ -13,7 +13,10 @@
 #
 # Usage:  nohup scripts/study.sh RUNS_DIR [ABLATION.yaml ...] > study.log 2>&1 &
 # Env:    LANES (default 2), DETCON (default .venv/bin/detcon), RESULTS_DIR (default results),
-#         STAGGER (seconds between starting two lanes, default 5).
+#         STAGGER (seconds between starting two lanes, default 5). With RESULTS_DIR elsewhere
+#         the figures and the claims go there too (RESULTS_DIR/figures, RESULTS_DIR/RESULTS.md),
+#         not over the committed ones; FIGURES_DIR and CLAIMS_OUT set them explicitly.
+# Killed (TERM or INT), it stops its lanes too: a second run then resumes their points.
 # Launch every ablation of one study from the same runs folder: the random-init floor and the
 # supervised ceiling are computed once in RUNS_DIR/.references, and a point of one ablation that
 # equals a finished one of another is taken over instead of trained again (docs/design.md §2.2).
@@ -36,6 +39,11 @@ LANES=${LANES:-2}
 STAGGER=${STAGGER:-5}
 DETCON=${DETCON:-.venv/bin/detcon}
 RESULTS_DIR=${RESULTS_DIR:-results}
+if [ "$RESULTS_DIR" = results ]; then
+    FIGURES_DIR=${FIGURES_DIR:-figures} CLAIMS_OUT=${CLAIMS_OUT:-RESULTS.md}
+else
+    FIGURES_DIR=${FIGURES_DIR:-$RESULTS_DIR/figures} CLAIMS_OUT=${CLAIMS_OUT:-$RESULTS_DIR/RESULTS.md}
+fi
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 for ablation in "$@"; do
     [ -f "$ablation" ] || { echo "study: no ablation file $ablation" >&2; exit 2; }
@@ -43,6 +51,10 @@ done
 mkdir -p "$RUNS"
 
 status=0
+pids=()
+# the lanes are this script's children: killed, it stops them (left running, they held their
+# points' locks and a resumed study skipped those points as "running elsewhere")
+trap 'kill "${pids[@]}" 2>/dev/null; wait; exit 143' INT TERM
 for ablation in "$@"; do
     name=$(basename "$ablation" .yaml)
     echo "== $name: $LANES lanes, logs in $RUNS/$name.lane<N>.log ($(date -u +%FT%TZ))"
@@ -58,6 +70,12 @@ for ablation in "$@"; do
     grep -h "FAILED" "$RUNS/$name".lane*.log || true
     "$DETCON" export "$ablation" --profile cpu --runs-dir "$RUNS" --to "$RESULTS_DIR" || status=1
 done
-"$DETCON" figures --results-dir "$RESULTS_DIR" --notebooks && "$DETCON" claims --results "$RESULTS_DIR" || status=1
+mkdir -p "$FIGURES_DIR"
+if [ ! -f "$FIGURES_DIR/mask_quality.csv" ] && [ -f figures/mask_quality.csv ]; then
+    cp figures/mask_quality.csv "$FIGURES_DIR/"  # the mask-quality figures read it there
+fi
+"$DETCON" figures --results-dir "$RESULTS_DIR" --figures-dir "$FIGURES_DIR" --notebooks &&
+    "$DETCON" claims --results "$RESULTS_DIR" --out "$CLAIMS_OUT" \
+        --mask-quality "$FIGURES_DIR/mask_quality.csv" --figures-dir "$FIGURES_DIR" || status=1
 echo "== study: finished with status $status ($(date -u +%FT%TZ))"
 exit $status

@@ -162,3 +162,19 @@ def script():
         return module
 
     return load
+
+
+@pytest.fixture
+def alive():
+    """``alive(pid)``: the process exists and is not a zombie (one that exited and waits for its
+    parent, or for an init that does not reap, to collect it)."""
+
+    def check(pid: int) -> bool:
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        return state != "Z"
+
+    return check

@@ -54,8 +54,9 @@ def test_each_ablation_runs_in_lanes_then_is_exported_and_the_figures_follow(tmp
         f"run ablations/single_view.yaml {run}",
         f"run ablations/single_view.yaml {run}",
         f"export ablations/single_view.yaml {run.replace(' OMP', f' --to {results} OMP')}",
-        f"figures --results-dir {results} --notebooks OMP=1",
-        f"claims --results {results} OMP=1",
+        f"figures --results-dir {results} --figures-dir {results}/figures --notebooks OMP=1",
+        f"claims --results {results} --out {results}/RESULTS.md --mask-quality "
+        f"{results}/figures/mask_quality.csv --figures-dir {results}/figures OMP=1",
     ]
     assert (runs / "negatives.lane1.log").read_text() == "[1/1] p done (1 s)\n"
     assert (runs / "single_view.lane2.log").is_file()
@@ -80,3 +81,34 @@ def test_a_missing_ablation_file_stops_before_anything_runs(tmp_path):
     proc = _run(tmp_path, stub, "ablations/negatives.yaml", "ablations/nope.yaml")
     assert proc.returncode == 2 and "no ablation file ablations/nope.yaml" in proc.stderr
     assert not log.exists()
+
+
+def test_a_killed_study_stops_its_lanes(tmp_path, alive):
+    """Its lanes outlived it, holding their points' locks: a resumed study skipped those points
+    as "running elsewhere" while the orphans went on training."""
+    import signal
+    import time
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    stub = tmp_path / "detcon"
+    stub.write_text(f"#!/usr/bin/env bash\necho $$ > {pids}/$$\nexec sleep 60\n")
+    stub.chmod(0o755)
+    env = {**os.environ, "DETCON": str(stub), "LANES": "2", "STAGGER": "0"}
+    proc = subprocess.Popen(
+        ["bash", str(SCRIPT), str(tmp_path / "runs"), "ablations/negatives.yaml"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 30
+    while len(list(pids.iterdir())) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    lanes = [int(p.name) for p in pids.iterdir()]
+    assert len(lanes) == 2 and all(alive(pid) for pid in lanes)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    deadline = time.time() + 10
+    while any(alive(pid) for pid in lanes) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in lanes)
