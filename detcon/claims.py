@@ -1242,9 +1242,17 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "header if absent; the rest of the file is kept). Missing ablations are 'not run'.",
     )
     p.add_argument(
-        "--results", type=path_arg, default=Path("results"), help="folder of <ablation>.csv tables"
+        "--results",
+        type=path_arg,
+        default=Path("results"),
+        help="folder of <ablation>.csv tables (default: results)",
     )
-    p.add_argument("--out", type=path_arg, default=Path("RESULTS.md"), help="the file to update")
+    p.add_argument(
+        "--out",
+        type=path_arg,
+        default=Path("RESULTS.md"),
+        help="the file to update (default: RESULTS.md)",
+    )
     p.add_argument(
         "--mask-quality",
         type=path_arg,
