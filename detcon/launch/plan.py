@@ -367,7 +367,7 @@ def prepare(
         if name == "max_steps":  # the notebook would train another config than the point's
             raise ValueError(
                 f"{ablation.path}: grid key notebook.{name} would train a config other than the "
-                f"point's (the check after training refuses it); use the config key "
+                "point's (the check after training refuses it); use the config key "
                 "train.max_steps instead"
             )
     for stage, params in ablation.parameters.items():
