@@ -437,8 +437,9 @@ def build_report(
     elif MASK_SOURCE_KEY in scan.param_keys and quality is None and not rows.empty:
         echo(
             f"mask quality figure: not drawn; {figures / MASK_QUALITY_FILE} does not exist "
-            f"(`detcon masks quality --profile {profile} --out {figures / MASK_QUALITY_FILE}` "
-            "writes it)"
+            f"(`detcon masks quality --profile {profile}"
+            + (" --root <coco root>" if profile == "paper" else "")
+            + f" --out {figures / MASK_QUALITY_FILE}` writes it)"
         )
 
     files = ReportFiles(

@@ -567,17 +567,19 @@ def pretrain(
     created = held and not out.exists()
     if held:
         out.mkdir(parents=True, exist_ok=True)
-    try:
-        with point_lock(out) if held else contextlib.nullcontext():
+    with point_lock(out) if held else contextlib.nullcontext():
+        try:
             return _pretrain(cfg, out, progress=progress, stop_after=stop_after, speed=speed)
-    except BaseException:
-        # refused before writing anything (a batch larger than the dataset, a missing data
-        # folder): the directory made for the lock goes too, not a run directory of one .lock
-        if created and {p.name for p in out.iterdir()} <= {LOCK}:
-            with contextlib.suppress(OSError):
-                (out / LOCK).unlink(missing_ok=True)
-                out.rmdir()
-        raise
+        except BaseException:
+            # refused before writing anything (a batch larger than the dataset, a missing data
+            # folder): the directory this call made for its lock goes too, while the lock is
+            # still held (a process refused the lock never gets here)
+            if created:
+                with contextlib.suppress(OSError):
+                    if {p.name for p in out.iterdir()} <= {LOCK}:
+                        (out / LOCK).unlink(missing_ok=True)
+                        out.rmdir()
+            raise
 
 
 def _pretrain(

@@ -39,7 +39,7 @@ LANES=${LANES:-2}
 STAGGER=${STAGGER:-5}
 DETCON=${DETCON:-.venv/bin/detcon}
 RESULTS_DIR=${RESULTS_DIR:-results}
-if [ "$RESULTS_DIR" = results ]; then
+if [ "$(realpath -m "$RESULTS_DIR")" = "$(realpath -m results)" ]; then  # ./results, results/ too
     FIGURES_DIR=${FIGURES_DIR:-figures} CLAIMS_OUT=${CLAIMS_OUT:-RESULTS.md}
 else
     FIGURES_DIR=${FIGURES_DIR:-$RESULTS_DIR/figures} CLAIMS_OUT=${CLAIMS_OUT:-$RESULTS_DIR/RESULTS.md}

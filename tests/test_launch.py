@@ -602,6 +602,18 @@ def test_a_finished_point_whose_evaluation_changed_is_evaluated_again(tmp_path, 
     assert fake.calls == []
 
 
+def test_a_finished_point_is_evaluated_once_its_file_asks_for_an_evaluation(tmp_path, fake):
+    # point.json records eval_parameters null for a run without one: that is a recorded choice
+    path = write_ablation(tmp_path, "grid: {point: {}}\n")
+    runs = tmp_path / "runs"
+    (rid,) = launch.run_ablation(path, runs_dir=runs, echo=lambda line: None).ran
+    assert json.loads((runs / "abl" / rid / "point.json").read_text())["eval_parameters"] is None
+    path.write_text(path.read_text() + "evaluate: [linear]\n")
+    fake.calls.clear()
+    assert launch.run_ablation(path, runs_dir=runs, echo=lambda line: None).ran == [rid]
+    assert fake.calls == [(rid, "evaluate")] and (runs / "abl" / rid / "eval.json").is_file()
+
+
 def test_a_run_directory_replaced_by_a_file_breaks_that_point_only(tmp_path, fake, capsys):
     path = write_ablation(tmp_path, "grid: {product: {masks.grid_size: [2, 4]}}\n")
     runs = tmp_path / "runs"

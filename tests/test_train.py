@@ -649,3 +649,26 @@ def test_a_run_refused_before_training_leaves_no_directory_behind(tmp_path, caps
     assert not run.exists()
     run.mkdir()  # a directory the user made is kept
     assert main(argv) == 2 and run.is_dir()
+
+
+def test_a_pretrain_refused_the_lock_leaves_the_holders_directory(tmp_path, monkeypatch):
+    """Two `detcon pretrain --out X` starting together: the one refused the lock removed the
+    holder's .lock and directory (the holder then trained unlocked)."""
+    import contextlib
+
+    import detcon.train
+    from detcon.runs import PointBusyError
+
+    run = tmp_path / "run"
+
+    @contextlib.contextmanager
+    def taken(out):  # another process made the directory and holds its lock meanwhile
+        (out / ".lock").write_text("otherhost 1\n")
+        raise PointBusyError(f"{out} is in use by another process")
+        yield
+
+    monkeypatch.setattr(detcon.train, "point_lock", taken)
+    cfg = tiny_cfg(train={"max_steps": 2, "threads": 1})
+    with pytest.raises(PointBusyError):
+        pretrain(cfg, run, progress=False, lock=True)
+    assert (run / ".lock").read_text() == "otherhost 1\n"

@@ -185,15 +185,16 @@ def _stage_skipped(spec: PointSpec) -> bool:
 def evaluated_otherwise(spec: PointSpec) -> bool:
     """The point's ``point.json`` records other evaluation parameters than ``spec``'s (the
     ablation's ``evaluate:`` tasks or ``parameters.evaluate`` changed since it ran): its
-    evaluation runs again, its pretraining is kept. False when ``spec`` evaluates nothing or
-    nothing readable is recorded."""
+    evaluation runs again, its pretraining is kept; also when it ran without an evaluation
+    (``eval_parameters`` null) and the file now asks for one. False when ``spec`` evaluates
+    nothing or nothing readable is recorded."""
     if spec.eval_parameters is None:
         return False
     try:
         recorded = read_json(spec.run_dir / "point.json") or {}
     except (OSError, ValueError):
         return False
-    if recorded.get("eval_parameters") is None:
+    if "eval_parameters" not in recorded:
         return False
     return eval_settings(recorded["eval_parameters"]) != eval_settings(spec.eval_parameters)
 

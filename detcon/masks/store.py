@@ -58,7 +58,8 @@ __all__ = [
     "shard_path",
 ]
 
-# 2: the dataset fingerprint hashes the items' keys (stores of version 1 are recomputed)
+# 2: the dataset fingerprint hashes the items' keys (a store of version 1 is refused: delete it
+# and run its precompute command again)
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 # Manifest fields that must agree for a store to be reused (the rest is informational).
@@ -512,8 +513,9 @@ class MaskStore:
         if self.manifest["format_version"] != FORMAT_VERSION:
             raise ValueError(
                 f"mask store {str(self.out_dir)!r} has format version "
-                f"{self.manifest['format_version']}, expected {FORMAT_VERSION}: recompute it "
-                "into a new directory (`detcon masks precompute ... --out NEW_DIR`)"
+                f"{self.manifest['format_version']}, expected {FORMAT_VERSION}: delete it and "
+                "run the `detcon masks precompute` command that made it again"
+                + (f" ({self.manifest['command']})" if self.manifest.get("command") else "")
             )
         self.kind: str = self.manifest["kind"]
         self.source: str = self.manifest["source"]
