@@ -173,6 +173,9 @@ def test_cli_reports_bad_input_as_one_paragraph(tmp_path, capsys):
     assert f"{missing} not found" in err
     assert "https://storage.googleapis.com/dm-detcon/" in err
     assert err.count("\n") == 1  # one paragraph, one line
+    deep.mkdir(parents=True)  # a folder given for the file: said so ("not found" before)
+    assert cli_main(["import-official", str(deep), "--out", "x.pt"]) == 2
+    assert f"{deep} is a folder: expected a checkpoint file" in capsys.readouterr().err
 
 
 def test_refuses_pickles_that_would_run_code(tmp_path):

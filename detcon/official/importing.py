@@ -44,7 +44,8 @@ def _read_state(path: Path, network: str | None) -> dict[str, Tensor]:
     """torchvision keys -> tensors from a release ``.npy`` or an imported ``.pt``."""
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} not found: expected an official checkpoint ({RELEASE_URL}...npy) or the "
+            f"{path} {'is a folder' if path.is_dir() else 'not found'}: expected an official "
+            f"checkpoint file ({RELEASE_URL}...npy) or the "
             "model.pt that `detcon import-official` wrote"
         )
     if _is_release_file(path):
@@ -107,7 +108,8 @@ def needs_tf_same_padding(path: str | Path) -> bool:
     :func:`import_official`) says ``"padding": "tf_same"``. False for our own ``backbone.pt``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: expected a weights file")
+        what = "is a folder" if path.is_dir() else "not found"
+        raise FileNotFoundError(f"{path} {what}: expected a weights file")
     return _is_release_file(path) or _tf_same_sidecar(path) is not None
 
 

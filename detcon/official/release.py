@@ -101,7 +101,8 @@ def load_release_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} not found: expected a checkpoint of the official release, e.g. "
+            f"{path} {'is a folder' if path.is_dir() else 'not found'}: expected a checkpoint "
+            "file of the official release, e.g. "
             f"{RELEASE_URL}resnet50_detcon_b_imagenet_1k.npy"
         )
     with path.open("rb") as f:
