@@ -46,14 +46,22 @@ def path_arg(text: str) -> Path:
     return Path(text)
 
 
-def _step_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a step count, a whole number >= 0")
-    return value
+def whole_number_arg(what: str) -> Callable[[str], int]:
+    """An argparse ``type`` for a whole number >= 0; an error names the value and ``what``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what}")
+        return value
+
+    return parse
+
+
+_step_count = whole_number_arg("a step count, a whole number >= 0")
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.stats
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -494,6 +493,8 @@ def mask_quality_figure(
     """
     import seaborn as sns
 
+    from detcon.claims import spearman  # the claims' measure of the same relation
+
     _check_columns(data, ("source", quality, "task", "metric", "value", hue), "mask_quality")
     _check_references(references, "mask_quality_figure")
     panels = list(dict.fromkeys(zip(data["task"], data["metric"])))
@@ -542,8 +543,7 @@ def mask_quality_figure(
                     q=(quality, "first"), value=("value", "mean")
                 )
                 if len(means) >= 3 and means["q"].std() > 0 and means["value"].std() > 0:
-                    # the claims' measure (detcon.claims: rank correlation over the sources)
-                    r = float(scipy.stats.spearmanr(means["q"], means["value"]).statistic)
+                    r = float(spearman(means["q"].to_numpy(), means["value"].to_numpy())[0])
                     found.append(f"{level} {r:.2f}" if level is not None else f"{r:.2f}")
                     n_sources = len(means)
             heading = _metric_title(task, metric)

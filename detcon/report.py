@@ -161,20 +161,16 @@ def _curves_figure(scan: AblationScan, layout: PlotLayout, title: str) -> Figure
     # dash pattern: sixteen method x length colours could not be told apart.
     shown = {*layout.x_keys, *layout.hue_keys}
     keys = tuple(k for k in scan.param_keys if k in shown) or ("run_id",)
-    groups = (keys[:1], keys[1:]) if len(keys) > 1 else (keys, ())
-    names = []
-    for group in groups:
-        if not group:
-            names.append(None)
-            continue
+
+    def label(group: tuple[str, ...]) -> tuple[str, list[str]]:
+        """A column joining ``group``'s values, and its values in grid order."""
         name = " / ".join(group)
         curves[name] = join_labels(curves, group)
-        order = [
-            o for o in dict.fromkeys(join_labels(scan.status, group)) if o in set(curves[name])
-        ]
-        names.append((name, order))
-    (hue, hue_order), styled = names[0], names[1]
-    style, style_order = styled if styled else (None, None)
+        present = set(curves[name])
+        return name, [o for o in dict.fromkeys(join_labels(scan.status, group)) if o in present]
+
+    hue, hue_order = label(keys[:1])
+    style, style_order = label(keys[1:]) if len(keys) > 1 else (None, None)
     return training_curves(
         curves, hue=hue, hue_order=hue_order, style=style, style_order=style_order, title=title
     )

@@ -13,6 +13,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,3 +179,45 @@ def alive():
         return state != "Z"
 
     return check
+
+
+@pytest.fixture
+def kill_once_started(tmp_path, alive):
+    """``kill_once_started(argv, env, n)``: run the script ``argv`` with ``DETCON`` a stub that
+    records its pid and sleeps, SIGTERM the script once ``n`` stubs run, and return its exit
+    status, the pids of the stubs started by then (``started``), whether they all ran when it
+    was killed (``ran``), those of them still alive after up to 10 s (``survivors``) and how many
+    stubs started in all (``total``)."""
+    import signal
+    import time
+
+    pids = tmp_path / "stub-pids"
+    pids.mkdir()
+    stub = tmp_path / "stub-detcon"
+    stub.write_text(f"#!/usr/bin/env bash\necho $$ > {pids}/$$\nexec sleep 60\n")
+    stub.chmod(0o755)
+
+    def run(argv: list[str], env: dict[str, str], n: int):
+        proc = subprocess.Popen(
+            argv, cwd=REPO, env={**env, "DETCON": str(stub)}, stdout=subprocess.DEVNULL
+        )
+        deadline = time.time() + 30
+        while len(list(pids.iterdir())) < n and time.time() < deadline:
+            time.sleep(0.05)
+        started = [int(p.name) for p in pids.iterdir()]
+        ran = all(alive(pid) for pid in started)
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=30)
+        deadline = time.time() + 10
+        while any(alive(pid) for pid in started) and time.time() < deadline:
+            time.sleep(0.05)
+        survivors = [pid for pid in started if alive(pid)]
+        return types.SimpleNamespace(
+            status=status,
+            started=started,
+            ran=ran,
+            survivors=survivors,
+            total=len(list(pids.iterdir())),
+        )
+
+    return run

@@ -131,7 +131,8 @@ def test_derived_values_are_computed_not_stored():
     assert scaled_lr(small.optim) == pytest.approx(3.2)
     assert total_steps(OptimConfig(batch_size=32, epochs=4), 1000) == 125  # 4000 // 32
     assert total_steps(OptimConfig(batch_size=32, epochs=0.01), 1000) == 1  # at least one
-    # the release's float expression, num_epochs * images_per_epoch // batch_size, to the step
+    # the release's float count, num_epochs * images_per_epoch // batch_size (28999.999... // 100),
+    # not the exact one (290): what a count in exact arithmetic would change
     assert total_steps(OptimConfig(batch_size=100, epochs=0.29), 100_000) == 289
     with pytest.raises(ConfigError, match="larger than the dataset"):
         total_steps(OptimConfig(batch_size=64), 10)

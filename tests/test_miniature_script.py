@@ -98,32 +98,11 @@ def test_a_queue_of_comments_only_runs_nothing(tmp_path):
     assert calls == [] and not (tmp_path / "runs" / "-s").exists()
 
 
-def test_a_killed_queue_stops_its_points(tmp_path, alive):
+def test_a_killed_queue_stops_its_points(tmp_path, kill_once_started):
     """Its workers and their detcon processes outlived it."""
-    import signal
-    import time
-
-    pids = tmp_path / "pids"
-    pids.mkdir()
-    stub = tmp_path / "detcon"
-    stub.write_text(f"#!/usr/bin/env bash\necho $$ > {pids}/$$\nexec sleep 60\n")
-    stub.chmod(0o755)
     (tmp_path / "queue.txt").write_text("A 0\nB 0\nC 0\n")
-    proc = subprocess.Popen(
-        ["bash", str(SCRIPT), str(tmp_path / "queue.txt"), str(tmp_path / "runs"), "2"],
-        cwd=REPO,
-        env={**_CALLER_ENV, "DETCON": str(stub)},
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 30
-    while len(list(pids.iterdir())) < 2 and time.time() < deadline:
-        time.sleep(0.05)
-    points = [int(p.name) for p in pids.iterdir()]
-    assert len(points) == 2
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 143
-    deadline = time.time() + 10
-    while any(alive(pid) for pid in points) and time.time() < deadline:
-        time.sleep(0.05)
-    assert not any(alive(pid) for pid in points)
-    assert len(list(pids.iterdir())) == 2  # the third point never started
+    argv = ["bash", str(SCRIPT), str(tmp_path / "queue.txt"), str(tmp_path / "runs"), "2"]
+    killed = kill_once_started(argv, _CALLER_ENV, 2)
+    assert len(killed.started) == 2 and killed.status == 143
+    assert killed.survivors == []
+    assert killed.total == 2  # the third point never started

@@ -83,32 +83,11 @@ def test_a_missing_ablation_file_stops_before_anything_runs(tmp_path):
     assert not log.exists()
 
 
-def test_a_killed_study_stops_its_lanes(tmp_path, alive):
+def test_a_killed_study_stops_its_lanes(tmp_path, kill_once_started):
     """Its lanes outlived it, holding their points' locks: a resumed study skipped those points
     as "running elsewhere" while the orphans went on training."""
-    import signal
-    import time
-
-    pids = tmp_path / "pids"
-    pids.mkdir()
-    stub = tmp_path / "detcon"
-    stub.write_text(f"#!/usr/bin/env bash\necho $$ > {pids}/$$\nexec sleep 60\n")
-    stub.chmod(0o755)
-    env = {**os.environ, "DETCON": str(stub), "LANES": "2", "STAGGER": "0"}
-    proc = subprocess.Popen(
-        ["bash", str(SCRIPT), str(tmp_path / "runs"), "ablations/negatives.yaml"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 30
-    while len(list(pids.iterdir())) < 2 and time.time() < deadline:
-        time.sleep(0.05)
-    lanes = [int(p.name) for p in pids.iterdir()]
-    assert len(lanes) == 2 and all(alive(pid) for pid in lanes)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 143
-    deadline = time.time() + 10
-    while any(alive(pid) for pid in lanes) and time.time() < deadline:
-        time.sleep(0.05)
-    assert not any(alive(pid) for pid in lanes)
+    env = {**os.environ, "LANES": "2", "STAGGER": "0"}
+    argv = ["bash", str(SCRIPT), str(tmp_path / "runs"), "ablations/negatives.yaml"]
+    killed = kill_once_started(argv, env, 2)
+    assert len(killed.started) == 2 and killed.ran and killed.status == 143
+    assert killed.survivors == []

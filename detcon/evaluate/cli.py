@@ -7,7 +7,7 @@ import argparse
 import time
 from pathlib import Path
 
-from detcon.cli import path_arg
+from detcon.cli import path_arg, whole_number_arg
 
 __all__ = ["register_cli"]
 
@@ -62,16 +62,6 @@ def _run_profile(run_dir: Path) -> str:
     return profile if profile in ("cpu", "paper") else "cpu"
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 0")
-    return value
-
-
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` subcommand to the ``detcon`` command."""
     p = subparsers.add_parser(
@@ -105,7 +95,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         help="score on this split instead of the profile's (cpu: 'test', the reported "
         "numbers; use 'val' to choose a recipe)",
     )
-    p.add_argument("--seed", type=_seed, default=0, help="head initialisation and data order")
+    p.add_argument(
+        "--seed",
+        type=whole_number_arg("a whole number >= 0"),
+        default=0,
+        help="head initialisation and data order",
+    )
     p.add_argument("--out-name", default=None, help="result file name inside the run directory")
     p.add_argument(
         "--replace",

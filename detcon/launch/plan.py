@@ -231,11 +231,7 @@ def _missing_stores_error(points: Sequence[GridPoint], where: Path) -> FileNotFo
     for point in points:
         key = (point.config.masks.store, _precompute_args(point))
         stores.setdefault(key, []).append(point.run_id)
-    commands = []
-    for (out, args), ids in stores.items():
-        shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
-        command = shlex.join(["detcon", "masks", "precompute", *args, "--out", out])
-        commands.append(f"`{command}` (point{'s' if len(ids) > 1 else ''} {shown})")
+    commands = [_precompute_command(args, out, ids) for (out, args), ids in stores.items()]
     reads = (
         "1 point reads a mask store that does"
         if len(points) == 1
@@ -279,6 +275,14 @@ def _precompute_args(point: GridPoint) -> tuple[str, ...]:
     return tuple(args)
 
 
+def _precompute_command(args: Sequence[str], out: str, ids: Sequence[str]) -> str:
+    """```detcon masks precompute ARGS --out OUT` (points a, b, c and N more)``: a store's
+    command in an error, and the points that read it."""
+    shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+    command = shlex.join(["detcon", "masks", "precompute", *args, "--out", out])
+    return f"`{command}` (point{'s' if len(ids) > 1 else ''} {shown})"
+
+
 def _check_mask_stores(points: Sequence[GridPoint], where: Path) -> None:
     """At the paper profile, on a real dataset, fh and mcg masks come from a precomputed store:
     refuse every point that would compute them on the fly, giving the commands that make the
@@ -303,10 +307,7 @@ def _check_mask_stores(points: Sequence[GridPoint], where: Path) -> None:
         out = f"stores/{cfg.data.dataset}-{cfg.masks.source}"
         out += f"-{outs.count(out) + 1}" if out in outs else ""  # other parameters, same source
         outs.append(out)
-        ids = [p.run_id for p in group]
-        shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
-        command = shlex.join(["detcon", "masks", "precompute", *args, "--out", out])
-        commands.append(f"`{command}` (point{'s' if len(ids) > 1 else ''} {shown})")
+        commands.append(_precompute_command(args, out, [p.run_id for p in group]))
     n = sum(len(group) for group in groups.values())
     raise ValueError(
         f"{where}: at profile 'paper' on a real dataset, fh and mcg masks come from a "

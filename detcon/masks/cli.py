@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 from dataclasses import replace
 from pathlib import Path
@@ -78,11 +79,9 @@ def quality_dataset(profile: str, num_images: int, root: str, seed: int):
 
 
 def _cmd_quality(args: argparse.Namespace) -> int:
-    import os
-
     from detcon.atomic import write_text
 
-    parent = args.out.parent if str(args.out.parent) else Path(".")
+    parent = args.out.parent
     if args.out.is_dir() or (parent.exists() and not parent.is_dir()):
         raise ValueError(f"--out {str(args.out)!r}: expected a file path in a folder")
     if parent.is_dir() and not os.access(parent, os.W_OK):
