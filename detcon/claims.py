@@ -311,10 +311,13 @@ class Efficiency:
 
     def cells(self, rows: pd.DataFrame, quality: pd.DataFrame | None) -> list[dict[str, str]]:
         lengths = self._lengths(rows)
-        longest = max(
-            [*lengths, *_levels(rows.loc[rows[self.method_key] == _norm(self.baseline), self.key])],
-            key=float,
-        )
+        base_lengths = _levels(rows.loc[rows[self.method_key] == _norm(self.baseline), self.key])
+        longest = max([*lengths, *base_lengths], key=float)
+        # a length the baseline ran and the method did not would move the ratio to the next
+        # length the method has, silently: the grid is incomplete, the claim not run
+        missing = [x for x in base_lengths if x not in lengths]
+        if missing:
+            raise _NotRun(f"no {self.method} point at {self.key} {', '.join(missing)}")
         lengths = [x for x in lengths if float(x) <= float(longest)]
         m, b = self.method_key, _norm(self.baseline)
         return [{m: _norm(self.method), self.key: x} for x in lengths] + [{m: b, self.key: longest}]
@@ -986,8 +989,8 @@ def _seeds_for(r: ClaimResult) -> int | None:
         return None
     half = (r.ci[1] - r.ci[0]) / 2
     gap = abs(r.estimate - r.spec.test.threshold)
-    if not (math.isfinite(half) and gap > 0):
-        return None
+    if not (math.isfinite(half) and gap > 1e-9 * max(1.0, abs(r.spec.test.threshold))):
+        return None  # on the threshold (4.8 of 24 epochs is 1/5 up to rounding): no seed count
     return max(r.seeds[0] + 1, math.ceil(r.seeds[0] * (half / gap) ** 2))
 
 
@@ -1005,12 +1008,21 @@ def _needed(r: ClaimResult, results_dir: str) -> str:
         first = "at least 2 seeds per point for a CI"
     elif r.verdict == "not reproduced":
         first = "the CI excludes the paper's claim at this scale"
-    elif (n := _seeds_for(r)) is not None:
-        first = f"about {n} seeds per point (now {r.seeds[0]}) if the effect is as measured"
-    else:
+    elif r.estimate is None or not r.spec.test.passes(r.estimate):
         first = (
             "the estimate is on the other side of the threshold: more seeds would likely not help"
         )
+    elif isinstance(r.spec.measure, Efficiency):
+        # a ratio of lengths on the grid: its CI jumps between grid values as seeds change, it
+        # does not narrow as 1/sqrt(seeds)
+        first = (
+            "the estimate meets the threshold, its CI does not: more seeds and lengths between "
+            "the grid's near the threshold"
+        )
+    elif (n := _seeds_for(r)) is not None:
+        first = f"about {n} seeds per point (now {r.seeds[0]}) if the effect is as measured"
+    else:
+        first = "the estimate sits on the threshold: more seeds cannot be sized from it"
     return f"{first}; {r.spec.needed}" if r.spec.needed else first
 
 

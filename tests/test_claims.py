@@ -363,6 +363,17 @@ def test_the_sample_efficiency_ratio_on_toys(tmp_path):
     (edge,) = evaluate_claims({"sample_efficiency": table}, None, [spec])
     assert edge.estimate == pytest.approx(2 / 16)
     assert edge.verdict == "inconclusive" and edge.ci == pytest.approx((2 / 16, 4 / 16))
+    # a ratio on a grid of lengths does not narrow as 1/sqrt(seeds): no seed count is offered
+    needed = render_claims_markdown({"sample_efficiency": table}, None, specs=[spec])
+    assert "its CI does not: more seeds and lengths between" in needed
+    assert "seeds per point (now" not in needed
+    # A length the baseline ran and the method lacks would move the ratio to the method's next
+    # length without a word: the claim is not run, and the missing length is named.
+    table = tidy("sample_efficiency", efficiency_points(), efficiency_miou(PAPER_EFFICIENCY))
+    gone = (table["method"] == "detcon_b") & (table["optim.epochs"] == 2)
+    (holed,) = evaluate_claims({"sample_efficiency": table[~gone]}, None, [spec])
+    assert holed.verdict == "not run" and holed.estimate is None
+    assert "no detcon_b point at optim.epochs 2" in holed.reason
     # A baseline whose longest schedule does not beat random initialisation: reaching it shows
     # nothing (the random encoder does too), whatever the ratio.
     table = tidy("sample_efficiency", efficiency_points(), efficiency_miou(PAPER_EFFICIENCY))
