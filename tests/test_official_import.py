@@ -306,21 +306,40 @@ def test_tf_same_hooks_follow_a_later_stride_to_dilation_change(ref):
         assert torch.allclose(net.layer4(h), plain.layer4(h), rtol=0, atol=1e-12)
 
 
-def test_a_crash_while_importing_over_weights_leaves_no_sidecar_beside_the_old_ones(
-    tmp_path, monkeypatch
-):
-    # The new sidecar was written beside the weights it replaced: a crash before the new
-    # weights left it describing (and marking as TF-SAME) the old ones.
+@pytest.mark.parametrize("step", ["weights", "sidecar"])
+def test_a_crash_while_importing_over_weights_keeps_the_old_ones(tmp_path, monkeypatch, step):
+    # The old weights were removed before the new ones were written: a full disk lost them,
+    # though the message said they were kept. Now nothing at the path moves until the new
+    # weights are on disk, and Haiku weights never stand there without their sidecar.
     from detcon.official import importing
 
     out = tmp_path / "backbone.pt"
     torch.save({"w": torch.zeros(1)}, out)
+    old = out.read_bytes()
 
-    def crash(path, write):
-        raise OSError("killed")
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
 
-    monkeypatch.setattr(importing, "atomic_write", crash)
-    with pytest.raises(OSError, match="killed"):
+    monkeypatch.setattr(importing, "write_json" if step == "sidecar" else "atomic_write", crash)
+    with pytest.raises(OSError, match="disk full"):
         importing._write_weights(out, {"w": torch.ones(1)}, {"padding": "tf_same"})
-    assert not out.exists()
-    assert json.loads(out.with_suffix(".json").read_text()) == {"padding": "tf_same"}
+    assert out.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backbone.pt"]  # no sidecar, no temp
+
+
+def test_weights_paths_that_cannot_take_the_weights_are_named(ref, tmp_path):
+    release = FIXTURES / "bottleneck.npy"
+    with pytest.raises(ValueError, match=r"w\.json: the weights cannot be a \.json file"):
+        import_official(release, tmp_path / "w.json")
+    with pytest.raises(IsADirectoryError, match="is a folder: expected the path of the weights"):
+        import_official(release, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_saved_error_page_is_named_as_neither_kind_of_checkpoint(tmp_path):
+    # torch's own message for it advised weights_only=False (running the file's code).
+    page = tmp_path / "resnet50_detcon_b_imagenet_1k.pt"
+    page.write_text("<?xml version='1.0'?><Error>NoSuchKey</Error>")
+    with pytest.raises(ValueError, match=r"neither a release \.npy .* starts with b'<\?xml ") as e:
+        load_official_backbone(page)
+    assert "weights_only" not in str(e.value)

@@ -218,3 +218,62 @@ def test_an_import_into_an_earlier_imports_run_directory_goes_on(tmp_path):
     (run / "train_summary.json").write_text('{"official": true, "steps": 0}')
     with pytest.raises(FileNotFoundError):  # past the check: the release file is missing
         import_run(tmp_path / "release.npy", run)
+
+
+def test_a_reimport_of_another_checkpoint_drops_the_earlier_ones_evaluation(release_r18, tmp_path):
+    # The second import's weights stood beside the first one's eval.json and summary.json, read
+    # as theirs by a report or a later partial evaluation.
+    run = tmp_path / "run"
+    import_run(release_r18, run, _cfg())
+    for name in ("eval.json", "eval_random.json", "summary.json"):
+        (run / name).write_text('{"segmentation": {"miou": 0.5}}')
+    import_run(release_r18, run, _cfg())  # the same file: its evaluation still holds
+    assert {p.name for p in run.glob("*.json")} >= {"eval.json", "summary.json"}
+    torch.manual_seed(1)
+    other = save_release_file(
+        tmp_path / "other.npy",
+        haiku_modules(torchvision.models.resnet18().state_dict()),
+        "res_net18",
+    )
+    import_run(other, run, _cfg())
+    assert not (run / "eval.json").exists() and not (run / "summary.json").exists()
+    assert (run / "eval_random.json").exists()  # the floor does not depend on the weights
+
+
+def test_a_coco_checkpoint_sees_the_unnormalised_images_it_was_trained_on(release_r18, tmp_path):
+    # The release applies ImageNet's mean and std to ImageNet images only: its COCO encoders
+    # took RGB in [0, 1]. Evaluation feeds every encoder normalised images; an import whose
+    # config says data.dataset: coco maps them back in front of conv1, before the TF-SAME pad.
+    from detcon.augment import IMAGENET_MEAN, IMAGENET_STD
+    from detcon.evaluate.backbones import weights_take_unit_range
+
+    coco = load_pretrain_config(
+        {"model": {"backbone": "resnet18"}, "data": {"dataset": "coco"}}, profile="cpu"
+    )
+    import_run(release_r18, tmp_path / "coco", coco)
+    import_run(release_r18, tmp_path / "imagenet", _cfg())
+    assert weights_take_unit_range(tmp_path / "coco")
+    assert not weights_take_unit_range(tmp_path / "coco", "random")
+    assert not weights_take_unit_range(tmp_path / "imagenet")
+    official = official_resnet(release_r18)
+    unit = torch.rand(2, 3, 64, 48)
+    normalised = (unit - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        IMAGENET_STD
+    ).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = official.layer4(
+            official.layer3(
+                official.layer2(
+                    official.layer1(
+                        official.maxpool(official.relu(official.bn1(official.conv1(unit))))
+                    )
+                )
+            )
+        )
+        got = backbone_from_run(tmp_path / "coco").eval()(normalised)
+        imagenet = backbone_from_run(tmp_path / "imagenet").eval()(normalised)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+    assert (imagenet - want).abs().max() / want.abs().max() > 0.05
+    state = torch.load(tmp_path / "coco" / "backbone.pt", weights_only=True)
+    with pytest.raises(ValueError, match="unit_range applies to imported official weights"):
+        make_backbone(coco.model, state, unit_range=True)

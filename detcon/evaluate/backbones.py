@@ -36,6 +36,7 @@ __all__ = [
     "load_torchvision_resnet",
     "make_backbone",
     "weights_need_tf_same",
+    "weights_take_unit_range",
 ]
 
 CONFIG_FILE = "config.json"
@@ -129,12 +130,51 @@ def weights_need_tf_same(
     return path.is_file() and needs_tf_same_padding(path)
 
 
+UNIT_RANGE = "unit_range"
+
+
+def weights_take_unit_range(
+    run_dir: str | Path, backbone: Literal["pretrained", "random"] = "pretrained"
+) -> bool:
+    """Whether the run's encoder was trained on RGB in [0, 1], not ImageNet-normalised images:
+    an official checkpoint pretrained on COCO, which the release does not normalise (its
+    ``normalize_images`` applies ImageNet's mean and std to ImageNet only; docs/deviations.md
+    A8). ``detcon import-official --run-dir`` records it in ``backbone.json`` (``"inputs":
+    "unit_range"``) when the config says ``data.dataset: coco``."""
+    if backbone != "pretrained":
+        return False
+    sidecar = Path(run_dir) / "backbone.json"
+    try:
+        meta = json.loads(sidecar.read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{sidecar} is not readable JSON: {exc}") from exc
+    return isinstance(meta, dict) and meta.get("inputs") == UNIT_RANGE
+
+
+def _take_unit_range(resnet: ResNet) -> None:
+    """Map the evaluation's ImageNet-normalised images back to [0, 1] in front of ``conv1``
+    (before any padding hook: the release padded zeros of the [0, 1] image)."""
+    from detcon.augment import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def hook(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        x = args[0]
+        return (x * std.to(x) + mean.to(x), *args[1:])
+
+    resnet.conv1.register_forward_pre_hook(hook, prepend=True)
+
+
 def make_backbone(
     model_cfg: ModelConfig,
     state: dict[str, Tensor],
     *,
     dilate_last_stage: bool = False,
     tf_same: bool = False,
+    unit_range: bool = False,
 ) -> nn.Module:
     """A fresh encoder with ``state`` loaded; it has ``out_channels`` and ``stride``.
 
@@ -143,13 +183,19 @@ def make_backbone(
     ``tf_same``: the weights are Haiku-trained (an imported official checkpoint): the ResNet is
     shaped by the weights (the release's widths need not be torchvision's) and padded like
     TensorFlow's "SAME" (:func:`detcon.official.use_tf_same_padding`); its depth must be
-    ``model_cfg.backbone``'s.
+    ``model_cfg.backbone``'s. ``unit_range``: the weights were trained on [0, 1] images
+    (:func:`weights_take_unit_range`); the encoder takes normalised ones like every other and
+    maps them back in front of its first convolution.
     """
+    if unit_range and not tf_same:
+        raise ValueError("unit_range applies to imported official weights (tf_same) only")
     if tf_same:
         from detcon.official import backbone_from_state, check_backbone
 
         net = set_bn_momentum(backbone_from_state(state).train(), model_cfg.bn_momentum)
         check_backbone(net.net, model_cfg.backbone, "the imported weights")
+        if unit_range:
+            _take_unit_range(net.net)
     else:
         net = build_backbone(model_cfg)
         try:
@@ -183,7 +229,12 @@ def backbone_from_run(
     """Our encoder of ``run_dir`` (config.json + backbone.pt), or its random-init baseline."""
     cfg = load_run_config(run_dir)
     state = backbone_state(run_dir, cfg.model, backbone=backbone, seed=seed)
-    return make_backbone(cfg.model, state, tf_same=weights_need_tf_same(run_dir, backbone))
+    return make_backbone(
+        cfg.model,
+        state,
+        tf_same=weights_need_tf_same(run_dir, backbone),
+        unit_range=weights_take_unit_range(run_dir, backbone),
+    )
 
 
 def load_torchvision_resnet(

@@ -34,11 +34,16 @@ class EvalContext:
     device: torch.device = torch.device("cpu")
     progress: Callable[[str], None] | None = None
     tf_same: bool = False  # Haiku-trained weights (an imported official checkpoint)
+    unit_range: bool = False  # ... trained on [0, 1] images (COCO; weights_take_unit_range)
 
     def backbone(self, *, dilate_last_stage: bool = False, trainable: bool = False) -> nn.Module:
         """A fresh encoder; frozen (eval mode, no gradient) unless ``trainable``."""
         net = make_backbone(
-            self.model_cfg, self.state, dilate_last_stage=dilate_last_stage, tf_same=self.tf_same
+            self.model_cfg,
+            self.state,
+            dilate_last_stage=dilate_last_stage,
+            tf_same=self.tf_same,
+            unit_range=self.unit_range,
         )
         net.to(self.device)
         if not trainable:

@@ -24,6 +24,7 @@ from detcon.evaluate.backbones import (
     load_run_config,
     make_backbone,
     weights_need_tf_same,
+    weights_take_unit_range,
 )
 from detcon.evaluate.context import EvalContext
 from detcon.evaluate.data import DataStore
@@ -194,6 +195,7 @@ def evaluate_run(
     initial = "random" if backbone == "supervised" else backbone
     state = backbone_state(run_dir, cfg.model, backbone=initial, seed=seed)
     tf_same = weights_need_tf_same(run_dir, backbone)
+    unit_range = weights_take_unit_range(run_dir, backbone)
     dev = resolve_device(device)
     out_path = run_dir / (out_name or default_out_name(backbone))
     log = progress or (lambda message: None)
@@ -267,7 +269,16 @@ def evaluate_run(
         # result depends on, the encoder's weights included.
         partial_path = out_path.with_name(f".{out_path.name}.partial")
         partial_key = _partial_key(
-            state, backbone, tf_same, settings, seed, split, dev, data_root, GENERATOR_VERSION
+            state,
+            backbone,
+            tf_same,
+            unit_range,
+            settings,
+            seed,
+            split,
+            dev,
+            data_root,
+            GENERATOR_VERSION,
         )
         earlier_tasks = _partial(partial_path, partial_key)
         # The tasks seed torch's global RNG; the caller's RNG state is restored afterwards.
@@ -283,7 +294,8 @@ def evaluate_run(
                     )
                     state = supervised_state(trainer, settings.supervised)
                     log(f"supervised: done in {time.perf_counter() - t0:.1f} s")
-                stages = BackboneStages(make_backbone(cfg.model, state, tf_same=tf_same)).to(dev)
+                encoder = make_backbone(cfg.model, state, tf_same=tf_same, unit_range=unit_range)
+                stages = BackboneStages(encoder).to(dev)
                 stages.eval().requires_grad_(False)
                 ctx = EvalContext(
                     cfg.model,
@@ -294,6 +306,7 @@ def evaluate_run(
                     device=dev,
                     progress=progress,
                     tf_same=tf_same,
+                    unit_range=unit_range,
                 )
                 # Reserve every frozen stage any task reads, so one pass extracts them all.
                 for kind, module in (

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 
 from detcon.atomic import atomic_write, write_json
 from detcon.config import PretrainConfig, load_pretrain_config, merge, to_dict
+from detcon.evaluate.backbones import UNIT_RANGE
 from detcon.official.convert import _state_from_release
 from detcon.official.padding import use_tf_same_padding
 from detcon.official.release import RELEASE_URL, _is_release_file, load_release_file
@@ -50,6 +52,14 @@ def _read_state(path: Path, network: str | None) -> dict[str, Tensor]:
         )
     if _is_release_file(path):
         return _state_from_release(path, network)[0]
+    with path.open("rb") as f:
+        head = f.read(6)
+    if not head.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive
+        raise ValueError(
+            f"{path}: neither a release .npy (they start with b'\\x93NUMPY') nor a torch state "
+            f"dict; it starts with {head!r} (a failed download saves the server's error page "
+            "under the file's name)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a non-checkpoint file
@@ -145,15 +155,33 @@ def _weights_meta(source: Mapping[str, str], network: str, arch: str, **extra: A
     }
 
 
+def _check_weights_path(out: Path) -> None:
+    """``out`` can take the weights: not a folder, not a name their ``.json`` sidecar takes."""
+    if out.is_dir():
+        raise IsADirectoryError(
+            f"{out} is a folder: expected the path of the weights file to write, e.g. "
+            f"{out / 'model.pt'}"
+        )
+    if out.suffix == ".json":
+        raise ValueError(
+            f"{out}: the weights cannot be a .json file, their sidecar is {out.name}: expected "
+            "a name such as model.pt"
+        )
+
+
 def _write_weights(out: Path, state: Mapping[str, Tensor], meta: Mapping[str, Any]) -> None:
-    """``out`` (torch state dict) and its ``.json`` sidecar, each atomically; the sidecar, which
-    marks the weights as needing TF-SAME padding, is written first, so a crash between the two
-    never leaves Haiku weights that look like our own, and weights already at ``out`` are
-    removed before it, so that it never describes them either (an import into a run directory
-    that had them)."""
-    out.unlink(missing_ok=True)
-    write_json(out.with_suffix(".json"), dict(meta))
-    atomic_write(out, lambda f: torch.save(dict(state), f))
+    """``out`` (torch state dict) and its ``.json`` sidecar. The weights are written beside
+    ``out`` first (a full disk or a crash there leaves whatever ``out`` held as it was), then the
+    sidecar, which marks them as needing TF-SAME padding, then they move into place: Haiku
+    weights never stand at ``out`` without it."""
+    _check_weights_path(out)
+    staged = atomic_write(out.with_name(f".{out.name}.new"), lambda f: torch.save(dict(state), f))
+    try:
+        write_json(out.with_suffix(".json"), dict(meta))
+        os.replace(staged, out)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
 
 
 def import_official(
@@ -167,6 +195,7 @@ def import_official(
     need :func:`use_tf_same_padding`, which :func:`load_official_backbone` applies).
     """
     path, out = Path(path), Path(out)
+    _check_weights_path(out)  # before the conversion's work
     if not path.is_file():
         load_release_file(path)  # raises the FileNotFoundError with the download hint
     state, chosen, ignored = _state_from_release(path, network)
@@ -204,6 +233,20 @@ def _refuse_trained_run(run_dir: Path) -> None:
             "replace its encoder beside its checkpoint and evaluations; import into a new run "
             "directory"
         )
+
+
+def _forget_other_import(run_dir: Path, source: Mapping[str, str]) -> None:
+    """Remove the evaluation of another checkpoint imported into ``run_dir`` before: its
+    ``eval.json`` and the launcher's ``summary.json`` would be read as the new weights' (the
+    floor and ceiling files do not depend on the weights and stay)."""
+    try:
+        earlier = json.loads((run_dir / "train_summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(earlier, dict) or earlier.get("source_sha256") == source["source_sha256"]:
+        return
+    for name in ("eval.json", "summary.json"):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def import_run(
@@ -268,9 +311,12 @@ def import_run(
     check_backbone(net, cfg.model.backbone, path)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     run_dir.mkdir(parents=True, exist_ok=True)
+    _forget_other_import(run_dir, source)
     write_json(run_dir / "config.json", to_dict(cfg))
     arch = describe_resnet(net)
-    _write_weights(run_dir / "backbone.pt", state, _weights_meta(source, label, arch))
+    # The release normalises ImageNet's images only (A8): a COCO checkpoint saw [0, 1] RGB
+    inputs = {"inputs": UNIT_RANGE} if cfg.data.dataset == "coco" else {}
+    _write_weights(run_dir / "backbone.pt", state, _weights_meta(source, label, arch, **inputs))
     write_json(
         run_dir / "train_summary.json",
         {
