@@ -343,3 +343,21 @@ def test_a_saved_error_page_is_named_as_neither_kind_of_checkpoint(tmp_path):
     with pytest.raises(ValueError, match=r"neither a release \.npy .* starts with b'<\?xml ") as e:
         load_official_backbone(page)
     assert "weights_only" not in str(e.value)
+
+
+def test_loaders_say_when_the_padding_does_not_fit_the_weights(tmp_path):
+    # Each loader took the other kind of weights without a word: features shifted silently.
+    from detcon.evaluate import load_torchvision_resnet
+
+    imported = tmp_path / "official.pt"
+    import_official(FIXTURES / "bottleneck.npy", imported)
+    state = torch.load(imported, weights_only=True)
+    with pytest.warns(UserWarning, match="Haiku-trained weights"):
+        with pytest.raises(ValueError, match="do not fit torchvision resnet50"):
+            load_torchvision_resnet(imported, "resnet50")  # the fixture is a tiny ResNet
+    ours = tmp_path / "backbone.pt"
+    torch.save(state, ours)  # the same tensors without the sidecar: read as ours
+    with pytest.warns(UserWarning, match="no backbone.json saying"):
+        load_official_backbone(ours)
+    with pytest.warns(UserWarning, match="no backbone.json saying"):
+        official_resnet(ours)

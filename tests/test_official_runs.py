@@ -277,3 +277,16 @@ def test_a_coco_checkpoint_sees_the_unnormalised_images_it_was_trained_on(releas
     state = torch.load(tmp_path / "coco" / "backbone.pt", weights_only=True)
     with pytest.raises(ValueError, match="unit_range applies to imported official weights"):
         make_backbone(coco.model, state, unit_range=True)
+
+
+def test_the_floor_of_a_wider_import_is_refused_not_built_at_another_width(release_r18, tmp_path):
+    # The floor was a stock-width network beside a width-x2 import: another architecture.
+    from detcon.evaluate.backbones import backbone_state
+
+    run = tmp_path / "run"
+    import_run(release_r18, run, _cfg())
+    assert backbone_state(run, _cfg().model, backbone="random")  # the same shape: built
+    meta = json.loads((run / "backbone.json").read_text())
+    (run / "backbone.json").write_text(json.dumps({**meta, "architecture": "resnet18 (width x2)"}))
+    with pytest.raises(ValueError, match=r"imported resnet18 \(width x2\): the random floor"):
+        backbone_state(run, _cfg().model, backbone="random")

@@ -10,6 +10,7 @@ compared with: the same architecture, randomly initialised from the evaluation s
 from __future__ import annotations
 
 import json
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
@@ -79,6 +80,7 @@ def backbone_state(
     the global RNG, so the baseline is reproducible and independent of what ran before.
     """
     if backbone == "random":
+        _refuse_other_shape(run_dir, model_cfg)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = build_backbone(model_cfg)
@@ -92,6 +94,23 @@ def backbone_state(
             "end of training (or evaluate backbone='random' for the baseline)"
         )
     return _load_weights(path)
+
+
+def _refuse_other_shape(run_dir: str | Path, model_cfg: ModelConfig) -> None:
+    """The random floor (and the ceiling trained from it) is ``build_backbone(model_cfg)``:
+    not the same architecture as an imported checkpoint of another width (the release's
+    ``resnet200 (width x2)``); a floor of another network is refused, not computed."""
+    sidecar = Path(run_dir) / "backbone.json"
+    try:
+        arch = json.loads(sidecar.read_text()).get("architecture")
+    except (OSError, ValueError, AttributeError):
+        return
+    if arch is not None and arch != model_cfg.backbone:
+        raise ValueError(
+            f"{run_dir} holds an imported {arch}: the random floor and the supervised ceiling "
+            f"are built as model.backbone={model_cfg.backbone!r} at its standard width, another "
+            "network; evaluate this run's own weights only (backbone 'pretrained')"
+        )
 
 
 def _load_weights(path: Path) -> dict[str, Tensor]:
@@ -250,12 +269,25 @@ def load_torchvision_resnet(
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: expected an exported backbone.pt")
+        from detcon.official import needs_tf_same_padding
+
+        if needs_tf_same_padding(path):
+            warnings.warn(
+                f"{path} holds Haiku-trained weights (an imported official checkpoint): a stock "
+                "torchvision ResNet shifts their features on even input sizes; load them with "
+                "detcon.official.load_official_backbone or apply "
+                "detcon.official.use_tf_same_padding",
+                stacklevel=2,
+            )
         weights = _load_weights(path)
     try:
         net = torchvision_resnet(name)
     except AttributeError as exc:
         raise ValueError(f"name={name!r}: expected a ResNet name such as 'resnet50'") from exc
-    result = net.load_state_dict(weights, strict=False)
+    try:
+        result = net.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape (another depth or width)
+        raise ValueError(f"weights do not fit torchvision {name}: {str(exc)[:500]}") from exc
     missing = [k for k in result.missing_keys if not k.startswith("fc.")]
     if missing or result.unexpected_keys:
         raise ValueError(

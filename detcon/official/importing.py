@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,23 @@ def official_resnet(
         A :class:`HaikuResNet` (``isinstance(net, torchvision.models.ResNet)``), float32; ``fc``
         is the release's classifier when present, else the identity.
     """
-    net = resnet_from_state_dict(_read_state(Path(path), network))
+    state = _read_state(Path(path), network)
+    if tf_same:
+        _warn_if_stock_weights(Path(path))
+    net = resnet_from_state_dict(state)
     return use_tf_same_padding(net) if tf_same else net
+
+
+def _warn_if_stock_weights(path: Path) -> None:
+    """A state dict without the sidecar that marks Haiku weights is one of ours (or another
+    torchvision model's): TF-SAME padding would shift its features. Said, not refused."""
+    if path.is_file() and not _is_release_file(path) and _tf_same_sidecar(path) is None:
+        warnings.warn(
+            f'{path} has no {path.with_suffix(".json").name} saying "padding": "tf_same": '
+            "weights trained with stock padding (e.g. one of our backbone.pt) get TF-SAME "
+            "padding here; load them with detcon.evaluate.load_torchvision_resnet instead",
+            stacklevel=3,
+        )
 
 
 def backbone_from_state(state: Mapping[str, Tensor]) -> nn.Module:
@@ -109,7 +125,9 @@ def backbone_from_state(state: Mapping[str, Tensor]) -> nn.Module:
 def load_official_backbone(path: str | Path, *, network: str | None = None) -> nn.Module:
     """An official checkpoint (release ``.npy`` or imported ``.pt``) as an evaluation encoder,
     like our own run's backbone: :func:`backbone_from_state` of its weights."""
-    return backbone_from_state(_read_state(Path(path), network))
+    state = _read_state(Path(path), network)
+    _warn_if_stock_weights(Path(path))
+    return backbone_from_state(state)
 
 
 def needs_tf_same_padding(path: str | Path) -> bool:
