@@ -208,7 +208,11 @@ class ModelConfig:
     head_hidden: int = _f(4096, "projector/predictor hidden width (paper: 4096)", 1, 65536)
     head_out: int = _f(256, "projector/predictor output width (paper: 256)", 1, 65536)
     bn_momentum: float = _f(
-        0.1, "BatchNorm momentum, torch convention (release decay 0.9)", 0.0, 1.0
+        0.1,
+        "the backbone's BatchNorm momentum, torch convention (release decay 0.9; the heads run "
+        "in train mode only and keep torch's 0.1)",
+        0.0,
+        1.0,
     )
     target_init: Literal["independent", "copy"] = _f(
         "independent",

@@ -90,7 +90,9 @@ def sample_mask_ids(weights: Tensor, uniforms: Tensor) -> Tensor:
     An image with no mask present on the grid (possible only with overlapping masks: a crop
     that no proposal reaches) draws uniformly among all M ids, as the release does: its
     categorical over ``log(present + 1e-11)`` is uniform when nothing is present
-    (``detcon_b.py``, ``sample_masks``). Those ids pool to zero vectors (:func:`pool_masks`).
+    (``detcon_b.py``, ``sample_masks``). Those ids pool to zero vectors where their grid area
+    is 0, else (a sliver at or under the presence threshold) to the mean over what they touch
+    (:func:`pool_masks`).
 
     Args:
         weights: (B, M, h*w) from :func:`mask_weights`.
