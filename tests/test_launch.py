@@ -602,6 +602,22 @@ def test_a_finished_point_whose_evaluation_changed_is_evaluated_again(tmp_path, 
     assert fake.calls == []
 
 
+def test_a_failed_re_evaluation_leaves_the_point_failed_not_done(tmp_path, fake):
+    # point.json recorded the new evaluation while the old summary.json stayed: the point read
+    # as done (summary.json means done) with the old metrics, and the next run skipped it.
+    path = write_ablation(tmp_path, "grid: {point: {}}\nevaluate: [linear]\n")
+    runs = tmp_path / "runs"
+    (rid,) = launch.run_ablation(path, runs_dir=runs, echo=lambda line: None).ran
+    path.write_text(path.read_text().replace("[linear]", "[linear, depth]"))
+    fake.fail_eval = True
+    assert launch.run_ablation(path, runs_dir=runs, echo=lambda line: None).failed == [rid]
+    assert point_state(runs / "abl" / rid, rid).state == "failed"
+    fake.fail_eval = False
+    fake.calls.clear()
+    assert launch.run_ablation(path, runs_dir=runs, echo=lambda line: None).ran == [rid]
+    assert fake.calls == [(rid, "evaluate")]  # the pretraining is still kept
+
+
 def test_a_finished_point_is_evaluated_once_its_file_asks_for_an_evaluation(tmp_path, fake):
     # point.json records eval_parameters null for a run without one: that is a recorded choice
     path = write_ablation(tmp_path, "grid: {point: {}}\n")

@@ -253,6 +253,9 @@ def _run_locked(spec: PointSpec) -> dict[str, Any]:
     stages: list[str] = ["pretrain"] if _stage_skipped(spec) else []
     # Recorded in every status.json the job writes: which run the results came from.
     reused = _reused_before(run_dir) if stages else {}
+    # A summary means done: one left from an earlier evaluation (this job evaluates again)
+    # would keep the point done, with the old metrics, if this job fails
+    (run_dir / "summary.json").unlink(missing_ok=True)
     write_json(run_dir / "point.json", spec.record())
     write_json(run_dir / "env.json", environment_record(spec.executor, REPO))
     write_status(run_dir, "running", job_id=job_id, stages=stages, **reused)
