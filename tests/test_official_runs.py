@@ -290,3 +290,17 @@ def test_the_floor_of_a_wider_import_is_refused_not_built_at_another_width(relea
     (run / "backbone.json").write_text(json.dumps({**meta, "architecture": "resnet18 (width x2)"}))
     with pytest.raises(ValueError, match=r"imported resnet18 \(width x2\): the random floor"):
         backbone_state(run, _cfg().model, backbone="random")
+
+
+def test_a_null_notebook_parameter_is_refused_by_its_type(tmp_path, capsys):
+    # A null notebook value beside a real one crashed the run id's token (TypeError) before
+    # the parameter's type was checked.
+    path = tmp_path / "official.yaml"
+    path.write_text(
+        "name: official\ndescription: test\ngrid:\n  union:\n"
+        "    - point: {notebook.official_checkpoint: null}\n"
+        "    - point: {notebook.official_checkpoint: data/r50.npy}\n"
+    )
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "parameter official_checkpoint=None has type NoneType, expected str" in err
