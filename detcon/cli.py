@@ -18,7 +18,7 @@ __all__ = ["main"]
 
 # Errors that mean "bad input": reported as one paragraph, exit code 2. BlockingIOError: a run
 # directory in use by another process (detcon.runs.PointBusyError); FloatingPointError: a
-# non-finite loss (detcon.train.NonFiniteLossError).
+# non-finite loss (detcon.train.NonFiniteLossError); ChildProcessError: sbatch or squeue failed.
 _USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     FileNotFoundError,
@@ -29,6 +29,7 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
     FileExistsError,
     BlockingIOError,
     FloatingPointError,
+    ChildProcessError,
 )
 # A full disk is no bug either (detcon.atomic.DiskFullError names the file).
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)

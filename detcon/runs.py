@@ -695,7 +695,7 @@ def live_slurm_jobs(job_ids: set[str]) -> dict[str, str]:
     names them). A job SLURM has forgotten is not listed: its point's files say what it did.
 
     Raises:
-        RuntimeError: squeue failed (without it a queued point would be submitted twice).
+        ChildProcessError: squeue failed (without it a queued point would be submitted twice).
     """
     if not job_ids:
         return {}
@@ -704,7 +704,7 @@ def live_slurm_jobs(job_ids: set[str]) -> dict[str, str]:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", None) or exc
-        raise RuntimeError(
+        raise ChildProcessError(
             f"cannot ask SLURM which points are still queued ({' '.join(cmd)}: "
             f"{str(detail).strip()}); without it a queued point would be submitted again"
         ) from None
@@ -750,7 +750,7 @@ def _forgotten_by_slurm(states: list[PointState]) -> list[PointState]:
         return states
     try:
         live = live_slurm_jobs(pending)
-    except RuntimeError:
+    except ChildProcessError:
         return states
     return [
         replace(

@@ -372,8 +372,25 @@ def test_a_point_slurm_still_queues_is_not_submitted_again(tmp_path, monkeypatch
     assert f"  {ids[1]}: SLURM job 77_1 is REQUEUED, skipped" in lines
     assert live_slurm_jobs({"77_0", "79_0"}) == {"77_0": "PENDING"}
     _fake_slurm(tmp_path / "bin", "echo 'squeue: error: Invalid user' >&2; exit 1")
-    with pytest.raises(RuntimeError, match="Invalid user.*would be submitted again"):
+    with pytest.raises(ChildProcessError, match="Invalid user.*would be submitted again"):
         launch.run_ablation(path, executor="slurm", cluster="local", runs_dir=runs)
+
+
+def test_jobs_slurm_refuses_are_one_paragraph_naming_the_cluster_profile(
+    tmp_path, monkeypatch, capsys
+):
+    # sbatch's refusal (a partition or account the cluster does not have) was a traceback.
+    path, _, runs, _ = _launched_grid3(tmp_path, monkeypatch)
+    _fake_slurm(tmp_path / "bin", "exit 0")  # nothing queued: every point is submitted
+    sbatch = tmp_path / "bin" / "sbatch"
+    sbatch.write_text(
+        "#!/bin/sh\necho 'sbatch: error: Invalid partition name specified' >&2\nexit 1\n"
+    )
+    argv = ["run", str(path), "--executor", "slurm", "--cluster", "local", "--runs-dir", str(runs)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "SLURM refused the jobs of cluster profile 'local'" in err
+    assert "Invalid partition name specified" in err and "Traceback" not in err
 
 
 def test_status_says_when_slurm_forgot_a_pending_point(tmp_path, monkeypatch):

@@ -407,8 +407,14 @@ def _submit_slurm(todo: Sequence[PointSpec], result: LaunchResult, echo: Callabl
     assert plan.cluster is not None  # prepare() requires one for slurm
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", **plan.cluster.executor_arguments())
     ex.update_parameters(name=f"detcon-{plan.ablation.name}", **plan.cluster.submitit_parameters())
-    with ex.batch():
-        jobs = [ex.submit(PointJob(spec)) for spec in todo]
+    try:
+        with ex.batch():
+            jobs = [ex.submit(PointJob(spec)) for spec in todo]
+    except submitit.core.utils.FailedJobError as exc:  # sbatch refused the array
+        raise ChildProcessError(
+            f"SLURM refused the jobs of cluster profile {plan.cluster_name!r} ({exc}); check "
+            "its partition, account and limits against `sinfo` and `sacctmgr show assoc`"
+        ) from None
     result.jobs, result.folder = jobs, folder
     record = {
         "ablation": plan.ablation.name,
