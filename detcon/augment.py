@@ -43,7 +43,9 @@ Differences from the release, each with its reason (for ``docs/deviations.md``):
    top-left relative to the bicubic image (half-pixel centres). We resize masks with
    ``nearest-exact`` (``src = floor((dst + 0.5) * scale)``), the half-pixel-centre rule that
    ``tf.image.resize(..., NEAREST_NEIGHBOR)`` in TF2 also uses, so masks stay aligned with the
-   image. The release crops then flips then resizes; we crop, resize, then flip (equivalent).
+   image. The release crops then flips then resizes; we crop, resize, then flip: the same
+   image, and the same masks except at exact resize ties, where a flipped view's mask takes the
+   neighbouring source column (``docs/deviations.md`` A3).
 4. *Probabilities.* The release applies an op when ``uniform <= p``; we use ``uniform < p``, so
    p=0 never applies (the difference has probability zero otherwise).
 5. *Saturation* is computed in closed form, ``c' = v - min(f, v / (v - min)) * (v - c)`` with

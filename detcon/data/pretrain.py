@@ -249,9 +249,10 @@ def collate_views(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 class StepBatchSampler(Sampler):
     """Yields this process's share of the global batch for steps ``start..stop-1``.
 
-    As the release (``dataset.repeat()`` before ``batch``), the data stream is the concatenation of
-    one permutation of the images per epoch, epoch e's seeded by ``(seed, e)``; step s takes
-    stream positions ``s*B .. s*B+B-1``, so a batch may span two epochs and no image is dropped.
+    The data stream is the concatenation of one permutation of the images per epoch, epoch e's
+    seeded by ``(seed, e)`` (the release shuffles shards locally instead: docs/deviations.md
+    A12); step s takes stream positions ``s*B .. s*B+B-1``, so, as the release's
+    ``dataset.repeat()`` before ``batch``, a batch may span two epochs and no image is dropped.
     Rank r takes the r-th contiguous part of the global batch. Items are ``(epoch, index)``.
     """
 
