@@ -472,7 +472,7 @@ def _token(key: str, value: Any) -> str:
     is_file = isinstance(value, str) and ("/" in value or value.endswith((".npy", ".pt")))
     if key.startswith(NOTEBOOK_PREFIX) and is_file:
         tok = Path(value).stem  # a file: its name reads better than its folder
-    elif isinstance(value, bool) or value is None:  # None: a notebook parameter left unset
+    elif isinstance(value, bool) or value is None:  # None: named, then refused by type
         tok = last if value else f"no_{last}"
     elif isinstance(value, str):
         tok = value

@@ -238,6 +238,13 @@ def test_a_reimport_of_another_checkpoint_drops_the_earlier_ones_evaluation(rele
     import_run(other, run, _cfg())
     assert not (run / "eval.json").exists() and not (run / "summary.json").exists()
     assert (run / "eval_random.json").exists()  # the floor does not depend on the weights
+    # the same file taken otherwise (its inputs in [0, 1]: a COCO config) is evaluated anew too
+    (run / "eval.json").write_text('{"segmentation": {"miou": 0.5}}')
+    coco = load_pretrain_config(
+        {"model": {"backbone": "resnet18"}, "data": {"dataset": "coco"}}, profile="cpu"
+    )
+    import_run(other, run, coco)
+    assert not (run / "eval.json").exists()
 
 
 def test_a_coco_checkpoint_sees_the_unnormalised_images_it_was_trained_on(release_r18, tmp_path):

@@ -253,15 +253,16 @@ def _refuse_trained_run(run_dir: Path) -> None:
         )
 
 
-def _forget_other_import(run_dir: Path, source: Mapping[str, str]) -> None:
-    """Remove the evaluation of another checkpoint imported into ``run_dir`` before: its
-    ``eval.json`` and the launcher's ``summary.json`` would be read as the new weights' (the
-    floor and ceiling files do not depend on the weights and stay)."""
+def _forget_other_import(run_dir: Path, meta: Mapping[str, Any]) -> None:
+    """Remove the evaluation of weights imported into ``run_dir`` before, unless they were the
+    same file taken the same way (``backbone.json`` unchanged): their ``eval.json`` and the
+    launcher's ``summary.json`` would be read as the new weights' (the floor and the ceiling do
+    not depend on the weights and stay)."""
     try:
-        earlier = json.loads((run_dir / "train_summary.json").read_text())
+        earlier = json.loads((run_dir / "backbone.json").read_text())
     except (OSError, ValueError):
-        return
-    if not isinstance(earlier, dict) or earlier.get("source_sha256") == source["source_sha256"]:
+        earlier = None
+    if earlier == json.loads(json.dumps(meta)):
         return
     for name in ("eval.json", "summary.json"):
         (run_dir / name).unlink(missing_ok=True)
@@ -328,19 +329,19 @@ def import_run(
         cfg = load_pretrain_config(merge(default, overrides or {}), profile=profile)
     check_backbone(net, cfg.model.backbone, path)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _forget_other_import(run_dir, source)
-    write_json(run_dir / "config.json", to_dict(cfg))
-    arch = describe_resnet(net)
     # The release normalises ImageNet's images only (A8): a COCO checkpoint saw [0, 1] RGB
     inputs = {"inputs": UNIT_RANGE} if cfg.data.dataset == "coco" else {}
-    _write_weights(run_dir / "backbone.pt", state, _weights_meta(source, label, arch, **inputs))
+    meta = _weights_meta(source, label, describe_resnet(net), **inputs)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _forget_other_import(run_dir, meta)
+    write_json(run_dir / "config.json", to_dict(cfg))
+    _write_weights(run_dir / "backbone.pt", state, meta)
     write_json(
         run_dir / "train_summary.json",
         {
             "official": True,
             **source,
-            "architecture": arch,
+            "architecture": meta["architecture"],
             "steps": 0,
             "method": cfg.method,
             "mask_source": cfg.masks.source,
