@@ -317,7 +317,7 @@ class Efficiency:
         # length the method has, silently: the grid is incomplete, the claim not run
         missing = [x for x in base_lengths if x not in lengths]
         if missing:
-            raise _NotRun(f"no {self.method} point at {self.key} {', '.join(missing)}")
+            raise _NotRun(f"no {self.method} result at {self.key} {', '.join(missing)}")
         lengths = [x for x in lengths if float(x) <= float(longest)]
         m, b = self.method_key, _norm(self.baseline)
         return [{m: _norm(self.method), self.key: x} for x in lengths] + [{m: b, self.key: longest}]

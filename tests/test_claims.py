@@ -373,7 +373,7 @@ def test_the_sample_efficiency_ratio_on_toys(tmp_path):
     gone = (table["method"] == "detcon_b") & (table["optim.epochs"] == 2)
     (holed,) = evaluate_claims({"sample_efficiency": table[~gone]}, None, [spec])
     assert holed.verdict == "not run" and holed.estimate is None
-    assert "no detcon_b point at optim.epochs 2" in holed.reason
+    assert "no detcon_b result at optim.epochs 2" in holed.reason
     # A baseline whose longest schedule does not beat random initialisation: reaching it shows
     # nothing (the random encoder does too), whatever the ratio.
     table = tidy("sample_efficiency", efficiency_points(), efficiency_miou(PAPER_EFFICIENCY))

@@ -343,6 +343,14 @@ def test_a_saved_error_page_is_named_as_neither_kind_of_checkpoint(tmp_path):
     with pytest.raises(ValueError, match=r"neither a release \.npy .* starts with b'<\?xml ") as e:
         load_official_backbone(page)
     assert "weights_only" not in str(e.value)
+    # torch's pre-zip format (a bare pickle) is still read
+    modern = tmp_path / "official.pt"
+    import_official(FIXTURES / "bottleneck.npy", modern)
+    legacy = tmp_path / "legacy.pt"
+    torch.save(torch.load(modern), legacy, _use_new_zipfile_serialization=False)
+    (tmp_path / "legacy.json").write_text(modern.with_suffix(".json").read_text())
+    assert legacy.read_bytes()[:1] == b"\x80"
+    assert official_resnet(legacy).conv1.weight.equal(official_resnet(modern).conv1.weight)
 
 
 def test_loaders_say_when_the_padding_does_not_fit_the_weights(tmp_path):

@@ -220,7 +220,9 @@ def test_an_import_into_an_earlier_imports_run_directory_goes_on(tmp_path):
         import_run(tmp_path / "release.npy", run)
 
 
-def test_a_reimport_of_another_checkpoint_drops_the_earlier_ones_evaluation(release_r18, tmp_path):
+def test_a_reimport_of_another_checkpoint_drops_the_earlier_ones_evaluation(
+    release_r18, tmp_path, monkeypatch
+):
     # The second import's weights stood beside the first one's eval.json and summary.json, read
     # as theirs by a report or a later partial evaluation.
     run = tmp_path / "run"
@@ -236,8 +238,8 @@ def test_a_reimport_of_another_checkpoint_drops_the_earlier_ones_evaluation(rele
         "res_net18",
     )
     import_run(other, run, _cfg())
-    assert not (run / "eval.json").exists() and not (run / "summary.json").exists()
-    assert (run / "eval_random.json").exists()  # the floor does not depend on the weights
+    # every eval file goes: the floor too (another import may be another architecture)
+    assert not any((run / n).exists() for n in ("eval.json", "eval_random.json", "summary.json"))
     # the same file taken otherwise (its inputs in [0, 1]: a COCO config) is evaluated anew too
     (run / "eval.json").write_text('{"segmentation": {"miou": 0.5}}')
     coco = load_pretrain_config(
@@ -245,6 +247,20 @@ def test_a_reimport_of_another_checkpoint_drops_the_earlier_ones_evaluation(rele
     )
     import_run(other, run, coco)
     assert not (run / "eval.json").exists()
+    # a full disk while writing the new weights leaves the directory as it was: the old
+    # weights, their sidecar, config and evaluation
+    from detcon.official import importing
+
+    (run / "eval.json").write_text('{"segmentation": {"miou": 0.5}}')
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(importing, "atomic_write", full)
+    with pytest.raises(OSError, match="No space left"):
+        import_run(release_r18, run, _cfg())
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
 def test_a_coco_checkpoint_sees_the_unnormalised_images_it_was_trained_on(release_r18, tmp_path):

@@ -55,7 +55,7 @@ def _read_state(path: Path, network: str | None) -> dict[str, Tensor]:
         return _state_from_release(path, network)[0]
     with path.open("rb") as f:
         head = f.read(6)
-    if not head.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: a zip, or a bare pickle
         raise ValueError(
             f"{path}: neither a release .npy (they start with b'\\x93NUMPY') nor a torch state "
             f"dict; it starts with {head!r} (a failed download saves the server's error page "
@@ -253,18 +253,18 @@ def _refuse_trained_run(run_dir: Path) -> None:
         )
 
 
-def _forget_other_import(run_dir: Path, meta: Mapping[str, Any]) -> None:
-    """Remove the evaluation of weights imported into ``run_dir`` before, unless they were the
-    same file taken the same way (``backbone.json`` unchanged): their ``eval.json`` and the
-    launcher's ``summary.json`` would be read as the new weights' (the floor and the ceiling do
-    not depend on the weights and stay)."""
+def _imported_before(run_dir: Path) -> Any:
+    """The ``backbone.json`` of weights imported into ``run_dir`` before (None if none)."""
     try:
-        earlier = json.loads((run_dir / "backbone.json").read_text())
+        return json.loads((run_dir / "backbone.json").read_text())
     except (OSError, ValueError):
-        earlier = None
-    if earlier == json.loads(json.dumps(meta)):
-        return
-    for name in ("eval.json", "summary.json"):
+        return None
+
+
+def _forget_evaluations(run_dir: Path) -> None:
+    """Remove what was measured on other imported weights: every eval file (the floor and the
+    ceiling too: another import may be another architecture) and the launcher's summary."""
+    for name in ("eval.json", "eval_random.json", "eval_supervised.json", "summary.json"):
         (run_dir / name).unlink(missing_ok=True)
 
 
@@ -333,9 +333,12 @@ def import_run(
     inputs = {"inputs": UNIT_RANGE} if cfg.data.dataset == "coco" else {}
     meta = _weights_meta(source, label, describe_resnet(net), **inputs)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _forget_other_import(run_dir, meta)
-    write_json(run_dir / "config.json", to_dict(cfg))
+    earlier = _imported_before(run_dir)
+    # the weights first: a full disk there leaves the directory as it was
     _write_weights(run_dir / "backbone.pt", state, meta)
+    if earlier != json.loads(json.dumps(meta)):  # another file, or the same taken otherwise
+        _forget_evaluations(run_dir)
+    write_json(run_dir / "config.json", to_dict(cfg))
     write_json(
         run_dir / "train_summary.json",
         {
