@@ -166,7 +166,8 @@ def _mask_stores(path: Path, profile: str) -> None:
 
 def test_relative_data_paths_become_absolute_and_eval_data_is_checked(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "data" / "imagenet" / "train").mkdir(parents=True)
+    for folder in ("imagenet/train", "VOCdevkit/VOC2012", "cityscapes"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
     path = write_ablation(
         tmp_path, "base: {masks.store: stores/fh}\ngrid: {point: {}}\nevaluate: [segmentation]\n"
     )
@@ -179,6 +180,11 @@ def test_relative_data_paths_become_absolute_and_eval_data_is_checked(tmp_path, 
     assert spec.point.config.data.root == "data/imagenet/train"  # the run id's config
     with pytest.raises(FileNotFoundError, match=r"reads .* from --data-root '.*nowhere'"):
         launch.prepare(path, profile="paper", data_root=tmp_path / "nowhere")
+    # a data root that exists but lacks a dataset the tasks read: found before anything trains
+    # (it was found when the first point's evaluation started, after its pretraining)
+    (tmp_path / "data" / "cityscapes").rmdir()
+    with pytest.raises(FileNotFoundError, match=r"which lacks cityscapes \(cityscapes\);"):
+        launch.prepare(path, profile="paper")
 
 
 def test_paper_points_on_real_data_need_precomputed_fh_and_mcg_masks(tmp_path, monkeypatch, capsys):

@@ -382,9 +382,15 @@ class VocSegmentation(Dataset):
         _require_dir(root / "JPEGImages", self.LAYOUT)
         _require_dir(root / label_dir, self.LAYOUT)
         self.ids = _read_id_list(root / "ImageSets" / "Segmentation" / f"{split}.txt", self.LAYOUT)
+        label_layout = self.LAYOUT
+        if split == "train_aug" and label_dir == "SegmentationClass":
+            label_layout += (
+                f"; train_aug's labels (VOC and SBD, 10,582 images) belong in "
+                f"{root / 'SegmentationClassAug'}, which does not exist"
+            )
         for sample_id in self.ids:
             _require_file(self._image_path(sample_id), self.LAYOUT)
-            _require_file(self._label_path(sample_id), self.LAYOUT)
+            _require_file(self._label_path(sample_id), label_layout)
 
     def _image_path(self, sample_id: str) -> Path:
         return self.root / "JPEGImages" / f"{sample_id}.jpg"

@@ -120,17 +120,18 @@ def fit_dense(
         if cached:
             feats, target = train_x[idx], train_y[idx]
         else:
+            items = [train[i] for i in idx]  # each read (decoded) once
             pairs = [
                 random_scale_crop(
-                    train[i]["image"],
-                    train[i][task.target_key],
+                    item["image"],
+                    item[task.target_key],
                     scale_range=s.scale_range,
                     crop=s.crop_size,
                     flip=s.flip,
                     fill=task.fill,
                     generator=gen,
                 )
-                for i in idx
+                for item in items
             ]
             images = torch.stack([p[0] for p in pairs]).to(dev)
             target = torch.stack([p[1] for p in pairs]).to(dev)

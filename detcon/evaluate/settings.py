@@ -199,6 +199,12 @@ class EvalSettings:
         scenes are read from nowhere: an empty list means the data root is not used)."""
         return sorted({s.data.dataset for t in tasks for s in self.for_task(t)} - {"synthetic"})
 
+    def roots_on_disk(self, tasks: Sequence[str]) -> dict[str, str]:
+        """Each real dataset's folder that ``tasks`` read, relative to the data root (or
+        absolute): ``{root: dataset}``, sorted by root."""
+        specs = [s.data for t in tasks for s in self.for_task(t) if s.data.dataset != "synthetic"]
+        return dict(sorted({d.root: d.dataset for d in specs}.items()))
+
 
 # ------------------------------------------------------------------------------------- cpu profile
 

@@ -325,12 +325,26 @@ def _check_eval_data(ablation: Ablation, profile: str, data_root: Path) -> None:
         from detcon.evaluate import get_settings
     except ImportError:
         return
-    real = get_settings(profile).datasets_on_disk(ablation.evaluate)
+    settings = get_settings(profile)
+    real = settings.datasets_on_disk(ablation.evaluate)
     if real and not data_root.is_dir():
         raise FileNotFoundError(
             f"{ablation.path}: evaluation at profile {profile!r} reads {', '.join(real)} from "
             f"--data-root {str(data_root)!r}, which does not exist; pass the folder holding "
             "the evaluation datasets"
+        )
+    # Each dataset's own folder too: a wrong --data-root would otherwise be found only when
+    # the first point's evaluation starts, after its pretraining (the readers check the rest)
+    missing = [
+        f"{root} ({name})"
+        for root, name in settings.roots_on_disk(ablation.evaluate).items()
+        if not (data_root / root).exists()
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"{ablation.path}: evaluation at profile {profile!r} reads from --data-root "
+            f"{str(data_root)!r}, which lacks {', '.join(missing)}; each dataset in its "
+            "publisher's layout there (docs/design.md §5, detcon/data/readers.py)"
         )
 
 

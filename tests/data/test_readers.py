@@ -386,6 +386,10 @@ def test_voc_train_aug_in_its_native_layout(tmp_path):
     assert [s["key"] for s in ds] == list(grey)
     assert set(ds[2]["semantic"].unique().tolist()) == {3}
     assert VocSegmentation(tmp_path, split="train").label_dir == "SegmentationClass"
+    # SegmentationClassAug put beside VOC2012, not inside: the error named SegmentationClass only
+    (voc / "SegmentationClassAug").rename(voc.parent / "SegmentationClassAug")
+    with pytest.raises(FileNotFoundError, match=r"train_aug's labels .* belong in .*VOC2012/Segm"):
+        VocSegmentation(tmp_path, split="train_aug")
 
 
 def test_voc_errors(tmp_path):

@@ -42,7 +42,8 @@ def _blocks(rng, values):
 
 def write_fixtures(root):
     rng = np.random.default_rng(0)
-    # PASCAL VOC 2012 (palette PNG labels, 255 = border).
+    # PASCAL VOC 2012 (grey-level PNG labels, 255 = border; the readers' tests cover the palette
+    # PNGs and train_aug's own SegmentationClassAug layout).
     voc = root / "VOCdevkit" / "VOC2012"
     for split, ids in (("train_aug", ["a", "b", "c", "d"]), ("val", ["e", "f"])):
         (voc / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
