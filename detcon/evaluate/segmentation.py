@@ -26,7 +26,8 @@ class FCNHead(nn.Module):
     """``convs`` x (3x3 conv, BN, ReLU) of ``channels``, a 1x1 classifier, bilinear upsampling.
 
     ``standardize``: first a per-channel BatchNorm without affine parameters (with ``convs=0``:
-    a linear probe of standardised features).
+    a linear probe of standardised features). ``dilation``: of the 3x3 convolutions (6 in the
+    transfer protocol of MoCo and BYOL).
     ``forward(x, size)``: features ``(B, C, h, w)`` -> logits ``(B, num_classes, *size)``.
     """
 
@@ -37,12 +38,20 @@ class FCNHead(nn.Module):
         channels: int = 256,
         convs: int = 2,
         standardize: bool = False,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.BatchNorm2d(in_channels, affine=False)] if standardize else []
         for i in range(convs):
             layers += [
-                nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1, bias=False),
+                nn.Conv2d(
+                    in_channels if i == 0 else channels,
+                    channels,
+                    3,
+                    padding=dilation,
+                    dilation=dilation,
+                    bias=False,
+                ),
                 nn.BatchNorm2d(channels),
                 nn.ReLU(inplace=True),
             ]
@@ -70,6 +79,7 @@ class _Segmentation:
             settings.head_channels,
             settings.head_convs,
             standardize=settings.standardize,
+            dilation=settings.head_dilation,
         )
 
     def init_head(self, head: nn.Module, targets: Sequence[Tensor]) -> None:

@@ -141,3 +141,20 @@ def test_paper_profile_without_data_root_names_what_is_missing(tmp_path):
     write_json(run / "config.json", to_dict(cfg))
     with pytest.raises(ValueError, match="data_root"):
         evaluate_run(run, settings=paper_settings(quick=True), tasks=("depth",), backbone="random")
+
+
+def test_the_paper_protocols_values_where_the_papers_state_them():
+    # The FCN head's 3x3 convs are dilated 6 in MoCo's and BYOL's protocol (they were not); NYU's
+    # SGD has weight decay 5e-4 (it had none). deviations.md E4-E6 list what is not followed.
+    from detcon.evaluate.segmentation import FCNHead
+
+    s = paper_settings()
+    assert {d.head_dilation for d in s.segmentation} == {6}
+    assert {d.head_channels for d in s.segmentation} == {256}
+    (depth,) = s.depth
+    assert (depth.optim.lr, depth.optim.weight_decay, depth.optim.steps) == (0.16, 5e-4, 7_500)
+    head = FCNHead(8, 3, channels=4, dilation=6)
+    assert [m.dilation for m in head.modules() if isinstance(m, torch.nn.Conv2d)][:2] == [
+        (6, 6)
+    ] * 2
+    assert head(torch.zeros(2, 8, 5, 7), (40, 56)).shape == (2, 3, 40, 56)
