@@ -120,6 +120,13 @@ class DenseSettings:
     min_depth: float = 0.0
     max_depth: float = 1e4
 
+    def __post_init__(self) -> None:
+        if tuple(self.scale_range) != (1.0, 1.0) and 0 in tuple(self.crop_size):
+            raise ValueError(
+                f"{self.name}: scale_range={self.scale_range} needs a crop_size (h, w) to cut "
+                f"the rescaled images to one size; got crop_size={self.crop_size}"
+            )
+
 
 @dataclass(frozen=True)
 class LinearSettings:

@@ -158,3 +158,11 @@ def test_the_paper_protocols_values_where_the_papers_state_them():
         (6, 6)
     ] * 2
     assert head(torch.zeros(2, 8, 5, 7), (40, 56)).shape == (2, 3, 40, 56)
+
+
+def test_scale_jitter_without_a_crop_size_is_refused_by_name():
+    # Each rescaled image kept its own size and torch.stack failed mid-training.
+    from detcon.evaluate.settings import DataSpec, DenseSettings, OptimSettings
+
+    with pytest.raises(ValueError, match=r"seg: scale_range=\(0.5, 2.0\) needs a crop_size"):
+        DenseSettings("seg", DataSpec(), OptimSettings(10, 2, 0.1), scale_range=(0.5, 2.0))
