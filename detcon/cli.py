@@ -132,7 +132,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="override a field, e.g. --set method=detcon_s --set optim.epochs=2 (SimCLR and BYOL "
+        help="override a field, e.g. --set method=detcon_s --set optim.epochs=4 (SimCLR and BYOL "
         "also need --set masks.source=image --set masks.num_samples=1)",
     )
     p.add_argument("--out", type=path_arg, required=True, help="run directory")

@@ -273,6 +273,11 @@ class OptimConfig:
                 f"optim.epochs={self.epochs!r}: expected a number > 0 (pretraining epochs; "
                 "for a quick look use train.max_steps or --stop-after)"
             )
+        if -1 < self.warmup_epochs < 0:
+            raise ConfigError(
+                f"optim.warmup_epochs={self.warmup_epochs:g}: expected -1 (the release's "
+                "int(epochs // 100)) or a number of epochs >= 0"
+            )
         if self.warmup_epochs < 0:
             object.__setattr__(self, "warmup_epochs", float(int(self.epochs // 100)))
         if self.warmup_epochs > self.epochs:
@@ -311,7 +316,9 @@ class PretrainConfig:
         "detcon_b", "detcon_b | detcon_s | byol | simclr (docs/design.md §4, §4.11)"
     )
     profile: Literal["paper", "cpu", "custom"] = _f(
-        "custom", "which profile the defaults came from (informational)"
+        "custom",
+        "which profile the defaults came from; `detcon evaluate` probes a run at this profile "
+        "unless told otherwise",
     )
     seed: int = _f(
         0, "seeds data order, augmentation, mask sampling and initialisation", 0, 2**31 - 1
@@ -355,6 +362,18 @@ class PretrainConfig:
         for name, (lo, hi) in pairs:
             if lo > hi:
                 raise ConfigError(f"{name}=({lo}, {hi}): the first value must be <= the second")
+        for name in ("crop_scale", "crop_ratio"):
+            if getattr(self.augment, name)[0] <= 0:
+                raise ConfigError(
+                    f"augment.{name}={getattr(self.augment, name)}: expected a first value > 0 "
+                    "(a crop of no area or no width)"
+                )
+        if self.data.dataset == "synthetic" and self.masks.source == "external":
+            raise ConfigError(
+                "masks.source='external' reads masks computed for real images: expected "
+                "data.dataset 'imagefolder' or 'coco' (the synthetic scenes have masks.source "
+                "'ground_truth', or any source computed on them)"
+            )
         if self.data.scene_classes_per_scene > self.data.scene_classes:
             raise ConfigError(
                 f"data.scene_classes_per_scene={self.data.scene_classes_per_scene}: expected at "
@@ -713,6 +732,12 @@ def load_pretrain_config(
     data: dict[str, Any] = {}
     if profile is not None:
         data = merge(profile_overrides(profile), {"profile": profile})
+        asked = (overrides or {}).get("profile", profile)
+        if asked != profile:
+            raise ConfigError(
+                f"profile={asked!r} among the overrides of profile {profile!r}: the profile is "
+                f"chosen with --profile (evaluation defaults to the run's profile)"
+            )
     data = merge(data, overrides or {})
     cfg = from_dict(PretrainConfig, data)
     if STORE_TEMPLATE not in cfg.masks.store:

@@ -275,3 +275,31 @@ def test_a_config_path_that_is_a_folder_or_not_utf8_is_named_as_such(tmp_path):
     (tmp_path / "c.yaml").write_bytes(b"\xff\xfemethod: byol\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: not a text file in UTF-8"):
         load_yaml(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        # each passed `detcon run --dry-run` and was refused only when training started
+        ({"augment": {"crop_scale": [0.0, 1.0]}}, r"augment.crop_scale=\(0.0, 1.0\): expected a"),
+        ({"augment": {"crop_ratio": [0.0, 2.0]}}, r"augment.crop_ratio=\(0.0, 2.0\): expected a"),
+        ({"masks": {"source": "external"}}, r"masks.source='external' reads masks computed for"),
+        # any value in (-1, 0) silently meant the release's default warmup
+        ({"optim": {"warmup_epochs": -0.5}}, r"warmup_epochs=-0.5: expected -1 .* or a number"),
+        # the profile decides evaluate's default tasks: it is chosen, not overridden
+        ({"profile": "paper"}, r"profile='paper' among the overrides of profile 'cpu'"),
+    ],
+)
+def test_configs_that_only_training_would_refuse_are_refused_when_made(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_pretrain_config(overrides, profile="cpu")
+
+
+def test_the_release_default_warmup_and_an_empty_data_root():
+    cfg = load_pretrain_config({"optim": {"warmup_epochs": -1, "epochs": 250}}, profile="cpu")
+    assert cfg.optim.warmup_epochs == 2.0  # int(250 // 100)
+    from detcon.data.pretrain import build_base_dataset
+
+    folder = load_pretrain_config({"data": {"dataset": "imagefolder"}}, profile="cpu")
+    with pytest.raises(ValueError, match=r"reads its images from data.root, which is empty"):
+        build_base_dataset(folder)  # it read the current directory

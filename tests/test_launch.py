@@ -1531,3 +1531,10 @@ def test_one_store_template_serves_every_source_of_a_paper_grid(tmp_path, monkey
     plan = launch.prepare(path, profile="paper")
     by_source = {s.point.config.masks.source: s for s in plan.specs}
     assert by_source["fh"].parameters["overrides"]["masks.store"] == str(tmp_path / "stores/fh")
+
+
+def test_a_batch_larger_than_the_synthetic_scenes_is_refused_before_anything_runs(tmp_path):
+    # It passed `detcon run --dry-run` and failed when the point started to train.
+    path = write_ablation(tmp_path, "grid: {point: {optim.batch_size: 2048}}\n")
+    with pytest.raises(ConfigError, match=r"point .*: optim.batch_size=2048 is larger than"):
+        launch.prepare(path, check_data=False)

@@ -58,6 +58,11 @@ def build_base_dataset(cfg: PretrainConfig) -> Dataset:
         )
     from detcon.data import readers
 
+    if not data.root.strip():  # "" is the current directory: refused, not read
+        raise ValueError(
+            f"data.dataset={data.dataset!r} reads its images from data.root, which is empty: "
+            "set it, e.g. --set data.root=data/imagenet/train (data/coco for COCO)"
+        )
     if data.dataset == "imagefolder":
         return readers.ImageFolderDataset(data.root)
     if data.dataset == "coco":

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detcon.config import STORE_SOURCES, ConfigError, from_dict
+from detcon.config import STORE_SOURCES, ConfigError, from_dict, total_steps
 from detcon.grid import Ablation, GridPoint, expand, load_ablation, select_points
 from detcon.launch.notebooks import (
     EVALUATE_NOTEBOOK,
@@ -415,6 +415,12 @@ def prepare(
     specs = []
     without_store = []
     for point in points:
+        cfg = point.config
+        if cfg.data.dataset == "synthetic":  # its size is known: refused before anything runs
+            try:
+                total_steps(cfg.optim, cfg.data.num_images)
+            except ConfigError as exc:
+                raise ConfigError(f"{ablation.path}: point {point.run_id}: {exc}") from None
         overrides = _job_overrides(point)
         if check_data and not _check_data(point, overrides, ablation.path):
             without_store.append(point)
