@@ -368,12 +368,6 @@ class PretrainConfig:
                     f"augment.{name}={getattr(self.augment, name)}: expected a first value > 0 "
                     "(a crop of no area or no width)"
                 )
-        if self.data.dataset == "synthetic" and self.masks.source == "external":
-            raise ConfigError(
-                "masks.source='external' reads masks computed for real images: expected "
-                "data.dataset 'imagefolder' or 'coco' (the synthetic scenes have masks.source "
-                "'ground_truth', or any source computed on them)"
-            )
         if self.data.scene_classes_per_scene > self.data.scene_classes:
             raise ConfigError(
                 f"data.scene_classes_per_scene={self.data.scene_classes_per_scene}: expected at "

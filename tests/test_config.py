@@ -283,7 +283,6 @@ def test_a_config_path_that_is_a_folder_or_not_utf8_is_named_as_such(tmp_path):
         # each passed `detcon run --dry-run` and was refused only when training started
         ({"augment": {"crop_scale": [0.0, 1.0]}}, r"augment.crop_scale=\(0.0, 1.0\): expected a"),
         ({"augment": {"crop_ratio": [0.0, 2.0]}}, r"augment.crop_ratio=\(0.0, 2.0\): expected a"),
-        ({"masks": {"source": "external"}}, r"masks.source='external' reads masks computed for"),
         # any value in (-1, 0) silently meant the release's default warmup
         ({"optim": {"warmup_epochs": -0.5}}, r"warmup_epochs=-0.5: expected -1 .* or a number"),
         # the profile decides evaluate's default tasks: it is chosen, not overridden
