@@ -66,11 +66,17 @@ _step_count = whole_number_arg("a step count, a whole number >= 0")
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from detcon.config import load_pretrain_config, load_yaml, merge, parse_dotted
+    from detcon.config import ConfigError, load_pretrain_config, load_yaml, merge, parse_dotted
     from detcon.train import pretrain
 
     overrides = load_yaml(args.config) if args.config else {}
-    overrides = merge(overrides, parse_dotted(args.set or []))
+    sets = parse_dotted(args.set or [])
+    if "profile" in sets:  # evaluate's default tasks follow it: chosen, not overridden
+        raise ConfigError(
+            f"--set profile={sets['profile']}: choose the profile with --profile (a --config "
+            "file's own profile is kept)"
+        )
+    overrides = merge(overrides, sets)
     cfg = load_pretrain_config(overrides, profile=args.profile)
     result = pretrain(
         cfg,

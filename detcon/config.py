@@ -726,12 +726,6 @@ def load_pretrain_config(
     data: dict[str, Any] = {}
     if profile is not None:
         data = merge(profile_overrides(profile), {"profile": profile})
-        asked = (overrides or {}).get("profile", profile)
-        if asked != profile:
-            raise ConfigError(
-                f"profile={asked!r} among the overrides of profile {profile!r}: the profile is "
-                f"chosen with --profile (evaluation defaults to the run's profile)"
-            )
     data = merge(data, overrides or {})
     cfg = from_dict(PretrainConfig, data)
     if STORE_TEMPLATE not in cfg.masks.store:

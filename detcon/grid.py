@@ -630,11 +630,20 @@ def expand(ablation: Ablation, profile: str) -> list[GridPoint]:
                 f"{where}: {name} sets 'seed' ({fixed['seed']!r}); list seeds under 'seeds:' "
                 f"(or profiles.{profile}.seeds)"
             )
+        if "profile" in fixed:
+            raise ConfigError(
+                f"{where}: {name} sets 'profile'; the profile is chosen with --profile"
+            )
     for seed in ablation.seeds_for(profile):
         for raw in grid_points:
             if "seed" in raw:
                 raise ConfigError(
                     f"{where}: a grid point sets 'seed' ({raw!r}); list seeds under 'seeds:'"
+                )
+            if "profile" in raw:  # the point would take the profile's name, not its values
+                raise ConfigError(
+                    f"{where}: a grid point sets 'profile' ({raw!r}); the profile is chosen with "
+                    "--profile, and a file's profiles: section sets its values"
                 )
             params = {**_apply_values(raw, section.values), "seed": seed}
             notebook = {

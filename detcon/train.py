@@ -608,13 +608,6 @@ def _pretrain(
     end = planned_end if stop_after is None else min(planned_end, stop_after)
 
     ctx = StepContext.for_run(cfg, device, len(dataset), rank, world, speed)
-    if ctx.warmup_steps >= ctx.total_steps > 1 and rank == 0:
-        warnings.warn(
-            f"optim.warmup_epochs={cfg.optim.warmup_epochs:g} spans the whole run "
-            f"(optim.epochs={cfg.optim.epochs:g}, {ctx.total_steps} steps): the learning rate "
-            "only rises, it never reaches its cosine decay",
-            stacklevel=2,
-        )
     model = build_model(cfg, device, world, speed)
     optimizer = build_optimizer(cfg, model, speed)
 
@@ -658,6 +651,13 @@ def _pretrain(
         end = max(end, start)
     else:
         _refuse_previous_outputs(out)
+    if start == 0 and rank == 0 and ctx.warmup_steps >= ctx.total_steps > 1:  # once, at the start
+        warnings.warn(
+            f"optim.warmup_epochs={cfg.optim.warmup_epochs:g} spans the whole run "
+            f"(optim.epochs={cfg.optim.epochs:g}, {ctx.total_steps} steps): the learning rate "
+            "only rises, it never reaches its cosine decay",
+            stacklevel=3,
+        )
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(out, _WRITTEN)

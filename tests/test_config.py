@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from detcon.config import (
@@ -285,8 +287,6 @@ def test_a_config_path_that_is_a_folder_or_not_utf8_is_named_as_such(tmp_path):
         ({"augment": {"crop_ratio": [0.0, 2.0]}}, r"augment.crop_ratio=\(0.0, 2.0\): expected a"),
         # any value in (-1, 0) silently meant the release's default warmup
         ({"optim": {"warmup_epochs": -0.5}}, r"warmup_epochs=-0.5: expected -1 .* or a number"),
-        # the profile decides evaluate's default tasks: it is chosen, not overridden
-        ({"profile": "paper"}, r"profile='paper' among the overrides of profile 'cpu'"),
     ],
 )
 def test_configs_that_only_training_would_refuse_are_refused_when_made(overrides, match):
@@ -295,10 +295,32 @@ def test_configs_that_only_training_would_refuse_are_refused_when_made(overrides
 
 
 def test_the_release_default_warmup_and_an_empty_data_root():
-    cfg = load_pretrain_config({"optim": {"warmup_epochs": -1, "epochs": 250}}, profile="cpu")
-    assert cfg.optim.warmup_epochs == 2.0  # int(250 // 100)
+    cfg = load_pretrain_config({"optim": {"warmup_epochs": -1, "epochs": 350}}, profile="cpu")
+    assert cfg.optim.warmup_epochs == 3.0  # int(350 // 100), not the profile's 2
     from detcon.data.pretrain import build_base_dataset
 
     folder = load_pretrain_config({"data": {"dataset": "imagefolder"}}, profile="cpu")
     with pytest.raises(ValueError, match=r"reads its images from data.root, which is empty"):
         build_base_dataset(folder)  # it read the current directory
+
+
+def test_the_profile_is_chosen_not_overridden(tmp_path, capsys):
+    # `--set profile=paper` at --profile cpu made a run whose evaluation defaulted to the paper
+    # tasks with the cpu profile's values; a grid point could do the same.
+    from detcon.cli import main
+    from detcon.config import load_yaml
+
+    code = main(["pretrain", "--profile", "cpu", "--set", "profile=paper", "--out", "x"])
+    assert code == 2 and "--set profile=paper: choose the profile with --profile" in (
+        capsys.readouterr().err.replace("\n", " ")
+    )
+    # a run's own config.json keeps its profile (the resume command the errors advise)
+    paper = tmp_path / "config.json"
+    paper.write_text(json.dumps(to_dict(load_pretrain_config({}, profile="paper"))))
+    assert load_pretrain_config(load_yaml(paper), profile="cpu") == load_pretrain_config(
+        {}, profile="paper"
+    )
+    ablation = tmp_path / "pp.yaml"
+    ablation.write_text("name: pp\ndescription: t\ngrid: {point: {profile: paper}}\n")
+    assert main(["run", str(ablation), "--runs-dir", str(tmp_path / "r"), "--dry-run"]) == 2
+    assert "a grid point sets 'profile'" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The training loop: every method learns, resume is exact (also after a kill), DDP == 1 process."""
 
+import dataclasses
 import json
 import math
 import os
@@ -672,3 +673,20 @@ def test_a_pretrain_refused_the_lock_leaves_the_holders_directory(tmp_path, monk
     with pytest.raises(PointBusyError):
         pretrain(cfg, run, progress=False, lock=True)
     assert (run / ".lock").read_text() == "otherhost 1\n"
+
+
+def test_a_warmup_spanning_the_whole_run_is_said_once_at_its_start(tmp_path, recwarn):
+    # epochs=2 at the cpu profile (its warmup: 2 epochs) never leaves the warmup; it trained
+    # without a word. Said when the run starts, not on every resume.
+    import warnings
+
+    cfg = tiny_cfg(train={"max_steps": 2, "threads": 1, "checkpoint_every": 1})
+    with pytest.warns(UserWarning, match=r"warmup_epochs=2 spans the whole run .*8 steps"):
+        pretrain(cfg, tmp_path / "run", stop_after=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        pretrain(cfg, tmp_path / "run")  # the resume: silent
+    quiet = tiny_cfg(optim={"batch_size": 4, "epochs": 2, "warmup_epochs": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        pretrain(dataclasses.replace(quiet, train=cfg.train), tmp_path / "quiet")

@@ -378,16 +378,16 @@ class VocSegmentation(Dataset):
             aug = split == "train_aug" and (root / "SegmentationClassAug").is_dir()
             label_dir = "SegmentationClassAug" if aug else "SegmentationClass"
         self.root, self.split, self.label_dir = root, split, label_dir
-        _require_dir(root, self.LAYOUT)
-        _require_dir(root / "JPEGImages", self.LAYOUT)
-        _require_dir(root / label_dir, self.LAYOUT)
-        self.ids = _read_id_list(root / "ImageSets" / "Segmentation" / f"{split}.txt", self.LAYOUT)
         label_layout = self.LAYOUT
         if split == "train_aug" and label_dir == "SegmentationClass":
             label_layout += (
                 f"; train_aug's labels (VOC and SBD, 10,582 images) belong in "
                 f"{root / 'SegmentationClassAug'}, which does not exist"
             )
+        _require_dir(root, self.LAYOUT)
+        _require_dir(root / "JPEGImages", self.LAYOUT)
+        _require_dir(root / label_dir, label_layout)
+        self.ids = _read_id_list(root / "ImageSets" / "Segmentation" / f"{split}.txt", self.LAYOUT)
         for sample_id in self.ids:
             _require_file(self._image_path(sample_id), self.LAYOUT)
             _require_file(self._label_path(sample_id), label_layout)
