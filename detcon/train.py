@@ -103,9 +103,10 @@ class TrainResult:
 # --------------------------------------------------------------------------- distributed
 
 
-def init_distributed() -> tuple[int, int]:
+def init_distributed(device: str = "auto") -> tuple[int, int]:
     """Join the process group described by the environment (torchrun or a submitit multi-task
-    SLURM job); returns (rank, world_size), (0, 1) when running alone."""
+    SLURM job); returns (rank, world_size), (0, 1) when running alone. ``device``: the run's
+    ``train.device``; NCCL only where it trains on GPUs (``cpu`` on a GPU node: gloo)."""
     dist = torch.distributed
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -126,12 +127,13 @@ def init_distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
-    if torch.cuda.is_available():
+    on_gpu = device != "cpu" and torch.cuda.is_available()
+    if on_gpu:
         # One GPU per process: without this every rank of a node would run on cuda:0 (NCCL
         # refuses two ranks on one GPU). torchrun and submitit export LOCAL_RANK; a task that
         # sees a single GPU (SLURM binding one per task) gets index 0.
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = "nccl" if on_gpu else "gloo"
     dist.init_process_group(backend=backend, init_method="env://")
     return dist.get_rank(), dist.get_world_size()
 
@@ -562,7 +564,7 @@ def pretrain(
             f"run directory {str(out)!r} is an existing file: expected a directory (or a path "
             "that does not exist yet); choose another --out"
         )
-    rank, _ = init_distributed()
+    rank, _ = init_distributed(cfg.train.device)
     held = lock and rank == 0
     created = held and not out.exists()
     if held:
@@ -592,7 +594,7 @@ def _pretrain(
 ) -> TrainResult:
     """The body of :func:`pretrain`, with the run directory held when it is locked."""
     out = Path(out_dir)
-    rank, world = init_distributed()
+    rank, world = init_distributed(cfg.train.device)
     if cfg.optim.batch_size % world:
         raise ValueError(
             f"optim.batch_size={cfg.optim.batch_size} is not divisible by the {world} processes"
