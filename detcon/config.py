@@ -13,7 +13,7 @@ import difflib
 import math
 import re
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -42,6 +42,12 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names it and what is expected."""
+
+
+def did_you_mean(word: object, choices: Iterable[object]) -> str:
+    """`` (did you mean 'x'?)`` for the choice closest to a mistyped ``word``, else ``""``."""
+    hint = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 
 def _f(default: Any, help: str, lo: float | None = None, hi: float | None = None) -> Any:
@@ -447,11 +453,9 @@ def _coerce(value: Any, tp: Any, meta: Mapping[str, Any], where: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            extra = f"; did you mean {hint[0]!r}?" if hint else ""
             raise ConfigError(
-                f"{where}={value!r} is not allowed: expected one of "
-                f"{', '.join(repr(c) for c in choices)}{extra}"
+                f"{where}={value!r} is not allowed{did_you_mean(value, choices)}: expected one of "
+                f"{', '.join(repr(c) for c in choices)}"
             )
         return value
     if origin is tuple:

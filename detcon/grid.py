@@ -50,7 +50,6 @@ Precedence, lowest first: the profile's defaults (``detcon/profiles/<profile>.ya
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -64,6 +63,7 @@ from detcon.config import (
     ConfigError,
     PretrainConfig,
     available_profiles,
+    did_you_mean,
     identity_dict,
     load_pretrain_config,
     load_yaml,
@@ -169,11 +169,6 @@ def resolve_config(overrides: Mapping[str, Any], profile: str) -> PretrainConfig
 # --------------------------------------------------------------------------- grid algebra
 
 
-def _suggest(word: str, choices: Sequence[str]) -> str:
-    hint = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f" (did you mean {hint[0]!r}?)" if hint else ""
-
-
 def _axes(spec: Any, where: str) -> list[tuple[str, list[Any]]]:
     if not isinstance(spec, Mapping) or not spec:
         raise ConfigError(f"{where}: expected a non-empty mapping of config key -> list of values")
@@ -225,7 +220,7 @@ def expand_grid(node: Any, where: str = "grid") -> list[dict[str, Any]]:
     here = f"{where}.{kind}"
     if kind not in COMBINATORS:
         raise ConfigError(
-            f"{where}: unknown grid combinator {kind!r}{_suggest(kind, COMBINATORS)}; expected "
+            f"{where}: unknown grid combinator {kind!r}{did_you_mean(kind, COMBINATORS)}; expected "
             f"one of {', '.join(COMBINATORS)}"
         )
     if kind == "point":
@@ -306,7 +301,7 @@ def _check_keys(data: Mapping[str, Any], allowed: Sequence[str], where: str) -> 
     for key in data:
         if key not in allowed:
             raise ConfigError(
-                f"{where}: unknown key {key!r}{_suggest(str(key), allowed)}; expected keys: "
+                f"{where}: unknown key {key!r}{did_you_mean(str(key), allowed)}; expected keys: "
                 f"{', '.join(allowed)}"
             )
 
@@ -388,7 +383,7 @@ def load_ablation(path: str | Path) -> Ablation:
     for prof, section in _mapping(data.get("profiles"), f"{where}: profiles").items():
         if prof not in known:
             raise ConfigError(
-                f"{where}: profiles.{prof}: unknown profile{_suggest(prof, known)}; expected "
+                f"{where}: profiles.{prof}: unknown profile{did_you_mean(prof, known)}; expected "
                 f"one of {', '.join(known)}"
             )
         profiles[prof] = _profile_section(section, f"{where}: profiles.{prof}")

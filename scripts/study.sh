@@ -35,6 +35,14 @@ if [ $# -eq 0 ]; then
     set -- ablations/baselines.yaml ablations/mask_type.yaml ablations/negatives.yaml \
         ablations/single_view.yaml ablations/sample_efficiency.yaml ablations/resolution.yaml
 fi
+ABLATIONS_DIR=$(dirname "$1")  # detcon figures reads the files of one folder
+for file in "$@"; do
+    [ "$(realpath "$(dirname "$file")")" = "$(realpath "$ABLATIONS_DIR")" ] || {
+        echo "scripts/study.sh: $file is not in $ABLATIONS_DIR: the ablation files of one" \
+            "study are read from one folder (detcon figures --ablations-dir); $USAGE" >&2
+        exit 2
+    }
+done
 LANES=${LANES:-2}
 STAGGER=${STAGGER:-5}
 DETCON=${DETCON:-.venv/bin/detcon}
@@ -45,9 +53,6 @@ else
     FIGURES_DIR=${FIGURES_DIR:-$RESULTS_DIR/figures} CLAIMS_OUT=${CLAIMS_OUT:-$RESULTS_DIR/RESULTS.md}
 fi
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-for ablation in "$@"; do
-    [ -f "$ablation" ] || { echo "study: no ablation file $ablation" >&2; exit 2; }
-done
 mkdir -p "$RUNS"
 
 status=0
@@ -74,7 +79,8 @@ mkdir -p "$FIGURES_DIR"
 if [ ! -f "$FIGURES_DIR/mask_quality.csv" ] && [ -f figures/mask_quality.csv ]; then
     cp figures/mask_quality.csv "$FIGURES_DIR/"  # the mask-quality figures read it there
 fi
-"$DETCON" figures --results-dir "$RESULTS_DIR" --figures-dir "$FIGURES_DIR" --notebooks &&
+"$DETCON" figures --ablations-dir "$ABLATIONS_DIR" --results-dir "$RESULTS_DIR" \
+    --figures-dir "$FIGURES_DIR" --notebooks &&
     "$DETCON" claims --results "$RESULTS_DIR" --out "$CLAIMS_OUT" \
         --mask-quality "$FIGURES_DIR/mask_quality.csv" --figures-dir "$FIGURES_DIR" || status=1
 echo "== study: finished with status $status ($(date -u +%FT%TZ))"

@@ -413,8 +413,11 @@ def test_status_says_when_slurm_forgot_a_pending_point(tmp_path, monkeypatch):
     assert {s.state for s in launch.ablation_status(path, runs_dir=runs)} == {"pending"}
 
 
-def test_cluster_profiles_are_strict_and_map_to_submitit(tmp_path):
+def test_cluster_profiles_are_strict_and_map_to_submitit(tmp_path, monkeypatch):
     local = launch.load_cluster_profile("local")
+    # the README's copy named as a file: found in the profiles' folder from any directory
+    monkeypatch.chdir(tmp_path)
+    assert launch.load_cluster_profile("local.yaml") == local
     params = local.submitit_parameters()
     assert params["slurm_partition"] == "local" and params["slurm_array_parallelism"] == 2
     assert "gpus_per_node" not in params  # a CPU job asks for no GPU

@@ -54,7 +54,8 @@ def test_each_ablation_runs_in_lanes_then_is_exported_and_the_figures_follow(tmp
         f"run ablations/single_view.yaml {run}",
         f"run ablations/single_view.yaml {run}",
         f"export ablations/single_view.yaml {run.replace(' OMP', f' --to {results} OMP')}",
-        f"figures --results-dir {results} --figures-dir {results}/figures --notebooks OMP=1",
+        f"figures --ablations-dir ablations --results-dir {results} --figures-dir "
+        f"{results}/figures --notebooks OMP=1",
         f"claims --results {results} --out {results}/RESULTS.md --mask-quality "
         f"{results}/figures/mask_quality.csv --figures-dir {results}/figures OMP=1",
     ]
@@ -80,6 +81,23 @@ def test_a_missing_ablation_file_stops_before_anything_runs(tmp_path):
     stub, log = _stub(tmp_path)
     proc = _run(tmp_path, stub, "ablations/negatives.yaml", "ablations/nope.yaml")
     assert proc.returncode == 2 and "no ablation file ablations/nope.yaml" in proc.stderr
+    assert not log.exists()
+
+
+def test_ablation_files_of_another_folder_are_drawn_from_it(tmp_path):
+    # `detcon figures` read ablations/ whatever the files named: the study ended with status 1
+    # after a good export ("none of the 8 ablations of ablations has a folder")
+    stub, log = _stub(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a.yaml").write_text("name: a\n")
+    proc = _run(tmp_path, stub, str(mine / "a.yaml"), lanes="1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"figures --ablations-dir {mine} " in log.read_text()
+    # files of two folders: refused before anything runs
+    log.unlink()
+    proc = _run(tmp_path, stub, str(mine / "a.yaml"), "ablations/negatives.yaml", lanes="1")
+    assert proc.returncode == 2 and "ablations/negatives.yaml is not in" in proc.stderr
     assert not log.exists()
 
 

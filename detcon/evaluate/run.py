@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from detcon.atomic import write_json
-from detcon.config import PretrainConfig, to_dict
+from detcon.config import PretrainConfig, did_you_mean, to_dict
 from detcon.data.synthetic import GENERATOR_VERSION, SceneSpec
 from detcon.evaluate import dense, detection
 from detcon.evaluate.backbones import (
@@ -102,7 +102,10 @@ def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
         tasks = [tasks]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
-        raise ValueError(f"tasks={list(tasks)!r}: expected a non-empty subset of {list(TASKS)}")
+        hint = did_you_mean(unknown[0], TASKS) if unknown else ""
+        raise ValueError(
+            f"tasks={list(tasks)!r}{hint}: expected a non-empty subset of {list(TASKS)}"
+        )
     return tuple(t for t in TASKS if t in tasks)  # the canonical order
 
 
@@ -184,7 +187,9 @@ def evaluate_run(
     if settings is None:
         settings = get_settings(profile, quick)
     if split is not None:
-        settings = with_eval_split(settings, split)
+        scored = with_eval_split(settings, split)
+        # each dataset's own split named (the cpu profile's `test`): the same probe as none
+        settings, split = scored, (None if scored == settings else split)
     if backbone == "supervised" and settings.supervised is None:
         raise ValueError(
             f"backbone='supervised': the {settings.profile} profile has no supervised recipe "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from detcon.atomic import write_text
+from detcon.config import did_you_mean
 
 # The checkout: notebooks/, ablations/clusters/ and the git state a point's env.json records.
 REPO = Path(__file__).resolve().parents[2]
@@ -83,12 +84,9 @@ def check_parameters(path: Path, *given: Mapping[str, Any]) -> None:
     listing = ", ".join(f"{n} ({types[n] or 'any'})" for n in declared)
     for name, value in (item for params in given for item in params.items()):
         if name not in declared:
-            import difflib
-
-            hint = difflib.get_close_matches(name, list(declared), n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise ValueError(
-                f"notebook {path.name} has no parameter {name!r}{extra}; its parameters: "
+                f"notebook {path.name} has no parameter {name!r}{did_you_mean(name, declared)}; "
+                "its parameters: "
                 f"{listing or 'none'}"
             )
         expected = types[name]

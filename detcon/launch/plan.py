@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detcon.config import STORE_SOURCES, ConfigError, from_dict, total_steps
+from detcon.config import STORE_SOURCES, ConfigError, did_you_mean, from_dict, total_steps
 from detcon.grid import Ablation, GridPoint, expand, load_ablation, select_points
 from detcon.launch.notebooks import (
     EVALUATE_NOTEBOOK,
@@ -100,11 +100,14 @@ class ClusterProfile:
 
 
 def load_cluster_profile(name: str, directory: str | Path = CLUSTER_DIR) -> ClusterProfile:
-    """``<directory>/<name>.yaml`` (or ``name`` itself when it is a ``.yaml`` path) parsed
-    strictly (unknown keys, wrong types: ConfigError)."""
+    """``<directory>/<name>.yaml``, or ``name`` itself when it is a ``.yaml`` path (a file name
+    not found from here is looked for in ``directory`` too), parsed strictly (unknown keys,
+    wrong types: ConfigError)."""
     from detcon.config import load_yaml
 
     path = Path(name) if name.endswith(".yaml") else Path(directory) / f"{name}.yaml"
+    if not path.is_file() and name.endswith(".yaml") and (Path(directory) / name).is_file():
+        path = Path(directory) / name  # `--cluster mine.yaml` for ablations/clusters/mine.yaml
     if not path.is_file():
         known = sorted(p.stem for p in Path(directory).glob("*.yaml"))
         raise ConfigError(
@@ -145,12 +148,9 @@ def _check_tasks(ablation: Ablation) -> None:
     known = _known_tasks()
     for task in ablation.evaluate:
         if task not in known:
-            import difflib
-
-            hint = difflib.get_close_matches(task, known, n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise ValueError(
-                f"{ablation.path}: evaluate names the unknown task {task!r}{extra}; expected "
+                f"{ablation.path}: evaluate names the unknown task {task!r}"
+                f"{did_you_mean(task, known)}; expected "
                 f"tasks among {', '.join(known)}"
             )
 

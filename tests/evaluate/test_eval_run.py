@@ -176,7 +176,7 @@ def test_bad_inputs_fail_before_any_work(tmp_path):
     (run / "backbone.pt").unlink()
     with pytest.raises(FileNotFoundError, match="backbone.pt"):
         evaluate_run(run, settings=QUICK)
-    with pytest.raises(ValueError, match="segmentation"):
+    with pytest.raises(ValueError, match=r"\(did you mean 'segmentation'\?\)"):
         evaluate_run(run, settings=QUICK, tasks=("segmentaton",), backbone="random")
     with pytest.raises(ValueError, match="profile"):
         evaluate_run(run, profile="laptop", backbone="random")
@@ -321,6 +321,13 @@ def test_entries_probed_on_another_split_or_seed_are_replaced_not_mixed(tmp_path
     stored = json.loads((run / "eval.json").read_text())
     assert set(stored) == {"depth", "encoder", "probe"} and stored["probe"]["split"] is None
     assert "probed otherwise" in capsys.readouterr().err
+    # the profile's own split named (`--split test` at the cpu profile) is the same probe: the
+    # file's entries stand (it was refused as "probed otherwise")
+    evaluate_run(run, settings=QUICK, tasks=("linear",), split="test")
+    stored = json.loads((run / "eval.json").read_text())
+    assert (
+        set(stored) == {"depth", "linear", "encoder", "probe"} and stored["probe"]["split"] is None
+    )
     evaluate_run(run, settings=QUICK, tasks=("linear",), seed=3)
     stored = json.loads((run / "eval.json").read_text())
     assert set(stored) == {"linear", "encoder", "probe"} and stored["probe"]["seed"] == 3
