@@ -400,7 +400,7 @@ def build_report(
             references=references if len(references) else None,
             title=title,
             expected=paper_expectations(name),
-            notes=stand_in_lines(scan.ablation, profile),
+            notes=[*stand_in_lines(scan.ablation, profile), *_incomplete_lines(scan)],
         )
     png, pdf = _save(fig, figures / f"{name}.png"), _save(fig, figures / f"{name}.pdf")
     table_csv = write_text(figures / f"{name}.csv", scan.tidy.to_csv(index=False))
@@ -456,6 +456,15 @@ def build_report(
     write_text(files.index_html, render_index(scan, files, command=command))
     _echo_summary(scan, files, echo)
     return Report(scan, layout, files)
+
+
+def _incomplete_lines(scan: AblationScan) -> list[str]:
+    """A line for the figure when not every point is done: the figure draws done points only,
+    so a configuration none of whose points finished would leave it without a word."""
+    done = scan.counts().get("done", 0)
+    if done == len(scan.status):
+        return []
+    return [f"{done} of {len(scan.status)} points done ({_counts_text(scan)}): only those drawn"]
 
 
 def _counts_text(scan: AblationScan) -> str:

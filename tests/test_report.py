@@ -428,3 +428,18 @@ def test_the_figure_says_what_the_profiles_values_stand_for():
     assert stand_in_lines(resolution, "paper") == []
     negatives = load_ablation(Path(__file__).parents[1] / "ablations" / "negatives.yaml")
     assert stand_in_lines(negatives, "cpu") == ["at cpu: loss.negative_groups 8 for 128"]
+
+
+def test_the_figure_says_when_not_every_point_is_drawn(tmp_path):
+    # A configuration none of whose points finished vanished from the figure without a word
+    # (the status table and the index page listed it; the figure a reader looks at did not).
+    from detcon.report import _incomplete_lines
+
+    path, runs, ids = make_fake_runs(tmp_path)
+    scan = build_report(path, runs_dir=runs, figures_dir=tmp_path / "f", echo=lambda _: None).scan
+    done = scan.counts().get("done", 0)
+    assert 0 < done < len(scan.status)  # the fake runs hold a point that did not finish
+    (line,) = _incomplete_lines(scan)
+    assert line.startswith(f"{done} of {len(scan.status)} points done (") and "only those" in line
+    scan.status["state"] = "done"
+    assert _incomplete_lines(scan) == []  # the committed figures: every point done, no line
