@@ -809,6 +809,15 @@ class SyntheticScenes(Dataset):
                 f"{self.spec.digest()}"
             )
 
+    def fingerprint_text(self) -> str:
+        """What makes these scenes (generator version, split, seed, size, every scene knob):
+        a mask store records it, so a store of other scenes is refused even where their first
+        scene is the same (:func:`detcon.masks.store.open_for_training`)."""
+        return (
+            f"synthetic-v{GENERATOR_VERSION}-{self.split}-seed{self.seed}-{self.size}px-"
+            f"{self.spec.digest()}-n{self.num_images}"
+        )
+
     @property
     def num_classes(self) -> int:
         """Semantic classes including background (index 0)."""

@@ -132,11 +132,13 @@ def _to_hwc(image: np.ndarray) -> np.ndarray:
 
 def _fingerprint(dataset: Any) -> str:
     """A hash of the first image and, for datasets that list them (``item_keys()``: image
-    folders, COCO), of every item's key in order. A store is positional: the keys catch an
-    image added, removed or renamed in a folder of the same length, which would pair every
-    later image with another's masks; the first image catches a store reused for another
-    dataset, or a dataset that augments in ``__getitem__`` (masks must come from the raw
-    images). An image edited in place under its old name is not caught."""
+    folders, COCO), of every item's key in order; for generated ones
+    (``fingerprint_text()``: the synthetic scenes), of what generates them. A store is
+    positional: the keys catch an image added, removed or renamed in a folder of the same
+    length, which would pair every later image with another's masks, and the generator's
+    settings other scenes whose first one is the same; the first image catches a store reused
+    for another dataset, or a dataset that augments in ``__getitem__`` (masks must come from
+    the raw images). An image edited in place under its old name is not caught."""
     if len(dataset) == 0:
         return "empty"
     image, _, _ = _item_arrays(dataset[0], 0)
@@ -144,6 +146,9 @@ def _fingerprint(dataset: Any) -> str:
     item_keys = getattr(dataset, "item_keys", None)
     if item_keys is not None:
         digest.update("\n".join(item_keys()).encode())
+    generated = getattr(dataset, "fingerprint_text", None)
+    if generated is not None:
+        digest.update(generated().encode())
     return f"sha256:{digest.hexdigest()[:16]}"
 
 

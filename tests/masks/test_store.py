@@ -292,3 +292,27 @@ def test_training_names_a_missing_truncated_or_damaged_shard_and_the_repair(tmp_
     precompute_store(dataset, GRID, tmp_path / "api", shard_size=2, progress=False)
     hint = MaskStore(tmp_path / "api").repair_hint()
     assert f"detcon masks precompute --source grid --out {tmp_path / 'api'} --shard-size 2" in hint
+
+
+def test_training_refuses_a_store_of_other_synthetic_scenes_with_the_same_first_scene(tmp_path):
+    # Only scene 0 was hashed: the cpu profile's scenes with 1-4 or 3-4 objects instead of 2-4
+    # often share it, and the store gave many images another scene's masks without a word.
+    from detcon.config import load_pretrain_config
+    from detcon.data.pretrain import build_base_dataset
+    from detcon.masks.store import open_for_training
+
+    def scenes(objects):
+        data = {"num_images": 16, "scene_objects": list(objects)}
+        return build_base_dataset(load_pretrain_config({"data": data}, profile="cpu"))
+
+    same_first = [
+        o
+        for o in ((1, 4), (3, 4))
+        if np.array_equal(scenes(o)[0]["image"], scenes((2, 4))[0]["image"])
+    ]
+    assert same_first  # scenes the first-image hash could not tell apart
+    out = tmp_path / "s"
+    precompute_store(scenes((2, 4)), GRID, out, progress=False)
+    assert open_for_training(out, build_mask_source(GRID), scenes((2, 4)))
+    with pytest.raises(ValueError, match=r"dataset_fingerprint: store has 'sha256:"):
+        open_for_training(out, build_mask_source(GRID), scenes(same_first[0]))
