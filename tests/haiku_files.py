@@ -12,9 +12,18 @@ import re
 from pathlib import Path
 
 import numpy as np
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
-__all__ = ["haiku_modules", "save_release_file"]
+__all__ = ["haiku_modules", "save_release_file", "trunk"]
+
+
+def trunk(net: nn.Module, x: Tensor) -> Tensor:
+    """A torchvision ResNet's final feature map (the release's encoder output,
+    ``final_mean_pool=False``), without gradient."""
+    with torch.no_grad():
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        return net.layer4(net.layer3(net.layer2(net.layer1(x))))
 
 
 def haiku_modules(

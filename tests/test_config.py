@@ -310,7 +310,8 @@ def test_the_profile_is_chosen_not_overridden(tmp_path, capsys):
     from detcon.cli import main
     from detcon.config import load_yaml
 
-    code = main(["pretrain", "--profile", "cpu", "--set", "profile=paper", "--out", "x"])
+    out = tmp_path / "run"  # were the check to go, it would train here, not in the checkout
+    code = main(["pretrain", "--profile", "cpu", "--set", "profile=paper", "--out", str(out)])
     assert code == 2 and "--set profile=paper: choose the profile with --profile" in (
         capsys.readouterr().err.replace("\n", " ")
     )

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from haiku_files import haiku_modules
+from haiku_files import haiku_modules, trunk
 from torch import nn
 
 from detcon.cli import main as cli_main
@@ -57,13 +57,6 @@ def _image(ref: dict[str, np.ndarray], name: str, dtype: torch.dtype) -> torch.T
     return x.permute(0, 3, 1, 2).to(dtype)
 
 
-def _trunk(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The ResNet's final feature map (the release's encoder output, ``final_mean_pool=False``)."""
-    with torch.no_grad():
-        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
-        return net.layer4(net.layer3(net.layer2(net.layer1(x))))
-
-
 def _rel_err(got: torch.Tensor, want: np.ndarray) -> float:
     """max |got - want| / max |want|, with want NHWC from Haiku."""
     w = torch.from_numpy(want).to(torch.float64)
@@ -77,7 +70,7 @@ def _rel_err(got: torch.Tensor, want: np.ndarray) -> float:
 @pytest.mark.parametrize("inp", INPUTS)
 def test_float64_matches_haiku(ref, network, inp):
     net = official_resnet(FIXTURES / f"{network}.npy").double()
-    got = _trunk(net, _image(ref, inp, torch.float64))
+    got = trunk(net, _image(ref, inp, torch.float64))
     assert _rel_err(got, ref[f"{network}/{inp}/features_f64"]) < 1e-10
 
 
@@ -85,7 +78,7 @@ def test_float64_matches_haiku(ref, network, inp):
 @pytest.mark.parametrize("inp", INPUTS)
 def test_float32_matches_haiku(ref, network, inp):
     net = official_resnet(FIXTURES / f"{network}.npy")
-    got = _trunk(net, _image(ref, inp, torch.float32))
+    got = trunk(net, _image(ref, inp, torch.float32))
     assert got.dtype == torch.float32
     assert _rel_err(got, ref[f"{network}/{inp}/features_f64"]) < 1e-4
     assert _rel_err(got, ref[f"{network}/{inp}/features_f32"]) < 1e-4
@@ -103,10 +96,10 @@ def test_classifier_becomes_fc(ref, inp):
 def test_stock_torchvision_padding_does_not_match_on_even_sizes(ref, network):
     """Negative control: without TF-SAME padding only the all-odd size (33 = 1 mod 32) agrees."""
     net = official_resnet(FIXTURES / f"{network}.npy", tf_same=False).double()
-    odd = _trunk(net, _image(ref, "input_33x33", torch.float64))
+    odd = trunk(net, _image(ref, "input_33x33", torch.float64))
     assert _rel_err(odd, ref[f"{network}/input_33x33/features_f64"]) < 1e-10
     for inp in EVEN:
-        got = _trunk(net, _image(ref, inp, torch.float64))
+        got = trunk(net, _image(ref, inp, torch.float64))
         assert _rel_err(got, ref[f"{network}/{inp}/features_f64"]) > 0.1
 
 
@@ -116,8 +109,8 @@ def test_online_network_is_chosen_over_the_target(ref):
     want = ref["basic/input_32x32/features_f64"]
     online = official_resnet(FIXTURES / "basic.npy", network="online").double()
     target = official_resnet(FIXTURES / "basic.npy", network="target").double()
-    assert _rel_err(_trunk(online, x), want) < 1e-10
-    assert _rel_err(_trunk(target, x), want) > 0.1
+    assert _rel_err(trunk(online, x), want) < 1e-10
+    assert _rel_err(trunk(target, x), want) > 0.1
     with pytest.raises(ValueError, match="matches 2 of the networks"):
         official_resnet(FIXTURES / "basic.npy", network="res_net18_1")
 
@@ -146,7 +139,7 @@ def test_cli_import_writes_a_torchvision_state_dict_and_sidecar(ref, tmp_path, c
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
     # The converted file evaluates exactly like the original.
     x = _image(ref, "input_32x32", torch.float64)
-    got = _trunk(load_official_backbone(out).net.double(), x)
+    got = trunk(load_official_backbone(out).net.double(), x)
     assert _rel_err(got, ref["bottleneck/input_32x32/features_f64"]) < 1e-10
 
     # What the evaluation checks before building an encoder from a weights file.
@@ -293,13 +286,13 @@ def test_tf_same_hooks_follow_a_later_stride_to_dilation_change(ref):
     x = _image(ref, "input_32x32", torch.float64)
     net = official_resnet(FIXTURES / "bottleneck.npy").double()
     use_tf_same_padding(net)  # twice: no double padding
-    assert _rel_err(_trunk(net, x), ref["bottleneck/input_32x32/features_f64"]) < 1e-10
+    assert _rel_err(trunk(net, x), ref["bottleneck/input_32x32/features_f64"]) < 1e-10
     plain = official_resnet(FIXTURES / "bottleneck.npy", tf_same=False).double()
     for n in (net, plain):  # layer4: stride 2 -> 1 (torchvision's replace_stride_with_dilation)
         for m in n.layer4.modules():
             if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
                 m.stride = (1, 1)
-    assert _trunk(net, x).shape[-2:] == (2, 2)  # output stride 16 now
+    assert trunk(net, x).shape[-2:] == (2, 2)  # output stride 16 now
     # Same input to both layer4s: the hooked stride-1 conv pads (1, 1) like the stock one.
     h = torch.randn(1, 32, 4, 4, dtype=torch.float64)
     with torch.no_grad():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from haiku_files import haiku_modules, save_release_file
+from haiku_files import haiku_modules, save_release_file, trunk
 
 from detcon.cli import main
 from detcon.config import load_pretrain_config, to_dict
@@ -63,22 +63,9 @@ def test_evaluation_builds_the_imported_encoder_with_tf_same_padding(release_r18
     official = official_resnet(release_r18)
     stock = official_resnet(release_r18, tf_same=False)
     x = torch.randn(2, 3, 64, 48)  # even sizes: the paddings differ
+    want, wrong = trunk(official, x), trunk(stock, x)
     with torch.no_grad():
-        want = official.layer4(
-            official.layer3(
-                official.layer2(
-                    official.layer1(
-                        official.maxpool(official.relu(official.bn1(official.conv1(x))))
-                    )
-                )
-            )
-        )
         got = ours(x)
-        wrong = stock.layer4(
-            stock.layer3(
-                stock.layer2(stock.layer1(stock.maxpool(stock.relu(stock.bn1(stock.conv1(x))))))
-            )
-        )
     assert torch.equal(got, want)
     assert (wrong - want).abs().max() / want.abs().max() > 0.05
     # Dense tasks trade layer4's stride for dilation: the padding hooks follow.
@@ -267,7 +254,7 @@ def test_a_coco_checkpoint_sees_the_unnormalised_images_it_was_trained_on(releas
     # The release applies ImageNet's mean and std to ImageNet images only: its COCO encoders
     # took RGB in [0, 1]. Evaluation feeds every encoder normalised images; an import whose
     # config says data.dataset: coco maps them back in front of conv1, before the TF-SAME pad.
-    from detcon.augment import IMAGENET_MEAN, IMAGENET_STD
+    from detcon.augment import normalize
     from detcon.evaluate.backbones import weights_take_unit_range
 
     coco = load_pretrain_config(
@@ -280,19 +267,9 @@ def test_a_coco_checkpoint_sees_the_unnormalised_images_it_was_trained_on(releas
     assert not weights_take_unit_range(tmp_path / "imagenet")
     official = official_resnet(release_r18)
     unit = torch.rand(2, 3, 64, 48)
-    normalised = (unit - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
-        IMAGENET_STD
-    ).view(1, 3, 1, 1)
+    normalised = normalize(unit)
+    want = trunk(official, unit)
     with torch.no_grad():
-        want = official.layer4(
-            official.layer3(
-                official.layer2(
-                    official.layer1(
-                        official.maxpool(official.relu(official.bn1(official.conv1(unit))))
-                    )
-                )
-            )
-        )
         got = backbone_from_run(tmp_path / "coco").eval()(normalised)
         imagenet = backbone_from_run(tmp_path / "imagenet").eval()(normalised)
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))

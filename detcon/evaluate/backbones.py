@@ -100,11 +100,10 @@ def _refuse_other_shape(run_dir: str | Path, model_cfg: ModelConfig) -> None:
     """The random floor (and the ceiling trained from it) is ``build_backbone(model_cfg)``:
     not the same architecture as an imported checkpoint of another width (the release's
     ``resnet200 (width x2)``); a floor of another network is refused, not computed."""
-    sidecar = Path(run_dir) / "backbone.json"
     try:
-        arch = json.loads(sidecar.read_text()).get("architecture")
-    except (OSError, ValueError, AttributeError):
-        return
+        arch = _backbone_meta(run_dir).get("architecture")
+    except (OSError, ValueError):
+        return  # the floor does not depend on it; the pretrained encoder's evaluation says why
     if arch is not None and arch != model_cfg.backbone:
         raise ValueError(
             f"{run_dir} holds an imported {arch}: the random floor and the supervised ceiling "
@@ -160,16 +159,14 @@ def weights_take_unit_range(
     ``normalize_images`` applies ImageNet's mean and std to ImageNet only; docs/deviations.md
     A8). ``detcon import-official --run-dir`` records it in ``backbone.json`` (``"inputs":
     "unit_range"``) when the config says ``data.dataset: coco``."""
-    if backbone != "pretrained":
-        return False
-    sidecar = Path(run_dir) / "backbone.json"
-    try:
-        meta = json.loads(sidecar.read_text())
-    except FileNotFoundError:
-        return False
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{sidecar} is not readable JSON: {exc}") from exc
-    return isinstance(meta, dict) and meta.get("inputs") == UNIT_RANGE
+    return backbone == "pretrained" and _backbone_meta(run_dir).get("inputs") == UNIT_RANGE
+
+
+def _backbone_meta(run_dir: str | Path) -> dict:
+    """The run's ``backbone.json`` (``{}`` when there is none); ValueError when unreadable."""
+    from detcon.runs import read_json
+
+    return read_json(Path(run_dir) / "backbone.json") or {}
 
 
 def _take_unit_range(resnet: ResNet) -> None:

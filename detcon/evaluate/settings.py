@@ -206,16 +206,16 @@ class EvalSettings:
             raise ValueError(f"unknown task {task!r}: expected one of {', '.join(TASKS)}")
         return getattr(self, task)
 
-    def datasets_on_disk(self, tasks: Sequence[str]) -> list[str]:
-        """The datasets ``tasks`` read from the data root, sorted (the generated synthetic
-        scenes are read from nowhere: an empty list means the data root is not used)."""
-        return sorted({s.data.dataset for t in tasks for s in self.for_task(t)} - {"synthetic"})
-
     def roots_on_disk(self, tasks: Sequence[str]) -> dict[str, str]:
         """Each real dataset's folder that ``tasks`` read, relative to the data root (or
-        absolute): ``{root: dataset}``, sorted by root."""
+        absolute): ``{root: dataset}``, sorted by root (the generated synthetic scenes are read
+        from nowhere: an empty mapping means the data root is not used)."""
         specs = [s.data for t in tasks for s in self.for_task(t) if s.data.dataset != "synthetic"]
         return dict(sorted({d.root: d.dataset for d in specs}.items()))
+
+    def datasets_on_disk(self, tasks: Sequence[str]) -> list[str]:
+        """The datasets ``tasks`` read from the data root, sorted."""
+        return sorted(set(self.roots_on_disk(tasks).values()))
 
 
 # ------------------------------------------------------------------------------------- cpu profile

@@ -325,8 +325,8 @@ def _check_eval_data(ablation: Ablation, profile: str, data_root: Path) -> None:
         from detcon.evaluate import get_settings
     except ImportError:
         return
-    settings = get_settings(profile)
-    real = settings.datasets_on_disk(ablation.evaluate)
+    roots = get_settings(profile).roots_on_disk(ablation.evaluate)
+    real = sorted(set(roots.values()))
     if real and not data_root.is_dir():
         raise FileNotFoundError(
             f"{ablation.path}: evaluation at profile {profile!r} reads {', '.join(real)} from "
@@ -336,9 +336,7 @@ def _check_eval_data(ablation: Ablation, profile: str, data_root: Path) -> None:
     # Each dataset's own folder too: a wrong --data-root would otherwise be found only when
     # the first point's evaluation starts, after its pretraining (the readers check the rest)
     missing = [
-        f"{root} ({name})"
-        for root, name in settings.roots_on_disk(ablation.evaluate).items()
-        if not (data_root / root).exists()
+        f"{root} ({name})" for root, name in roots.items() if not (data_root / root).exists()
     ]
     if missing:
         raise FileNotFoundError(
