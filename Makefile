@@ -58,8 +58,14 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	@for b in loss step augment masks ddp; do $(BIN)/python benchmarks/bench_$$b.py || exit 1; done
 
-bench-gpu: $(STAMP)
-	$(BIN)/python benchmarks/bench_gpu.py
+# A GPU machine often has its own torch build and no package index: without a venv here the
+# script runs on the machine's python3 (it needs torch, torchvision, scikit-image, PyYAML, tqdm).
+bench-gpu:
+	@if [ -x $(BIN)/python ]; then py=$(BIN)/python; else py=python3; \
+	  $$py -c 'import torch' 2>/dev/null || { echo "bench-gpu: no $(VENV) and no torch in" \
+	    "python3: run make install first" >&2; exit 1; }; \
+	  echo "bench-gpu: no $(VENV) here; running on $$(command -v python3)"; fi; \
+	  PYTHONPATH=. $$py benchmarks/bench_gpu.py
 
 slurm-up:
 	bash scripts/slurm-up.sh

@@ -395,8 +395,9 @@ def print_row(row: Row) -> None:
 
 def print_summary(rows: Sequence[Row], tiny: bool) -> None:
     print(
-        "\nall figures (img/s: median over blocks; D/B: DetCon-B / BYOL images/s, median over "
-        "rounds; peak: GiB allocated by each method, D = DetCon-B, B = BYOL):"
+        "\nall figures (model-only img/s: median over blocks, D/B: median over rounds of "
+        "DetCon-B / BYOL images/s; end to end: one run per method after its warm-up, D/B their "
+        "ratio; peak: GiB allocated by each method, D = DetCon-B, B = BYOL):"
     )
     print(format_table(table_rows(rows), [*HEADER, "note"]))
     measured = [r for r in rows if r.kind == "model-only" and "detcon_b" in r.img_s]
@@ -442,7 +443,8 @@ def print_summary(rows: Sequence[Row], tiny: bool) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def make_sizes(args: argparse.Namespace) -> Sizes:
+def make_sizes(args: argparse.Namespace, workers: int = 1) -> Sizes:
+    """Sizes of ``args``; the end-to-end lengths follow the ``workers`` loader processes."""
     if args.tiny:
         return Sizes(
             backbone=given(args.backbone, "small"),
@@ -475,8 +477,11 @@ def make_sizes(args: argparse.Namespace) -> Sizes:
         warmup=given(args.warmup, 4),
         rounds=given(args.rounds, 4),
         block=given(args.block, 4),
-        e2e_warmup=3,
-        e2e_steps=given(args.e2e_steps, 12),
+        # Each worker keeps two batches ready (the loader's prefetch), all made in one burst at
+        # the start: the warm-up uses that burst up and the timed steps are several rounds of
+        # every worker, so the figure is the loader's steady rate, not its head start.
+        e2e_warmup=max(3, 2 * workers),
+        e2e_steps=given(args.e2e_steps, max(12, 4 * workers)),
     )
 
 
@@ -497,7 +502,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rounds", type=at_least(1), default=None, help="timed rounds (A,B / B,A blocks)"
     )
     p.add_argument("--block", type=at_least(1), default=None, help="steps per timed block")
-    p.add_argument("--e2e-steps", type=at_least(1), default=None, help="timed end-to-end steps")
+    p.add_argument(
+        "--e2e-steps",
+        type=at_least(1),
+        default=None,
+        help="timed end-to-end steps (default: 4 per loader worker, at least 12)",
+    )
     p.add_argument("--variants", default=",".join(names), help=f"comma list of: {names}")
     p.add_argument("--e2e-variants", default=",".join(E2E_VARIANTS), help="'' for none")
     p.add_argument(
@@ -519,10 +529,10 @@ def main(argv: list[str] | None = None) -> int:
             "bench_gpu: --device cuda but no CUDA device is available; on a machine without a "
             "GPU verify the script with --tiny --device cpu"
         )
-    sizes = make_sizes(args)
     workers = args.workers
     if workers is None:
         workers = 1 if args.tiny else max(1, min(16, (os.cpu_count() or 2) - 1))
+    sizes = make_sizes(args, workers)
     if device.type == "cpu":
         torch.set_num_threads(1)
     retain_freed_host_memory()  # as pretrain() does
@@ -577,6 +587,9 @@ def main(argv: list[str] | None = None) -> int:
         del batches
     print_summary(rows, args.tiny)
     log("done")
+    if not any(r.kind == "model-only" and r.img_s for r in rows):
+        print("bench_gpu: no variant was measured (see the notes above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -14,8 +14,8 @@ Two cases:
   (quality 90) in an ImageNet-style class folder, read by :class:`ImageFolderDataset`, FH with the
   paper profile's parameters (the release's ``generate_fh_masks_for_imagenet.py``: scale 1000,
   skimage's default sigma 0.8, min_size 1000).
-* ``cpu``: the cpu profile's 96x96 synthetic scenes, held in memory as dataset items, FH with
-  the cpu profile's parameters (min_size 64).
+* ``cpu``: synthetic scenes of the cpu profile's size (``data.scene_size``, 64 px at present),
+  held in memory as dataset items, FH with the cpu profile's parameters (min_size 64).
 
 Target: store throughput >= 0.95x the bare loop's. From the store's median time per 400x350
 image the script extrapolates the wall time of ImageNet-1k train (1,281,167 images) as a SLURM
@@ -123,19 +123,20 @@ def build_cases(tmp: Path, n_large: int, n_small: int, total: int | None = None)
     """The two benchmarked populations (see the module docstring), ``n_large`` and ``n_small``
     distinct images, each repeated up to ``total`` images when given."""
     paper = load_pretrain_config({}, profile="paper").masks
-    cpu = load_pretrain_config({}, profile="cpu").masks
+    cpu_config = load_pretrain_config({}, profile="cpu")
+    cpu, side = cpu_config.masks, cpu_config.data.scene_size
     tag = "" if total is None else f"-{total}"
     root = write_jpeg_folder(tmp / f"jpeg{tag}", n_large, 350, 400, total or n_large)
     folder = ImageFolderDataset(root)
     paths = [root / key for key, _ in folder.samples]
-    scenes = memory_scenes(n_small, 96, total or n_small)
+    scenes = memory_scenes(n_small, side, total or n_small)
 
     def small_images() -> list[np.ndarray]:
         return [item["image"].permute(1, 2, 0).numpy() for item in scenes]
 
     return [
         Case("imagenet", folder, jpeg_reader(paths), paper, "400x350 JPEG"),
-        Case("cpu", scenes, small_images, cpu, "96x96 memory"),
+        Case("cpu", scenes, small_images, cpu, f"{side}x{side} memory"),
     ]
 
 
@@ -259,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few images, 2 repeats (smoke)")
     parser.add_argument("--images", type=int, default=16, help="400x350 images per run")
-    parser.add_argument("--small-images", type=int, default=96, help="96x96 images per run")
+    parser.add_argument("--small-images", type=int, default=96, help="cpu-profile scenes per run")
     parser.add_argument("--repeats", type=int, default=9, help="interleaved repeats per arm")
     parser.add_argument(
         "--shard-images",

@@ -135,6 +135,21 @@ def test_benchmark_counts_are_checked_and_an_explicit_zero_kept(monkeypatch):
 
     sizes = bench_gpu.make_sizes(bench_gpu.parse_args(["--tiny", "--warmup", "0"]))
     assert sizes.warmup == 0 and sizes.rounds == 2
+    # end to end, the warm-up uses up the workers' first burst of prefetched batches (two each)
+    # and the timed steps outlast it, so a slow loader shows
+    sizes = bench_gpu.make_sizes(bench_gpu.parse_args([]), workers=15)
+    assert sizes.e2e_warmup == 30 and sizes.e2e_steps == 60
+
+
+def test_bench_gpu_fails_when_nothing_was_measured():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--tiny", "--device", "cpu",
+         "--variants", "fp32", "--e2e-variants", "", "--budget-s", "0"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "skipped: --budget-s reached" in proc.stdout
+    assert "no variant was measured" in proc.stderr
 
 
 def test_bench_gpu_tiny_on_cpu_prints_every_figure():
