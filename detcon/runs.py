@@ -311,6 +311,12 @@ def is_locked(run_dir: str | Path) -> bool:
     Reading never creates the lock file: without one nobody holds it (a holder creates it before
     taking the lock), and a folder that is only read (an exported copy under ``results/``, a
     read-only mount) must stay as it is.
+
+    The probe is a shared lock on a read-only descriptor, which any holder's exclusive lock
+    refuses. An exclusive probe would need a descriptor open for writing on NFS, where Linux
+    emulates flock with whole-file fcntl locks (flock(2), "NFS details"): on a read-only one it
+    fails with EBADF, and every point of a shared runs folder whose status says running read as
+    broken.
     """
     path = Path(run_dir) / LOCK
     if not path.is_file():
@@ -320,7 +326,7 @@ def is_locked(run_dir: str | Path) -> bool:
     except FileNotFoundError:  # its holder's run directory was replaced meanwhile
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in _BUSY:
             return True

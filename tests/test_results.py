@@ -190,6 +190,35 @@ def test_reading_a_lock_leaves_its_holder_name_as_it_is(tmp_path):
         assert is_locked(run) and (run / ".lock").read_text() == held
 
 
+def test_a_lock_is_probed_as_nfs_allows_on_a_read_only_descriptor(tmp_path, monkeypatch):
+    """On NFS Linux turns flock into a whole-file fcntl lock, for which an exclusive lock needs a
+    descriptor open for writing: the read-only probe must ask for a shared one (an exclusive
+    probe failed with EBADF, and every running or interrupted point read as broken)."""
+    import fcntl
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text("node1 123\n")
+    monkeypatch.setattr(fcntl, "flock", fcntl.lockf)  # the NFS client's emulation
+    assert not is_locked(run)  # a killed holder's lock file: nobody holds it
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+         "fcntl.lockf(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+         str(run / ".lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert is_locked(run)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not is_locked(run)
+
+
 def test_tidy_table_has_one_row_per_run_backbone_metric(fake):
     path, runs, ids = fake
     tidy = scan_ablation(path, profile="cpu", runs_dir=runs).tidy
