@@ -340,6 +340,26 @@ def test_slurm_executor_needs_a_cluster_profile_and_sbatch(tmp_path, monkeypatch
         )
 
 
+def test_a_cluster_profile_whose_processes_do_not_split_the_batch_is_refused(tmp_path):
+    # found only by every rank of the job, after it waited in the queue for its nodes
+    path = grid3(tmp_path)
+    (tmp_path / "three.yaml").write_text("partition: p\ntasks_per_node: 3\n")
+    with pytest.raises(ConfigError, match=r"batch_size=32 is not divisible by the cluster "):
+        launch.prepare(path, executor="slurm", cluster=str(tmp_path / "three.yaml"))
+    (tmp_path / "two.yaml").write_text("partition: p\nnodes: 2\ntasks_per_node: 2\n")
+    assert len(launch.prepare(path, executor="slurm", cluster=str(tmp_path / "two.yaml")).specs)
+    # each process's 8 images of 24 do not tile groups of 12
+    from detcon.config import load_pretrain_config
+    from detcon.launch.plan import ClusterProfile, _check_processes
+
+    cfg = load_pretrain_config(
+        {"optim": {"batch_size": 24}, "loss": {"negative_groups": 2}}, profile="cpu"
+    )
+    with pytest.raises(ConfigError, match="groups of 12 images, which the 8 images"):
+        _check_processes(cfg, ClusterProfile(tasks_per_node=3), "here")
+    _check_processes(cfg, ClusterProfile(tasks_per_node=6), "here")  # 4 images tile 12
+
+
 def _fake_slurm(bin_dir: Path, squeue: str) -> None:
     """``sbatch`` that must not be called and an ``squeue`` script body, on a PATH of their own."""
     bin_dir.mkdir(exist_ok=True)

@@ -427,7 +427,7 @@ def _submit_slurm(todo: Sequence[PointSpec], result: LaunchResult, echo: Callabl
     array = jobs[0].job_id.split("_")[0] if jobs else "?"
     echo(
         f"submitted {len(jobs)} points as SLURM array {array} "
-        f"(parallelism {plan.cluster.array_parallelism}); submitit folder {folder}"
+        f"(parallelism {min(plan.cluster.array_parallelism, len(jobs))}); submitit folder {folder}"
     )
     for spec, job in zip(todo, jobs):
         echo(f"  {job.job_id}  {spec.run_id}")

@@ -419,6 +419,8 @@ def prepare(
                 total_steps(cfg.optim, cfg.data.num_images)
             except ConfigError as exc:
                 raise ConfigError(f"{ablation.path}: point {point.run_id}: {exc}") from None
+        if executor == "slurm":
+            _check_processes(cfg, cluster_profile, f"{ablation.path}: point {point.run_id}")
         overrides = _job_overrides(point)
         if check_data and not _check_data(point, overrides, ablation.path):
             without_store.append(point)
@@ -458,6 +460,27 @@ def prepare(
     return Plan(
         ablation, profile, runs_root, tuple(points), tuple(specs), cluster_name, cluster_profile
     )
+
+
+def _check_processes(cfg: Any, cluster: ClusterProfile, where: str) -> None:
+    """A job's processes (nodes x tasks_per_node) split the batch evenly, and each process's share
+    tiles the negative groups (the training loop's and the loss's rules, found here before a job
+    waits in the queue for its nodes)."""
+    world = cluster.nodes * cluster.tasks_per_node
+    batch, groups = cfg.optim.batch_size, cfg.loss.negative_groups
+    if batch % world:
+        raise ConfigError(
+            f"{where}: optim.batch_size={batch} is not divisible by the cluster profile's "
+            f"{world} processes (nodes {cluster.nodes} x tasks_per_node "
+            f"{cluster.tasks_per_node}); expected a number of processes that divides the batch"
+        )
+    local, size = batch // world, batch // groups
+    if groups > 1 and (size % local if size >= local else local % size):
+        raise ConfigError(
+            f"{where}: loss.negative_groups={groups} makes groups of {size} images, which the "
+            f"{local} images of each of the cluster profile's {world} processes do not tile; "
+            "expected one to be a multiple of the other"
+        )
 
 
 def _varying_keys(points: Sequence[GridPoint]) -> list[str]:
