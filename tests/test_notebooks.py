@@ -169,18 +169,30 @@ def test_a_python3_kernel_of_another_interpreter_is_refused(monkeypatch, tmp_pat
 
     from jupyter_client.kernelspec import KernelSpecManager
 
-    argv = ["/opt/other/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    monkeypatch.setattr(KernelSpecManager, "find_kernel_specs", lambda self: {"python3": "x"})
-    monkeypatch.setattr(
-        KernelSpecManager, "get_kernel_spec", lambda self, n: SimpleNamespace(argv=argv)
-    )
+    def argv(program: str) -> list[str]:
+        return [program, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+
+    specs: dict[str, list[str]] = {"python3": argv("/opt/other/bin/python")}
+
+    def get_kernel_spec(self, name):
+        if name not in specs:
+            raise KeyError(name)  # as jupyter_client's NoSuchKernel
+        return SimpleNamespace(argv=specs[name])
+
+    monkeypatch.setattr(KernelSpecManager, "get_kernel_spec", get_kernel_spec)
     with pytest.raises(
-        RuntimeError, match=r"runs /opt/other/bin/python, not this Python.*--sys-prefix"
+        RuntimeError, match=r"'python3' runs /opt/other/bin/python, not this Python.*--sys-prefix"
     ):
         kernel_name()
     for program in ("python", "python3", sys.executable):  # what jupyter_client runs as this one
-        argv[0] = program
+        specs["python3"] = argv(program)
         assert kernel_name() == "python3"
-    monkeypatch.setattr(KernelSpecManager, "find_kernel_specs", lambda self: {"detcon-venv": "y"})
-    argv[0] = "/opt/other/bin/python"
+    specs["detcon-venv"] = argv(sys.executable)
     assert kernel_name() == "detcon-venv"
+    # a detcon-venv registered from another checkout's venv (a --user kernelspec): its notebooks
+    # could not import this checkout's detcon; the python3 kernel that runs this one is used
+    specs["detcon-venv"] = argv("/elsewhere/.venv/bin/python")
+    assert kernel_name() == "python3"
+    specs["python3"] = argv("/opt/other/bin/python")
+    with pytest.raises(RuntimeError, match=r"'detcon-venv' runs /elsewhere/\.venv/bin/python; "):
+        kernel_name()

@@ -100,35 +100,45 @@ def check_parameters(path: Path, *given: Mapping[str, Any]) -> None:
             )
 
 
+def _runs_this_python(program: str) -> bool:
+    """Whether a kernel whose program is ``program`` runs this process's interpreter."""
+    major, minor = sys.version_info[:2]
+    if program in {"python", f"python{major}", f"python{major}.{minor}"}:
+        return True  # jupyter_client starts a bare "python..." with sys.executable
+    if sys.prefix != sys.base_prefix:  # a venv: every venv's python links to one base interpreter
+        return Path(program).absolute().parent == Path(sys.executable).absolute().parent
+    return os.path.realpath(program) == os.path.realpath(sys.executable)
+
+
 def kernel_name() -> str:
-    """``detcon-venv`` (installed by ``make install``) when present, else ``python3``.
+    """``detcon-venv`` (installed by ``make install``) when it runs this Python, else ``python3``.
 
     Raises:
-        RuntimeError: the ``python3`` kernel runs another interpreter than this process (a
-            user-level kernelspec, common on clusters with JupyterHub, takes precedence over
-            the environment's own): the notebooks would import another environment's packages.
+        RuntimeError: neither kernel runs this process's interpreter (a user-level kernelspec,
+            common on clusters with JupyterHub, takes precedence over the environment's own; a
+            ``detcon-venv`` registered from another checkout's venv): the notebooks would import
+            another environment's packages.
     """
     from jupyter_client.kernelspec import KernelSpecManager
 
     manager = KernelSpecManager()
-    if "detcon-venv" in manager.find_kernel_specs():
-        return "detcon-venv"
-    try:
-        argv = manager.get_kernel_spec("python3").argv
-    except KeyError:  # jupyter_client's NoSuchKernel: papermill says so when it starts one
+    programs = {}
+    for name in ("detcon-venv", "python3"):
+        try:
+            argv = manager.get_kernel_spec(name).argv
+        except KeyError:  # jupyter_client's NoSuchKernel
+            continue
+        programs[name] = argv[0] if argv else ""
+        if _runs_this_python(programs[name]):
+            return name
+    if not programs:  # papermill says what is missing when it starts the kernel
         return "python3"
-    program = argv[0] if argv else ""
-    # jupyter_client starts a kernel whose program is a bare "python..." with sys.executable
-    major, minor = sys.version_info[:2]
-    bare = {"python", f"python{major}", f"python{major}.{minor}"}
-    if program not in bare and os.path.realpath(program) != os.path.realpath(sys.executable):
-        raise RuntimeError(
-            f"the Jupyter kernel 'python3' runs {program}, not this Python ({sys.executable}): "
-            "the notebooks would import another environment's packages; register this "
-            f"environment's kernel: {sys.executable} -m ipykernel install --sys-prefix "
-            "--name detcon-venv"
-        )
-    return "python3"
+    runs = "; ".join(f"the Jupyter kernel '{n}' runs {p}" for n, p in programs.items())
+    raise RuntimeError(
+        f"{runs}, not this Python ({sys.executable}): the notebooks would import another "
+        "environment's packages; register this environment's kernel: "
+        f"{sys.executable} -m ipykernel install --sys-prefix --name detcon-venv"
+    )
 
 
 def execute_notebook(
