@@ -8,12 +8,21 @@ LINT_PATHS := $(wildcard detcon tests scripts benchmarks)
 
 .PHONY: install test lint format demo figures bench bench-gpu slurm-up slurm-down clean-venv
 
+# The package needs Python >= 3.11 (pyproject.toml); an older interpreter is refused by name.
+NEED_PY := import sys; sys.exit(sys.version_info < (3, 11))
+
 # A venv that failed half-way (Debian without python3-venv: no pip) is removed, not reused.
 $(BIN)/python:
+	@$(PYTHON) -c '$(NEED_PY)' || { echo "make: $(PYTHON) is Python" \
+	  "$$($(PYTHON) -c 'import platform; print(platform.python_version())'); detcon needs" \
+	  ">= 3.11: make PYTHON=python3.11 ..." >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 
 # Re-install when the package metadata or the pins change.
 $(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	@$(BIN)/python -c '$(NEED_PY)' || { echo "make: $(VENV) was made with Python" \
+	  "$$($(BIN)/python -c 'import platform; print(platform.python_version())'); detcon needs" \
+	  ">= 3.11: make clean-venv, then make PYTHON=python3.11 ..." >&2; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name detcon-venv --display-name "detcon (.venv)" >/dev/null

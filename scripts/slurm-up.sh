@@ -102,16 +102,11 @@ if [[ "$SLURM_DIR" =~ [[:space:]] ]]; then
 fi
 
 # Already up? All recorded daemons alive and the cluster answering: nothing to do.
+if cluster_up; then
+    say "already up and healthy (state in $SLURM_DIR); nothing to do"
+    exit 0
+fi
 if [[ -f "$SLURM_PIDS" ]]; then
-    all_alive=1
-    for name in "${SLURM_DAEMONS[@]}"; do
-        pid="$(recorded_pid "$name")"
-        [[ -n "$pid" ]] && pid_is "$name" "$pid" || all_alive=0
-    done
-    if ((all_alive)) && cluster_healthy; then
-        say "already up and healthy (state in $SLURM_DIR); nothing to do"
-        exit 0
-    fi
     say "a previous start is incomplete or unhealthy; stopping what it recorded first"
     stop_recorded slurm-up
     STEP_MS="$(now_ms)"

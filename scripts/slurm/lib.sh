@@ -95,3 +95,15 @@ cluster_healthy() {
     [[ "$(node_state)" =~ ^(idle|mixed|allocated|completing)$ ]] || return 1
     accounting_works
 }
+
+# cluster_up: every daemon of the record is alive and the cluster answers (slurm-up.sh has
+# nothing to do; .ci/run then leaves running a cluster it did not start).
+cluster_up() {
+    local name pid
+    [[ -f "$SLURM_PIDS" ]] || return 1
+    for name in "${SLURM_DAEMONS[@]}"; do
+        pid="$(recorded_pid "$name")"
+        [[ -n "$pid" ]] && pid_is "$name" "$pid" || return 1
+    done
+    cluster_healthy
+}
