@@ -27,6 +27,7 @@ __all__ = [
     "write_json",
     "write_text",
     "save_torch",
+    "load_torch",
     "temp_name",
 ]
 
@@ -168,3 +169,35 @@ def save_torch(path: str | Path, obj: Any) -> Path:
     import torch  # here: readers of results (report, status, export) need no torch (seconds)
 
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load_torch(path: str | Path) -> Any:
+    """What :func:`save_torch` wrote, read safely (``weights_only``, onto the CPU), its checksums
+    checked first: ``torch.load`` reads a zip's records without checking their CRC-32s, so a
+    flipped byte on disk would load as other weights.
+
+    Raises:
+        ValueError: the file is empty, truncated or corrupt; the message is the cause alone
+            (callers add what to do about it).
+    """
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ValueError("an empty file")
+    if zipfile.is_zipfile(path):  # torch.save's format; a legacy pickle has no checksums
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            bad, cause = None, " ".join(str(exc).split())[:300]
+            raise ValueError(cause or type(exc).__name__) from exc
+        if bad is not None:
+            raise ValueError(f"its record {bad} fails its CRC-32 checksum")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for a damaged file
+        cause = " ".join(str(exc).split())[:300]
+        raise ValueError(cause or type(exc).__name__) from exc

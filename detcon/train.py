@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from detcon.atomic import (
+    load_torch,
     naming_full_disk,
     remove_stale_temp_files,
     save_torch,
@@ -196,10 +197,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         "a good copy"
     )
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises several types for a damaged file
-        cause = " ".join(str(exc).split())[:300]
-        raise ValueError(f"{path} is truncated or corrupt ({cause}); {fix}") from exc
+        ckpt = load_torch(path)
+    except ValueError as exc:
+        raise ValueError(f"{path} is truncated or corrupt ({exc}); {fix}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a detcon checkpoint of format {CHECKPOINT_FORMAT}; {fix}")
     return ckpt

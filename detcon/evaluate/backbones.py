@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import ResNet
 
+from detcon.atomic import load_torch
 from detcon.config import ConfigError, ModelConfig, PretrainConfig, from_dict
 from detcon.models import (
     Backbone,
@@ -115,11 +116,10 @@ def _refuse_other_shape(run_dir: str | Path, model_cfg: ModelConfig) -> None:
 def _load_weights(path: Path) -> dict[str, Tensor]:
     """An exported encoder's state dict, read safely; a damaged file is named with the fix."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises several types for a damaged file
-        cause = " ".join(str(exc).split())[:300]
+        state = load_torch(path)
+    except ValueError as exc:
         raise ValueError(
-            f"{path} is truncated or corrupt ({cause}): export it again from the run's "
+            f"{path} is truncated or corrupt ({exc}): export it again from the run's "
             f"checkpoint with `detcon pretrain --config {path.parent / 'config.json'} --out "
             f"{path.parent}` (a finished run trains no further step), or, for an imported "
             "official checkpoint, rerun `detcon import-official`"

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from detcon.atomic import atomic_write, write_json
+from detcon.atomic import atomic_write, load_torch, write_json
 from detcon.config import PretrainConfig, load_pretrain_config, merge, to_dict
 from detcon.evaluate.backbones import UNIT_RANGE
 from detcon.official.convert import _state_from_release
@@ -62,8 +62,8 @@ def _read_state(path: Path, network: str | None) -> dict[str, Tensor]:
             "under the file's name)"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a non-checkpoint file
+        state = load_torch(path)
+    except ValueError as exc:
         raise ValueError(f"{path}: neither a release .npy nor a torch state dict ({exc})") from exc
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict of tensors")

@@ -172,8 +172,13 @@ def test_dilation_matches_torchvision_for_bottleneck_resnets():
 def test_a_corrupt_backbone_file_names_the_file_and_the_fix(tmp_path):
     cfg = _run_dir(tmp_path)
     path = tmp_path / "backbone.pt"
-    path.write_bytes(path.read_bytes()[:200])
+    good = bytearray(path.read_bytes())
+    path.write_bytes(good[:200])
     with pytest.raises(ValueError, match=rf"{path} is truncated or corrupt.*detcon pretrain"):
         backbone_state(tmp_path, cfg.model)
     with pytest.raises(ValueError, match=rf"{path} is truncated or corrupt"):
         load_torchvision_resnet(path)
+    good[len(good) // 2] ^= 0xFF  # one byte of a tensor: torch.load alone would read it
+    path.write_bytes(good)
+    with pytest.raises(ValueError, match=r"truncated or corrupt \(its record .* CRC-32"):
+        backbone_state(tmp_path, cfg.model)
