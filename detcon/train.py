@@ -234,10 +234,13 @@ def _truncate_metrics(path: Path, before_step: int) -> None:
     keep = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line)["step"] < before_step:
-                keep.append(line)
-        except (ValueError, KeyError):
+            record = json.loads(line)
+        except ValueError:
             continue  # a torn last line from a kill
+        # a line that is not a step's record (edited by hand, another writer's) is dropped
+        step = record.get("step") if isinstance(record, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool) and step < before_step:
+            keep.append(line)
     write_text(path, "".join(k + "\n" for k in keep))
 
 
@@ -425,6 +428,10 @@ def build_loader(
         num_workers=cfg.data.num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        # the workers' base seed (unused: every draw has its own seed) from a generator of its
+        # own, not the global one, whose state the checkpoint saves: a resumed run saves the
+        # uninterrupted run's state, as it would without the loader
+        generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "loader", start, rank)),
     )
 
 

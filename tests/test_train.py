@@ -136,6 +136,16 @@ def test_a_start_removes_the_temp_files_a_killed_write_left(tmp_path):
     assert not stale.exists() and not trim.exists() and others.exists()
 
 
+def test_resuming_keeps_the_steps_before_the_checkpoint_and_drops_what_is_not_a_step(tmp_path):
+    from detcon.train import _truncate_metrics
+
+    log = tmp_path / "metrics.jsonl"
+    lines = ['{"step": 0}', "5", '"text"', '{"step": "1"}', '{"step": true}', '{"loss": 1}']
+    log.write_text("\n".join([*lines, '{"step": 1}', '{"step": 2}', '{"step": 3']) + "\n")
+    _truncate_metrics(log, 2)  # a bare number in the log was a TypeError traceback
+    assert log.read_text() == '{"step": 0}\n{"step": 1}\n'
+
+
 @pytest.mark.parametrize("optimizer", ["lars", "adamw"])
 def test_resume_gives_the_same_final_weights(tmp_path, optimizer):
     cfg = tiny_cfg(
@@ -153,6 +163,11 @@ def test_resume_gives_the_same_final_weights(tmp_path, optimizer):
     _assert_same_state(_final_state(tmp_path / "straight"), _final_state(tmp_path / "resumed"))
     steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "metrics.jsonl").open()]
     assert steps == list(range(6))
+    # the global RNG state saved is the uninterrupted run's (the loader drew from it at each start)
+    assert torch.equal(
+        load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["torch_rng"],
+        load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["torch_rng"],
+    )
     saved = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["optimizer"]["state"]
     assert {"lars": {"momentum_buffer"}, "adamw": {"step", "exp_avg", "exp_avg_sq"}}[
         optimizer

@@ -600,6 +600,11 @@ class MaskStore:
         return npz, shapes
 
     def _damaged(self, path: Path, problem: str) -> ValueError:
+        # zipfile can quote a whole misread header (kilobytes of bytes): the cause is cut short so
+        # that the repair command stays in sight
+        problem = " ".join(problem.split())
+        if len(problem) > 300:
+            problem = problem[:300] + "...)"
         return ValueError(
             f"mask store shard {str(path)!r}: {problem}; {self.repair_hint()} to compute it "
             "again (precompute checks every shard and redoes damaged ones)"

@@ -170,6 +170,10 @@ def test_unreadable_store_and_shard_errors(tmp_path):
         MaskStore(out)[2]
     with pytest.raises(ValueError, match="shards"):
         precompute_store(FakeScenes(n=4), GRID, out, shard_size=2, shards=[5], progress=False)
+    # zipfile may quote a whole misread header: the cause is cut, the repair command kept
+    message = str(MaskStore(out)._damaged(shard_path(out, 1), "damaged (" + "\\xed" * 2000 + ")"))
+    assert len(message) < 800 and message.endswith("redoes damaged ones)")
+    assert "detcon masks precompute" in message
 
 
 def test_bad_dataset_items_are_rejected(tmp_path):
