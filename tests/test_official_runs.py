@@ -248,6 +248,20 @@ def test_a_reimport_of_another_checkpoint_drops_the_earlier_ones_evaluation(
     with pytest.raises(OSError, match="No space left"):
         import_run(release_r18, run, _cfg())
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    monkeypatch.undo()
+    # interrupted once the new weights are staged: the old evaluation is gone already, so the
+    # rerun (which finds the new sidecar and nothing changed) cannot keep it beside them
+    real_write_json = importing.write_json
+
+    def interrupted(path, data):
+        if Path(path).name == "backbone.json":
+            raise KeyboardInterrupt
+        return real_write_json(path, data)
+
+    monkeypatch.setattr(importing, "write_json", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        import_run(release_r18, run, _cfg())
+    assert not (run / "eval.json").exists()
 
 
 def test_a_coco_checkpoint_sees_the_unnormalised_images_it_was_trained_on(release_r18, tmp_path):

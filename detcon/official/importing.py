@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -187,14 +187,21 @@ def _check_weights_path(out: Path) -> None:
         )
 
 
-def _write_weights(out: Path, state: Mapping[str, Tensor], meta: Mapping[str, Any]) -> None:
+def _write_weights(
+    out: Path,
+    state: Mapping[str, Tensor],
+    meta: Mapping[str, Any],
+    staged_hook: Callable[[], Any] | None = None,
+) -> None:
     """``out`` (torch state dict) and its ``.json`` sidecar. The weights are written beside
-    ``out`` first (a full disk or a crash there leaves whatever ``out`` held as it was), then the
-    sidecar, which marks them as needing TF-SAME padding, then they move into place: Haiku
-    weights never stand at ``out`` without it."""
+    ``out`` first (a full disk or a crash there leaves whatever ``out`` held as it was), then
+    ``staged_hook`` runs, then the sidecar, which marks them as needing TF-SAME padding, then they
+    move into place: Haiku weights never stand at ``out`` without it."""
     _check_weights_path(out)
     staged = atomic_write(out.with_name(f".{out.name}.new"), lambda f: torch.save(dict(state), f))
     try:
+        if staged_hook is not None:
+            staged_hook()
         write_json(out.with_suffix(".json"), dict(meta))
         os.replace(staged, out)
     except BaseException:
@@ -333,11 +340,16 @@ def import_run(
     inputs = {"inputs": UNIT_RANGE} if cfg.data.dataset == "coco" else {}
     meta = _weights_meta(source, label, describe_resnet(net), **inputs)
     run_dir.mkdir(parents=True, exist_ok=True)
-    earlier = _imported_before(run_dir)
-    # the weights first: a full disk there leaves the directory as it was
-    _write_weights(run_dir / "backbone.pt", state, meta)
-    if earlier != json.loads(json.dumps(meta)):  # another file, or the same taken otherwise
-        _forget_evaluations(run_dir)
+    # another file, or the same taken otherwise: the earlier weights' evaluations go once the
+    # new weights are staged (a full disk there leaves the directory as it was) and before their
+    # sidecar is written (after it, an interrupted import's rerun would find nothing changed)
+    changed = _imported_before(run_dir) != json.loads(json.dumps(meta))
+    _write_weights(
+        run_dir / "backbone.pt",
+        state,
+        meta,
+        staged_hook=(lambda: _forget_evaluations(run_dir)) if changed else None,
+    )
     write_json(run_dir / "config.json", to_dict(cfg))
     write_json(
         run_dir / "train_summary.json",
