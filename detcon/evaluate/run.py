@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from detcon.atomic import write_json
+from detcon.atomic import remove_stale_temp_files, write_json
 from detcon.config import PretrainConfig, did_you_mean, to_dict
 from detcon.data.synthetic import GENERATOR_VERSION, SceneSpec
 from detcon.evaluate import dense, detection
@@ -203,6 +203,9 @@ def evaluate_run(
     unit_range = weights_take_unit_range(run_dir, backbone)
     dev = resolve_device(device)
     out_path = run_dir / (out_name or default_out_name(backbone))
+    # what a kill while writing the results or the partial ones left (the launcher clears the
+    # whole point's when it starts; a `detcon evaluate` run by hand did not)
+    remove_stale_temp_files(run_dir, [out_path.name, f".{out_path.name}.partial"])
     log = progress or (lambda message: None)
     record = encoder_record(run_dir) if backbone == "pretrained" else None
     if record is not None and not record["finished"]:

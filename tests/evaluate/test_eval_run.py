@@ -533,6 +533,11 @@ def test_an_evaluation_cut_off_goes_on_from_its_last_finished_task(full_run, tmp
         evaluate_run(copy, settings=QUICK, tasks=("depth", "linear"))
     assert not (copy / "eval.json").exists()  # the result file says nothing until complete
     assert (copy / ".eval.json.partial").is_file()
+    # what kills while writing the results or the partial ones leave; another file's is kept
+    stale = [copy / ".eval.json.2a70ee38.tmp", copy / "..eval.json.partial.0f3a9c1e.tmp"]
+    others = copy / ".eval_random.json.5b6c7d8e.tmp"
+    for path in (*stale, others):
+        path.write_text("{")
     monkeypatch.setitem(run_module._RUNNERS, "linear", counted("linear"))
     messages = []
     again = evaluate_run(copy, settings=QUICK, tasks=("depth", "linear"), progress=messages.append)
@@ -540,6 +545,7 @@ def test_an_evaluation_cut_off_goes_on_from_its_last_finished_task(full_run, tmp
     assert any("depth: taken from the evaluation cut off" in m for m in messages)
     assert again == {k: results[k] for k in ("depth", "linear")}  # as one uninterrupted run
     assert not (copy / ".eval.json.partial").exists()
+    assert not any(p.exists() for p in stale) and others.exists()
     # kept only for the same encoder and probe: other weights (or a seed) evaluate every task
     monkeypatch.setitem(run_module._RUNNERS, "linear", cut_off)
     with pytest.raises(KeyboardInterrupt):
