@@ -646,8 +646,9 @@ def read_results_table(path: str | Path, params: Iterable[str] = ()) -> pd.DataF
     other = sorted(set(table["ablation"]) - {path.stem})
     if other:
         raise ValueError(
-            f"{path}: holds rows of ablation(s) {', '.join(other)}; results/<ablation>.csv holds "
-            "only that ablation's rows"
+            f"{path}: holds rows of ablation(s) {', '.join(other)}, not of {path.stem!r} as its "
+            "name says: results/<ablation>.csv holds only that ablation's rows (a copy of one, "
+            f"e.g. from `git show`, keeps its name: {other[0]}.csv in a folder of its own)"
         )
     return table
 

@@ -418,7 +418,11 @@ def test_a_table_without_a_column_names_the_file_and_the_column(tmp_path):
     ):
         read_results_table(path)
     table.to_csv(tmp_path / "mask_type.csv", index=False)
-    with pytest.raises(ValueError, match=r"mask_type\.csv: holds rows of ablation\(s\) baselines"):
+    with pytest.raises(
+        ValueError,
+        match=r"mask_type\.csv: holds rows of ablation\(s\) baselines, not of 'mask_type' as its "
+        r"name says.*keeps its name: baselines\.csv in a folder of its own",
+    ):
         read_results_table(tmp_path / "mask_type.csv")
     with pytest.raises(ValueError, match="ablation baselines: missing column"):
         evaluate_claims({"baselines": table.drop(columns=["value"])}, None)
