@@ -13,6 +13,8 @@ NEED_PY := import sys; sys.exit(sys.version_info < (3, 11))
 
 # A venv that failed half-way (Debian without python3-venv: no pip) is removed, not reused.
 $(BIN)/python:
+	@command -v $(PYTHON) >/dev/null || { echo "make: no $(PYTHON) on PATH; detcon needs" \
+	  "Python >= 3.11: make PYTHON=python3.11 ..." >&2; exit 1; }
 	@$(PYTHON) -c '$(NEED_PY)' || { echo "make: $(PYTHON) is Python" \
 	  "$$($(PYTHON) -c 'import platform; print(platform.python_version())'); detcon needs" \
 	  ">= 3.11: make PYTHON=python3.11 ..." >&2; exit 1; }
@@ -74,7 +76,7 @@ bench-gpu:
 	  $$py -c 'import torch' 2>/dev/null || { echo "bench-gpu: no $(VENV) and no torch in" \
 	    "python3: run make install first" >&2; exit 1; }; \
 	  echo "bench-gpu: no $(VENV) here; running on $$(command -v python3)"; fi; \
-	  PYTHONPATH=. $$py benchmarks/bench_gpu.py
+	  PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $$py benchmarks/bench_gpu.py
 
 slurm-up:
 	bash scripts/slurm-up.sh

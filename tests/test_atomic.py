@@ -103,3 +103,30 @@ def test_a_directory_in_place_of_the_file_is_named_before_anything_is_written(tm
     with pytest.raises(IsADirectoryError, match=r"out is a directory: expected the path of a file"):
         write_json(tmp_path / "out", {"a": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_load_torch_checks_checksums_where_the_file_has_them(tmp_path):
+    import torch
+
+    from detcon.atomic import load_torch, save_torch
+
+    path = save_torch(tmp_path / "w.pt", {"w": torch.arange(256.0)})
+    assert torch.equal(load_torch(path)["w"], torch.arange(256.0))
+    data = bytearray(path.read_bytes())
+    data[data.find(b"\x00\x00\x80\x3f")] ^= 0x01  # the bytes of 1.0, one of the tensor's values
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match="Bad CRC-32 for file"):
+        load_torch(path)  # torch.load alone returns another tensor
+    # torch can save without checksums (all zero): such a file is read as torch reads it
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save({"w": torch.arange(4.0)}, tmp_path / "plain.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert torch.equal(load_torch(tmp_path / "plain.pt")["w"], torch.arange(4.0))
+    legacy = tmp_path / "legacy.pt"  # the pre-zip format: no checksums to check
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_torch(legacy)["w"], torch.ones(2))
+    with pytest.raises(ValueError, match="an empty file"):
+        (tmp_path / "empty.pt").write_bytes(b"")
+        load_torch(tmp_path / "empty.pt")

@@ -450,7 +450,7 @@ def test_pretrain_into_an_existing_file_is_one_paragraph(tmp_path, capsys):
     assert out.read_text() == "not a run"
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "flip"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "flip", "header"])
 def test_a_corrupt_checkpoint_is_named_with_the_fix_and_kept(tmp_path, capsys, damage):
     rc, err = _cli(
         capsys, "--set", "train.max_steps=4", "--stop-after", "2", "--out", str(tmp_path)
@@ -458,7 +458,10 @@ def test_a_corrupt_checkpoint_is_named_with_the_fix_and_kept(tmp_path, capsys, d
     assert rc == 0, err
     ckpt = tmp_path / "checkpoint.pt"
     data = bytearray(ckpt.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one byte of a tensor's data: torch.load alone reads it
+    if damage == "header":  # the last record's "version needed" in the zip's directory
+        data[data.rfind(b"PK\x01\x02") + 6] ^= 0xFF
+    else:
+        data[len(data) // 2] ^= 0xFF  # one byte of a tensor's data: torch.load alone reads it
     ckpt.write_bytes(
         {"truncate": data[: len(data) // 2], "garbage": b"\x00" * 64, "empty": b""}.get(
             damage, data
@@ -468,7 +471,7 @@ def test_a_corrupt_checkpoint_is_named_with_the_fix_and_kept(tmp_path, capsys, d
     rc, err = _cli(capsys, "--set", "train.max_steps=4", "--out", str(tmp_path))
     assert rc == 2
     assert f"{ckpt} is truncated or corrupt" in _one_paragraph(err) and f"mv {ckpt}" in err
-    assert {"empty": "(an empty file)", "flip": "fails its CRC-32 checksum"}.get(
+    assert {"empty": "(an empty file)", "flip": "(Bad CRC-32 for file"}.get(
         damage, "corrupt ("
     ) in _one_paragraph(err)
     assert ckpt.read_bytes() == damaged
