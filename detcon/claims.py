@@ -1216,8 +1216,14 @@ def write_results(
             atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=150))
             figure = Path(os.path.relpath(path.resolve(), out.resolve().parent)).as_posix()
     results = evaluate_claims(tables, quality)
+    command = f"detcon claims --results {results_dir.as_posix()} --out {out.as_posix()}"
     block = render_claims_markdown(
-        tables, quality, results_dir=results_dir.as_posix(), figure=figure, results=results
+        tables,
+        quality,
+        results_dir=results_dir.as_posix(),
+        figure=figure,
+        command=command,  # the defaults give COMMAND: RESULTS.md's own line
+        results=results,
     )
     document = out.read_text() if out.is_file() else None
     write_text(out, replace_block(document, block, where=str(out)))

@@ -3,18 +3,19 @@
 An ablation file (``ablations/<name>.yaml``) is data only::
 
     name: mask_type                  # must equal the file name; runs go to <runs>/<name>/<run_id>/
-    description: ...                 # the paper table/figure it reproduces
+    description: ...                 # required: the paper table/figure it reproduces
     notebook: pretrain               # notebooks/<notebook>.ipynb runs each point (default)
     parameters:                      # extra notebook parameters, checked against the notebooks
       evaluate: {random_baseline: true}   # stages: pretrain (the notebook above), evaluate
     seeds: [0, 1, 2]                 # every grid point is run once per seed
     base: {optim.epochs: 100}        # dotted config overrides common to all points
     grid:                            # grid algebra over dotted config keys (below)
-      product: {method: [detcon_s, detcon_b], masks.source: [grid, fh, mcg, ground_truth]}
+      product: {method: [detcon_s, detcon_b], masks.source: [grid, fh, mcg, ground_truth],
+                augment.crop_size: [224]}
     profiles:                        # per-profile settings (profile names: detcon/profiles/*.yaml)
       cpu:
         overrides: {...}             # dotted overrides for this profile
-        values: {augment.crop_size: {224: 64}}   # every grid value in paper terms -> this scale
+        values: {augment.crop_size: {224: 64}}   # grid values in paper terms -> this scale
         seeds: [0]                   # optional: other seeds at this scale
         cluster: local               # optional: cluster profile for this scale
     evaluate: [segmentation, depth]  # downstream tasks run after pretraining
@@ -36,7 +37,7 @@ instead of training; other constant ones go under ``parameters.pretrain``, which
 of the run id, like config keys. Nested mappings are flattened, so
 ``{masks: {source: fh}}`` is the same as ``{masks.source: fh}``. Config values that are lists
 (``augment.crop_scale: [0.2, 1.0]``) are written as such inside axes: an axis is always a list of
-values.
+values (one value of such a key: ``augment.crop_scale: [[0.2, 1.0]]``).
 
 Run ids (:func:`run_id`) read like the point (``detcon_b-fh-s0``) and end with a hash of the
 resolved config, so they are unique, stable across launches and never reused for another config.

@@ -140,6 +140,12 @@ def _metric_title(task: str, metric: str) -> str:
     return f"{task}: {metric} {'↓' if metric in _LOWER_IS_BETTER else '↑'}"
 
 
+def _axis_label(column: str, width: int = 30) -> str:
+    """A column name as an axis label: the keys of a combined column (``a / b``) one a line when
+    they would not fit under a panel."""
+    return column.replace(" / ", " /\n") if len(column) > width else column
+
+
 def _check_columns(data: pd.DataFrame, columns: Sequence[str | None], what: str) -> None:
     missing = [c for c in columns if c is not None and c not in data.columns]
     if missing:
@@ -372,7 +378,7 @@ def ablation_figure(
                 legend = _take_legend(ax)
             ax.set_title(_metric_title(task, metric), fontsize=8)
             ax.set_ylabel(metric)
-            ax.set_xlabel(x)
+            ax.set_xlabel(_axis_label(x))
             if rotate:
                 ax.tick_params(axis="x", labelrotation=30)
                 for label in ax.get_xticklabels():

@@ -370,6 +370,18 @@ def build_report(
     scan = scan_ablation(ablation_path, profile=profile, runs_dir=runs_dir)
     name = scan.ablation.name
     if (scan.status["state"] == "missing").all():
+        root = Path(scan.runs_root)
+        others = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+        others = [d for d in others if not d.startswith(".")]
+        if others:  # runs of the ablation's name, none of them a point of the file as it is
+            raise FileNotFoundError(
+                f"no run of ablation {name!r} at profile {profile!r}: {root} holds "
+                f"{len(others)} run directories (e.g. {others[0]}) but none of its "
+                f"{len(scan.status)} points: a run id ends with the digest of the resolved "
+                "config, so runs no longer match once the ablation file or a default changed "
+                "(or they ran at another --profile); check out the commit that produced them "
+                "(git_commit in their env.json), or run the file as it is now into a runs folder"
+            )
         raise FileNotFoundError(
             f"no run of ablation {name!r} at profile {profile!r}: none of its "
             f"{len(scan.status)} points has a run directory under {scan.runs_root}; run "

@@ -210,9 +210,12 @@ def test_paper_points_on_real_data_need_precomputed_fh_and_mcg_masks(tmp_path, m
     )
     assert fh in err and mcg in err and grid_id not in err
     assert not (tmp_path / "runs").exists()
-    # A dry run needs no data, the cpu profile computes its small scenes' masks on the fly, and
-    # points with stores pass.
+    # A dry run needs no data but says what the launch will refuse, the cpu profile computes its
+    # small scenes' masks on the fly, and points with stores pass.
     launch.prepare(path, profile="paper", check_data=False)
+    assert main(["run", str(path), "--profile", "paper", "--dry-run"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert fh_id in out and "dry run: the launch would refuse this:" in out and fh in out
     launch.prepare(path, profile="cpu")
     stored = write_ablation(
         tmp_path,

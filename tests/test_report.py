@@ -157,6 +157,11 @@ def test_no_runs_at_all_is_a_clear_error_and_nonzero_exit(tmp_path, monkeypatch,
     code = cli.main(["report", str(path), "--runs-dir", str(tmp_path / "elsewhere")])
     assert code == 2
     assert "detcon report: error: no run of ablation 'fake'" in capsys.readouterr().err
+    # runs of an earlier version of the file (an export of it, e.g. results/): not "run it
+    # there", which would train into the results tree
+    (tmp_path / "elsewhere" / "fake" / "detcon_b-fh-s0-0a1b2c").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"holds 1 run directories \(e\.g\. detcon_b-fh"):
+        build_report(path, runs_dir=tmp_path / "elsewhere", figures_dir=tmp_path / "figures")
 
 
 def test_cli_report_prints_where_everything_is(tmp_path, capsys):
@@ -233,6 +238,13 @@ def test_figures_draw_one_panel_per_metric_and_leave_pyplot_alone():
     ax = next(ax for ax in bare.axes if ax.get_visible())
     assert not [ln for ln in ax.lines if ln.get_linestyle() in ("--", "-.")]
     assert 0.3 < ax.get_ylim()[0] < 0.4 and 0.44 < ax.get_ylim()[1] < 0.5
+    assert ax.get_xlabel() == "src"
+    # a long combined column (two keys varying in one file) breaks at its " / ": one line was
+    # clipped under the right-hand panel
+    long = data.assign(**{"masks.num_samples / loss.temperature": data["src"]})
+    wide = ablation_figure(long, x="masks.num_samples / loss.temperature", order=["grid", "fh"])
+    ax = next(ax for ax in wide.axes if ax.get_visible())
+    assert ax.get_xlabel() == "masks.num_samples /\nloss.temperature"
     # The paper's expected direction is printed under the title; report takes it from the claims.
     from detcon.report import paper_expectations
 

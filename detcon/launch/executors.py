@@ -44,7 +44,7 @@ from typing import Any
 import submitit
 
 from detcon.atomic import write_json
-from detcon.launch.plan import Plan, describe_plan, prepare
+from detcon.launch.plan import Plan, check_mask_stores, describe_plan, prepare
 from detcon.launch.point import (
     PointFailedError,
     PointJob,
@@ -141,6 +141,10 @@ def run_ablation(
             and (source := planned_source(spec)) is not None
         }
         echo(describe_plan(plan, sources))
+        try:  # a check of the configs alone, which a launch makes among its data checks
+            check_mask_stores(plan.points, plan.ablation.path)
+        except ValueError as exc:
+            echo(f"dry run: the launch would refuse this: {exc}")
         echo("dry run: nothing was written or submitted")
         return result
     _check_writable(plan.runs_root)

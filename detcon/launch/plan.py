@@ -283,7 +283,7 @@ def _precompute_command(args: Sequence[str], out: str, ids: Sequence[str]) -> st
     return f"`{command}` (point{'s' if len(ids) > 1 else ''} {shown})"
 
 
-def _check_mask_stores(points: Sequence[GridPoint], where: Path) -> None:
+def check_mask_stores(points: Sequence[GridPoint], where: Path) -> None:
     """At the paper profile, on a real dataset, fh and mcg masks come from a precomputed store:
     refuse every point that would compute them on the fly, giving the commands that make the
     stores (one per distinct source and parameters)."""
@@ -450,7 +450,7 @@ def prepare(
     if without_store:
         raise _missing_stores_error(without_store, ablation.path)
     if check_data:
-        _check_mask_stores(points, ablation.path)
+        check_mask_stores(points, ablation.path)
     if check_data and ablation.evaluate:
         _check_eval_data(ablation, profile, data_root)
     # every point's: a grid axis may mix types (notebook.num_examples: [1, 2.5])
