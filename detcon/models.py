@@ -6,7 +6,8 @@ DetCon-B, DetCon-S, BYOL and SimCLR are configurations of :class:`PretrainModel`
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ __all__ = [
     "build_backbone",
     "convert_sync_batchnorm",
     "export_backbone",
+    "first_non_finite",
     "haiku_init_",
     "repeated_rows",
     "set_bn_momentum",
@@ -435,3 +437,20 @@ def torchvision_resnet(name: str) -> nn.Module:
     """A plain torchvision ResNet of the given depth (for loading exported weights)."""
     block, layers = _RESNET_LAYERS[name]
     return ResNet(block, layers)
+
+
+def first_non_finite(tensors: Mapping[str, Any]) -> str | None:
+    """The name of the first floating-point tensor of ``tensors`` (nested mappings and lists, as
+    an optimiser's state dict holds them, are searched) with a NaN or infinite value, or None."""
+    for name, value in tensors.items():
+        if isinstance(value, Mapping):
+            found = first_non_finite(value)
+        elif isinstance(value, (list, tuple)):
+            found = first_non_finite({str(i): v for i, v in enumerate(value)})
+        elif isinstance(value, torch.Tensor) and value.is_floating_point():
+            found = None if bool(torch.isfinite(value).all()) else ""
+        else:
+            found = None
+        if found is not None:
+            return f"{name}.{found}" if found else str(name)
+    return None

@@ -46,7 +46,12 @@ from detcon.data.pretrain import (
     collate_views,
     derive_seed,
 )
-from detcon.models import PretrainModel, convert_sync_batchnorm, export_backbone
+from detcon.models import (
+    PretrainModel,
+    convert_sync_batchnorm,
+    export_backbone,
+    first_non_finite,
+)
 from detcon.optim import LARS, learning_rate, param_groups, target_ema
 from detcon.runs import LOCK, point_lock
 
@@ -84,8 +89,9 @@ FINAL_LOSS_STEPS = 10
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the last good checkpoint is kept untouched. (A
-    FloatingPointError: the CLI reports it as a one-paragraph error, the fix being a setting.)"""
+    """The loss, or the model's state, became NaN or infinite; the last good checkpoint is kept
+    untouched. (A FloatingPointError: the CLI reports it as a one-paragraph error, the fix being a
+    setting.)"""
 
 
 @dataclass(frozen=True)
@@ -485,7 +491,8 @@ def train_step(
     backward, gradient average, LARS step and the target EMA update.
 
     Raises:
-        NonFiniteLossError: the loss is NaN or infinite; nothing was updated.
+        NonFiniteLossError: the loss is NaN or infinite; no optimiser step was taken (the
+            forward pass has moved the BatchNorm running statistics already).
     """
     cfg, device, rank, world = ctx.cfg, ctx.device, ctx.rank, ctx.world
     local_batch = cfg.optim.batch_size // world
@@ -674,6 +681,18 @@ def _pretrain(
         _truncate_metrics(out / "metrics.jsonl", start)
 
     def save(step: int) -> None:
+        nonlocal saved_step
+        # every rank checks (their states are equal): the loss of a step is checked before its
+        # update, so an update (or the BatchNorm statistics of its forward pass) can still make
+        # the state non-finite, and such a state must never replace a good checkpoint or pass
+        # for a finished run
+        bad = first_non_finite({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        if bad is not None:
+            raise NonFiniteLossError(
+                f"the model's state is not finite after step {step - 1} ({bad}); stopped. "
+                f"{kept()}; train with a lower optim.base_lr (or LARS's "
+                "optim.trust_coefficient) into a new run directory"
+            )
         if rank == 0:
             save_torch(
                 ckpt_path,
@@ -689,7 +708,17 @@ def _pretrain(
                     "loss_tail": losses[-FINAL_LOSS_STEPS:],
                 },
             )
+        saved_step = step
 
+    def kept() -> str:
+        if saved_step is None:
+            return f"No checkpoint was saved: a rerun into {out} trains from step 0"
+        return (
+            f"The last good checkpoint ({ckpt_path}, step {saved_step}) is kept (it resumes "
+            "this config only)"
+        )
+
+    saved_step = start if ckpt_path.exists() else None
     loader = build_loader(cfg, dataset, start, end, device, rank, world)
     show = sys.stderr.isatty() if progress is None else progress
     from tqdm.auto import tqdm
@@ -711,9 +740,8 @@ def _pretrain(
                 res = train_step(model, optimizer, batch, step, ctx)
             except NonFiniteLossError as exc:
                 raise NonFiniteLossError(
-                    f"{exc}. The last good checkpoint ({ckpt_path}) is kept (it resumes this "
-                    "config only); check the inputs, or train with a lower optim.base_lr into "
-                    "a new run directory"
+                    f"{exc}. {kept()}; check the inputs, or train with a lower optim.base_lr "
+                    "into a new run directory"
                 ) from None
             lr, tau, outputs, last_loss = res.lr, res.tau, res.outputs, res.loss
             losses.append(last_loss)

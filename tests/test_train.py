@@ -292,9 +292,46 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         return {**out, "loss": out["loss"] * float("nan")}
 
     monkeypatch.setattr(models.PretrainModel, "forward", poisoned)
-    with pytest.raises(NonFiniteLossError, match="loss is nan at step 2"):
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 2.*, step 2\) is kept"):
         pretrain(cfg, tmp_path, progress=False)
     assert (tmp_path / "checkpoint.pt").read_bytes() == good
+
+
+@pytest.mark.parametrize("where", ["running_var", "weight"])
+def test_a_state_that_is_not_finite_is_never_saved(tmp_path, monkeypatch, where):
+    """A step's loss is checked before its update: an update, or the BatchNorm statistics of its
+    forward pass, that leaves the state non-finite was saved over the good checkpoint, and at the
+    end of a run exported as a finished encoder that evaluation read as real numbers."""
+    from detcon import train
+
+    cfg = tiny_cfg(train={"max_steps": 6, "checkpoint_every": 2, "threads": 1})
+    pretrain(cfg, tmp_path, progress=False, stop_after=2)
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    real = train.train_step
+
+    def blows_up(model, optimizer, batch, step, ctx):
+        result = real(model, optimizer, batch, step, ctx)
+        if step == 3:
+            tensor = next(t for n, t in model.state_dict().items() if n.endswith(where))
+            tensor.view(-1)[0] = float("inf")  # as an overflowing update or variance leaves it
+        return result
+
+    monkeypatch.setattr(train, "train_step", blows_up)
+    with pytest.raises(
+        NonFiniteLossError,
+        match=rf"state is not finite after step 3 \(model\.\S*{where}\).*, step 2\) is kept",
+    ):
+        pretrain(cfg, tmp_path, progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+    assert not (tmp_path / "train_summary.json").exists()
+    # the last step's update too: nothing passes for a finished run
+    for name in ("checkpoint.pt", "backbone.pt", "backbone.json", "metrics.jsonl"):
+        (tmp_path / name).unlink(missing_ok=True)
+    fresh = tiny_cfg(train={"max_steps": 4, "checkpoint_every": 20, "threads": 1})
+    with pytest.raises(NonFiniteLossError, match=r"No checkpoint was saved: a rerun into"):
+        pretrain(fresh, tmp_path, progress=False)
+    assert not any((tmp_path / n).exists() for n in ("checkpoint.pt", "backbone.pt"))
+    assert not (tmp_path / "train_summary.json").exists()
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):

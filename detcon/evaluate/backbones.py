@@ -25,6 +25,7 @@ from detcon.models import (
     Backbone,
     SmallResNet,
     build_backbone,
+    first_non_finite,
     set_bn_momentum,
     torchvision_resnet,
 )
@@ -126,6 +127,13 @@ def _load_weights(path: Path) -> dict[str, Tensor]:
         ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict of tensors")
+    bad = first_non_finite(state)
+    if bad is not None:  # every probe would score NaN features (the linear one as numbers)
+        raise ValueError(
+            f"{path}: {bad} holds NaN or infinite values: the encoder diverged in training, "
+            "there is nothing to evaluate; train it again into a new run directory (a lower "
+            "optim.base_lr)"
+        )
     return state
 
 

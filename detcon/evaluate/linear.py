@@ -116,6 +116,9 @@ def evaluate_linear(ctx: EvalContext, s: LinearSettings) -> dict[str, float]:
     t0 = time.perf_counter()
     train, val = ctx.store.get(s.data, "train"), ctx.store.get(s.data, "val")
     x_train, x_val = ctx.bank.pooled(s.data, "train"), ctx.bank.pooled(s.data, "val")
+    if not (torch.isfinite(x_train).all() and torch.isfinite(x_val).all()):
+        # L-BFGS does not stop on a NaN loss: its scores would be recorded as measurements
+        raise FloatingPointError(f"{s.name}: the encoder's features hold NaN or infinite values")
     mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
     x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
     ctx.log(f"{s.name}: features ready after {time.perf_counter() - t0:.1f} s")

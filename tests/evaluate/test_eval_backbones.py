@@ -182,3 +182,11 @@ def test_a_corrupt_backbone_file_names_the_file_and_the_fix(tmp_path):
     path.write_bytes(good)
     with pytest.raises(ValueError, match=r"truncated or corrupt \(Bad CRC-32 for file"):
         backbone_state(tmp_path, cfg.model)
+    # an encoder that diverged in training: every probe scored NaN features (the linear probe's
+    # L-BFGS as numbers that reports read as real)
+    state = build_backbone(cfg.model).state_dict()
+    name = next(n for n in state if n.endswith("running_var"))
+    state[name].view(-1)[0] = float("nan")
+    save_torch(path, state)
+    with pytest.raises(ValueError, match=rf"{name} holds NaN or infinite values: the encoder"):
+        backbone_state(tmp_path, cfg.model)

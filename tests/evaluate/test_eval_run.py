@@ -468,6 +468,16 @@ def test_a_probe_that_diverges_is_recorded_and_the_other_tasks_go_on(tmp_path, m
         ("linear", "top1"),
         ("linear", "presence_map"),
     }
+    # the linear probe's L-BFGS does not stop on NaN: features that are not finite (an
+    # encoder whose activations overflow) are a diverged probe, not top1 0.0
+    from detcon.evaluate.features import FeatureBank
+
+    real = FeatureBank.pooled
+    monkeypatch.setattr(FeatureBank, "pooled", lambda self, *a: real(self, *a) * float("inf"))
+    results = evaluate_run(run, settings=QUICK, tasks=("linear",), out_name="eval_nan.json")
+    assert results["linear"] == {
+        "diverged": "linear: the encoder's features hold NaN or infinite values"
+    }
 
 
 def test_an_unknown_split_is_refused_before_any_probe_trains(tmp_path, monkeypatch):
