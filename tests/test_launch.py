@@ -1411,6 +1411,9 @@ def test_every_process_of_a_multi_process_job_agrees_on_reuse(tmp_path, fake, mo
     monkeypatch.setenv("SLURM_NTASKS", "2")
     monkeypatch.setenv("SLURM_PROCID", "1")
     assert launch.run_point(planned)["state"] == "follower" and joined == []
+    # a follower joins once rank 0 has taken the point for this job (status.json says so)
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    write_status(spec.run_dir, "running", job_id=launch_point.job_id_from_env("slurm"))
     assert launch.run_point(spec)["state"] == "follower" and joined == [spec.run_dir]
     # rank 0 of the job planned without a source trains, as its followers do
     monkeypatch.setenv("SLURM_PROCID", "0")
@@ -1418,6 +1421,46 @@ def test_every_process_of_a_multi_process_job_agrees_on_reuse(tmp_path, fake, mo
     assert launch.run_point(spec)["state"] == "done"
     assert fake.calls == [(spec.run_id, "pretrain"), (spec.run_id, "evaluate")]
     assert "reused_from" not in json.loads((spec.run_dir / "status.json").read_text())
+
+
+def test_followers_do_not_join_a_rank_0_that_will_not_train(tmp_path, fake, monkeypatch):
+    """Rank 0 of a DDP job that finds the point held by another job returns 'busy' without
+    joining the process group: its followers waited there for torch's 10-30 minute timeout."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    spec = launch.prepare(grid3(tmp_path), runs_dir=tmp_path / "r", check_data=False).specs[0]
+    spec = dataclasses.replace(spec, executor="slurm")
+    spec.run_dir.mkdir(parents=True)
+    took = launch_point.rank0_took_the_point
+    fast = {"timeout_s": 5.0, "busy_after_s": 0.3, "poll_s": 0.05}
+    assert not took(spec, **{**fast, "timeout_s": 0.2})  # rank 0 never came
+    write_status(spec.run_dir, "running", job_id="77_0")  # another job trains it...
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from detcon.runs import point_lock\n"
+         "with point_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(60)",
+         str(spec.run_dir)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"  # ... and holds its lock
+        assert not took(spec, **fast)
+        joined: list[Path] = []
+        monkeypatch.setattr("detcon.train.pretrain", lambda cfg, d, **kw: joined.append(d))
+        monkeypatch.setattr(launch_point, "rank0_took_the_point", lambda s: took(s, **fast))
+        monkeypatch.setenv("SLURM_NTASKS", "2")
+        monkeypatch.setenv("SLURM_PROCID", "1")
+        assert launch.run_point(spec)["state"] == "busy" and joined == []
+    finally:
+        holder.kill()
+        holder.wait()
+    job = launch_point.job_id_from_env("slurm")
+    write_status(spec.run_dir, "failed", job_id=job, error="x")  # rank 0 of this job failed
+    assert not took(spec, **fast)
+    write_status(spec.run_dir, "running", job_id=job)
+    assert took(spec, **fast)
 
 
 @pytest.mark.slow

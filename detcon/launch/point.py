@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from detcon.runs import (
     OFFICIAL_PARAMETER,
     PointBusyError,
     environment_record,
+    is_locked,
     job_id_from_env,
     point_lock,
     read_json,
@@ -211,6 +213,34 @@ def _point_done(spec: PointSpec) -> bool:
     return not evaluated_otherwise(spec)
 
 
+def rank0_took_the_point(
+    spec: PointSpec, *, timeout_s: float = 600.0, busy_after_s: float = 10.0, poll_s: float = 1.0
+) -> bool:
+    """Whether rank 0 of this job has taken the point to train it: ``status.json`` running under
+    this job's id. False when it will not (another job holds the point's lock for
+    ``busy_after_s``, this job's status says it failed or finished, or nothing within
+    ``timeout_s``): the followers must not wait in the process group for a rank 0 that never
+    joins it (torch's rendezvous waits 10-30 minutes, then raises)."""
+    job = job_id_from_env(spec.executor)
+    start = time.monotonic()
+    other_since = None
+    while time.monotonic() - start < timeout_s:
+        try:
+            status = read_status(spec.run_dir) or {}
+        except ValueError:  # being rewritten, or corrupt: rank 0 rewrites it when it starts
+            status = {}
+        if status.get("job_id") == job:
+            return status.get("state") == "running"
+        if is_locked(spec.run_dir):  # held, by rank 0 about to write, or by another job
+            other_since = time.monotonic() if other_since is None else other_since
+            if time.monotonic() - other_since >= busy_after_s:
+                return False
+        else:
+            other_since = None
+        time.sleep(poll_s)
+    return False
+
+
 def _follow(spec: PointSpec) -> dict[str, Any]:
     """Ranks > 0 of a multi-process (DDP) job: join rank 0's training, write nothing else."""
     from detcon.train import pretrain
@@ -218,6 +248,8 @@ def _follow(spec: PointSpec) -> dict[str, Any]:
     done = _stage_skipped(spec) or _point_done(spec) or _reuse_source(spec) is not None
     if done or spec.parameters.get(OFFICIAL_PARAMETER):  # an import trains nothing to join
         return {"run_id": spec.run_id, "state": "follower", "rank": _rank(spec.executor)}
+    if not rank0_took_the_point(spec):
+        return {"run_id": spec.run_id, "state": "busy", "rank": _rank(spec.executor)}
     cfg = resolve_config(spec.parameters["overrides"], spec.point.profile)
     pretrain(cfg, spec.run_dir, progress=False)
     return {"run_id": spec.run_id, "state": "follower", "rank": _rank(spec.executor)}
