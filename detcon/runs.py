@@ -50,6 +50,7 @@ __all__ = [
     "launched_jobs",
     "live_slurm_jobs",
     "metric_records",
+    "lock_holder",
     "point_lock",
     "point_state",
     "read_json",
@@ -227,7 +228,7 @@ class PointBusyError(BlockingIOError):
     the refused ``flock`` it reports: the CLI shows it as a one-paragraph error."""
 
 
-def _lock_holder(path: Path) -> str:
+def lock_holder(path: Path) -> str:
     """``pid P on host H`` from a lock file (what the holder wrote), or why it is unknown."""
     try:
         host, pid = path.read_text().split()
@@ -289,7 +290,7 @@ def point_lock(run_dir: str | Path, *, wait: bool = False, name: str = LOCK) -> 
         except OSError as exc:
             if exc.errno in _BUSY:
                 raise PointBusyError(
-                    f"{run_dir} is in use by another process ({_lock_holder(path)}, which holds "
+                    f"{run_dir} is in use by another process ({lock_holder(path)}, which holds "
                     f"{path}): one directory, one writer; wait for it to finish, or use another "
                     "directory"
                 ) from None

@@ -28,6 +28,7 @@ per array task.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -35,7 +36,7 @@ import multiprocessing as mp
 import os
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from tqdm.auto import tqdm
 from detcon.atomic import atomic_write
 from detcon.config import MaskConfig, to_dict
 from detcon.masks.sources import MaskSource, build_mask_source
-from detcon.runs import point_lock
+from detcon.runs import PointBusyError, lock_holder, point_lock
 
 __all__ = [
     "FORMAT_VERSION",
@@ -62,6 +63,8 @@ __all__ = [
 # and run its precompute command again)
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+# held by precompute_store for its whole run (the manifest has a short-lived lock of its own)
+WRITER_LOCK = ".precompute.lock"
 # Manifest fields that must agree for a store to be reused (the rest is informational).
 _CHECKED = (
     "format_version",
@@ -411,8 +414,12 @@ def precompute_store(
         echo: receives a line naming each damaged shard that is computed again.
 
     Returns the :class:`MaskStore` of ``out_dir``. Stale temporary files of an interrupted run
-    are removed first, so do not run two ``precompute_store`` on one directory at once (use
-    :func:`precompute_shard` for concurrent writers).
+    are removed first, holding the store's writer lock: a second ``precompute_store`` on the same
+    directory meanwhile is refused, naming the first (use :func:`precompute_shard` for
+    concurrent writers, one shard each).
+
+    Raises:
+        PointBusyError: another ``precompute_store`` is computing this store now.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size={shard_size}: expected >= 1")
@@ -423,6 +430,34 @@ def precompute_store(
     length = len(dataset)
     manifest = _manifest(source, source_cfg, length, _fingerprint(dataset), shard_size, command)
     _ensure_manifest(out_dir, manifest)
+    with contextlib.ExitStack() as hold:
+        try:
+            hold.enter_context(point_lock(out_dir, name=WRITER_LOCK))
+        except PointBusyError:
+            holder = lock_holder(out_dir / WRITER_LOCK)
+            raise PointBusyError(
+                f"mask store {str(out_dir)!r} is being computed by another process ({holder}): "
+                "two runs into one store compute the same shards twice and remove each other's "
+                "files; wait for it to finish (run the command again afterwards to check the "
+                "store and finish it)"
+            ) from None
+        return _precompute_locked(
+            dataset, source, out_dir, length, shard_size, workers, shards, progress, echo
+        )
+
+
+def _precompute_locked(
+    dataset: Any,
+    source: MaskSource,
+    out_dir: Path,
+    length: int,
+    shard_size: int,
+    workers: int,
+    shards: Sequence[int] | None,
+    progress: bool,
+    echo: Callable[[str], None],
+) -> MaskStore:
+    """The body of :func:`precompute_store`, holding the store's writer lock."""
     for pattern in (".shard-*.npz.*.tmp", f".{MANIFEST}.*.tmp"):  # left by a killed run
         for stale in out_dir.glob(pattern):
             stale.unlink(missing_ok=True)

@@ -98,8 +98,9 @@ def test_two_workers_write_the_same_bytes_as_one(tmp_path):
     one = precompute_store(dataset, FH, tmp_path / "one", shard_size=2, progress=False)
     two = precompute_store(dataset, FH, tmp_path / "two", shard_size=2, workers=2, progress=False)
     assert one.complete and two.complete
-    names = sorted(p.name for p in (tmp_path / "one").iterdir() if p.name != ".lock")
-    assert names == sorted(p.name for p in (tmp_path / "two").iterdir() if p.name != ".lock")
+    locks = {".lock", ".precompute.lock"}
+    names = sorted(p.name for p in (tmp_path / "one").iterdir() if p.name not in locks)
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir() if p.name not in locks)
     assert len(names) == 1 + 5  # the manifest (with the shards' checksums) and the shards
     for name in names:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
@@ -320,3 +321,36 @@ def test_training_refuses_a_store_of_other_synthetic_scenes_with_the_same_first_
     assert open_for_training(out, build_mask_source(GRID), scenes((2, 4)))
     with pytest.raises(ValueError, match=r"dataset_fingerprint: store has 'sha256:"):
         open_for_training(out, build_mask_source(GRID), scenes(same_first[0]))
+
+
+def test_a_second_precompute_into_a_store_being_computed_is_refused(tmp_path):
+    """Two runs into one store computed the same shards twice, and the second's clean-up of
+    temp files removed a shard the first was writing (its rename then failed)."""
+    import subprocess
+    import sys
+
+    from detcon.masks.store import WRITER_LOCK
+    from detcon.runs import PointBusyError
+
+    out = tmp_path / "s"
+    precompute_store(FakeScenes(n=4), GRID, out, shard_size=2, progress=False)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from detcon.runs import point_lock\n"
+         f"with point_lock(sys.argv[1], name={WRITER_LOCK!r}):\n"
+         " print('held', flush=True); time.sleep(60)",
+         str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        temp = out / ".shard-00000.npz.0a1b2c3d.tmp"  # the other run's shard being written
+        temp.write_bytes(b"PK")
+        with pytest.raises(PointBusyError, match=r"is being computed by another process \(pid"):
+            precompute_store(FakeScenes(n=4), GRID, out, shard_size=2, progress=False)
+        assert temp.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    precompute_store(FakeScenes(n=4), GRID, out, shard_size=2, progress=False)  # then it runs
+    assert not temp.exists()
