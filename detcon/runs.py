@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -261,6 +262,20 @@ os.register_at_fork(after_in_child=_close_inherited_locks)
 _BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
 
 
+def _flock_soon(fd: int, patience_s: float = 0.25) -> None:
+    """An exclusive flock without blocking, tried again for ``patience_s``: a reader's probe
+    (:func:`is_locked`, a shared lock held for microseconds) must not make a writer give up."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in _BUSY or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 @contextmanager
 def point_lock(run_dir: str | Path, *, wait: bool = False, name: str = LOCK) -> Iterator[Path]:
     """Hold an exclusive ``flock`` on ``run_dir/.lock`` for the block; the file names the holder
@@ -284,7 +299,10 @@ def point_lock(run_dir: str | Path, *, wait: bool = False, name: str = LOCK) -> 
     acquired = False
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            if wait:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                _flock_soon(fd)
             acquired = True
             _HELD_LOCKS.add(fd)
         except OSError as exc:

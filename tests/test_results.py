@@ -190,6 +190,23 @@ def test_reading_a_lock_leaves_its_holder_name_as_it_is(tmp_path):
         assert is_locked(run) and (run / ".lock").read_text() == held
 
 
+def test_a_probe_of_the_lock_does_not_make_a_writer_give_up(tmp_path):
+    """is_locked holds a shared lock for a moment: a writer taking the lock then was refused as
+    'in use by another process' (1 in 30 attempts under a busy `detcon status`)."""
+    import fcntl
+    import os
+    import threading
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text("")
+    probe = os.open(run / ".lock", os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe, caught in the middle
+    threading.Timer(0.05, os.close, [probe]).start()
+    with point_lock(run):
+        assert is_locked(run)
+
+
 def test_a_lock_is_probed_as_nfs_allows_on_a_read_only_descriptor(tmp_path, monkeypatch):
     """On NFS Linux turns flock into a whole-file fcntl lock, for which an exclusive lock needs a
     descriptor open for writing: the read-only probe must ask for a shared one (an exclusive
