@@ -1157,6 +1157,43 @@ def two_files(tmp_path: Path, second: str = "evaluate: [linear]\n") -> tuple[Pat
     return first, other
 
 
+def test_a_config_training_now_for_another_file_is_not_trained_twice(tmp_path, fake):
+    """A launch found nothing to take over from a point of another file still training the same
+    config, and trained it a second time (a multi-day run at the paper profile)."""
+    import subprocess
+    import sys
+
+    first, other = two_files(tmp_path)
+    runs = tmp_path / "runs"
+    shared = next(
+        s
+        for s in launch.prepare(first, runs_dir=runs, check_data=False).specs
+        if s.point.params["masks.grid_size"] == 4
+    )
+    shared.run_dir.mkdir(parents=True)
+    write_json(shared.run_dir / "point.json", shared.record())
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from detcon.runs import point_lock\n"
+         "with point_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(60)",
+         str(shared.run_dir)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = launch.run_ablation(other, runs_dir=runs, echo=lines.append)
+    finally:
+        holder.kill()
+        holder.wait()
+    ids = run_ids(other)
+    assert result.busy == [ids[0]] and result.ran == [ids[1]]
+    assert f"  {ids[0]}: its config trains now in first/{shared.run_id} (its lock is held)" in (
+        " ".join(lines)
+    )
+    assert [c for c in fake.calls if c[0] == ids[0]] == []
+
+
 def pretrain_metrics(scan, run_id: str) -> dict[str, float]:
     rows = scan.tidy[(scan.tidy.run_id == run_id) & (scan.tidy.task == "pretrain")]
     return dict(zip(rows.metric, rows.value))

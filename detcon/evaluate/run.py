@@ -47,6 +47,7 @@ from detcon.runs import (
     PointBusyError,
     default_out_name,
     encoder_record,
+    lock_holder,
     point_lock,
     read_json,
     summary_of,
@@ -250,16 +251,22 @@ def evaluate_run(
             # Two points of one seed evaluated side by side (two lanes, a job array) would both
             # train the same ceiling: the second waits for the first and reuses its result (or,
             # not waiting, says so before any evaluation; evaluate_references computes another).
+            lock_name = f".{digest}.lock"
             try:
-                hold.enter_context(
-                    point_lock(cached_path.parent, wait=wait, name=f".{digest}.lock")
-                )
+                hold.enter_context(point_lock(cached_path.parent, name=lock_name))
             except PointBusyError:
-                raise ReferenceBusyError(
-                    f"the {backbone} reference {cached_path} is being computed by another "
-                    f"process (it holds .{digest}.lock there); wait for it (wait=True) to reuse "
-                    "its result"
-                ) from None
+                if not wait:
+                    raise ReferenceBusyError(
+                        f"the {backbone} reference {cached_path} is being computed by another "
+                        f"process (it holds {lock_name} there); wait for it (wait=True) to "
+                        "reuse its result"
+                    ) from None
+                # the ceiling takes minutes: say whom this evaluation waits for
+                log(
+                    f"{backbone} reference: waiting for {cached_path.name}, being computed by "
+                    f"{lock_holder(cached_path.parent / lock_name)}"
+                )
+                hold.enter_context(point_lock(cached_path.parent, wait=True, name=lock_name))
             if cached_path.is_file():
                 results = json.loads(cached_path.read_text())
                 log(f"{backbone} reference: reused {cached_path}")

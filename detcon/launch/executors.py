@@ -55,7 +55,7 @@ from detcon.launch.point import (
     run_references,
     wants_references,
 )
-from detcon.launch.reuse import Source
+from detcon.launch.reuse import Source, training_elsewhere
 from detcon.runs import launched_jobs, live_slurm_jobs, point_state
 
 
@@ -181,6 +181,17 @@ def run_ablation(
             notes.append(f"  {spec.run_id}: broken ({state.error}), skipped")
         else:
             source = planned_source(spec)
+            elsewhere = None
+            if source is None and not (spec.run_dir / "train_summary.json").exists():
+                elsewhere = training_elsewhere(spec)
+            if elsewhere is not None:  # the same config trains in another ablation's folder now
+                result.busy.append(spec.run_id)
+                notes.append(
+                    f"  {spec.run_id}: its config trains now in {elsewhere.parent.name}/"
+                    f"{elsewhere.name} (its lock is held), skipped; run again once that has "
+                    "finished to take its results instead of training them twice"
+                )
+                continue
             todo.append(spec if source is None else replace(spec, reuse=source.run_dir))
             if source is None or not source.evaluation:
                 evaluated.append(spec)

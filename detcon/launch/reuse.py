@@ -51,7 +51,7 @@ from detcon.atomic import atomic_write, temp_name
 from detcon.config import to_dict
 from detcon.grid import resolve_config
 from detcon.launch.notebooks import EVALUATE_NOTEBOOK
-from detcon.runs import EVAL_FILES, PRETRAIN_ENV, point_state, read_json, read_status
+from detcon.runs import EVAL_FILES, PRETRAIN_ENV, is_locked, point_state, read_json, read_status
 
 if TYPE_CHECKING:
     from detcon.launch.point import PointSpec
@@ -161,6 +161,27 @@ def find_source(
         source = check_source(spec, candidate, weights=weights)
         if source is not None:
             return source
+    return None
+
+
+def training_elsewhere(spec: PointSpec, root: str | Path | None = None) -> Path | None:
+    """Another run directory under ``root`` (default: the point's runs folder) that trains
+    ``spec``'s config now (the same config digest, its lock held, its pretraining not finished),
+    or None: a launch then waits for it instead of training the same config a second time."""
+    runs_dir = spec.run_dir.parent.parent if root is None else Path(root)
+    for candidate in sorted(runs_dir.glob(f"*/*{spec.point.digest[:_PREFIX]}*")):
+        if candidate.resolve() == spec.run_dir.resolve() or not candidate.is_dir():
+            continue
+        try:
+            recorded = read_json(candidate / "point.json") or {}
+        except (OSError, ValueError):
+            continue
+        if (
+            recorded.get("config_digest") == spec.point.digest
+            and not (candidate / "train_summary.json").exists()
+            and is_locked(candidate)
+        ):
+            return candidate
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -359,13 +360,23 @@ def test_a_reference_asked_for_twice_at_once_is_computed_once(tmp_path, monkeypa
         return real(ctx, settings)
 
     monkeypatch.setitem(run_module._RUNNERS, "linear", slow)
-    kwargs = dict(settings=QUICK, tasks=("linear",), backbone="random", reference_cache=cache)
+    messages: list[str] = []
+    kwargs = dict(
+        settings=QUICK,
+        tasks=("linear",),
+        backbone="random",
+        reference_cache=cache,
+        progress=messages.append,
+    )
     threads = [threading.Thread(target=evaluate_run, args=(d,), kwargs=kwargs) for d in (a, b)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert len(calls) == 1
+    # the one that waited said whom for (minutes of silence at the ceiling before)
+    waited = [m for m in messages if m.startswith("random reference: waiting for random-")]
+    assert len(waited) == 1 and f"being computed by pid {os.getpid()} on host" in waited[0]
     assert json.loads((a / "eval_random.json").read_text()) == json.loads(
         (b / "eval_random.json").read_text()
     )
