@@ -279,7 +279,7 @@ class OptimConfig:
                 f"optim.epochs={self.epochs!r}: expected a number > 0 (pretraining epochs; "
                 "for a quick look use train.max_steps or --stop-after)"
             )
-        if self.momentum >= 1:  # the range above is inclusive; LARS needs momentum < 1
+        if self.momentum >= 1 and self.optimizer == "lars":  # the range above is inclusive
             raise ConfigError(
                 f"optim.momentum={self.momentum:g}: expected a number in [0, 1) (LARS's "
                 "momentum; the release's 0.9)"

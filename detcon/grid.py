@@ -14,7 +14,7 @@ An ablation file (``ablations/<name>.yaml``) is data only::
                 augment.crop_size: [224]}
     profiles:                        # per-profile settings (profile names: detcon/profiles/*.yaml)
       cpu:
-        overrides: {...}             # dotted overrides for this profile
+        overrides: {}                # dotted overrides for this profile
         values: {augment.crop_size: {224: 64}}   # grid values in paper terms -> this scale
         seeds: [0]                   # optional: other seeds at this scale
         cluster: local               # optional: cluster profile for this scale

@@ -501,7 +501,11 @@ def test_detcon_claims_rewrites_results_md_and_draws_the_scatter(tmp_path, capsy
     assert "stale" not in text and "![segmentation against mask quality" in text
     assert "(figs/claims_mask_quality.png)" in text
     # the block names the command that made it (it named the defaults whatever was given)
-    assert f"Regenerate with `detcon claims --results {folder.as_posix()} --out " in text
+    made = (
+        f"Regenerate with `detcon claims --results {folder.as_posix()} --out {out.as_posix()} "
+        f"--mask-quality {quality.as_posix()} --figures-dir {(tmp_path / 'figs').as_posix()}`. "
+    )
+    assert made in text  # not "(`make figures` runs it)": that runs the defaults
     assert (tmp_path / "figs" / "claims_mask_quality.png").read_bytes()[:4] == b"\x89PNG"
     assert "4 reproduced" in capsys.readouterr().out
     assert not list(tmp_path.glob(".*.tmp"))

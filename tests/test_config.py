@@ -288,7 +288,10 @@ def test_a_config_path_that_is_a_folder_or_not_utf8_is_named_as_such(tmp_path):
         # any value in (-1, 0) silently meant the release's default warmup
         ({"optim": {"warmup_epochs": -0.5}}, r"warmup_epochs=-0.5: expected -1 .* or a number"),
         # LARS refused it as "LARS: momentum=1.0", not naming the key, after start-up
-        ({"optim": {"momentum": 1.0}}, r"optim.momentum=1: expected a number in \[0, 1\)"),
+        (
+            {"optim": {"optimizer": "lars", "momentum": 1.0}},
+            r"optim.momentum=1: expected a number in \[0, 1\)",
+        ),
     ],
 )
 def test_configs_that_only_training_would_refuse_are_refused_when_made(overrides, match):

@@ -1493,9 +1493,21 @@ def test_followers_do_not_join_a_rank_0_that_will_not_train(tmp_path, fake, monk
     finally:
         holder.kill()
         holder.wait()
+    # rank 0 says it has the point before its env.json record (seconds: torch, the device, git),
+    # which outlasted the followers' patience
+    seen = []
+
+    def record(*args, **kwargs):
+        seen.append(took(spec, **{**fast, "timeout_s": 0.1}))
+        return {}
+
+    monkeypatch.setattr(launch_point, "environment_record", record)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    launch.run_point(spec)
+    assert seen == [True]
     job = launch_point.job_id_from_env("slurm")
     write_status(spec.run_dir, "failed", job_id=job, error="x")  # rank 0 of this job failed
-    assert not took(spec, **fast)
+    assert not took(spec, **{**fast, "timeout_s": 0.3})
     write_status(spec.run_dir, "running", job_id=job)
     assert took(spec, **fast)
 

@@ -217,10 +217,12 @@ def rank0_took_the_point(
     spec: PointSpec, *, timeout_s: float = 600.0, busy_after_s: float = 10.0, poll_s: float = 1.0
 ) -> bool:
     """Whether rank 0 of this job has taken the point to train it: ``status.json`` running under
-    this job's id. False when it will not (another job holds the point's lock for
-    ``busy_after_s``, this job's status says it failed or finished, or nothing within
-    ``timeout_s``): the followers must not wait in the process group for a rank 0 that never
-    joins it (torch's rendezvous waits 10-30 minutes, then raises)."""
+    this job's id (rank 0 writes it as soon as it holds the point's lock). False when it will
+    not: another job holds the lock for ``busy_after_s``, or nothing within ``timeout_s`` (rank
+    0 failed first, or found the point done): the followers must not wait in the process group
+    for a rank 0 that never joins it (torch's rendezvous waits 10-30 minutes, then raises). A
+    status left under the same id by an earlier run of a requeued job reads as taken: the old
+    behaviour, harmless, since that run's rank 0 is gone and this one's takes the lock."""
     job = job_id_from_env(spec.executor)
     start = time.monotonic()
     other_since = None
@@ -229,8 +231,8 @@ def rank0_took_the_point(
             status = read_status(spec.run_dir) or {}
         except ValueError:  # being rewritten, or corrupt: rank 0 rewrites it when it starts
             status = {}
-        if status.get("job_id") == job:
-            return status.get("state") == "running"
+        if status.get("job_id") == job and status.get("state") == "running":
+            return True
         if is_locked(spec.run_dir):  # held, by rank 0 about to write, or by another job
             other_since = time.monotonic() if other_since is None else other_since
             if time.monotonic() - other_since >= busy_after_s:
@@ -288,9 +290,11 @@ def _run_locked(spec: PointSpec) -> dict[str, Any]:
     # A summary means done: one left from an earlier evaluation (this job evaluates again)
     # would keep the point done, with the old metrics, if this job fails
     (run_dir / "summary.json").unlink(missing_ok=True)
+    # first: a DDP job's other ranks join its training once this says so (rank0_took_the_point;
+    # env.json's record can take seconds: torch, the device, git)
+    write_status(run_dir, "running", job_id=job_id, stages=stages, **reused)
     write_json(run_dir / "point.json", spec.record())
     write_json(run_dir / "env.json", environment_record(spec.executor, REPO))
-    write_status(run_dir, "running", job_id=job_id, stages=stages, **reused)
     current = spec.notebook.name
     try:
         source = None if "pretrain" in stages else _reuse_source(spec)
