@@ -36,7 +36,7 @@ import multiprocessing as mp
 import os
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -453,7 +453,7 @@ def _precompute_locked(
     length: int,
     shard_size: int,
     workers: int,
-    shards: Sequence[int] | None,
+    shards: Iterable[int] | None,
     progress: bool,
     echo: Callable[[str], None],
 ) -> MaskStore:
