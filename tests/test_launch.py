@@ -1188,10 +1188,28 @@ def test_a_config_training_now_for_another_file_is_not_trained_twice(tmp_path, f
         holder.wait()
     ids = run_ids(other)
     assert result.busy == [ids[0]] and result.ran == [ids[1]]
-    assert f"  {ids[0]}: its config trains now in first/{shared.run_id} (its lock is held)" in (
+    assert f"  {ids[0]}: its config runs now in first/{shared.run_id} (its lock is held)" in (
         " ".join(lines)
     )
     assert [c for c in fake.calls if c[0] == ids[0]] == []
+    # still so while it evaluates what it has trained (taken over only once done)
+    (shared.run_dir / "train_summary.json").write_text("{}")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from detcon.runs import point_lock\n"
+         "with point_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(60)",
+         str(shared.run_dir)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        from detcon.launch.reuse import training_elsewhere
+
+        spec = launch.prepare(other, runs_dir=runs, check_data=False).specs[0]
+        assert training_elsewhere(spec) == shared.run_dir
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def pretrain_metrics(scan, run_id: str) -> dict[str, float]:
@@ -1249,6 +1267,18 @@ def test_a_point_finished_in_another_ablation_file_is_not_trained_again(
     assert (dst / "pretrain.html").exists() and (dst / "evaluate.html").exists()
     # The git state of the code that trained it travels with it (export's git_commit).
     assert (dst / "pretrain_env.json").read_bytes() == (src / "env.json").read_bytes()
+    # ... also through a second takeover: a third file's point taken from second/b4 (first's
+    # run gone) records first's training, not the job that took it over
+    trained_by = (src / "env.json").read_bytes()
+    third = write_ablation(tmp_path, "grid: {product: {masks.grid_size: [4]}}\n" + second, "third")
+    shutil.move(str(runs / "first"), str(tmp_path / "first-elsewhere"))
+    launch.run_ablation(third, runs_dir=runs, echo=lambda line: None)
+    c4 = run_ids(third)[0]
+    assert json.loads((runs / "third" / c4 / "status.json").read_text())["reused_from"] == (
+        f"second/{b4}"
+    )
+    assert (runs / "third" / c4 / "pretrain_env.json").read_bytes() == trained_by
+    shutil.move(str(tmp_path / "first-elsewhere"), str(runs / "first"))
     status = json.loads((dst / "status.json").read_text())
     assert status["state"] == "done" and status["reused_from"] == f"first/{a4}"
     assert status["stages"] == ["pretrain", "evaluate"]

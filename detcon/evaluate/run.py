@@ -47,6 +47,7 @@ from detcon.runs import (
     PointBusyError,
     default_out_name,
     encoder_record,
+    is_locked,
     lock_holder,
     point_lock,
     read_json,
@@ -205,8 +206,10 @@ def evaluate_run(
     dev = resolve_device(device)
     out_path = run_dir / (out_name or default_out_name(backbone))
     # what a kill while writing the results or the partial ones left (the launcher clears the
-    # whole point's when it starts; a `detcon evaluate` run by hand did not)
-    remove_stale_temp_files(run_dir, [out_path.name, f".{out_path.name}.partial"])
+    # whole point's when it starts; a `detcon evaluate` run by hand did not), unless a job holds
+    # the directory now: its temp files are being written
+    if not is_locked(run_dir):
+        remove_stale_temp_files(run_dir, [out_path.name, f".{out_path.name}.partial"])
     log = progress or (lambda message: None)
     record = encoder_record(run_dir) if backbone == "pretrained" else None
     if record is not None and not record["finished"]:

@@ -187,7 +187,7 @@ def run_ablation(
             if elsewhere is not None:  # the same config trains in another ablation's folder now
                 result.busy.append(spec.run_id)
                 notes.append(
-                    f"  {spec.run_id}: its config trains now in {elsewhere.parent.name}/"
+                    f"  {spec.run_id}: its config runs now in {elsewhere.parent.name}/"
                     f"{elsewhere.name} (its lock is held), skipped; run again once that has "
                     "finished to take its results instead of training them twice"
                 )

@@ -1,8 +1,8 @@
 """One grid point's job: the body of every executor's job (:func:`run_point`).
 
-A point's job holds ``run_dir/.lock``, writes ``point.json``, ``env.json`` and ``status.json``,
-executes ``notebooks/<notebook>.ipynb`` and then ``notebooks/evaluate.ipynb`` with papermill
-(``cwd=run_dir``), renders each to HTML with nbconvert, and writes ``summary.json``
+A point's job holds ``run_dir/.lock``, writes ``status.json`` (first), ``point.json`` and
+``env.json``, executes ``notebooks/<notebook>.ipynb`` and then ``notebooks/evaluate.ipynb`` with
+papermill (``cwd=run_dir``), renders each to HTML with nbconvert, and writes ``summary.json``
 (docs/run-directory.md). When a run of the same config already finished (in any ablation under
 the same runs folder), its results are taken instead of training again, and its evaluation too
 when the evaluation settings are equal (:mod:`detcon.launch.reuse`). A failing point records

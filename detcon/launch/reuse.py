@@ -165,9 +165,10 @@ def find_source(
 
 
 def training_elsewhere(spec: PointSpec, root: str | Path | None = None) -> Path | None:
-    """Another run directory under ``root`` (default: the point's runs folder) that trains
-    ``spec``'s config now (the same config digest, its lock held, its pretraining not finished),
-    or None: a launch then waits for it instead of training the same config a second time."""
+    """Another run directory under ``root`` (default: the point's runs folder) that runs
+    ``spec``'s config now (the same config digest, its lock held: pretraining, or evaluating
+    what it has trained), or None: a launch then waits for it instead of training the same
+    config a second time (a point is taken over only once it is done)."""
     runs_dir = spec.run_dir.parent.parent if root is None else Path(root)
     for candidate in sorted(runs_dir.glob(f"*/*{spec.point.digest[:_PREFIX]}*")):
         if candidate.resolve() == spec.run_dir.resolve() or not candidate.is_dir():
@@ -176,11 +177,7 @@ def training_elsewhere(spec: PointSpec, root: str | Path | None = None) -> Path 
             recorded = read_json(candidate / "point.json") or {}
         except (OSError, ValueError):
             continue
-        if (
-            recorded.get("config_digest") == spec.point.digest
-            and not (candidate / "train_summary.json").exists()
-            and is_locked(candidate)
-        ):
+        if recorded.get("config_digest") == spec.point.digest and is_locked(candidate):
             return candidate
     return None
 
@@ -227,9 +224,12 @@ def adopt(spec: PointSpec, source: Source) -> list[str]:
         stages.append("evaluate")
     try:
         # The git state of the code that trained it (export's git_commit), beside the point's
-        # own env.json (the job that took it over).
-        if (source.run_dir / "env.json").is_file():
-            _place(source.run_dir / "env.json", run_dir / PRETRAIN_ENV, link=False)
+        # own env.json (the job that took it over): a source that took its results over itself
+        # passes on its own record of that code, as export's stand-in does.
+        for record in (PRETRAIN_ENV, "env.json"):
+            if (source.run_dir / record).is_file():
+                _place(source.run_dir / record, run_dir / PRETRAIN_ENV, link=False)
+                break
         _take(source.run_dir, run_dir, tuple(names))
     except BaseException:
         # Half a takeover must not look like a finished checkpoint to the next job, which
