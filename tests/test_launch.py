@@ -1366,14 +1366,9 @@ def _no_backbone(run_dir: Path) -> None:
     (run_dir / "backbone.pt").unlink()
 
 
-def _running(run_dir: Path) -> None:  # rerun elsewhere: status says running, summary gone
-    (run_dir / "summary.json").unlink()
-    write_status(run_dir, "running", stages=["pretrain"])
-
-
 @pytest.mark.parametrize(
     "damage",
-    [_failed, _unfinished, _corrupt, _other_config, _no_backbone, _running],
+    [_failed, _unfinished, _corrupt, _other_config, _no_backbone],
     ids=lambda f: f.__name__.strip("_"),
 )
 def test_a_point_whose_shared_run_is_not_finished_and_sound_is_trained(tmp_path, fake, damage):
@@ -1385,14 +1380,31 @@ def test_a_point_whose_shared_run_is_not_finished_and_sound_is_trained(tmp_path,
     src = runs / "first" / a4
     damage(src)
     fake.calls.clear()
-    with point_lock(src) if damage is _running else contextlib.nullcontext():
-        result = launch.run_ablation(other, runs_dir=runs, echo=lambda line: None)
+    result = launch.run_ablation(other, runs_dir=runs, echo=lambda line: None)
     assert result.ok and result.reused == {} and sorted(result.ran) == sorted([b4, b5])
     assert (b4, "pretrain") in fake.calls
     status = json.loads((runs / "second" / b4 / "status.json").read_text())
     assert status["state"] == "done" and "reused_from" not in status
     if (src / "backbone.pt").exists():
         assert not (runs / "second" / b4 / "backbone.pt").samefile(src / "backbone.pt")
+
+
+def test_a_point_whose_shared_run_is_evaluated_again_now_waits_for_it(tmp_path, fake):
+    """A done run of the same config evaluated again elsewhere (its lock held, its summary gone)
+    is neither taken over (not done) nor trained a second time: the point waits for it."""
+    first, other = two_files(tmp_path)
+    runs = tmp_path / "runs"
+    launch.run_ablation(first, runs_dir=runs, echo=lambda line: None)
+    _, a4 = run_ids(first)
+    b4, b5 = run_ids(other)
+    src = runs / "first" / a4
+    (src / "summary.json").unlink()
+    write_status(src, "running", stages=["pretrain"])
+    fake.calls.clear()
+    with point_lock(src):
+        result = launch.run_ablation(other, runs_dir=runs, echo=lambda line: None)
+    assert result.busy == [b4] and result.ran == [b5] and (b4, "pretrain") not in fake.calls
+    assert not (runs / "second" / b4 / "backbone.pt").exists()
 
 
 def test_a_point_copies_the_shared_run_where_hard_links_fail(tmp_path, fake, monkeypatch):
