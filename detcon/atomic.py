@@ -197,11 +197,7 @@ def load_torch(path: str | Path) -> Any:
                         with archive.open(info) as record:  # reading to the end checks its CRC
                             while record.read(1 << 24):
                                 pass
-    except Exception as exc:  # noqa: BLE001 - zipfile raises several types for a damaged file
-        cause = " ".join(str(exc).split())[:300]
-        raise ValueError(cause or type(exc).__name__) from exc
-    try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises several types for a damaged file
+    except Exception as exc:  # noqa: BLE001 - zipfile and torch raise several types
         cause = " ".join(str(exc).split())[:300]
         raise ValueError(cause or type(exc).__name__) from exc

@@ -8,11 +8,13 @@ scheduler rather than silently skip it (``.ci/run`` starts the cluster before ``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,3 +223,28 @@ def kill_once_started(tmp_path, alive):
         )
 
     return run
+
+
+@pytest.fixture
+def lock_held_elsewhere():
+    """``with lock_held_elsewhere(folder, name=".lock"):`` runs its block while another process
+    holds detcon's ``point_lock`` on ``folder/name`` (a point, a store, run by someone else)."""
+
+    @contextlib.contextmanager
+    def hold(folder: Path, name: str = ".lock") -> Iterator[None]:
+        script = (
+            "import sys, time; from detcon.runs import point_lock\n"
+            "with point_lock(sys.argv[1], name=sys.argv[2]):\n"
+            " print('held', flush=True); time.sleep(60)"
+        )
+        holder = subprocess.Popen(
+            [sys.executable, "-c", script, str(folder), name], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            yield
+        finally:
+            holder.kill()
+            holder.wait()
+
+    return hold

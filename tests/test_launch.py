@@ -1157,12 +1157,11 @@ def two_files(tmp_path: Path, second: str = "evaluate: [linear]\n") -> tuple[Pat
     return first, other
 
 
-def test_a_config_training_now_for_another_file_is_not_trained_twice(tmp_path, fake):
+def test_a_config_training_now_for_another_file_is_not_trained_twice(
+    tmp_path, fake, lock_held_elsewhere
+):
     """A launch found nothing to take over from a point of another file still training the same
     config, and trained it a second time (a multi-day run at the paper profile)."""
-    import subprocess
-    import sys
-
     first, other = two_files(tmp_path)
     runs = tmp_path / "runs"
     shared = next(
@@ -1172,20 +1171,9 @@ def test_a_config_training_now_for_another_file_is_not_trained_twice(tmp_path, f
     )
     shared.run_dir.mkdir(parents=True)
     write_json(shared.run_dir / "point.json", shared.record())
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from detcon.runs import point_lock\n"
-         "with point_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(60)",
-         str(shared.run_dir)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
     lines: list[str] = []
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(shared.run_dir):
         result = launch.run_ablation(other, runs_dir=runs, echo=lines.append)
-    finally:
-        holder.kill()
-        holder.wait()
     ids = run_ids(other)
     assert result.busy == [ids[0]] and result.ran == [ids[1]]
     assert f"  {ids[0]}: its config runs now in first/{shared.run_id} (its lock is held)" in (
@@ -1194,22 +1182,11 @@ def test_a_config_training_now_for_another_file_is_not_trained_twice(tmp_path, f
     assert [c for c in fake.calls if c[0] == ids[0]] == []
     # still so while it evaluates what it has trained (taken over only once done)
     (shared.run_dir / "train_summary.json").write_text("{}")
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from detcon.runs import point_lock\n"
-         "with point_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(60)",
-         str(shared.run_dir)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        from detcon.launch.reuse import training_elsewhere
+    from detcon.launch.reuse import training_elsewhere
 
-        spec = launch.prepare(other, runs_dir=runs, check_data=False).specs[0]
+    spec = launch.prepare(other, runs_dir=runs, check_data=False).specs[0]
+    with lock_held_elsewhere(shared.run_dir):
         assert training_elsewhere(spec) == shared.run_dir
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def pretrain_metrics(scan, run_id: str) -> dict[str, float]:
@@ -1502,12 +1479,12 @@ def test_every_process_of_a_multi_process_job_agrees_on_reuse(tmp_path, fake, mo
     assert "reused_from" not in json.loads((spec.run_dir / "status.json").read_text())
 
 
-def test_followers_do_not_join_a_rank_0_that_will_not_train(tmp_path, fake, monkeypatch):
+def test_followers_do_not_join_a_rank_0_that_will_not_train(
+    tmp_path, fake, monkeypatch, lock_held_elsewhere
+):
     """Rank 0 of a DDP job that finds the point held by another job returns 'busy' without
     joining the process group: its followers waited there for torch's 10-30 minute timeout."""
     import dataclasses
-    import subprocess
-    import sys
 
     spec = launch.prepare(grid3(tmp_path), runs_dir=tmp_path / "r", check_data=False).specs[0]
     spec = dataclasses.replace(spec, executor="slurm")
@@ -1516,15 +1493,7 @@ def test_followers_do_not_join_a_rank_0_that_will_not_train(tmp_path, fake, monk
     fast = {"timeout_s": 5.0, "busy_after_s": 0.3, "poll_s": 0.05}
     assert not took(spec, **{**fast, "timeout_s": 0.2})  # rank 0 never came
     write_status(spec.run_dir, "running", job_id="77_0")  # another job trains it...
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from detcon.runs import point_lock\n"
-         "with point_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(60)",
-         str(spec.run_dir)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"  # ... and holds its lock
+    with lock_held_elsewhere(spec.run_dir):  # ... and holds its lock
         assert not took(spec, **fast)
         joined: list[Path] = []
         monkeypatch.setattr("detcon.train.pretrain", lambda cfg, d, **kw: joined.append(d))
@@ -1532,9 +1501,6 @@ def test_followers_do_not_join_a_rank_0_that_will_not_train(tmp_path, fake, monk
         monkeypatch.setenv("SLURM_NTASKS", "2")
         monkeypatch.setenv("SLURM_PROCID", "1")
         assert launch.run_point(spec)["state"] == "busy" and joined == []
-    finally:
-        holder.kill()
-        holder.wait()
     # rank 0 says it has the point before its env.json record (seconds: torch, the device, git),
     # which outlasted the followers' patience
     seen = []

@@ -323,34 +323,19 @@ def test_training_refuses_a_store_of_other_synthetic_scenes_with_the_same_first_
         open_for_training(out, build_mask_source(GRID), scenes(same_first[0]))
 
 
-def test_a_second_precompute_into_a_store_being_computed_is_refused(tmp_path):
+def test_a_second_precompute_into_a_store_being_computed_is_refused(tmp_path, lock_held_elsewhere):
     """Two runs into one store computed the same shards twice, and the second's clean-up of
     temp files removed a shard the first was writing (its rename then failed)."""
-    import subprocess
-    import sys
-
     from detcon.masks.store import WRITER_LOCK
     from detcon.runs import PointBusyError
 
     out = tmp_path / "s"
     precompute_store(FakeScenes(n=4), GRID, out, shard_size=2, progress=False)
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from detcon.runs import point_lock\n"
-         f"with point_lock(sys.argv[1], name={WRITER_LOCK!r}):\n"
-         " print('held', flush=True); time.sleep(60)",
-         str(out)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(out, WRITER_LOCK):
         temp = out / ".shard-00000.npz.0a1b2c3d.tmp"  # the other run's shard being written
         temp.write_bytes(b"PK")
         with pytest.raises(PointBusyError, match=r"is being computed by another process \(pid"):
             precompute_store(FakeScenes(n=4), GRID, out, shard_size=2, progress=False)
         assert temp.exists()
-    finally:
-        holder.kill()
-        holder.wait()
     precompute_store(FakeScenes(n=4), GRID, out, shard_size=2, progress=False)  # then it runs
     assert not temp.exists()
