@@ -60,7 +60,7 @@ from detcon.results import (
     load_mask_quality,
     scan_ablation,
 )
-from detcon.runs import reused_source
+from detcon.runs import POOL_START_METHOD, reused_source
 
 __all__ = [
     "Report",
@@ -610,8 +610,12 @@ def _report_job(
 
 
 def default_jobs() -> int:
-    """Reports drawn side by side by :func:`build_figures`: the CPUs usable, at most 2."""
-    return max(1, min(2, len(os.sched_getaffinity(0))))
+    """Reports drawn side by side by :func:`build_figures`: the CPUs usable, at most 2.
+
+    The CPUs this process may run on where the OS says (Linux's affinity mask), else all of them
+    (macOS has no ``os.sched_getaffinity``)."""
+    usable = getattr(os, "sched_getaffinity", None)
+    return max(1, min(2, len(usable(0)) if usable else os.cpu_count() or 1))
 
 
 def build_figures(
@@ -665,7 +669,8 @@ def build_figures(
 
             import seaborn  # noqa: F401  (imported once, before the workers fork)
 
-            pool = stack.enter_context(multiprocessing.get_context("fork").Pool(jobs))
+            context = multiprocessing.get_context(POOL_START_METHOD)
+            pool = stack.enter_context(context.Pool(jobs))
             results = pool.imap(_report_job, work)
         else:
             results = map(_report_job, work)

@@ -421,6 +421,11 @@ def _device() -> dict[str, Any]:
     }
 
 
+# The start method of our worker pools (mask stores, figures): fork on Linux, the platform's
+# default elsewhere (spawn on macOS, where Python's docs call fork unsafe, and on Windows).
+POOL_START_METHOD = "fork" if sys.platform == "linux" else None
+
+
 def _cpu_name() -> str | None:
     """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
     try:

@@ -37,7 +37,7 @@ if [ $# -eq 0 ]; then
 fi
 ABLATIONS_DIR=$(dirname "$1")  # detcon figures reads the files of one folder
 for file in "$@"; do
-    [ "$(realpath "$(dirname "$file")")" = "$(realpath "$ABLATIONS_DIR")" ] || {
+    [ "$(dirname "$file")" -ef "$ABLATIONS_DIR" ] || {  # -ef: no realpath (GNU -m, macOS 13+)
         echo "scripts/study.sh: $file is not in $ABLATIONS_DIR: the ablation files of one" \
             "study are read from one folder (detcon figures --ablations-dir); $USAGE" >&2
         exit 2
@@ -47,7 +47,8 @@ LANES=${LANES:-2}
 STAGGER=${STAGGER:-5}
 DETCON=${DETCON:-.venv/bin/detcon}
 RESULTS_DIR=${RESULTS_DIR:-results}
-if [ "$(realpath -m "$RESULTS_DIR")" = "$(realpath -m results)" ]; then  # ./results, results/ too
+mkdir -p "$RESULTS_DIR"
+if [ "$RESULTS_DIR" -ef results ]; then  # ./results, results/ and links to it too
     FIGURES_DIR=${FIGURES_DIR:-figures} CLAIMS_OUT=${CLAIMS_OUT:-RESULTS.md}
 else
     FIGURES_DIR=${FIGURES_DIR:-$RESULTS_DIR/figures} CLAIMS_OUT=${CLAIMS_OUT:-$RESULTS_DIR/RESULTS.md}

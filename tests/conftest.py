@@ -173,6 +173,8 @@ def alive():
     parent, or for an init that does not reap, to collect it)."""
 
     def check(pid: int) -> bool:
+        if not Path("/proc/self/stat").exists():  # macOS, the BSDs: ask ps
+            return process_state_by_ps(pid) not in (None, "Z")
         stat = Path(f"/proc/{pid}/stat")
         try:
             state = stat.read_text().rsplit(")", 1)[1].split()[0]
@@ -181,6 +183,12 @@ def alive():
         return state != "Z"
 
     return check
+
+
+def process_state_by_ps(pid: int) -> str | None:
+    """The first letter of ``ps``'s state of ``pid`` ("Z": a zombie), None if there is none."""
+    proc = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True)
+    return proc.stdout.strip()[:1] or None
 
 
 @pytest.fixture

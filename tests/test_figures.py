@@ -8,6 +8,7 @@ run, ``results/`` as ``detcon export`` wrote it. No run directory, checkpoint or
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
 from pathlib import Path
@@ -19,7 +20,7 @@ from test_results import _listing
 from detcon import cli
 from detcon.export import POINT_FILES, results_table
 from detcon.grid import expand, load_ablation
-from detcon.report import build_figures
+from detcon.report import build_figures, default_jobs
 from detcon.results import scan_ablation
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,6 +116,22 @@ def test_an_export_of_another_config_is_named_after_the_others_are_drawn(study, 
     err = captured.err
     assert err.startswith("detcon figures: error: no exported point of changed is a point of")
     assert err.count("\n") == 1
+
+
+def test_figures_where_the_os_has_no_affinity_mask_nor_fork(study, monkeypatch, capsys):
+    """macOS: no os.sched_getaffinity, and the workers are spawned (fork is unsafe there)."""
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # "undetermined"
+    assert default_jobs() == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert default_jobs() == 2
+    monkeypatch.setattr("detcon.report.POOL_START_METHOD", "spawn")
+    _add_changed_ablation(study)
+    assert cli.main(["figures"]) == 2  # the changed ablation has no point: drawn, then named
+    out = capsys.readouterr().out
+    assert "2 exported ablations in results, 2 at a time" in out, out
+    assert "changed FAILED" in out
+    assert (study / "figures" / "tiny.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_no_exported_ablation_is_a_clear_error(tmp_path, capsys):

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
+
+from conftest import process_state_by_ps
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "study.sh"
@@ -27,9 +30,11 @@ def _stub(tmp_path: Path, fail_run: bool = False) -> tuple[Path, Path]:
     return stub, log
 
 
-def _run(tmp_path, stub, *args, lanes="2"):
+def _run(tmp_path, stub, *args, lanes="2", results=None, path=None):
     env = {**os.environ, "DETCON": str(stub), "LANES": lanes, "STAGGER": "0"}
-    env["RESULTS_DIR"] = str(tmp_path / "r")
+    env["RESULTS_DIR"] = str(tmp_path / "r") if results is None else results
+    if path is not None:
+        env["PATH"] = f"{path}:{env['PATH']}"
     return subprocess.run(
         ["bash", str(SCRIPT), str(tmp_path / "runs"), *args],
         cwd=REPO,
@@ -101,6 +106,30 @@ def test_ablation_files_of_another_folder_are_drawn_from_it(tmp_path):
     assert not log.exists()
 
 
+def test_the_committed_results_are_told_apart_without_gnu_realpath(tmp_path):
+    # macOS 13+'s realpath has no -m, 12's none at all: a results folder elsewhere wrote the
+    # study's figures and claims over the committed figures/ and RESULTS.md
+    stub, log = _stub(tmp_path)
+    bsd = tmp_path / "bin"
+    bsd.mkdir()
+    (bsd / "realpath").write_text("#!/bin/sh\necho 'realpath: illegal option' >&2; exit 64\n")
+    (bsd / "realpath").chmod(0o755)
+    mine = tmp_path / "mine"
+    for results, figures, claims in (
+        (str(mine), f"{mine}/figures", f"{mine}/RESULTS.md"),
+        ("./results/", "figures", "RESULTS.md"),  # the committed tree, however it is written
+    ):
+        proc = _run(
+            tmp_path, stub, "ablations/negatives.yaml", lanes="1", results=results, path=bsd
+        )
+        assert proc.returncode == 0, proc.stderr
+        calls = log.read_text().splitlines()
+        log.unlink()
+        assert f"--figures-dir {figures} --notebooks" in calls[-2]
+        assert f"--out {claims} " in calls[-1]
+    assert mine.is_dir()  # made before the lanes start
+
+
 def test_a_killed_study_stops_its_lanes(tmp_path, kill_once_started):
     """Its lanes outlived it, holding their points' locks: a resumed study skipped those points
     as "running elsewhere" while the orphans went on training."""
@@ -109,3 +138,19 @@ def test_a_killed_study_stops_its_lanes(tmp_path, kill_once_started):
     killed = kill_once_started(argv, env, 2)
     assert len(killed.started) == 2 and killed.ran and killed.status == 143
     assert killed.survivors == []
+
+
+def test_the_liveness_check_without_proc():
+    # macOS has no /proc: the kill tests ask ps there (without it every process read as dead,
+    # so one test always failed and another could not fail)
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        assert process_state_by_ps(sleeper.pid) not in (None, "Z")
+    finally:
+        sleeper.kill()
+    deadline = time.monotonic() + 10
+    while process_state_by_ps(sleeper.pid) != "Z" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_state_by_ps(sleeper.pid) == "Z"  # exited, not yet collected
+    sleeper.wait()
+    assert process_state_by_ps(sleeper.pid) is None

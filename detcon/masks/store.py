@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from detcon.atomic import atomic_write
 from detcon.config import MaskConfig, to_dict
 from detcon.masks.sources import MaskSource, build_mask_source
-from detcon.runs import PointBusyError, lock_holder, point_lock
+from detcon.runs import POOL_START_METHOD, PointBusyError, lock_holder, point_lock
 
 __all__ = [
     "FORMAT_VERSION",
@@ -404,8 +404,9 @@ def precompute_store(
         out_dir: store directory (created). An existing store must have the same source
             parameters, dataset length/fingerprint and shard size, else ValueError.
         shard_size: images per shard file.
-        workers: processes; ``> 1`` uses a process pool over shards ('fork' where available,
-            as torch's DataLoader; else 'spawn', which needs a picklable dataset).
+        workers: processes; ``> 1`` uses a process pool over shards ('fork' on Linux, the
+            platform's default elsewhere: 'spawn' on macOS and Windows, which needs a picklable
+            dataset, as torch's DataLoader workers there).
         shards: compute only these shard indices (default: all); shards that match their
             manifest record (size and SHA-256) are skipped, damaged ones computed again.
         progress: show a tqdm bar (images).
@@ -488,8 +489,7 @@ def _precompute_locked(
                 )
                 _record_shards(out_dir, {name: record})
         else:
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            ctx = mp.get_context(method)
+            ctx = mp.get_context(POOL_START_METHOD)
             with ctx.Pool(
                 min(workers, len(todo)),
                 initializer=_init_worker,

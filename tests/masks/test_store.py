@@ -93,7 +93,9 @@ def test_restart_after_kill_computes_only_what_is_missing(tmp_path):
     np.testing.assert_array_equal(store[5], _expected(dataset, GRID, 5))
 
 
-def test_two_workers_write_the_same_bytes_as_one(tmp_path):
+@pytest.mark.parametrize("start", ["fork", "spawn"])  # spawn: macOS's default, and Windows'
+def test_two_workers_write_the_same_bytes_as_one(tmp_path, monkeypatch, start):
+    monkeypatch.setattr("detcon.masks.store.POOL_START_METHOD", start)
     dataset = FakeScenes(n=9)
     one = precompute_store(dataset, FH, tmp_path / "one", shard_size=2, progress=False)
     two = precompute_store(dataset, FH, tmp_path / "two", shard_size=2, workers=2, progress=False)
