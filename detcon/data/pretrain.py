@@ -70,11 +70,10 @@ def build_base_dataset(cfg: PretrainConfig) -> Dataset:
     raise ValueError(f"data.dataset={data.dataset!r}: no reader")  # config already validated
 
 
-# Bytes of computed masks a PretrainDataset keeps per process (each DataLoader worker has its
-# own): all of the cpu profile's 1,024 scenes of 64 x 64 px (FH int32 id maps: 16 MiB; 16 MCG-style
-# bool masks each: 64 MiB), ~500 ImageNet FH id maps. Without a bound a real dataset filled every
-# worker's memory (~0.5 MB per image). Not a config field: it changes no result, and a new field
-# would change every run id.
+# Bytes of computed masks a PretrainDataset of synthetic scenes keeps per process (each
+# DataLoader worker has its own): all of the cpu profile's 1,024 scenes of 64 x 64 px (FH int32 id
+# maps: 16 MiB; 16 MCG-style bool masks each: 64 MiB). Real datasets keep none (below). Not a
+# config field: it changes no result, and a new field would change every run id.
 MASK_CACHE_BYTES = 256 * 2**20
 
 # Bytes of generated synthetic scenes (image and instance map) a PretrainDataset keeps per
@@ -171,8 +170,12 @@ class PretrainDataset(Dataset):
             from detcon.masks.store import open_for_training
 
             self.store = open_for_training(cfg.masks.store, self.source, base)
-        self.cache = BoundedCache(cache_bytes)
-        self.scenes = BoundedCache(scene_cache_bytes if isinstance(base, SyntheticScenes) else 0)
+        # Only synthetic datasets keep what they compute: a real one's images come back to a
+        # worker an epoch later, long evicted (ImageNet at 32 ranks x 16 workers: 1 hit in
+        # 80,128 lookups, and 256 MiB a worker held for nothing).
+        synthetic = isinstance(base, SyntheticScenes)
+        self.cache = BoundedCache(cache_bytes if synthetic else 0)
+        self.scenes = BoundedCache(scene_cache_bytes if synthetic else 0)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -232,7 +235,11 @@ class PretrainDataset(Dataset):
 
 def _stack_masks(masks: list[Tensor]) -> Tensor:
     if masks[0].dtype != torch.bool:
-        return torch.stack(masks)
+        # Id maps travel to the training process (through shared memory, from loader workers)
+        # in the smallest type that holds the batch's ids, not int64: at 224 px and batch 128
+        # int64 maps were 73% of a batch's bytes. ``mask_weights`` widens them on the device.
+        ids = torch.stack(masks)
+        return ids.to(torch.uint8 if int(ids.max()) < 256 else torch.int32)
     m = max(x.shape[0] for x in masks)  # pad overlapping stacks with empty (absent) masks
     out = torch.zeros(len(masks), m, *masks[0].shape[1:], dtype=torch.bool)
     for i, x in enumerate(masks):
@@ -241,7 +248,8 @@ def _stack_masks(masks: list[Tensor]) -> Tensor:
 
 
 def collate_views(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Stack views (uint8) and masks; overlapping mask stacks are padded with empty masks."""
+    """Stack views (uint8) and masks: id maps as uint8 or int32 (what holds the batch's ids),
+    overlapping mask stacks padded with empty masks."""
     return {
         "view1": torch.stack([it["view1"] for it in items]),
         "view2": torch.stack([it["view2"] for it in items]),

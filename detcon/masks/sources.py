@@ -238,7 +238,9 @@ def _read_npz_overlapping(path: Path, max_masks: int | None) -> np.ndarray:
     if max_masks is not None:
         if max_masks < 1:
             raise ValueError(f"max_masks={max_masks}: expected >= 1 or None")
-        masks = masks[:max_masks]
+        # a copy, not a view: a view keeps every mask of the file in memory (the loader's mask
+        # cache counted the 16 kept and held 200)
+        masks = masks[:max_masks].copy()
     return np.ascontiguousarray(masks)
 
 

@@ -172,6 +172,10 @@ def test_npz_overlapping_sorted_by_score_and_truncated(tmp_path):
     )
     np.savez(tmp_path / "q.npz", masks=masks)  # no scores: file order
     np.testing.assert_array_equal(read_external_masks(tmp_path / "q.npz"), masks)
+    # the masks kept hold no others in memory (a view of all of them: the loader's mask cache
+    # counted the 16 kept of 200)
+    kept = read_external_masks(tmp_path / "q.npz", max_masks=2)
+    assert kept.base is None and kept.nbytes == 2 * 4 * 5
 
 
 def test_external_reader_errors(tmp_path):
