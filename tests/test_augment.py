@@ -178,6 +178,9 @@ def test_crop_windows_follow_the_release_sampler():
     assert abs((area_ours > 0.6).mean() - (area_ref > 0.6).mean()) < 0.02
     # two-sample KS, 10k vs 10k: the 0.1% critical value is 1.95 * sqrt(2 / n) = 0.028
     assert _ks_statistic(area_ours, area_ref) < 0.028
+    # the aspect ratio is log-uniform (a uniform ratio in [3/4, 4/3] gives KS 0.07 here)
+    aspect_ref, aspect_ours = ref[:, 3] / ref[:, 2], ours[:, 3] / ours[:, 2]
+    assert _ks_statistic(np.log(aspect_ours), np.log(aspect_ref)) < 0.028
     # offsets uniform: the window's centre spans the image as in the release
     for col in (0, 1):
         assert (
@@ -196,6 +199,8 @@ def test_two_view_geometry_draws_release_windows():
     torch.manual_seed(3)
     top, left, h, w = release_crop_window(40, 40, (0.5, 0.5), (1.0, 1.0))
     assert (h, w) == (28, 28)  # round(sqrt(0.5 * 1600)) = 28
+    # rounded, not truncated: sqrt(0.6 * 100) = 7.75 gives 8
+    assert release_crop_window(10, 10, (0.6, 0.6), (1.0, 1.0))[2:] == (8, 8)
     white_rows = max(0, 20 - top) / h  # the fraction of the crop that is white
     assert abs(img.float().mean().item() / 255 - white_rows) < 0.05
 
@@ -357,6 +362,26 @@ def test_view_solarize_probabilities():
     assert torch.allclose(out1[solarized], 1 - bright[solarized])
     assert torch.equal(out1[~solarized], bright[~solarized])
     assert abs(solarized.float().mean().item() - 0.2) < 4 * (0.16 / 2000) ** 0.5
+
+
+def test_jitter_strengths_and_blur_sigma_span_their_configured_ranges():
+    # the contrast bound taken from the saturation, a hue in [0, hue] and a sigma up to twice
+    # its bound each survived every other test (only the brightness range was checked)
+    cfg = AugmentConfig()
+    p = _draw_params(20_000, view=0, cfg=cfg, generator=_gen(11))
+    ranges = [
+        (-cfg.brightness, cfg.brightness),
+        (1 - cfg.contrast, 1 + cfg.contrast),
+        (1 - cfg.saturation, 1 + cfg.saturation),
+        (-cfg.hue, cfg.hue),
+    ]
+    for col, (lo, hi) in enumerate(ranges):
+        values = p["values"][:, col]
+        assert lo <= float(values.min()) < lo + 0.01 * (hi - lo), col
+        assert hi - 0.01 * (hi - lo) < float(values.max()) <= hi, col
+    lo, hi = cfg.blur_sigma
+    assert lo <= float(p["sigma"].min()) < lo + 0.01 * (hi - lo)
+    assert hi - 0.01 * (hi - lo) < float(p["sigma"].max()) <= hi
 
 
 def test_vectorised_equals_per_sample_reference():

@@ -21,6 +21,7 @@ from detcon.claims import (
     Criterion,
     Difference,
     Efficiency,
+    _reference,
     bootstrap,
     evaluate_claims,
     load_tables,
@@ -453,6 +454,31 @@ def test_a_custom_spec_reads_literal_booleans_and_numbers_from_csv(tmp_path):
     write_world(tmp_path)
     (r,) = evaluate_claims(load_tables(tmp_path, [spec]), None, [spec])
     assert r.verdict == "reproduced" and r.estimate == pytest.approx(-0.03, abs=0.002)
+
+
+def test_a_difference_of_differences_subtracts_the_second_effect():
+    # (first - second) - (minus[0] - minus[1]); the fixture's world is too small an effect to
+    # tell the sign of the second difference (a swapped one passed every test)
+    measure = Difference({"a": "1"}, {"a": "2"}, minus=({"a": "3"}, {"a": "4"}))
+    assert measure.statistic(None, None)(np.array([1.0, 0.0, 0.0, 0.5])) == pytest.approx(1.5)
+    assert Difference({}, {}).statistic(None, None)(np.array([1.0, 0.25])) == pytest.approx(0.75)
+
+
+def test_the_floor_and_the_ceiling_are_their_seeds_mean():
+    # per seed the mean of its rows, then the mean over seeds (the maximum passed every test:
+    # the fixture's references did not vary by seed)
+    table = pd.DataFrame(
+        {
+            "backbone": ["random"] * 3 + ["supervised"],
+            "task": ["segmentation"] * 4,
+            "metric": ["miou"] * 4,
+            "seed": [0, 0, 1, 0],
+            "value": [0.2, 0.4, 0.6, 0.9],
+        }
+    )
+    assert _reference(table, "random", "segmentation", "miou") == pytest.approx(0.45)
+    assert _reference(table, "supervised", "segmentation", "miou") == pytest.approx(0.9)
+    assert _reference(table, "random", "depth", "miou") is None
 
 
 # --------------------------------------------------------------------------- RESULTS.md

@@ -1,8 +1,11 @@
 import pytest
 import torch
 import torchvision
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from detcon.config import ModelConfig, load_pretrain_config
+from detcon.losses import byol_loss, detcon_loss
+from detcon.masks.features import mask_weights, pool_masks, sample_mask_ids
 from detcon.models import (
     MLP,
     PretrainModel,
@@ -71,6 +74,14 @@ def test_weights_start_as_haiku_defaults(backbone):
             assert float(w.std()) / bound * 2 == pytest.approx(0.8796, rel=0.05)
             checked += 1
     assert checked >= 3
+    net = build_backbone(cfg)
+    blocks = [b for b in net.modules() if isinstance(b, (BasicBlock, Bottleneck))]
+    last = {id(b.bn3 if isinstance(b, Bottleneck) else b.bn2) for b in blocks}
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(blocks) >= 4 and len(bns) > len(last)
+    for bn in bns:
+        assert float(bn.bias.detach().abs().max()) == 0.0
+        assert bool((bn.weight.detach() == (0.0 if id(bn) in last else 1.0)).all())
 
 
 def test_mlp_head_shapes_and_layout():
@@ -142,6 +153,68 @@ def test_ema_update_moves_target_towards_online():
     torch.testing.assert_close(m.target.projector[0].weight, 0.9 * tg + 0.1 * on)
     m.update_target(0.0)
     torch.testing.assert_close(m.target.projector[0].weight, m.online.projector[0].weight)
+
+
+def _loss_from_the_parts(m, x, masks, uniforms):
+    """The model's loss rebuilt from its networks and the pure functions, by the release's
+    wiring: each view's online prediction against the other view's target (BYOL, DetCon-B: the
+    EMA network's projection, no gradient; SimCLR, DetCon-S: the other view's own projection,
+    with gradient), positives matched by the sampled mask ids of each view."""
+    pred, targets, ids = [], [], []
+    for x_v, m_v, u_v in zip(x, masks, uniforms):
+        feats = m.online.backbone(x_v)
+        w = mask_weights(m_v, tuple(feats.shape[-2:]))
+        sel = sample_mask_ids(w, u_v)
+        z = m.online.projector(pool_masks(feats, w, sel))
+        pred.append(z if m.online.predictor is None else m.online.predictor(z))
+        ids.append(sel)
+        if m.target is not None:
+            with torch.no_grad():
+                targets.append(m.target.projector(pool_masks(m.target.backbone(x_v), w, sel)))
+    if m.method == "byol":
+        return byol_loss(pred1=pred[0], pred2=pred[1], target1=targets[0], target2=targets[1])
+    t1, t2 = targets if m.target is not None else pred
+    return detcon_loss(
+        pred1=pred[0],
+        pred2=pred[1],
+        target1=t1,
+        target2=t2,
+        pred_ids1=ids[0],
+        pred_ids2=ids[1],
+        target_ids1=ids[0],
+        target_ids2=ids[1],
+        temperature=m.loss_cfg.temperature,
+        same_image_negatives=m.loss_cfg.same_image_negatives,
+        negative_groups=m.loss_cfg.negative_groups,
+    )
+
+
+@pytest.mark.parametrize(
+    "method,source,k",
+    [("detcon_b", "fh", 4), ("detcon_s", "fh", 4), ("byol", "image", 1), ("simclr", "image", 1)],
+)
+def test_the_model_wires_its_networks_to_the_loss_as_the_release(method, source, k):
+    # A review's mutations of the forward pass (the two views' target ids swapped, DetCon-B
+    # without its predictor, the online backbone as the target's, SimCLR/DetCon-S targets
+    # detached, BYOL regressing each view on its own target) all left every test green.
+    m = _cpu_model(method, source, k)
+    m.dedup_heads = False  # the heads on every sampled mask, as the release (no row sharing)
+    g = torch.Generator().manual_seed(0)
+    x = [torch.randn(4, 3, 32, 32, generator=g) for _ in range(2)]
+    masks = [torch.randint(0, 3, (4, 32, 32), generator=g) for _ in range(2)]
+    if source == "image":
+        masks = [torch.zeros_like(mk) for mk in masks]
+    uniforms = [torch.rand(4, k, generator=g) for _ in range(2)]
+    params = list(m.online.parameters())
+    loss = m(x, masks, uniforms)["loss"]
+    expected = _loss_from_the_parts(m, x, masks, uniforms)
+    torch.testing.assert_close(loss, expected)
+    got = torch.autograd.grad(loss, params, allow_unused=True)
+    want = torch.autograd.grad(expected, params, allow_unused=True)
+    assert sum(gr is not None for gr in got) == sum(gr is not None for gr in want) > 0
+    for a, b in zip(got, want):
+        if a is not None or b is not None:
+            torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize(

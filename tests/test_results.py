@@ -12,6 +12,7 @@ import pytest
 
 from detcon.grid import expand, load_ablation
 from detcon.results import (
+    AblationScan,
     choose_layout,
     diverged_probes,
     label_rows,
@@ -551,3 +552,24 @@ def test_an_eval_file_that_is_no_mapping_is_a_problem_not_a_crash(tmp_path):
     _write(tmp_path / "eval_random.json", {"seg": {"miou": 0.1}, "probe": {"split": "val"}})
     rows, problem = read_run_metrics(tmp_path, use_summary=False)
     assert problem is not None and problem.startswith("corrupt eval.json")
+
+
+def test_the_seed_summary_is_the_mean_and_the_sample_std_over_seeds():
+    # ddof 1, as documented (ddof 0 passed every test: they read the column names only)
+    tidy = pd.DataFrame(
+        {
+            "method": ["byol", "byol", "byol", "simclr"],
+            "backbone": ["pretrained"] * 4,
+            "task": ["segmentation"] * 4,
+            "metric": ["miou"] * 4,
+            "seed": [0, 1, 2, 0],
+            "state": ["done", "done", "failed", "done"],
+            "value": [0.0, 1.0, 5.0, 0.5],
+        }
+    )
+    scan = AblationScan(None, "cpu", Path("."), ("method",), pd.DataFrame(), tidy, pd.DataFrame())
+    rows = scan.seed_summary().set_index("method")
+    assert rows.loc["byol", "mean"] == pytest.approx(0.5)  # the failed seed left out
+    assert rows.loc["byol", "std"] == pytest.approx(2**-0.5)
+    assert rows.loc["byol", "seeds"] == 2
+    assert pd.isna(rows.loc["simclr", "std"]) and rows.loc["simclr", "seeds"] == 1

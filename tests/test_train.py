@@ -118,6 +118,25 @@ def test_metrics_checkpoint_and_summary(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert {"loss", "lr", "tau", "normalized_proj_std", "images_per_s"} <= rows[0].keys()
+    # step s trains at the schedules' value of s (the values of s + 1 passed every test)
+    from detcon.config import scaled_lr, total_steps, warmup_steps
+    from detcon.optim import learning_rate, target_ema
+
+    n, o = cfg.data.num_images, cfg.optim
+    assert warmup_steps(o, n) > 0 and rows[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert rows[0]["tau"] == pytest.approx(o.base_ema)
+    for r in rows:
+        assert r["lr"] == pytest.approx(
+            learning_rate(
+                r["step"],
+                scaled_lr=scaled_lr(o),
+                total_steps=total_steps(o, n),
+                warmup_steps=warmup_steps(o, n),
+            )
+        )
+        assert r["tau"] == pytest.approx(
+            target_ema(r["step"], base_ema=o.base_ema, total_steps=total_steps(o, n))
+        )
     assert result.steps == 3 and load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
     assert json.loads((tmp_path / "train_summary.json").read_text())["steps"] == 3
     assert json.loads((tmp_path / "config.json").read_text())["method"] == "detcon_b"

@@ -71,6 +71,10 @@ def test_depth_perfect_and_hand_case():
     # Summing the statistics of two halves gives the statistics of the whole.
     halves = depth_sums(pred[:1], gt[:1]) + depth_sums(pred[1:], gt[1:])
     assert depth_scores(halves) == pytest.approx(scores)
+    # The threshold is 1.25 (not 1.25^2), on the ratio either way round: 1.3 and 0.7 fail it
+    # (1.3 > 1.25, 1 / 0.7 = 1.43), 1.2 passes; each of the two mutations survived the case above
+    near = depth_scores(depth_sums(torch.tensor([1.3, 0.7, 1.2]), torch.ones(3)))
+    assert near["delta1"] == pytest.approx(1 / 3)
 
 
 def test_depth_max_depth_excludes_far_pixels_and_empty_is_an_error():
