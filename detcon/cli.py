@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -190,7 +193,35 @@ def _load_extra_commands() -> None:
             _EXTRA_COMMANDS.append(register)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit) raised in the main thread as an interrupt,
+    so that a command stops as on Ctrl-C: its ``finally`` blocks run, worker processes are
+    stopped, one line is printed."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = words[0] if words else ""
+    try:
+        return _main(words)
+    except KeyboardInterrupt as exc:  # also while the commands are imported (seconds)
+        if isinstance(exc, Terminated):
+            print(f"detcon {command}: terminated (SIGTERM)", file=sys.stderr)
+            return 128 + signal.SIGTERM
+        print(f"detcon {command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if main_thread:  # None: a handler not set from Python
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _main(argv: list[str]) -> int:
     _load_extra_commands()
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -209,9 +240,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # would depend on their length); terminals and log viewers wrap it for display.
         print(f"detcon {args.command}: error: {msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"detcon {args.command}: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

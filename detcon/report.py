@@ -60,7 +60,7 @@ from detcon.results import (
     load_mask_quality,
     scan_ablation,
 )
-from detcon.runs import POOL_START_METHOD, reused_source
+from detcon.runs import POOL_START_METHOD, init_pool_worker, reused_source
 
 __all__ = [
     "Report",
@@ -670,7 +670,7 @@ def build_figures(
             import seaborn  # noqa: F401  (imported once, before the workers fork)
 
             context = multiprocessing.get_context(POOL_START_METHOD)
-            pool = stack.enter_context(context.Pool(jobs))
+            pool = stack.enter_context(context.Pool(jobs, initializer=init_pool_worker))
             results = pool.imap(_report_job, work)
         else:
             results = map(_report_job, work)

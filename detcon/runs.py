@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -424,6 +425,14 @@ def _device() -> dict[str, Any]:
 # The start method of our worker pools (mask stores, figures): fork on Linux, the platform's
 # default elsewhere (spawn on macOS, where Python's docs call fork unsafe, and on Windows).
 POOL_START_METHOD = "fork" if sys.platform == "linux" else None
+
+
+def init_pool_worker() -> None:
+    """A pool worker (mask stores, figures) leaves stopping to its parent: Ctrl-C, which a
+    terminal sends to every process, stops the parent, which terminates the pool, and SIGTERM
+    ends the worker at once, without the traceback of an interrupted worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _cpu_name() -> str | None:

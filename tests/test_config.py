@@ -330,3 +330,25 @@ def test_the_profile_is_chosen_not_overridden(tmp_path, capsys):
     ablation.write_text("name: pp\ndescription: t\ngrid: {point: {profile: paper}}\n")
     assert main(["run", str(ablation), "--runs-dir", str(tmp_path / "r"), "--dry-run"]) == 2
     assert "a grid point sets 'profile'" in capsys.readouterr().err
+
+
+def test_sigterm_and_an_early_ctrl_c_stop_a_command_with_one_line(monkeypatch, capsys):
+    # SIGTERM ended a command at once, without its clean-up (a launch left its lane workers
+    # running); Ctrl-C while the commands were imported printed a 38-line traceback
+    import os
+    import signal
+
+    from detcon import cli
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "_cmd_config", lambda args: os.kill(os.getpid(), signal.SIGTERM))
+    assert cli.main(["config"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "detcon config: terminated (SIGTERM)\n"
+    assert signal.getsignal(signal.SIGTERM) == before  # put back
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_load_extra_commands", interrupted)
+    assert cli.main(["run", "x.yaml"]) == 130
+    assert capsys.readouterr().err == "detcon run: interrupted\n"

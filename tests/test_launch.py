@@ -965,9 +965,12 @@ def _write_sleeping_notebook(path: Path, cells: list) -> None:
     )
 
 
-def _ctrl_c_once_started(cmd: list[str], started: list[Path]) -> tuple[int, str, str]:
+def _ctrl_c_once_started(
+    cmd: list[str], started: list[Path], sig: int | None = None
+) -> tuple[int, str, str]:
     """Start ``cmd`` in a session of its own, wait until every ``started`` file exists, send
-    SIGINT to its process group (a terminal's Ctrl-C) and return (exit code, stdout, stderr)."""
+    SIGINT to its process group (a terminal's Ctrl-C), or ``sig`` to its process alone, and
+    return (exit code, stdout, stderr)."""
     import os
     import signal
     import subprocess
@@ -991,7 +994,10 @@ def _ctrl_c_once_started(cmd: list[str], started: list[Path]) -> tuple[int, str,
                 break
             time.sleep(0.2)
         assert all(f.exists() for f in started), proc.communicate()
-        os.killpg(proc.pid, signal.SIGINT)
+        if sig is None:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, sig)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -1037,6 +1043,40 @@ def test_ctrl_c_during_a_run_prints_one_line_and_exits_130(tmp_path, lanes):
     for i, (rid, f) in enumerate(zip(rids, started), 1):
         assert f"[{i}/{points}] {rid} ..." in out
         # The point resumes on the next run: nobody holds its lock and its status says running.
+        assert point_state(f.parent, rid).state == "interrupted"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_to_the_launch_alone_stops_its_lanes(tmp_path, sig):
+    """`kill -INT` or `kill -TERM` of `detcon run --lanes 2` (not its process group): the launch
+    hung in the pool's shutdown (2 times in 7 with SIGINT), or with SIGTERM ended at once and
+    left its lane workers training on, holding their points' locks."""
+    import signal
+    import sys
+
+    cells = [
+        nbformat.v4.new_code_cell(
+            'profile = "cpu"\noverrides = {}\nrun_dir = "."\nprogress = True',
+            metadata={"tags": ["parameters"]},
+        ),
+        nbformat.v4.new_code_cell(
+            "import time\nfrom pathlib import Path\n"
+            'Path(run_dir, "started").write_text("")\ntime.sleep(600)'
+        ),
+    ]
+    _write_sleeping_notebook(tmp_path / "sleep.ipynb", cells)
+    path = write_ablation(tmp_path, "notebook: sleep.ipynb\ngrid: {point: {}}\nseeds: [0, 1]\n")
+    rids = run_ids(path)
+    started = [tmp_path / "runs" / "abl" / rid / "started" for rid in rids]
+    cmd = [sys.executable, "-m", "detcon", "run", str(path), "--runs-dir", str(tmp_path / "runs")]
+    number = getattr(signal, sig)
+    returncode, _, err = _ctrl_c_once_started([*cmd, "--lanes", "2"], started, sig=number)
+    word = "interrupted" if sig == "SIGINT" else "terminated (SIGTERM)"
+    assert returncode == 128 + number if sig == "SIGTERM" else 130, err
+    assert err.splitlines() == [f"detcon run: {word}"], err
+    for rid, f in zip(rids, started):
+        # nobody holds the point's lock any more: its lane worker is gone
         assert point_state(f.parent, rid).state == "interrupted"
 
 

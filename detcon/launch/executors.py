@@ -34,7 +34,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
@@ -359,7 +359,8 @@ def _run_lanes(
     context = multiprocessing.get_context(_LANE_START_METHOD)
     workers = min(lanes, len(todo))
     lane: _ReferenceLane | None = None
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_lane_init) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_lane_init)
+    try:
 
         def start() -> None:
             i, spec = queue.pop(0)
@@ -390,6 +391,33 @@ def _run_lanes(
         finally:
             if lane is not None:  # every point has ended, or the launch is interrupted
                 lane.stop()
+    except BaseException:  # Ctrl-C, SIGTERM (detcon.cli.Terminated)
+        _stop_lanes(pool, pending)
+        raise
+    pool.shutdown()
+
+
+# How long running points get to stop on their own when the launch is interrupted (a
+# terminal's Ctrl-C reaches them too) before their processes are terminated (seconds).
+_STOP_GRACE_S = 10.0
+
+
+def _stop_lanes(pool: ProcessPoolExecutor, pending: Mapping[Future, Any]) -> None:
+    """Stop the lane workers of an interrupted launch without the pool's own orderly shutdown,
+    which can wait forever when interrupted (a race in CPython's ProcessPoolExecutor: 2 hangs in
+    7 tries, and in a bare pool too), and which left the workers training on after a SIGTERM.
+    A terminated point resumes as after any kill: its files are written atomically and its
+    lock ends with its process."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # 3.14: public
+    try:
+        wait(pending, timeout=_STOP_GRACE_S)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=_STOP_GRACE_S)
 
 
 def _run_debug(todo: Sequence[PointSpec], result: LaunchResult, echo: Callable) -> None:

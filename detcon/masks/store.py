@@ -47,7 +47,13 @@ from tqdm.auto import tqdm
 from detcon.atomic import atomic_write
 from detcon.config import MaskConfig, to_dict
 from detcon.masks.sources import MaskSource, build_mask_source
-from detcon.runs import POOL_START_METHOD, PointBusyError, lock_holder, point_lock
+from detcon.runs import (
+    POOL_START_METHOD,
+    PointBusyError,
+    init_pool_worker,
+    lock_holder,
+    point_lock,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -367,6 +373,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(dataset: Any, source: MaskSource, out_dir: Path, shard_size: int) -> None:
+    init_pool_worker()
     # One thread per worker process: the processes are the parallelism.
     torch.set_num_threads(1)
     _WORKER.update(dataset=dataset, source=source, out_dir=out_dir, shard_size=shard_size)
