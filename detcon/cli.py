@@ -211,10 +211,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(words)
     except KeyboardInterrupt as exc:  # also while the commands are imported (seconds)
+        # a command may say what it kept and how to go on (detcon.train.pretrain)
+        kept = f". {exc.args[0]}" if exc.args else ""
         if isinstance(exc, Terminated):
-            print(f"detcon {command}: terminated (SIGTERM)", file=sys.stderr)
+            print(f"detcon {command}: terminated (SIGTERM){kept}", file=sys.stderr)
             return 128 + signal.SIGTERM
-        print(f"detcon {command}: interrupted", file=sys.stderr)
+        print(f"detcon {command}: interrupted{kept}", file=sys.stderr)
         return 130
     finally:
         if main_thread:  # None: a handler not set from Python

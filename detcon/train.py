@@ -53,6 +53,7 @@ from detcon.models import (
     first_non_finite,
 )
 from detcon.optim import LARS, learning_rate, param_groups, target_ema
+from detcon.progress import ProgressLines
 from detcon.runs import LOCK, point_lock
 
 __all__ = [
@@ -554,7 +555,8 @@ def pretrain(
     Args:
         cfg: the frozen config.
         out_dir: run directory (created).
-        progress: tqdm bar; None shows it only on an interactive terminal.
+        progress: tqdm bar; None shows it on an interactive terminal and otherwise writes a
+            plain line a minute to stderr (:class:`detcon.progress.ProgressLines`).
         stop_after: stop (with a checkpoint) after this many steps in total; used to simulate an
             interruption. The schedule still spans the whole run.
         speed: speed switches that leave the results unchanged (benchmarks; not config fields).
@@ -720,7 +722,12 @@ def _pretrain(
 
     saved_step = start if ckpt_path.exists() else None
     loader = build_loader(cfg, dataset, start, end, device, rank, world)
-    show = sys.stderr.isatty() if progress is None else progress
+    interactive = sys.stderr.isatty()
+    show = interactive if progress is None else progress
+    # Not a terminal (a SLURM .out, nohup): a plain line a minute instead of a bar.
+    lines = None
+    if progress is None and not interactive and rank == 0:
+        lines = ProgressLines("pretrain", end, "steps", initial=start)
     from tqdm.auto import tqdm
 
     bar = tqdm(
@@ -762,10 +769,15 @@ def _pretrain(
                     metrics_file.flush()
             bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.3g}")
             bar.update(1)
+            if lines is not None:
+                lines.update(step + 1, f"loss {last_loss:.4f}, lr {lr:.3g}")
             if (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < end:
                 save(step + 1)
         done = end
         save(done)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM (detcon.cli.Terminated): say what is left
+        again = "" if saved_step is None else "; the same command resumes it"
+        raise type(exc)(f"{kept()}{again}") from None
     finally:
         bar.close()
         if metrics_file is not None:

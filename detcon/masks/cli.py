@@ -136,7 +136,7 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
         args.out,
         shard_size=args.shard_size,
         workers=args.workers,
-        progress=not args.quiet,
+        progress=None if not args.quiet else False,  # a bar on a terminal, else lines
         command=command,
     )
     print(

@@ -34,6 +34,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import sys
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -47,6 +48,7 @@ from tqdm.auto import tqdm
 from detcon.atomic import atomic_write
 from detcon.config import MaskConfig, to_dict
 from detcon.masks.sources import MaskSource, build_mask_source
+from detcon.progress import ProgressLines
 from detcon.runs import (
     POOL_START_METHOD,
     PointBusyError,
@@ -397,7 +399,7 @@ def precompute_store(
     shard_size: int = 256,
     workers: int = 1,
     shards: Iterable[int] | None = None,
-    progress: bool = True,
+    progress: bool | None = True,
     command: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> MaskStore:
@@ -416,7 +418,8 @@ def precompute_store(
             dataset, as torch's DataLoader workers there).
         shards: compute only these shard indices (default: all); shards that match their
             manifest record (size and SHA-256) are skipped, damaged ones computed again.
-        progress: show a tqdm bar (images).
+        progress: show a tqdm bar (images); None: a bar on an interactive terminal, else a
+            plain line a minute on stderr (:class:`detcon.progress.ProgressLines`).
         command: the command line that makes this store, recorded in a new store's manifest so
             that errors can say how to finish or repair it.
         echo: receives a line naming each damaged shard that is computed again.
@@ -462,7 +465,7 @@ def _precompute_locked(
     shard_size: int,
     workers: int,
     shards: Iterable[int] | None,
-    progress: bool,
+    progress: bool | None,
     echo: Callable[[str], None],
 ) -> MaskStore:
     """The body of :func:`precompute_store`, holding the store's writer lock."""
@@ -483,16 +486,28 @@ def _precompute_locked(
         name = shard_path(out_dir, s).name
         echo(f"mask store {str(out_dir)!r}: {name}: {problem}; computing it again")
     num_images = sum(len(_shard_range(s, shard_size, length)) for s in todo)
+    desc = f"masks[{source.name}] -> {out_dir.name}"
+    interactive = sys.stderr.isatty()
+    lines = ProgressLines(desc, num_images, "img") if progress is None and not interactive else None
+    done = 0
+
+    def advance(count: int = 1) -> None:
+        nonlocal done
+        done += count
+        bar.update(count)
+        if lines is not None:
+            lines.update(done)
+
     with tqdm(
         total=num_images,
         unit="img",
-        disable=not progress,
-        desc=f"masks[{source.name}] -> {out_dir.name}",
+        disable=not (interactive if progress is None else progress),
+        desc=desc,
     ) as bar:
         if workers == 1 or len(todo) <= 1:
             for s in todo:
                 _, name, record = _compute_shard(
-                    dataset, source, out_dir, s, shard_size, on_image=bar.update
+                    dataset, source, out_dir, s, shard_size, on_image=advance
                 )
                 _record_shards(out_dir, {name: record})
         else:
@@ -504,7 +519,7 @@ def _precompute_locked(
             ) as pool:
                 for count, name, record in pool.imap_unordered(_worker_shard, todo):
                     _record_shards(out_dir, {name: record})
-                    bar.update(count)
+                    advance(count)
     return MaskStore(out_dir)
 
 
