@@ -131,8 +131,9 @@ class PretrainDataset(Dataset):
 
     Masks are computed once per image at full resolution, before cropping (docs/design.md
     §4.10), read from a mask store when one is configured, else computed and kept in a
-    per-process :class:`BoundedCache` of ``cache_bytes`` (a miss computes them again: same
-    masks). Synthetic scenes are kept the same way, in ``scene_cache_bytes`` (a miss generates
+    per-process :class:`BoundedCache` of ``cache_bytes`` (default: :data:`MASK_CACHE_BYTES` for
+    synthetic scenes, none for real datasets; a miss computes them again: same masks). Synthetic
+    scenes are kept the same way, in ``scene_cache_bytes`` (a miss generates
     the scene again: same pixels).
     """
 
@@ -141,7 +142,7 @@ class PretrainDataset(Dataset):
         base: Dataset,
         cfg: PretrainConfig,
         *,
-        cache_bytes: int = MASK_CACHE_BYTES,
+        cache_bytes: int | None = None,
         scene_cache_bytes: int = SCENE_CACHE_BYTES,
     ) -> None:
         from detcon.augment import TwoViewGeometry
@@ -174,7 +175,9 @@ class PretrainDataset(Dataset):
         # worker an epoch later, long evicted (ImageNet at 32 ranks x 16 workers: 1 hit in
         # 80,128 lookups, and 256 MiB a worker held for nothing).
         synthetic = isinstance(base, SyntheticScenes)
-        self.cache = BoundedCache(cache_bytes if synthetic else 0)
+        if cache_bytes is None:  # given: kept whatever the data (the benchmarks time a full one)
+            cache_bytes = MASK_CACHE_BYTES if synthetic else 0
+        self.cache = BoundedCache(cache_bytes)
         self.scenes = BoundedCache(scene_cache_bytes if synthetic else 0)
 
     def __len__(self) -> int:
