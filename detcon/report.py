@@ -667,7 +667,7 @@ def build_figures(
         if jobs > 1:
             import multiprocessing
 
-            import seaborn  # noqa: F401  (imported once, before the workers fork)
+            import seaborn  # noqa: F401  (forked workers inherit it; spawned ones import it)
 
             context = multiprocessing.get_context(POOL_START_METHOD)
             pool = stack.enter_context(context.Pool(jobs, initializer=init_pool_worker))

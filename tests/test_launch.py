@@ -965,6 +965,22 @@ def _write_sleeping_notebook(path: Path, cells: list) -> None:
     )
 
 
+def _write_sleeping_point_notebook(path: Path) -> None:
+    """A pretraining notebook's parameters, then a cell that marks the point started and
+    sleeps (to be interrupted)."""
+    cells = [
+        nbformat.v4.new_code_cell(
+            'profile = "cpu"\noverrides = {}\nrun_dir = "."\nprogress = True',
+            metadata={"tags": ["parameters"]},
+        ),
+        nbformat.v4.new_code_cell(
+            "import time\nfrom pathlib import Path\n"
+            'Path(run_dir, "started").write_text("")\ntime.sleep(600)'
+        ),
+    ]
+    _write_sleeping_notebook(path, cells)
+
+
 def _ctrl_c_once_started(
     cmd: list[str], started: list[Path], sig: int | None = None
 ) -> tuple[int, str, str]:
@@ -1014,17 +1030,7 @@ def test_ctrl_c_during_a_run_prints_one_line_and_exits_130(tmp_path, lanes):
     spare lane training the ceiling (the cpu profile's, minutes) stops too, silently."""
     import sys
 
-    cells = [
-        nbformat.v4.new_code_cell(
-            'profile = "cpu"\noverrides = {}\nrun_dir = "."\nprogress = True',
-            metadata={"tags": ["parameters"]},
-        ),
-        nbformat.v4.new_code_cell(
-            "import time\nfrom pathlib import Path\n"
-            'Path(run_dir, "started").write_text("")\ntime.sleep(600)'
-        ),
-    ]
-    _write_sleeping_notebook(tmp_path / "sleep.ipynb", cells)
+    _write_sleeping_point_notebook(tmp_path / "sleep.ipynb")
     points = min(lanes, 2)
     text = f"notebook: sleep.ipynb\ngrid: {{point: {{}}}}\nseeds: {list(range(points))}\n"
     if lanes == 3:
@@ -1055,17 +1061,7 @@ def test_a_signal_to_the_launch_alone_stops_its_lanes(tmp_path, sig):
     import signal
     import sys
 
-    cells = [
-        nbformat.v4.new_code_cell(
-            'profile = "cpu"\noverrides = {}\nrun_dir = "."\nprogress = True',
-            metadata={"tags": ["parameters"]},
-        ),
-        nbformat.v4.new_code_cell(
-            "import time\nfrom pathlib import Path\n"
-            'Path(run_dir, "started").write_text("")\ntime.sleep(600)'
-        ),
-    ]
-    _write_sleeping_notebook(tmp_path / "sleep.ipynb", cells)
+    _write_sleeping_point_notebook(tmp_path / "sleep.ipynb")
     path = write_ablation(tmp_path, "notebook: sleep.ipynb\ngrid: {point: {}}\nseeds: [0, 1]\n")
     rids = run_ids(path)
     started = [tmp_path / "runs" / "abl" / rid / "started" for rid in rids]
